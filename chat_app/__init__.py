@@ -1,0 +1,89 @@
+"""chat_app: a Socket.IO chat server whose nodes share rooms through Redis."""
+
+from __future__ import annotations
+
+import logging
+from flask import Flask
+from flask_socketio import SocketIO
+
+from .backends.base import Broker, Presence
+from .backends.memory import MemoryBroker, MemoryHub, MemoryPresence
+from .events import SocketIOEmitter, register_events
+from .http import register_routes
+from .service import ChatService
+from .settings import Settings
+
+log = logging.getLogger(__name__)
+
+# Socket.IO frames may be this large so that an oversized paste is answered with
+# `message_too_large` instead of the transport dropping the connection.
+TRANSPORT_MAX_BYTES = 2 * 1024 * 1024
+
+
+class _InstanceFilter(logging.Filter):
+    def __init__(self, instance_id: str) -> None:
+        super().__init__()
+        self.instance_id = instance_id
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        record.instance = self.instance_id
+        return True
+
+
+def configure_logging(settings: Settings) -> None:
+    handler = logging.StreamHandler()
+    handler.addFilter(_InstanceFilter(settings.instance_id))
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s instance=%(instance)s %(name)s %(message)s"))
+    root = logging.getLogger("chat_app")
+    root.handlers[:] = [handler]
+    root.setLevel(settings.log_level)
+    root.propagate = False
+
+
+def build_backends(settings: Settings) -> tuple[Broker, Presence]:
+    if settings.redis_url is None:
+        log.warning("event=backend backend=memory REDIS_URL is unset: single node, rooms are not shared")
+        hub = MemoryHub(settings.history_length)
+        return MemoryBroker(hub, settings.instance_id), MemoryPresence(hub, settings.instance_id)
+    from .backends.redis import RedisBroker, RedisClients, RedisPresence
+
+    clients = RedisClients.from_url(settings)
+    log.info("event=backend backend=redis")
+    return RedisBroker(clients, settings), RedisPresence(clients, settings)
+
+
+def create_app(settings: Settings | None = None, async_mode: str | None = None) -> Flask:
+    settings = settings or Settings.from_env()
+    configure_logging(settings)
+    app = Flask(__name__)
+    socketio = SocketIO(
+        app,
+        async_mode=async_mode,
+        cors_allowed_origins=settings.cors_allowed_origins,
+        max_http_buffer_size=max(TRANSPORT_MAX_BYTES, 8 * settings.max_message_bytes),
+        logger=False,
+        engineio_logger=False,
+    )
+    broker, presence = build_backends(settings)
+    service = ChatService(settings, broker, presence, SocketIOEmitter(socketio))
+    register_events(socketio, service)
+    register_routes(app, service)
+    app.extensions["chat_service"] = service
+    app.extensions["chat_socketio"] = socketio
+    service.start()
+    log.info("event=started instance=%s", settings.instance_id)
+    return app
+
+
+def shutdown(app: Flask) -> None:
+    """Leave every room at once, close Redis, then disconnect the clients (SIGTERM)."""
+    service: ChatService = app.extensions["chat_service"]
+    socketio: SocketIO = app.extensions["chat_socketio"]
+    for sid in service.stop():
+        try:
+            socketio.server.disconnect(sid, namespace="/")
+        except Exception:  # the client may already be gone
+            pass
+
+
+__all__ = ["Settings", "create_app", "shutdown"]

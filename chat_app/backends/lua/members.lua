@@ -1,0 +1,16 @@
+-- Read a room's live members across nodes (expired entries are never counted) and position.
+-- KEYS: nodes, epoch, seq
+-- ARGV: node_prefix
+-- Returns {epoch or false, seq, instance, sid, user, instance, sid, user, ...}
+local now_t = redis.call('TIME')
+local now = tonumber(now_t[1]) * 1000 + math.floor(tonumber(now_t[2]) / 1000)
+local result = {redis.call('GET', KEYS[2]), tonumber(redis.call('GET', KEYS[3]) or '0')}
+for _, node in ipairs(redis.call('ZRANGEBYSCORE', KEYS[1], now, '+inf')) do
+  local entries = redis.call('HGETALL', ARGV[1] .. node)
+  for i = 1, #entries, 2 do
+    result[#result + 1] = node
+    result[#result + 1] = entries[i]
+    result[#result + 1] = entries[i + 1]
+  end
+end
+return result

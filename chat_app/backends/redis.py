@@ -1,0 +1,259 @@
+"""Redis behind the two interfaces: RedisBroker (publisher, listener, history) and
+RedisPresence (per-node entries with TTLs, heartbeat, atomic last-leave cleanup)."""
+
+from __future__ import annotations
+
+import logging
+import secrets
+import threading
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import redis
+from redis.backoff import ExponentialWithJitterBackoff
+from redis.retry import Retry
+
+from ..protocol import BadEnvelope, Envelope, decode_envelope
+from ..settings import Settings
+from .base import BackendUnavailable, BrokerHooks, Departed, Draft, History, Member, Position
+from .redis_keys import RoomKeys, escape
+from .redis_listener import Listener
+from .redis_publisher import CONNECTION_ERRORS, Publisher
+
+log = logging.getLogger(__name__)
+
+_LUA = Path(__file__).parent / "lua"
+RECENT_HISTORY = 50
+
+
+def envelope_limit(settings: Settings) -> int:
+    """The largest envelope a node accepts from Redis: a full message, escaped, plus fields."""
+    return 6 * settings.max_message_bytes + 2048
+
+
+@dataclass(frozen=True)
+class RedisClients:
+    """Three connections with one job each: commands, the publisher, the subscriber."""
+
+    commands: redis.Redis
+    publisher: redis.Redis
+    subscriber: redis.Redis
+
+    @classmethod
+    def from_url(cls, settings: Settings) -> RedisClients:
+        assert settings.redis_url is not None
+        common = dict(
+            socket_timeout=settings.redis_socket_timeout,
+            socket_connect_timeout=settings.redis_socket_timeout,
+            socket_keepalive=True,
+            health_check_interval=max(1, int(settings.heartbeat_interval)),
+        )
+        retry = Retry(ExponentialWithJitterBackoff(cap=0.5, base=0.05), retries=3)
+        pool = redis.BlockingConnectionPool.from_url(
+            settings.redis_url, max_connections=16, timeout=settings.send_deadline, retry=retry, **common
+        )
+        return cls(
+            commands=redis.Redis(connection_pool=pool),
+            publisher=redis.Redis.from_url(settings.redis_url, retry=Retry(ExponentialWithJitterBackoff(), 0), **common),
+            subscriber=redis.Redis.from_url(settings.redis_url, retry=Retry(ExponentialWithJitterBackoff(), 0), **common),
+        )
+
+
+def _backoff(settings: Settings) -> ExponentialWithJitterBackoff:
+    return ExponentialWithJitterBackoff(cap=settings.reconnect_backoff_cap, base=settings.reconnect_backoff_base)
+
+
+class RedisBroker:
+    def __init__(self, clients: RedisClients, settings: Settings) -> None:
+        self._commands = clients.commands
+        self._prefix = settings.key_prefix
+        self._envelope_limit = envelope_limit(settings)
+        self.publisher = Publisher(
+            clients.publisher,
+            settings.key_prefix,
+            settings.history_length,
+            settings.redis_room_ttl_ms,
+            settings.send_deadline,
+            _backoff(settings),
+        )
+        self.listener = Listener(
+            clients.subscriber,
+            self._publish_raw,
+            settings.key_prefix,
+            settings.instance_id,
+            _backoff(settings),
+            settings.listener_idle_probe,
+            settings.probe_timeout,
+            self._envelope_limit,
+        )
+
+    def start(self, hooks: BrokerHooks) -> None:
+        self.publisher.start()
+        self.listener.start(hooks)
+
+    def stop(self) -> None:
+        self.listener.stop()
+        self.publisher.stop()
+
+    def publish(self, draft: Draft) -> Envelope:
+        return self.publisher.publish(draft)
+
+    def subscribe(self, room: str) -> None:
+        self.listener.want(room)
+
+    def unsubscribe(self, room: str) -> None:
+        self.listener.unwant(room)
+
+    def _publish_raw(self, channel: str, data: bytes) -> object:
+        return self._commands.publish(channel, data)
+
+    def history(self, room: str, after: int | None, upto: int | None = None) -> History:
+        keys = RoomKeys.of(self._prefix, room)
+        try:
+            with self._commands.pipeline(transaction=True) as pipe:
+                pipe.get(keys.epoch)
+                pipe.get(keys.seq)
+                if after is None:
+                    pipe.xrevrange(keys.hist, max=f"{upto}-0" if upto is not None else "+", count=RECENT_HISTORY)
+                else:
+                    pipe.xrange(keys.hist, min=f"{after + 1}-0", max=f"{upto}-0" if upto is not None else "+")
+                epoch, seq, entries = pipe.execute()
+        except CONNECTION_ERRORS as exc:
+            raise BackendUnavailable(f"redis unreachable: {exc}") from exc
+        if after is None:
+            entries.reverse()
+        envelopes: list[Envelope] = []
+        for _, fields in entries:
+            try:
+                envelopes.append(decode_envelope(fields[b"e"], self._envelope_limit))
+            except (BadEnvelope, KeyError):
+                self.listener.bad_payloads += 1
+        position = Position(epoch.decode() if epoch else "", int(seq or 0))
+        last = position.seq if upto is None else min(upto, position.seq)
+        if after is None:
+            complete = True
+        else:
+            complete = len(envelopes) == max(0, last - after) and all(
+                e.seq == after + 1 + i for i, e in enumerate(envelopes)
+            )
+        return History(position, envelopes, complete)
+
+    def healthy(self) -> dict[str, bool]:
+        try:
+            publisher = bool(self._commands.ping())
+        except CONNECTION_ERRORS:
+            publisher = False
+        return {"publisher": publisher and self.publisher.last_error is None, "listener": self.listener.all_subscribed()}
+
+
+class RedisPresence:
+    def __init__(self, clients: RedisClients, settings: Settings) -> None:
+        self._redis = clients.commands
+        self._settings = settings
+        self._node = escape(settings.instance_id)
+        self._touch = self._redis.register_script((_LUA / "touch.lua").read_text())
+        self._leave = self._redis.register_script((_LUA / "leave.lua").read_text())
+        self._members = self._redis.register_script((_LUA / "members.lua").read_text())
+        self._snapshot: Callable[[], dict[str, dict[str, str]]] | None = None
+        self._stopping = threading.Event()
+        self._thread = threading.Thread(target=self._heartbeat, name="heartbeat", daemon=True)
+        self._on_departed: Departed = lambda room, users: None
+
+    def _keys(self, room: str) -> RoomKeys:
+        return RoomKeys.of(self._settings.key_prefix, room)
+
+    def _run_touch(self, room: str, replace: bool, entries: Sequence[str], client: object = None) -> object:
+        s = self._settings
+        keys = self._keys(room)
+        args = [
+            self._node,
+            int(s.presence_ttl * 1000),
+            s.redis_room_ttl_ms,
+            secrets.token_hex(8),
+            keys.node_prefix,
+            "1" if replace else "0",
+            *entries,
+        ]
+        return self._touch(keys=keys.script_keys(self._node), args=args, client=client)
+
+    def _announce_dead(self, room: str, result: Sequence[bytes], start: int) -> None:
+        dead = [u.decode() for u in result[start:]]
+        if dead:
+            self._on_departed(room, dead)
+
+    def join(self, room: str, sid: str, user: str) -> Position:
+        try:
+            result = self._run_touch(room, False, [sid, user])
+        except CONNECTION_ERRORS as exc:
+            raise BackendUnavailable(f"redis unreachable: {exc}") from exc
+        self._announce_dead(room, result, 2)
+        return Position(result[0].decode(), int(result[1]))
+
+    def leave(self, room: str, sid: str) -> bool:
+        keys = self._keys(room)
+        try:
+            result = self._leave(keys=keys.script_keys(self._node), args=[self._node, sid, keys.node_prefix])
+        except CONNECTION_ERRORS as exc:
+            raise BackendUnavailable(f"redis unreachable: {exc}") from exc
+        self._announce_dead(room, result, 1)
+        return bool(result[0])
+
+    def _read(self, room: str) -> list[object]:
+        keys = self._keys(room)
+        try:
+            return self._members(keys=[keys.nodes, keys.epoch, keys.seq], args=[keys.node_prefix])
+        except CONNECTION_ERRORS as exc:
+            raise BackendUnavailable(f"redis unreachable: {exc}") from exc
+
+    def members(self, room: str) -> list[Member]:
+        flat = self._read(room)[2:]
+        return [Member(flat[i].decode(), flat[i + 1].decode(), flat[i + 2].decode()) for i in range(0, len(flat), 3)]
+
+    def is_active(self, room: str) -> bool:
+        return len(self._read(room)) > 2
+
+    def position(self, room: str) -> Position | None:
+        epoch, seq = self._read(room)[:2]
+        return Position(epoch.decode(), int(seq)) if epoch else None
+
+    def refresh(self, rooms: dict[str, dict[str, str]]) -> None:
+        if not rooms:
+            return
+        names = list(rooms)
+        with self._redis.pipeline(transaction=False) as pipe:
+            for room in names:
+                entries = [x for sid, user in rooms[room].items() for x in (sid, user)]
+                self._run_touch(room, True, entries, client=pipe)
+            results = pipe.execute()
+        for room, result in zip(names, results, strict=True):
+            self._announce_dead(room, result, 2)
+
+    def remove_node(self, rooms: Sequence[str]) -> None:
+        with self._redis.pipeline(transaction=False) as pipe:
+            for room in rooms:
+                keys = self._keys(room)
+                self._leave(keys=keys.script_keys(self._node), args=[self._node, "", keys.node_prefix], client=pipe)
+            pipe.execute()
+
+    def start(self, snapshot: Callable[[], dict[str, dict[str, str]]], on_departed: Departed) -> None:
+        self._snapshot = snapshot
+        self._on_departed = on_departed
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stopping.set()
+        self._thread.join(timeout=5)
+
+    def beat(self) -> None:
+        assert self._snapshot is not None
+        try:
+            self.refresh(self._snapshot())
+        except CONNECTION_ERRORS as exc:
+            log.warning("event=heartbeat_failed error=%r", exc)
+        except Exception:
+            log.exception("event=heartbeat_error")
+
+    def _heartbeat(self) -> None:
+        while not self._stopping.wait(self._settings.heartbeat_interval):
+            self.beat()

@@ -1,0 +1,109 @@
+"""Socket.IO handlers: thin. Validate (protocol), call ChatService, answer.
+
+Every event is answered: with its ack when the client asked for one, else, for errors,
+with an `error` event, so a client of the original protocol (no ack callbacks) still
+learns why nothing happened.
+"""
+
+from __future__ import annotations
+
+import contextvars
+import logging
+from collections.abc import Callable
+from typing import Any
+
+from flask import request
+from flask_socketio import SocketIO
+
+from .protocol import ChatError, ErrorCode, JoinRequest, LeaveRequest, SendRequest, clean_sender, parse
+from .service import ChatService
+
+log = logging.getLogger(__name__)
+
+_wants_ack: contextvars.ContextVar[bool] = contextvars.ContextVar("wants_ack", default=True)
+
+
+def _socketio_room(room: str) -> str:
+    """Socket.IO's own room for a chat room; '/' cannot occur in a chat room or a sid."""
+    return "r/" + room
+
+
+class SocketIOEmitter:
+    """ChatService's Emitter over Flask-SocketIO's in-process manager (this node only)."""
+
+    def __init__(self, socketio: SocketIO) -> None:
+        self._socketio = socketio
+
+    def emit(self, event: str, data: dict[str, Any], to: str) -> None:
+        self._socketio.emit(event, data, to=to)
+
+    def emit_room(self, event: str, data: dict[str, Any], room: str) -> None:
+        self._socketio.emit(event, data, to=_socketio_room(room))
+
+    def enter_room(self, sid: str, room: str) -> None:
+        self._socketio.server.enter_room(sid, _socketio_room(room), namespace="/")
+
+    def leave_room(self, sid: str, room: str) -> None:
+        self._socketio.server.leave_room(sid, _socketio_room(room), namespace="/")
+
+
+def _track_ack_requests(socketio: SocketIO) -> None:
+    """Record per event whether the client sent an ack id; python-socketio keeps it private."""
+    server = socketio.server
+    original = server._handle_event_internal
+
+    def handle(srv: Any, sid: str, eio_sid: str, data: Any, namespace: str, id: int | None) -> Any:
+        _wants_ack.set(id is not None)
+        return original(srv, sid, eio_sid, data, namespace, id)
+
+    server._handle_event_internal = handle
+
+
+def register_events(socketio: SocketIO, service: ChatService) -> None:
+    _track_ack_requests(socketio)
+    max_bytes = service.settings.max_message_bytes
+
+    def answer(event: str, call: Callable[[], dict[str, Any]]) -> dict[str, Any] | None:
+        try:
+            return call()
+        except ChatError as exc:
+            error = exc
+        except Exception:
+            log.exception("event=handler_failed handler=%s sid=%s", event, request.sid)
+            error = ChatError(ErrorCode.INTERNAL, "the server failed to handle this event")
+        if _wants_ack.get():
+            return {"ok": False, "error": error.to_wire()}
+        socketio.emit("error", {**error.to_wire(), "event": event}, to=request.sid)
+        return None
+
+    @socketio.on("connect")
+    def on_connect(auth: Any = None) -> bool:
+        name = auth.get("username") if isinstance(auth, dict) else None
+        service.connect(request.sid, clean_sender(name or request.args.get("username")))
+        return True
+
+    @socketio.on("disconnect")
+    def on_disconnect(reason: Any = None) -> None:
+        service.disconnect(request.sid)
+
+    @socketio.on("join_room")
+    def on_join(payload: Any = None) -> dict[str, Any] | None:
+        return answer(
+            "join_room",
+            lambda: service.join(
+                request.sid,
+                parse(JoinRequest, payload),
+                sender=payload.get("sender") if isinstance(payload, dict) else None,
+            ),
+        )
+
+    @socketio.on("leave_room")
+    def on_leave(payload: Any = None) -> dict[str, Any] | None:
+        return answer("leave_room", lambda: service.leave(request.sid, parse(LeaveRequest, payload).room))
+
+    @socketio.on("send_message")
+    def on_send(payload: Any = None) -> dict[str, Any] | None:
+        return answer(
+            "send_message",
+            lambda: service.send(request.sid, parse(SendRequest, payload, max_message_bytes=max_bytes)),
+        )

@@ -1,0 +1,33 @@
+"""HTTP routes: the page, health, one room's state."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from flask import Flask, jsonify, render_template
+
+from .protocol import ChatError, LeaveRequest, parse
+from .service import ChatService
+
+
+def register_routes(app: Flask, service: ChatService) -> None:
+    @app.get("/")
+    def index() -> str:
+        return render_template("index.html")
+
+    @app.get("/healthz")
+    def healthz() -> Any:
+        parts = service.health()
+        body = {"status": "ok" if all(parts.values()) else "failing", "instance_id": service.instance_id, **parts}
+        body["backend"] = "redis" if service.settings.redis_url else "memory"
+        if not all(parts.values()):
+            body["failing"] = [name for name, ok in parts.items() if not ok]
+        return jsonify(body), 200 if all(parts.values()) else 503
+
+    @app.get("/api/rooms/<path:room>")
+    def room_info(room: str) -> Any:
+        try:
+            name = parse(LeaveRequest, room).room
+        except ChatError as exc:
+            return jsonify({"ok": False, "error": exc.to_wire()}), 400
+        return jsonify(service.room_info(name))

@@ -1,0 +1,209 @@
+"""The wire format in one place: client payloads, the Redis envelope, error codes.
+
+Everything a client or Redis sends passes through here before the service sees it, so a
+malformed value becomes a `ChatError` with a stable code instead of an exception elsewhere.
+"""
+
+from __future__ import annotations
+
+import unicodedata
+from dataclasses import dataclass
+from enum import StrEnum
+from typing import Annotated, Any, Literal, TypeVar
+
+import orjson
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    TypeAdapter,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+)
+from pydantic_core import PydanticCustomError
+
+ROOM_MAX_CHARS = 64
+SENDER_MAX_CHARS = 64
+KEY_MAX_CHARS = 64
+ROOM_PUNCTUATION = frozenset("_-.:#@")
+WIRE_VERSION = 1
+
+
+class ErrorCode(StrEnum):
+    INVALID_PAYLOAD = "invalid_payload"
+    INVALID_ROOM = "invalid_room"
+    MESSAGE_TOO_LARGE = "message_too_large"
+    NOT_IN_ROOM = "not_in_room"
+    TOO_MANY_ROOMS = "too_many_rooms"
+    RATE_LIMITED = "rate_limited"
+    UNAUTHORIZED = "unauthorized"
+    FORBIDDEN_ROOM = "forbidden_room"
+    UNAVAILABLE = "unavailable"
+    INTERNAL = "internal_error"
+
+
+class ChatError(Exception):
+    """A refusal the client is told about; nothing was changed."""
+
+    def __init__(self, code: ErrorCode, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+
+    def to_wire(self) -> dict[str, str]:
+        return {"code": self.code.value, "message": self.message}
+
+
+def _room_char_ok(c: str) -> bool:
+    return c in ROOM_PUNCTUATION or c == " " or unicodedata.category(c)[0] == "L" or unicodedata.category(c) == "Nd"
+
+
+def check_room(value: str) -> str:
+    """Apply DESIGN.md's room rule to an NFC-normalised name (one spelling, one room)."""
+    room = unicodedata.normalize("NFC", value)
+    if not 1 <= len(room) <= ROOM_MAX_CHARS:
+        raise PydanticCustomError("invalid_room", f"a room name has 1 to {ROOM_MAX_CHARS} characters")
+    if room[0] == " " or room[-1] == " " or not all(map(_room_char_ok, room)):
+        raise PydanticCustomError(
+            "invalid_room",
+            "a room name holds letters, digits, inner spaces and _ - . : # @ only",
+        )
+    return room
+
+
+def clean_sender(value: Any) -> str | None:
+    """A display name made safe to show: no control characters, one-line, bounded."""
+    if not isinstance(value, str):
+        return None
+    kept = "".join(c if c.isprintable() else " " for c in unicodedata.normalize("NFC", value))
+    name = " ".join(kept.split())[:SENDER_MAX_CHARS]
+    return name or None
+
+
+Room = Annotated[str, AfterValidator(check_room)]
+
+
+class _Payload(BaseModel):
+    model_config = ConfigDict(strict=True, extra="ignore", frozen=True)
+
+
+class JoinRequest(_Payload):
+    room: Room
+    since: Annotated[int, Field(ge=0)] | None = None
+    epoch: Annotated[str, Field(min_length=1, max_length=64)] | None = None
+
+
+class LeaveRequest(_Payload):
+    room: Room
+
+
+class SendRequest(_Payload):
+    room: Room
+    message: str
+    sender: Any = None
+    key: Annotated[str, Field(min_length=1, max_length=KEY_MAX_CHARS)] | None = None
+
+    @field_validator("message")
+    @classmethod
+    def _bounded(cls, value: str, info: ValidationInfo) -> str:
+        if not value.strip():
+            raise PydanticCustomError("invalid_payload", "message must be a non-empty string")
+        limit = (info.context or {}).get("max_message_bytes", 4096)
+        if len(value) * 4 > limit and len(value.encode("utf-8", "surrogatepass")) > limit:
+            raise PydanticCustomError("message_too_large", f"message is over {limit} bytes of UTF-8")
+        return value
+
+
+_CODES = {c.value: c for c in ErrorCode}
+P = TypeVar("P", bound=_Payload)
+
+
+def parse(model: type[P], payload: Any, **context: Any) -> P:
+    """Validate a client payload; a bare string stands for `{"room": ...}` (original protocol)."""
+    if isinstance(payload, str) and "room" in model.model_fields and model is not SendRequest:
+        payload = {"room": payload}
+    if not isinstance(payload, dict):
+        raise ChatError(ErrorCode.INVALID_PAYLOAD, f"{model.__name__} expects an object")
+    try:
+        return model.model_validate(payload, context=context)
+    except ValidationError as exc:
+        first = exc.errors(include_url=False, include_input=False)[0]
+        code = _CODES.get(first["type"], ErrorCode.INVALID_PAYLOAD)
+        where = ".".join(str(p) for p in first["loc"])
+        raise ChatError(code, f"{where}: {first['msg']}" if where else first["msg"]) from None
+
+
+@dataclass(frozen=True, slots=True)
+class Envelope:
+    """One chat message as stored in history and fanned out through Redis."""
+
+    id: str
+    room: str
+    sender: str
+    message: str
+    timestamp: int
+    seq: int
+    epoch: str
+    instance_id: str
+
+    def to_client(self) -> dict[str, Any]:
+        return {
+            "id": self.id,
+            "room": self.room,
+            "sender": self.sender,
+            "message": self.message,
+            "timestamp": self.timestamp,
+            "seq": self.seq,
+            "epoch": self.epoch,
+            "instance_id": self.instance_id,
+        }
+
+
+def envelope_head(id: str, room: str, sender: str, message: str, timestamp: int, instance_id: str) -> bytes:
+    """The envelope's JSON without its closing brace: the publish script appends seq and epoch."""
+    body = orjson.dumps(
+        {
+            "v": WIRE_VERSION,
+            "kind": "message",
+            "id": id,
+            "room": room,
+            "sender": sender,
+            "message": message,
+            "timestamp": timestamp,
+            "instance_id": instance_id,
+        }
+    )
+    return body[:-1]
+
+
+class _EnvelopeWire(BaseModel):
+    model_config = ConfigDict(strict=True, extra="ignore", frozen=True)
+    v: Literal[1]
+    kind: Literal["message"]
+    id: Annotated[str, Field(min_length=1, max_length=64)]
+    room: Room
+    sender: Annotated[str, Field(max_length=SENDER_MAX_CHARS)]
+    message: str
+    timestamp: int
+    seq: Annotated[int, Field(ge=1)]
+    epoch: Annotated[str, Field(min_length=1, max_length=64)]
+    instance_id: Annotated[str, Field(min_length=1, max_length=64)]
+
+
+_ENVELOPE = TypeAdapter(_EnvelopeWire)
+
+
+class BadEnvelope(ValueError):
+    """A payload from Redis that is not one of our envelopes: dropped and counted."""
+
+
+def decode_envelope(raw: bytes | str, max_bytes: int) -> Envelope:
+    if len(raw) > max_bytes:
+        raise BadEnvelope(f"envelope of {len(raw)} bytes is over the {max_bytes} limit")
+    try:
+        w = _ENVELOPE.validate_json(raw)
+    except ValidationError as exc:
+        raise BadEnvelope(str(exc.errors(include_url=False, include_input=False)[:1])) from None
+    return Envelope(w.id, w.room, w.sender, w.message, w.timestamp, w.seq, w.epoch, w.instance_id)

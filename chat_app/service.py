@@ -1,0 +1,356 @@
+"""ChatService: the domain. It knows this node's connections and rooms, and delivers every
+room's envelopes to its local members in seq order, exactly once, filling gaps from
+history. It talks to the world only through a Broker, a Presence and an Emitter."""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from .backends.base import BackendUnavailable, Broker, BrokerHooks, Draft, Position, Presence
+from .protocol import ChatError, Envelope, ErrorCode, JoinRequest, SendRequest, clean_sender
+from .ratelimit import TokenBucket
+from .settings import Settings
+
+log = logging.getLogger(__name__)
+
+
+class Emitter(Protocol):
+    """Emits to this node's sockets only: a sid, or a room's local members."""
+
+    def emit(self, event: str, data: dict[str, Any], to: str) -> None: ...
+    def emit_room(self, event: str, data: dict[str, Any], room: str) -> None: ...
+    def enter_room(self, sid: str, room: str) -> None: ...
+    def leave_room(self, sid: str, room: str) -> None: ...
+
+
+@dataclass
+class Connection:
+    sid: str
+    user: str | None  # fixed at connect (auth); None: each payload's sender is used
+    send_bucket: TokenBucket
+    join_bucket: TokenBucket
+    rooms: set[str] = field(default_factory=set)
+
+
+@dataclass
+class LocalRoom:
+    members: dict[str, str] = field(default_factory=dict)  # sid -> user
+    cursor: Position | None = None  # last envelope delivered here; None until the join read it
+
+
+@dataclass
+class Counters:
+    published: int = 0
+    delivered: int = 0
+    duplicates_dropped: int = 0
+    gaps_filled: int = 0
+    messages_lost: int = 0
+    epoch_changes: int = 0
+    recoveries_ok: int = 0
+    recoveries_failed: int = 0
+    rate_limited: int = 0
+
+
+class ChatService:
+    def __init__(
+        self,
+        settings: Settings,
+        broker: Broker,
+        presence: Presence,
+        emitter: Emitter,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.settings = settings
+        self.instance_id = settings.instance_id
+        self._broker = broker
+        self._presence = presence
+        self._emitter = emitter
+        self._clock = clock
+        self._lock = threading.RLock()
+        self._connections: dict[str, Connection] = {}
+        self._rooms: dict[str, LocalRoom] = {}
+        self.counters = Counters()
+
+    # -- lifecycle -------------------------------------------------------------------
+
+    def start(self) -> None:
+        self._broker.start(BrokerHooks(self._on_envelope, self._catch_up, self._on_reconnected))
+        self._presence.start(self._snapshot, self._on_departed)
+
+    def stop(self) -> list[str]:
+        """Leave every room at once and close the backends; returns the sids to disconnect."""
+        with self._lock:
+            rooms = list(self._rooms)
+            sids = list(self._connections)
+            self._rooms.clear()
+            self._connections.clear()
+        try:
+            self._presence.remove_node(rooms)
+        except Exception:
+            log.exception("event=shutdown_presence_failed rooms=%d", len(rooms))
+        self._presence.stop()
+        self._broker.stop()
+        log.info("event=stopped rooms=%d connections=%d", len(rooms), len(sids))
+        return sids
+
+    # -- connections -----------------------------------------------------------------
+
+    def connect(self, sid: str, user: str | None) -> None:
+        s = self.settings
+        with self._lock:
+            self._connections[sid] = Connection(
+                sid, user, TokenBucket(s.send_rate, s.send_burst), TokenBucket(s.join_rate, s.join_burst)
+            )
+        log.info("event=connect sid=%s", sid)
+
+    def disconnect(self, sid: str) -> None:
+        with self._lock:
+            conn = self._connections.pop(sid, None)
+        if conn is None:
+            return
+        for room in list(conn.rooms):
+            self._leave(conn, room)
+        log.info("event=disconnect sid=%s", sid)
+
+    def _connection(self, sid: str) -> Connection:
+        conn = self._connections.get(sid)
+        if conn is None:
+            raise ChatError(ErrorCode.UNAUTHORIZED, "this connection is not registered")
+        return conn
+
+    # -- join / leave ----------------------------------------------------------------
+
+    def join(self, sid: str, req: JoinRequest, sender: Any = None) -> dict[str, Any]:
+        conn = self._connection(sid)
+        room = req.room
+        user = conn.user or clean_sender(sender) or "anonymous"
+        with self._lock:
+            if room not in conn.rooms:
+                if len(conn.rooms) >= self.settings.max_rooms_per_connection:
+                    raise ChatError(
+                        ErrorCode.TOO_MANY_ROOMS,
+                        f"a connection may be in at most {self.settings.max_rooms_per_connection} rooms",
+                    )
+                if not conn.join_bucket.take():
+                    self.counters.rate_limited += 1
+                    raise ChatError(ErrorCode.RATE_LIMITED, "too many joins: slow down")
+            local = self._rooms.setdefault(room, LocalRoom())
+            local.members[sid] = user
+            conn.rooms.add(room)
+            self._emitter.enter_room(sid, room)
+        try:
+            position = self._presence.join(room, sid, user)
+        except BackendUnavailable as exc:
+            self._leave_locally(conn, room)
+            raise ChatError(ErrorCode.UNAVAILABLE, f"could not join: {exc}") from None
+        with self._lock:
+            if local.cursor is None:
+                local.cursor = position
+                self._broker.subscribe(room)
+            elif position.epoch != local.cursor.epoch:
+                self._broker.subscribe(room)  # the store lost the room: resynchronise now
+            cursor = local.cursor
+        log.info("event=join room=%s sid=%s", room, sid)
+        return self._join_ack(room, req, cursor)
+
+    def _join_ack(self, room: str, req: JoinRequest, cursor: Position) -> dict[str, Any]:
+        recovering = req.since is not None
+        try:
+            if recovering and (req.epoch is None or req.epoch == cursor.epoch) and req.since <= cursor.seq:
+                history = self._broker.history(room, after=req.since, upto=cursor.seq)
+                recovered = history.complete and history.position.epoch == cursor.epoch
+            else:
+                history = self._broker.history(room, after=None, upto=cursor.seq)
+                recovered = False
+            members = self._presence.members(room)
+        except BackendUnavailable as exc:
+            raise ChatError(ErrorCode.UNAVAILABLE, f"joined, but could not read the room: {exc}") from None
+        ack: dict[str, Any] = {
+            "ok": True,
+            "room": room,
+            "seq": cursor.seq,
+            "epoch": cursor.epoch,
+            "members": sorted(m.user for m in members),
+            "history": [e.to_client() for e in history.envelopes if e.epoch == cursor.epoch]
+            if recovered or not recovering
+            else [],
+        }
+        if recovering:
+            ack["recovered"] = recovered
+            if recovered:
+                self.counters.recoveries_ok += 1
+            else:
+                self.counters.recoveries_failed += 1
+        return ack
+
+    def leave(self, sid: str, room: str) -> dict[str, Any]:
+        conn = self._connection(sid)
+        if room not in conn.rooms:
+            raise ChatError(ErrorCode.NOT_IN_ROOM, f"not a member of {room!r}")
+        self._leave(conn, room)
+        return {"ok": True, "room": room}
+
+    def _leave_locally(self, conn: Connection, room: str) -> bool:
+        """Drop the membership on this node; True when it was the room's last local member."""
+        with self._lock:
+            conn.rooms.discard(room)
+            self._emitter.leave_room(conn.sid, room)
+            local = self._rooms.get(room)
+            if local is None:
+                return False
+            local.members.pop(conn.sid, None)
+            if local.members:
+                return False
+            del self._rooms[room]
+        self._broker.unsubscribe(room)
+        return True
+
+    def _leave(self, conn: Connection, room: str) -> None:
+        self._leave_locally(conn, room)
+        try:
+            deleted = self._presence.leave(room, conn.sid)
+        except BackendUnavailable as exc:
+            # The entry expires with PRESENCE_TTL; the heartbeat no longer rewrites it.
+            log.warning("event=leave_unrecorded room=%s sid=%s error=%s", room, conn.sid, exc)
+            return
+        log.info("event=leave room=%s sid=%s room_deleted=%s", room, conn.sid, deleted)
+
+    # -- send ------------------------------------------------------------------------
+
+    def send(self, sid: str, req: SendRequest) -> dict[str, Any]:
+        conn = self._connection(sid)
+        if req.room not in conn.rooms:
+            raise ChatError(ErrorCode.NOT_IN_ROOM, f"join {req.room!r} before sending to it")
+        if not conn.send_bucket.take():
+            self.counters.rate_limited += 1
+            raise ChatError(ErrorCode.RATE_LIMITED, "too many messages: slow down")
+        sender = conn.user or clean_sender(req.sender) or self._rooms_user(req.room, sid)
+        draft = Draft(
+            id=uuid.uuid4().hex,
+            room=req.room,
+            sender=sender,
+            message=req.message,
+            timestamp=int(self._clock() * 1000),
+            instance_id=self.instance_id,
+            key=req.key,
+        )
+        try:
+            envelope = self._broker.publish(draft)
+        except BackendUnavailable as exc:
+            raise ChatError(ErrorCode.UNAVAILABLE, f"message not sent: {exc}") from None
+        self.counters.published += 1
+        return {"ok": True, "id": envelope.id, "seq": envelope.seq, "epoch": envelope.epoch, "timestamp": envelope.timestamp}
+
+    def _rooms_user(self, room: str, sid: str) -> str:
+        local = self._rooms.get(room)
+        return (local.members.get(sid) if local else None) or "anonymous"
+
+    # -- reads -----------------------------------------------------------------------
+
+    def members(self, room: str) -> list[str]:
+        return sorted(m.user for m in self._presence.members(room))
+
+    def is_room_active(self, room: str) -> bool:
+        return self._presence.is_active(room)
+
+    def room_info(self, room: str) -> dict[str, Any]:
+        position = self._presence.position(room)
+        members = self.members(room)
+        return {"room": room, "active": bool(members), "members": members, "seq": position.seq if position else 0}
+
+    def local_rooms(self) -> dict[str, int]:
+        with self._lock:
+            return {room: len(local.members) for room, local in self._rooms.items()}
+
+    def connection_count(self) -> int:
+        return len(self._connections)
+
+    def health(self) -> dict[str, bool]:
+        return self._broker.healthy()
+
+    # -- delivery (called from the broker's listener only) ------------------------------
+
+    def _on_envelope(self, envelope: Envelope) -> None:
+        with self._lock:
+            local = self._rooms.get(envelope.room)
+            cursor = local.cursor if local else None
+            if cursor is None:
+                return  # not hosted here (or not yet): a join's catch-up covers it
+            if envelope.epoch == cursor.epoch:
+                if envelope.seq <= cursor.seq:
+                    self.counters.duplicates_dropped += 1
+                    return
+                if envelope.seq == cursor.seq + 1:
+                    self._deliver(local, envelope)
+                    return
+        self._catch_up(envelope.room)
+
+    def _catch_up(self, room: str) -> None:
+        """Deliver everything after this node's cursor from history, in order."""
+        with self._lock:
+            local = self._rooms.get(room)
+            cursor = local.cursor if local else None
+        if local is None or cursor is None:
+            return
+        try:
+            history = self._broker.history(room, after=cursor.seq)
+        except BackendUnavailable as exc:
+            log.warning("event=catch_up_failed room=%s error=%s", room, exc)
+            return
+        position = history.position
+        if not position.epoch:
+            return  # the store has no stream for the room (yet); the heartbeat recreates it
+        if position.epoch != cursor.epoch:
+            log.warning("event=epoch_changed room=%s old=%s new=%s", room, cursor.epoch, position.epoch)
+            self.counters.epoch_changes += 1
+            try:
+                history = self._broker.history(room, after=0)
+            except BackendUnavailable as exc:
+                log.warning("event=catch_up_failed room=%s error=%s", room, exc)
+                return
+            cursor = Position(position.epoch, 0)
+        with self._lock:
+            if self._rooms.get(room) is not local:
+                return
+            local.cursor = cursor
+            for envelope in history.envelopes:
+                if envelope.epoch != cursor.epoch or envelope.seq <= local.cursor.seq:
+                    continue
+                missing = envelope.seq - local.cursor.seq - 1
+                if missing:
+                    self.counters.messages_lost += missing
+                    log.error(
+                        "event=messages_lost room=%s from_seq=%d count=%d",
+                        room,
+                        local.cursor.seq + 1,
+                        missing,
+                    )
+                else:
+                    self.counters.gaps_filled += 1
+                self._deliver(local, envelope)
+            if not history.envelopes and history.position.seq > local.cursor.seq and history.position.epoch == cursor.epoch:
+                lost = history.position.seq - local.cursor.seq
+                self.counters.messages_lost += lost
+                log.error("event=messages_lost room=%s from_seq=%d count=%d", room, local.cursor.seq + 1, lost)
+                local.cursor = Position(cursor.epoch, history.position.seq)
+
+    def _deliver(self, local: LocalRoom, envelope: Envelope) -> None:
+        local.cursor = Position(envelope.epoch, envelope.seq)
+        self.counters.delivered += 1
+        self._emitter.emit_room("broadcast_message", envelope.to_client(), envelope.room)
+
+    def _on_reconnected(self) -> None:
+        self._presence.beat()
+
+    def _on_departed(self, room: str, users: list[str]) -> None:
+        log.info("event=departed room=%s users=%d", room, len(users))
+
+    def _snapshot(self) -> dict[str, dict[str, str]]:
+        with self._lock:
+            return {room: dict(local.members) for room, local in self._rooms.items() if local.cursor is not None}

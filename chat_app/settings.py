@@ -1,0 +1,126 @@
+"""Settings from the environment: one typed place, checked once at start-up."""
+
+from __future__ import annotations
+
+import os
+import secrets
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field, fields
+from typing import Any
+
+
+class SettingsError(ValueError):
+    """A setting has a value the service cannot run with; the message names it."""
+
+
+def _positive_float(name: str, raw: str) -> float:
+    try:
+        value = float(raw)
+    except ValueError:
+        raise SettingsError(f"{name} must be a number, got {raw!r}") from None
+    if not value > 0:
+        raise SettingsError(f"{name} must be greater than 0, got {raw!r}")
+    return value
+
+
+def _positive_int(name: str, raw: str) -> int:
+    try:
+        value = int(raw)
+    except ValueError:
+        raise SettingsError(f"{name} must be a whole number, got {raw!r}") from None
+    if value <= 0:
+        raise SettingsError(f"{name} must be greater than 0, got {raw!r}")
+    return value
+
+
+def _text(name: str, raw: str) -> str:
+    value = raw.strip()
+    if not value:
+        raise SettingsError(f"{name} must not be empty")
+    return value
+
+
+def _origins(name: str, raw: str) -> list[str]:
+    return [part.strip() for part in raw.split(",") if part.strip()]
+
+
+def _log_level(name: str, raw: str) -> str:
+    value = raw.strip().upper()
+    if value not in {"DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"}:
+        raise SettingsError(f"{name} must be DEBUG, INFO, WARNING, ERROR or CRITICAL, got {raw!r}")
+    return value
+
+
+def _key_prefix(name: str, raw: str) -> str:
+    value = _text(name, raw)
+    if any(c in value for c in "*?[]{}\\ ") or not value.isprintable():
+        raise SettingsError(f"{name} must not contain spaces, glob characters or braces, got {raw!r}")
+    return value
+
+
+_PARSERS: dict[str, Callable[[str, str], Any]] = {
+    "float": _positive_float,
+    "int": _positive_int,
+    "str": _text,
+    "str | None": _text,
+    "list[str] | None": _origins,
+}
+
+
+def _setting(default: Any, parser: Callable[[str, str], Any] | None = None, **kw: Any) -> Any:
+    return field(default=default, metadata={"parser": parser}, **kw)
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Every knob of a node. Field names are the environment variables, upper-cased."""
+
+    redis_url: str | None = None
+    port: int = 5000
+    instance_id: str = field(default_factory=lambda: secrets.token_hex(6))
+    key_prefix: str = _setting("chat", _key_prefix)
+    presence_ttl: float = 30.0
+    heartbeat_interval: float = 10.0
+    history_length: int = 100
+    send_deadline: float = 5.0
+    max_message_bytes: int = 4096
+    max_rooms_per_connection: int = 50
+    send_rate: float = 20.0
+    send_burst: int = 40
+    join_rate: float = 5.0
+    join_burst: int = 20
+    reconnect_backoff_base: float = 0.05
+    reconnect_backoff_cap: float = 2.0
+    listener_idle_probe: float = 5.0
+    probe_timeout: float = 2.0
+    redis_socket_timeout: float = 5.0
+    presence_grace: float = 2.0
+    auth_secret: str | None = None
+    cors_allowed_origins: list[str] | None = None
+    log_level: str = _setting("INFO", _log_level)
+
+    def __post_init__(self) -> None:
+        if self.heartbeat_interval >= self.presence_ttl:
+            raise SettingsError(
+                f"HEARTBEAT_INTERVAL ({self.heartbeat_interval}) must be shorter than "
+                f"PRESENCE_TTL ({self.presence_ttl}), else live entries expire between beats"
+            )
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None, **overrides: Any) -> Settings:
+        """Read every field from `env` (default: os.environ); `overrides` win (tests)."""
+        env = os.environ if env is None else env
+        values: dict[str, Any] = {}
+        for f in fields(cls):
+            raw = env.get(f.name.upper())
+            if raw is None or (raw == "" and f.name != "cors_allowed_origins"):
+                continue
+            parser = f.metadata.get("parser") or _PARSERS[str(f.type)]
+            values[f.name] = parser(f.name.upper(), raw)
+        values.update(overrides)
+        return cls(**values)
+
+    @property
+    def redis_room_ttl_ms(self) -> int:
+        """Room keys outlive a presence entry so a crashed node's users can still be read."""
+        return int(self.presence_ttl * 2000)
