@@ -6,6 +6,7 @@ from gevent import monkey
 monkey.patch_all()
 
 import signal  # noqa: E402
+from types import FrameType  # noqa: E402
 
 import gevent  # noqa: E402
 
@@ -16,7 +17,7 @@ app = create_app()
 _previous = signal.getsignal(signal.SIGTERM)
 
 
-def _on_sigterm(signum, frame):  # type: ignore[no-untyped-def]
+def _on_sigterm(signum: int, frame: FrameType | None) -> None:
     """Drop presence at once, then let gunicorn's own graceful stop run."""
     gevent.spawn(shutdown, app)
     if callable(_previous):

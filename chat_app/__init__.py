@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
+
 from flask import Flask
 from flask_socketio import SocketIO
 
@@ -80,10 +82,8 @@ def shutdown(app: Flask) -> None:
     service: ChatService = app.extensions["chat_service"]
     socketio: SocketIO = app.extensions["chat_socketio"]
     for sid in service.stop():
-        try:
+        with contextlib.suppress(Exception):  # the client may already be gone
             socketio.server.disconnect(sid, namespace="/")
-        except Exception:  # the client may already be gone
-            pass
 
 
 __all__ = ["Settings", "create_app", "shutdown"]

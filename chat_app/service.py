@@ -245,7 +245,13 @@ class ChatService:
         except BackendUnavailable as exc:
             raise ChatError(ErrorCode.UNAVAILABLE, f"message not sent: {exc}") from None
         self.counters.published += 1
-        return {"ok": True, "id": envelope.id, "seq": envelope.seq, "epoch": envelope.epoch, "timestamp": envelope.timestamp}
+        return {
+            "ok": True,
+            "id": envelope.id,
+            "seq": envelope.seq,
+            "epoch": envelope.epoch,
+            "timestamp": envelope.timestamp,
+        }
 
     def _rooms_user(self, room: str, sid: str) -> str:
         local = self._rooms.get(room)
@@ -334,7 +340,11 @@ class ChatService:
                 else:
                     self.counters.gaps_filled += 1
                 self._deliver(local, envelope)
-            if not history.envelopes and history.position.seq > local.cursor.seq and history.position.epoch == cursor.epoch:
+            if (
+                not history.envelopes
+                and history.position.seq > local.cursor.seq
+                and history.position.epoch == cursor.epoch
+            ):
                 lost = history.position.seq - local.cursor.seq
                 self.counters.messages_lost += lost
                 log.error("event=messages_lost room=%s from_seq=%d count=%d", room, local.cursor.seq + 1, lost)

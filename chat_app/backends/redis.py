@@ -55,8 +55,12 @@ class RedisClients:
         )
         return cls(
             commands=redis.Redis(connection_pool=pool),
-            publisher=redis.Redis.from_url(settings.redis_url, retry=Retry(ExponentialWithJitterBackoff(), 0), **common),
-            subscriber=redis.Redis.from_url(settings.redis_url, retry=Retry(ExponentialWithJitterBackoff(), 0), **common),
+            publisher=redis.Redis.from_url(
+                settings.redis_url, retry=Retry(ExponentialWithJitterBackoff(), 0), **common
+            ),
+            subscriber=redis.Redis.from_url(
+                settings.redis_url, retry=Retry(ExponentialWithJitterBackoff(), 0), **common
+            ),
         )
 
 
@@ -144,7 +148,10 @@ class RedisBroker:
             publisher = bool(self._commands.ping())
         except CONNECTION_ERRORS:
             publisher = False
-        return {"publisher": publisher and self.publisher.last_error is None, "listener": self.listener.all_subscribed()}
+        return {
+            "publisher": publisher and self.publisher.last_error is None,
+            "listener": self.listener.all_subscribed(),
+        }
 
 
 class RedisPresence:

@@ -10,6 +10,7 @@ the service catch its room up from history, so nothing published meanwhile is mi
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import secrets
 import threading
@@ -112,10 +113,8 @@ class Listener:
                 self.connected = False
                 self.subscribed = set()
                 self._asked = set()
-                try:
+                with contextlib.suppress(Exception):  # a dead socket may fail to close
                     pubsub.close()
-                except Exception:  # a dead socket may fail to close; it is dropped either way
-                    pass
             if self._stopping.wait(self._backoff.compute(failures)):
                 break
         log.info("event=listener_stopped")

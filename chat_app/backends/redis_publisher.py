@@ -8,6 +8,7 @@ retried after a connection error never stores a message twice.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import logging
 import queue
@@ -70,10 +71,8 @@ class Publisher:
 
     def stop(self) -> None:
         self._stopping.set()
-        try:
+        with contextlib.suppress(queue.Full):
             self._queue.put_nowait(None)
-        except queue.Full:
-            pass
         self._thread.join(timeout=self._deadline)
 
     def publish(self, draft: Draft) -> Envelope:
@@ -131,20 +130,24 @@ class Publisher:
                 log.info("event=publish_recovered")
             self.last_error = None
             self.last_ok = time.monotonic()
-            retry: list[_Pending] = []
-            for p, result in zip(batch, results, strict=True):
-                if isinstance(result, NoScriptError):
-                    retry.append(p)
-                elif isinstance(result, Exception):
-                    log.error("event=publish_error room=%s error=%r", p.draft.room, result)
-                    p.future.set_exception(BackendUnavailable(f"redis refused the send: {result}"))
-                else:
-                    self._resolve(p, result)
-            if retry:
-                self._client.script_load(SEND_SCRIPT)
-            batch = retry
+            batch = self._settle(batch, results)
         for p in batch:
             p.future.set_exception(BackendUnavailable("the node is shutting down"))
+
+    def _settle(self, batch: list[_Pending], results: list[object]) -> list[_Pending]:
+        """Resolve each send from its reply; return those to run again after a script load."""
+        retry: list[_Pending] = []
+        for p, result in zip(batch, results, strict=True):
+            if isinstance(result, NoScriptError):
+                retry.append(p)
+            elif isinstance(result, Exception):
+                log.error("event=publish_error room=%s error=%r", p.draft.room, result)
+                p.future.set_exception(BackendUnavailable(f"redis refused the send: {result}"))
+            else:
+                self._resolve(p, result)
+        if retry:
+            self._client.script_load(SEND_SCRIPT)
+        return retry
 
     def _execute(self, batch: list[_Pending]) -> list[object]:
         pipe = self._client.pipeline(transaction=False)

@@ -1,0 +1,35 @@
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+ROOT = Path(__file__).resolve().parent.parent
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+from processes import NodeFactory, RedisServer, free_port  # noqa: E402
+
+
+@pytest.fixture
+def redis_server(tmp_path: Path):
+    """A redis-server of the test's own, on a free port, in a temporary directory."""
+    server = RedisServer(tmp_path / "redis", free_port())
+    server.start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def nodes(tmp_path: Path):
+    """Starts nodes exactly as the Procfile's web line does; stops them afterwards."""
+    factory = NodeFactory(tmp_path / "nodes")
+    yield factory
+    factory.stop_all()
+
+
+def pytest_report_header(config: pytest.Config) -> str:
+    return f"redis-server: {os.popen('redis-server --version').read().strip()}"

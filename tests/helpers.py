@@ -1,0 +1,89 @@
+"""Bounded waiting and recording doubles shared by the tests."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections import defaultdict
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+T = TypeVar("T")
+
+
+def wait_until(predicate: Callable[[], T], timeout: float = 10.0, interval: float = 0.02, what: str = "") -> T:
+    """Poll until `predicate()` is truthy; fail with `what` once `timeout` has passed."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what or predicate}")
+        time.sleep(interval)
+
+
+class RecordingEmitter:
+    """An Emitter that remembers what each local socket would have received."""
+
+    def __init__(self) -> None:
+        self.rooms: dict[str, set[str]] = defaultdict(set)
+        self.received: dict[str, list[tuple[str, dict[str, Any]]]] = defaultdict(list)
+        self.lock = threading.Lock()
+
+    def emit(self, event: str, data: dict[str, Any], to: str) -> None:
+        with self.lock:
+            self.received[to].append((event, data))
+
+    def emit_room(self, event: str, data: dict[str, Any], room: str) -> None:
+        with self.lock:
+            for sid in self.rooms[room]:
+                self.received[sid].append((event, data))
+
+    def enter_room(self, sid: str, room: str) -> None:
+        with self.lock:
+            self.rooms[room].add(sid)
+
+    def leave_room(self, sid: str, room: str) -> None:
+        with self.lock:
+            self.rooms[room].discard(sid)
+
+    def messages(self, sid: str, event: str = "broadcast_message") -> list[dict[str, Any]]:
+        with self.lock:
+            return [data for name, data in self.received[sid] if name == event]
+
+
+class ChatClient:
+    """A real python-socketio client over websocket that records what it receives."""
+
+    def __init__(self, url: str, username: str | None = None, **connect: Any) -> None:
+        import socketio
+
+        self.sio = socketio.Client(reconnection=False)
+        self.events: dict[str, list[Any]] = defaultdict(list)
+        self._lock = threading.Lock()
+        for name in ("broadcast_message", "error", "presence"):
+            self.sio.on(name, self._recorder(name))
+        auth = {"username": username} if username else None
+        self.sio.connect(url, transports=["websocket"], auth=auth, wait_timeout=10, **connect)
+
+    def _recorder(self, name: str) -> Callable[[Any], None]:
+        def record(data: Any) -> None:
+            with self._lock:
+                self.events[name].append(data)
+
+        return record
+
+    def call(self, event: str, data: Any, timeout: float = 10) -> Any:
+        return self.sio.call(event, data, timeout=timeout)
+
+    def received(self, event: str = "broadcast_message") -> list[Any]:
+        with self._lock:
+            return list(self.events[event])
+
+    def wait_for(self, count: int, event: str = "broadcast_message", timeout: float = 10) -> list[Any]:
+        wait_until(lambda: len(self.received(event)) >= count, timeout, what=f"{count} x {event}")
+        return self.received(event)
+
+    def close(self) -> None:
+        self.sio.disconnect()

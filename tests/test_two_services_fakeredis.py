@@ -1,0 +1,143 @@
+"""Two ChatService instances over one fake Redis, as two nodes would share one Redis."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import fakeredis
+import pytest
+from helpers import RecordingEmitter, wait_until
+
+from chat_app.backends.redis import RedisBroker, RedisClients, RedisPresence
+from chat_app.protocol import ChatError, ErrorCode, JoinRequest, SendRequest
+from chat_app.service import ChatService
+from chat_app.settings import Settings
+
+
+def make_node(
+    server: fakeredis.FakeServer, instance_id: str, **overrides: object
+) -> tuple[ChatService, RecordingEmitter]:
+    settings = Settings.from_env(
+        {},
+        redis_url="redis://fake",
+        instance_id=instance_id,
+        presence_ttl=3.0,
+        heartbeat_interval=1.0,
+        listener_idle_probe=1.0,
+        **overrides,
+    )
+    clients = RedisClients(*(fakeredis.FakeRedis(server=server) for _ in range(3)))
+    emitter = RecordingEmitter()
+    service = ChatService(settings, RedisBroker(clients, settings), RedisPresence(clients, settings), emitter)
+    service.start()
+    return service, emitter
+
+
+@pytest.fixture
+def server() -> fakeredis.FakeServer:
+    return fakeredis.FakeServer()
+
+
+@pytest.fixture
+def two_nodes(
+    server: fakeredis.FakeServer,
+) -> Iterator[tuple[ChatService, RecordingEmitter, ChatService, RecordingEmitter]]:
+    a, ea = make_node(server, "A")
+    b, eb = make_node(server, "B")
+    yield a, ea, b, eb
+    a.stop()
+    b.stop()
+
+
+def room_keys(server: fakeredis.FakeServer, room: str) -> list[bytes]:
+    return [k for k in fakeredis.FakeRedis(server=server).keys("*") if room.encode() in k]
+
+
+def test_message_sent_on_a_is_emitted_by_b_to_its_member_only(two_nodes) -> None:
+    a, ea, b, eb = two_nodes
+    a.connect("a1", "alice")
+    b.connect("b1", "bob")
+    b.connect("b2", "carol")  # on B but never joins
+    a.join("a1", JoinRequest(room="lobby"))
+    b.join("b1", JoinRequest(room="lobby"))
+    wait_until(lambda: b._broker.listener.all_subscribed(), what="B subscribed")
+
+    ack = a.send("a1", SendRequest(room="lobby", message="hello"))
+
+    got = wait_until(lambda: eb.messages("b1"), what="B emits to its member")
+    assert [(m["message"], m["sender"], m["seq"], m["instance_id"]) for m in got] == [("hello", "alice", 1, "A")]
+    assert got[0]["id"] == ack["id"] and got[0]["epoch"] == ack["epoch"]
+    assert eb.messages("b2") == []
+    wait_until(lambda: ea.messages("a1"), what="the sender's own node echoes to the sender")
+
+
+def test_node_hears_nothing_for_rooms_it_does_not_host(two_nodes) -> None:
+    a, ea, b, _eb = two_nodes
+    a.connect("a1", "alice")
+    b.connect("b1", "bob")
+    a.join("a1", JoinRequest(room="only-a"))
+    b.join("b1", JoinRequest(room="only-b"))
+    wait_until(lambda: b._broker.listener.all_subscribed(), what="B subscribed")
+    a.send("a1", SendRequest(room="only-a", message="x"))
+    wait_until(lambda: ea.messages("a1"))
+    assert b.counters.delivered == 0
+    channels = b._broker.listener.subscribed
+    assert not any(b"only-a" in c for c in channels)
+
+
+def test_presence_keys_carry_ttl_and_last_leave_everywhere_removes_all(server, two_nodes) -> None:
+    a, _, b, _ = two_nodes
+    a.connect("a1", "alice")
+    b.connect("b1", "bob")
+    a.join("a1", JoinRequest(room="lobby"))
+    b.join("b1", JoinRequest(room="lobby"))
+    a.send("a1", SendRequest(room="lobby", message="kept in history"))
+    r = fakeredis.FakeRedis(server=server)
+    keys = room_keys(server, "lobby")
+    assert keys, "room state exists while it has members"
+    assert all(r.pttl(k) > 0 for k in keys), {k: r.pttl(k) for k in keys}
+    assert a.is_room_active("lobby") and b.members("lobby") == ["alice", "bob"]
+
+    a.leave("a1", "lobby")
+    assert b.is_room_active("lobby") and a.members("lobby") == ["bob"]
+    assert room_keys(server, "lobby")
+
+    b.disconnect("b1")
+    assert not a.is_room_active("lobby")
+    assert room_keys(server, "lobby") == []
+
+
+def test_stopped_heartbeat_lets_entries_expire(server) -> None:
+    a, _ = make_node(server, "A")
+    b, _ = make_node(server, "B")
+    try:
+        a.connect("a1", "alice")
+        b.connect("b1", "bob")
+        a.join("a1", JoinRequest(room="lobby"))
+        b.join("b1", JoinRequest(room="lobby"))
+        # B crashes: nothing rewrites its entry any more.
+        b._presence.stop()
+        b._broker.stop()
+        assert a.members("lobby") == ["alice", "bob"]
+        wait_until(lambda: a.members("lobby") == ["alice"], timeout=6, what="B's entry to expire")
+        assert a.is_room_active("lobby")
+    finally:
+        a.stop()
+
+
+def test_heartbeat_rewrites_entries_lost_from_redis(server, two_nodes) -> None:
+    a, _, _, _ = two_nodes
+    a.connect("a1", "alice")
+    a.join("a1", JoinRequest(room="lobby"))
+    fakeredis.FakeRedis(server=server).flushall()
+    assert not a.is_room_active("lobby")
+    wait_until(lambda: a.members("lobby") == ["alice"], timeout=4, what="the heartbeat to rewrite")
+
+
+def test_send_without_membership_is_refused_and_publishes_nothing(server, two_nodes) -> None:
+    a, _, _, _ = two_nodes
+    a.connect("a1", "alice")
+    with pytest.raises(ChatError) as err:
+        a.send("a1", SendRequest(room="lobby", message="x"))
+    assert err.value.code is ErrorCode.NOT_IN_ROOM
+    assert room_keys(server, "lobby") == []
