@@ -192,18 +192,55 @@ class _EnvelopeWire(BaseModel):
     instance_id: Annotated[str, Field(min_length=1, max_length=64)]
 
 
-_ENVELOPE = TypeAdapter(_EnvelopeWire)
+class _PresenceWire(BaseModel):
+    model_config = ConfigDict(strict=True, extra="ignore", frozen=True)
+    v: Literal[1]
+    kind: Literal["presence"]
+    room: Room
+    action: Literal["join", "leave"]
+    user: Annotated[str, Field(max_length=SENDER_MAX_CHARS)]
+    members_count: Annotated[int, Field(ge=0)]
+    instance_id: Annotated[str, Field(min_length=1, max_length=64)]
+
+
+@dataclass(frozen=True, slots=True)
+class PresenceEvent:
+    """A member's first arrival in, or last departure from, a room (across all nodes)."""
+
+    room: str
+    action: str
+    user: str
+    members_count: int
+    instance_id: str
+
+    def to_client(self) -> dict[str, Any]:
+        return {"room": self.room, "action": self.action, "user": self.user, "members_count": self.members_count}
+
+
+_WIRE: TypeAdapter[_EnvelopeWire | _PresenceWire] = TypeAdapter(
+    Annotated[_EnvelopeWire | _PresenceWire, Field(discriminator="kind")]
+)
 
 
 class BadEnvelope(ValueError):
-    """A payload from Redis that is not one of our envelopes: dropped and counted."""
+    """A payload from Redis that is not one of ours: dropped and counted."""
+
+
+def decode_wire(raw: bytes | str, max_bytes: int) -> Envelope | PresenceEvent:
+    """Parse what arrived on a room channel; never evaluates or unpickles anything."""
+    if len(raw) > max_bytes:
+        raise BadEnvelope(f"payload of {len(raw)} bytes is over the {max_bytes} limit")
+    try:
+        w = _WIRE.validate_json(raw)
+    except ValidationError as exc:
+        raise BadEnvelope(str(exc.errors(include_url=False, include_input=False)[:1])) from None
+    if isinstance(w, _PresenceWire):
+        return PresenceEvent(w.room, w.action, w.user, w.members_count, w.instance_id)
+    return Envelope(w.id, w.room, w.sender, w.message, w.timestamp, w.seq, w.epoch, w.instance_id)
 
 
 def decode_envelope(raw: bytes | str, max_bytes: int) -> Envelope:
-    if len(raw) > max_bytes:
-        raise BadEnvelope(f"envelope of {len(raw)} bytes is over the {max_bytes} limit")
-    try:
-        w = _ENVELOPE.validate_json(raw)
-    except ValidationError as exc:
-        raise BadEnvelope(str(exc.errors(include_url=False, include_input=False)[:1])) from None
-    return Envelope(w.id, w.room, w.sender, w.message, w.timestamp, w.seq, w.epoch, w.instance_id)
+    decoded = decode_wire(raw, max_bytes)
+    if not isinstance(decoded, Envelope):
+        raise BadEnvelope("expected a message envelope")
+    return decoded

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from .backends.base import BackendUnavailable, Broker, BrokerHooks, Draft, Position, Presence
-from .protocol import ChatError, Envelope, ErrorCode, JoinRequest, SendRequest, clean_sender
+from .protocol import ChatError, Envelope, ErrorCode, JoinRequest, PresenceEvent, SendRequest, clean_sender
 from .ratelimit import TokenBucket
 from .settings import Settings
 
@@ -80,8 +80,8 @@ class ChatService:
     # -- lifecycle -------------------------------------------------------------------
 
     def start(self) -> None:
-        self._broker.start(BrokerHooks(self._on_envelope, self._catch_up, self._on_reconnected))
-        self._presence.start(self._snapshot, self._on_departed)
+        self._broker.start(BrokerHooks(self._on_envelope, self._on_presence, self._catch_up, self._on_reconnected))
+        self._presence.start(self._snapshot)
 
     def stop(self) -> list[str]:
         """Leave every room at once and close the backends; returns the sids to disconnect."""
@@ -91,7 +91,7 @@ class ChatService:
             self._rooms.clear()
             self._connections.clear()
         try:
-            self._presence.remove_node(rooms)
+            self._presence.remove_node(rooms, grace=True)
         except Exception:
             log.exception("event=shutdown_presence_failed rooms=%d", len(rooms))
         self._presence.stop()
@@ -110,13 +110,27 @@ class ChatService:
         log.info("event=connect sid=%s", sid)
 
     def disconnect(self, sid: str) -> None:
+        """Leave every room, with grace: a client that reconnects at once causes no churn."""
         with self._lock:
             conn = self._connections.pop(sid, None)
         if conn is None:
             return
-        for room in list(conn.rooms):
-            self._leave(conn, room)
-        log.info("event=disconnect sid=%s", sid)
+        rooms = list(conn.rooms)
+        for room in rooms:
+            self._leave(conn, room, grace=True)
+        if rooms:
+            timer = threading.Timer(self.settings.presence_grace + 0.05, self._sweep, args=(rooms,))
+            timer.daemon = True
+            timer.start()
+        log.info("event=disconnect sid=%s rooms=%d", sid, len(rooms))
+
+    def _sweep(self, rooms: list[str]) -> None:
+        """Announce the departures whose grace ran out (another node's heartbeat would too)."""
+        for room in rooms:
+            try:
+                self._presence.sweep(room)
+            except BackendUnavailable as exc:
+                log.warning("event=sweep_failed room=%s error=%s", room, exc)
 
     def _connection(self, sid: str) -> Connection:
         conn = self._connections.get(sid)
@@ -211,10 +225,10 @@ class ChatService:
         self._broker.unsubscribe(room)
         return True
 
-    def _leave(self, conn: Connection, room: str) -> None:
+    def _leave(self, conn: Connection, room: str, grace: bool = False) -> None:
         self._leave_locally(conn, room)
         try:
-            deleted = self._presence.leave(room, conn.sid)
+            deleted = self._presence.leave(room, conn.sid, grace=grace)
         except BackendUnavailable as exc:
             # The entry expires with PRESENCE_TTL; the heartbeat no longer rewrites it.
             log.warning("event=leave_unrecorded room=%s sid=%s error=%s", room, conn.sid, exc)
@@ -355,11 +369,22 @@ class ChatService:
         self.counters.delivered += 1
         self._emitter.emit_room("broadcast_message", envelope.to_client(), envelope.room)
 
-    def _on_reconnected(self) -> None:
-        self._presence.beat()
+    def _on_presence(self, event: PresenceEvent) -> None:
+        if event.room in self._rooms:
+            self._emitter.emit_room("presence", event.to_client(), event.room)
 
-    def _on_departed(self, room: str, users: list[str]) -> None:
-        log.info("event=departed room=%s users=%d", room, len(users))
+    def _on_reconnected(self) -> None:
+        """Presence events sent while we were away are lost: rewrite ours, resend the list."""
+        self._presence.beat()
+        for room in list(self._rooms):
+            try:
+                members = self._presence.members(room)
+            except BackendUnavailable as exc:
+                log.warning("event=presence_sync_failed room=%s error=%s", room, exc)
+                continue
+            names = sorted(m.user for m in members)
+            sync = {"room": room, "action": "sync", "user": None, "members_count": len(set(names)), "members": names}
+            self._emitter.emit_room("presence", sync, room)
 
     def _snapshot(self) -> dict[str, dict[str, str]]:
         with self._lock:

@@ -102,9 +102,20 @@ def test_presence_keys_carry_ttl_and_last_leave_everywhere_removes_all(server, t
     assert b.is_room_active("lobby") and a.members("lobby") == ["bob"]
     assert room_keys(server, "lobby")
 
-    b.disconnect("b1")
+    b.leave("b1", "lobby")
     assert not a.is_room_active("lobby")
     assert room_keys(server, "lobby") == []
+
+
+def test_last_disconnect_keeps_room_for_the_grace_period_then_removes_all(server, two_nodes) -> None:
+    a, _, _, _ = two_nodes
+    a.connect("a1", "alice")
+    a.join("a1", JoinRequest(room="lobby"))
+    a.send("a1", SendRequest(room="lobby", message="m"))
+    a.disconnect("a1")
+    assert not a.is_room_active("lobby")
+    assert room_keys(server, "lobby"), "kept while a reconnect could still recover it"
+    wait_until(lambda: room_keys(server, "lobby") == [], timeout=a.settings.presence_grace + 3, what="cleanup")
 
 
 def test_stopped_heartbeat_lets_entries_expire(server) -> None:

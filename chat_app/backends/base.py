@@ -7,7 +7,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
-from ..protocol import Envelope
+from ..protocol import Envelope, PresenceEvent
 
 
 class BackendUnavailable(Exception):
@@ -54,6 +54,7 @@ class BrokerHooks:
     """Called from the broker's listener, the only place envelopes are delivered from."""
 
     on_envelope: Callable[[Envelope], None]
+    on_presence: Callable[[PresenceEvent], None]
     on_subscribed: Callable[[str], None]  # room's channel is live: catch up from history
     on_reconnected: Callable[[], None]
 
@@ -71,12 +72,11 @@ class Broker(Protocol):
     def stop(self) -> None: ...
 
 
-Departed = Callable[[str, list[str]], None]
-"""(room, users) of another node whose entries expired: told to exactly one live node."""
-
-
 class Presence(Protocol):
-    def start(self, snapshot: Callable[[], dict[str, dict[str, str]]], on_departed: Departed) -> None:
+    """Who is in which room, across nodes. Joins and last departures are announced on the
+    room's channel by the backend itself (BrokerHooks.on_presence), each exactly once."""
+
+    def start(self, snapshot: Callable[[], dict[str, dict[str, str]]]) -> None:
         """Begin the heartbeat; `snapshot` returns this node's rooms -> {sid: user}."""
         ...
 
@@ -86,13 +86,18 @@ class Presence(Protocol):
 
     def stop(self) -> None: ...
     def join(self, room: str, sid: str, user: str) -> Position: ...
-    def leave(self, room: str, sid: str) -> bool:
-        """Remove one member; True when the room had nobody left anywhere and was deleted."""
+    def leave(self, room: str, sid: str, grace: bool = False) -> bool:
+        """Remove one member; True when the room had nobody left anywhere and was deleted.
+        With `grace`, the user's departure is announced only if they are not back in time."""
+        ...
+
+    def sweep(self, room: str) -> bool:
+        """Settle departures whose grace ran out; True when that emptied the room."""
         ...
 
     def members(self, room: str) -> list[Member]: ...
     def is_active(self, room: str) -> bool: ...
     def position(self, room: str) -> Position | None: ...
-    def remove_node(self, rooms: Sequence[str]) -> None:
+    def remove_node(self, rooms: Sequence[str], grace: bool = False) -> None:
         """Drop this node's entries at once (graceful shutdown)."""
         ...

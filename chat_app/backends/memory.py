@@ -1,16 +1,17 @@
 """The in-process backend: one node, no Redis. A `MemoryHub` may be shared by several
-services in one process (tests), standing where Redis would."""
+services in one process (tests), standing where Redis would. Departures are announced at
+once: with one node there is no other node a reconnecting client could land on."""
 
 from __future__ import annotations
 
 import secrets
 import threading
-from collections import deque
+from collections import Counter, deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
-from ..protocol import Envelope
-from .base import BrokerHooks, Departed, Draft, History, Member, Position
+from ..protocol import Envelope, PresenceEvent
+from .base import BrokerHooks, Draft, History, Member, Position
 
 RECENT_HISTORY = 50
 
@@ -23,6 +24,9 @@ class _Room:
     dedup: dict[str, Envelope] = field(default_factory=dict)
     members: dict[str, dict[str, str]] = field(default_factory=dict)  # instance -> sid -> user
 
+    def users(self) -> Counter[str]:
+        return Counter(user for sids in self.members.values() for user in sids.values())
+
 
 class MemoryHub:
     def __init__(self, history_length: int = 100) -> None:
@@ -30,6 +34,9 @@ class MemoryHub:
         self.rooms: dict[str, _Room] = {}
         self.lock = threading.RLock()
         self.listeners: dict[str, tuple[set[str], BrokerHooks]] = {}
+
+    def hooks_for(self, room: str) -> list[BrokerHooks]:
+        return [hooks for rooms, hooks in self.listeners.values() if room in rooms]
 
 
 class MemoryBroker:
@@ -59,8 +66,7 @@ class MemoryBroker:
             while len(room.history) > hub.history_length:
                 old = room.history.popleft()
                 room.dedup = {k: v for k, v in room.dedup.items() if v is not old}
-            targets = [hooks for rooms, hooks in hub.listeners.values() if draft.room in rooms]
-            for hooks in targets:
+            for hooks in hub.hooks_for(draft.room):
                 hooks.on_envelope(envelope)
         return envelope
 
@@ -93,7 +99,7 @@ class MemoryPresence:
         self._hub = hub
         self._id = instance_id
 
-    def start(self, snapshot: Callable[[], dict[str, dict[str, str]]], on_departed: Departed) -> None:
+    def start(self, snapshot: Callable[[], dict[str, dict[str, str]]]) -> None:
         pass
 
     def beat(self) -> None:
@@ -102,25 +108,47 @@ class MemoryPresence:
     def stop(self) -> None:
         pass
 
+    def _change(self, room: str, state: _Room, edit: Callable[[], None]) -> None:
+        """Apply `edit` to the room's members; announce users who arrived or left."""
+        before = state.users()
+        edit()
+        after = state.users()
+        events = [("join", u) for u in after if u not in before] + [("leave", u) for u in before if u not in after]
+        for action, user in events:
+            event = PresenceEvent(room, action, user, len(after), self._id)
+            for hooks in self._hub.hooks_for(room):
+                hooks.on_presence(event)
+
     def join(self, room: str, sid: str, user: str) -> Position:
         with self._hub.lock:
             state = self._hub.rooms.setdefault(room, _Room())
-            state.members.setdefault(self._id, {})[sid] = user
+            self._change(room, state, lambda: state.members.setdefault(self._id, {}).__setitem__(sid, user))
             return Position(state.epoch, state.seq)
 
-    def leave(self, room: str, sid: str) -> bool:
+    def _remove(self, room: str, sids: Sequence[str] | None) -> bool:
         with self._hub.lock:
             state = self._hub.rooms.get(room)
             if state is None:
                 return False
-            mine = state.members.get(self._id, {})
-            mine.pop(sid, None)
-            if not mine:
-                state.members.pop(self._id, None)
+
+            def edit() -> None:
+                mine = state.members.get(self._id, {})
+                for sid in list(mine) if sids is None else sids:
+                    mine.pop(sid, None)
+                if not mine:
+                    state.members.pop(self._id, None)
+
+            self._change(room, state, edit)
             if state.members:
                 return False
             del self._hub.rooms[room]
             return True
+
+    def leave(self, room: str, sid: str, grace: bool = False) -> bool:
+        return self._remove(room, [sid])
+
+    def sweep(self, room: str) -> bool:
+        return False
 
     def members(self, room: str) -> list[Member]:
         with self._hub.lock:
@@ -137,11 +165,6 @@ class MemoryPresence:
             state = self._hub.rooms.get(room)
             return Position(state.epoch, state.seq) if state else None
 
-    def remove_node(self, rooms: Sequence[str]) -> None:
-        with self._hub.lock:
-            for room in rooms:
-                state = self._hub.rooms.get(room)
-                if state is not None:
-                    state.members.pop(self._id, None)
-                    if not state.members:
-                        del self._hub.rooms[room]
+    def remove_node(self, rooms: Sequence[str], grace: bool = False) -> None:
+        for room in rooms:
+            self._remove(room, None)

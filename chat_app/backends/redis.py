@@ -12,11 +12,12 @@ from pathlib import Path
 
 import redis
 from redis.backoff import ExponentialWithJitterBackoff
+from redis.commands.core import Script
 from redis.retry import Retry
 
 from ..protocol import BadEnvelope, Envelope, decode_envelope
 from ..settings import Settings
-from .base import BackendUnavailable, BrokerHooks, Departed, Draft, History, Member, Position
+from .base import BackendUnavailable, BrokerHooks, Draft, History, Member, Position
 from .redis_keys import RoomKeys, escape
 from .redis_listener import Listener
 from .redis_publisher import CONNECTION_ERRORS, Publisher
@@ -159,54 +160,47 @@ class RedisPresence:
         self._redis = clients.commands
         self._settings = settings
         self._node = escape(settings.instance_id)
-        self._touch = self._redis.register_script((_LUA / "touch.lua").read_text())
-        self._leave = self._redis.register_script((_LUA / "leave.lua").read_text())
+        prelude = (_LUA / "prelude.lua").read_text()
+        self._touch = self._redis.register_script(prelude + (_LUA / "touch.lua").read_text())
+        self._leave = self._redis.register_script(prelude + (_LUA / "leave.lua").read_text())
         self._members = self._redis.register_script((_LUA / "members.lua").read_text())
-        self._snapshot: Callable[[], dict[str, dict[str, str]]] | None = None
+        self._snapshot: Callable[[], dict[str, dict[str, str]]] = dict
         self._stopping = threading.Event()
         self._thread = threading.Thread(target=self._heartbeat, name="heartbeat", daemon=True)
-        self._on_departed: Departed = lambda room, users: None
 
     def _keys(self, room: str) -> RoomKeys:
         return RoomKeys.of(self._settings.key_prefix, room)
 
-    def _run_touch(self, room: str, replace: bool, entries: Sequence[str], client: object = None) -> object:
-        s = self._settings
-        keys = self._keys(room)
+    def _call(self, script: Script, room: str, *extra: object, client: object = None) -> object:
+        """Run a presence script with the KEYS and leading ARGV they all share (prelude.lua)."""
+        s, keys = self._settings, self._keys(room)
         args = [
             self._node,
+            keys.node_prefix,
+            room,
+            keys.channel,
             int(s.presence_ttl * 1000),
             s.redis_room_ttl_ms,
+            int(s.presence_grace * 1000),
             secrets.token_hex(8),
-            keys.node_prefix,
-            "1" if replace else "0",
-            *entries,
+            *extra,
         ]
-        return self._touch(keys=keys.script_keys(self._node), args=args, client=client)
-
-    def _announce_dead(self, room: str, result: Sequence[bytes], start: int) -> None:
-        dead = [u.decode() for u in result[start:]]
-        if dead:
-            self._on_departed(room, dead)
+        try:
+            return script(keys=keys.script_keys(self._node), args=args, client=client)
+        except CONNECTION_ERRORS as exc:
+            raise BackendUnavailable(f"redis unreachable: {exc}") from exc
 
     def join(self, room: str, sid: str, user: str) -> Position:
-        try:
-            result = self._run_touch(room, False, [sid, user])
-        except CONNECTION_ERRORS as exc:
-            raise BackendUnavailable(f"redis unreachable: {exc}") from exc
-        self._announce_dead(room, result, 2)
-        return Position(result[0].decode(), int(result[1]))
+        epoch, seq = self._call(self._touch, room, "0", sid, user)
+        return Position(epoch.decode(), int(seq))
 
-    def leave(self, room: str, sid: str) -> bool:
-        keys = self._keys(room)
-        try:
-            result = self._leave(keys=keys.script_keys(self._node), args=[self._node, sid, keys.node_prefix])
-        except CONNECTION_ERRORS as exc:
-            raise BackendUnavailable(f"redis unreachable: {exc}") from exc
-        self._announce_dead(room, result, 1)
-        return bool(result[0])
+    def leave(self, room: str, sid: str, grace: bool = False) -> bool:
+        return bool(self._call(self._leave, room, "sid", sid, "1" if grace else "0"))
 
-    def _read(self, room: str) -> list[object]:
+    def sweep(self, room: str) -> bool:
+        return bool(self._call(self._leave, room, "sweep", "", "0"))
+
+    def _read(self, room: str) -> list[bytes]:
         keys = self._keys(room)
         try:
             return self._members(keys=[keys.nodes, keys.epoch, keys.seq], args=[keys.node_prefix])
@@ -224,28 +218,14 @@ class RedisPresence:
         epoch, seq = self._read(room)[:2]
         return Position(epoch.decode(), int(seq)) if epoch else None
 
-    def refresh(self, rooms: dict[str, dict[str, str]]) -> None:
-        if not rooms:
-            return
-        names = list(rooms)
-        with self._redis.pipeline(transaction=False) as pipe:
-            for room in names:
-                entries = [x for sid, user in rooms[room].items() for x in (sid, user)]
-                self._run_touch(room, True, entries, client=pipe)
-            results = pipe.execute()
-        for room, result in zip(names, results, strict=True):
-            self._announce_dead(room, result, 2)
-
-    def remove_node(self, rooms: Sequence[str]) -> None:
+    def remove_node(self, rooms: Sequence[str], grace: bool = False) -> None:
         with self._redis.pipeline(transaction=False) as pipe:
             for room in rooms:
-                keys = self._keys(room)
-                self._leave(keys=keys.script_keys(self._node), args=[self._node, "", keys.node_prefix], client=pipe)
+                self._call(self._leave, room, "node", "", "1" if grace else "0", client=pipe)
             pipe.execute()
 
-    def start(self, snapshot: Callable[[], dict[str, dict[str, str]]], on_departed: Departed) -> None:
+    def start(self, snapshot: Callable[[], dict[str, dict[str, str]]]) -> None:
         self._snapshot = snapshot
-        self._on_departed = on_departed
         self._thread.start()
 
     def stop(self) -> None:
@@ -253,11 +233,19 @@ class RedisPresence:
         self._thread.join(timeout=5)
 
     def beat(self) -> None:
-        assert self._snapshot is not None
+        """Rewrite every local entry (not merely re-EXPIRE): entries come back after Redis
+        lost its data, and the sweep inside the script announces crashed nodes' users."""
+        rooms = self._snapshot()
+        if not rooms:
+            return
         try:
-            self.refresh(self._snapshot())
+            with self._redis.pipeline(transaction=False) as pipe:
+                for room, members in rooms.items():
+                    entries = [x for sid, user in members.items() for x in (sid, user)]
+                    self._call(self._touch, room, "1", *entries, client=pipe)
+                pipe.execute()
         except CONNECTION_ERRORS as exc:
-            log.warning("event=heartbeat_failed error=%r", exc)
+            log.warning("event=heartbeat_failed rooms=%d error=%r", len(rooms), exc)
         except Exception:
             log.exception("event=heartbeat_error")
 

@@ -21,6 +21,8 @@ class RoomKeys:
     seq: str
     hist: str  # stream, entry id "<seq>-0", field "e" = envelope JSON
     dedup: str  # zset: message id or client key -> seq, trimmed to the history window
+    users: str  # hash: user -> connections in the room across live nodes
+    leaving: str  # zset: user -> deadline (ms) of a departure still within its grace period
     channel: str
 
     @classmethod
@@ -33,12 +35,23 @@ class RoomKeys:
             seq=f"{tag}:seq",
             hist=f"{tag}:hist",
             dedup=f"{tag}:dedup",
+            users=f"{tag}:users",
+            leaving=f"{tag}:leaving",
             channel=f"{tag}:ch",
         )
 
     def script_keys(self, node_id: str) -> list[str]:
         """KEYS for the presence scripts, in their order; `node_id` is already escaped."""
-        return [self.nodes, self.node_prefix + node_id, self.epoch, self.seq, self.hist, self.dedup]
+        return [
+            self.nodes,
+            self.node_prefix + node_id,
+            self.epoch,
+            self.seq,
+            self.hist,
+            self.dedup,
+            self.users,
+            self.leaving,
+        ]
 
 
 def control_channel(prefix: str, instance_id: str) -> str:

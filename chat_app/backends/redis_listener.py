@@ -20,7 +20,7 @@ from collections.abc import Callable
 import redis
 from redis.backoff import ExponentialWithJitterBackoff
 
-from ..protocol import BadEnvelope, decode_envelope
+from ..protocol import BadEnvelope, Envelope, decode_wire
 from .base import BrokerHooks
 from .redis_keys import RoomKeys, control_channel
 
@@ -67,6 +67,7 @@ class Listener:
         self.subscribed: set[bytes] = set()
         self.reconnects = 0
         self.bad_payloads = 0
+        self.received = 0
         self._last_bad_log = 0.0
 
     def start(self, hooks: BrokerHooks) -> None:
@@ -185,7 +186,7 @@ class Listener:
 
     def _dispatch(self, data: bytes) -> None:
         try:
-            envelope = decode_envelope(data, self._max_envelope_bytes)
+            decoded = decode_wire(data, self._max_envelope_bytes)
         except BadEnvelope as exc:
             self.bad_payloads += 1
             now = time.monotonic()
@@ -193,7 +194,11 @@ class Listener:
                 self._last_bad_log = now
                 log.warning("event=bad_payload dropped=%d error=%s", self.bad_payloads, exc)
             return
-        self._hook("on_envelope", envelope)
+        self.received += 1
+        if isinstance(decoded, Envelope):
+            self._hook("on_envelope", decoded)
+        else:
+            self._hook("on_presence", decoded)
 
     def _hook(self, name: str, *args: object) -> None:
         """A failing handler is logged; it must never take the listener down."""

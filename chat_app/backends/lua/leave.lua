@@ -1,31 +1,21 @@
--- Remove one member; when nobody is left on any live node, delete every key of the room.
+-- Remove members of this node from a room, then sweep expired entries and departures.
 -- Atomic, so a join on another node either sees the room or recreates it from nothing.
--- KEYS: nodes, node_hash, epoch, seq, hist, dedup
--- ARGV: instance_id, sid ('' removes the node's whole entry), node_prefix
--- Returns {deleted (0|1), dead_users...}
-local now_t = redis.call('TIME')
-local now = tonumber(now_t[1]) * 1000 + math.floor(tonumber(now_t[2]) / 1000)
-
-if ARGV[2] == '' then
+-- ARGV after the common ones: 9 what ('sid': the sid in 10; 'node': this node's whole entry;
+-- 'sweep': nothing, only the sweep), 11 grace (1: a user's last departure is announced only
+-- if they are not back within the grace period).
+-- Returns 1 when the room was deleted.
+local net = {}
+if ARGV[9] == 'node' then
+  for _, user in ipairs(redis.call('HVALS', KEYS[2])) do net[user] = (net[user] or 0) - 1 end
   redis.call('DEL', KEYS[2])
-else
-  redis.call('HDEL', KEYS[2], ARGV[2])
+elseif ARGV[9] == 'sid' then
+  local user = redis.call('HGET', KEYS[2], ARGV[10])
+  if user then
+    net[user] = -1
+    redis.call('HDEL', KEYS[2], ARGV[10])
+  end
 end
-if redis.call('HLEN', KEYS[2]) == 0 then
-  redis.call('DEL', KEYS[2])
-  redis.call('ZREM', KEYS[1], ARGV[1])
-end
-
-local result = {0}
-local expired = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', now)
-for _, node in ipairs(expired) do
-  for _, u in ipairs(redis.call('HVALS', ARGV[3] .. node)) do result[#result + 1] = u end
-  redis.call('DEL', ARGV[3] .. node)
-end
-if #expired > 0 then redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now) end
-
-if redis.call('ZCARD', KEYS[1]) == 0 then
-  redis.call('DEL', KEYS[1], KEYS[3], KEYS[4], KEYS[5], KEYS[6])
-  result[1] = 1
-end
-return result
+if redis.call('EXISTS', KEYS[2]) == 0 then redis.call('ZREM', KEYS[1], ARGV[1]) end
+apply(net, ARGV[11] == '1')
+prune()
+return delete_if_empty()

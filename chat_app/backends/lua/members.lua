@@ -1,7 +1,7 @@
--- Read a room's live members across nodes (expired entries are never counted) and position.
+-- Read a room's position and live members across nodes; expired entries are never counted.
 -- KEYS: nodes, epoch, seq
--- ARGV: node_prefix
--- Returns {epoch or false, seq, instance, sid, user, instance, sid, user, ...}
+-- ARGV: node key prefix
+-- Returns {epoch or false, seq, node, sid, user, node, sid, user, ...}
 local now_t = redis.call('TIME')
 local now = tonumber(now_t[1]) * 1000 + math.floor(tonumber(now_t[2]) / 1000)
 local result = {redis.call('GET', KEYS[2]), tonumber(redis.call('GET', KEYS[3]) or '0')}

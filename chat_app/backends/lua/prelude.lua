@@ -1,0 +1,73 @@
+-- Shared by the presence scripts (prepended when they are loaded).
+-- Every presence script takes the same KEYS and first ARGV, so these helpers can rely on them:
+-- KEYS:  1 nodes, 2 this node's hash, 3 epoch, 4 seq, 5 hist, 6 dedup, 7 users, 8 leaving
+-- ARGV:  1 node id, 2 node key prefix, 3 room name, 4 channel, 5 presence ttl ms,
+--        6 room ttl ms, 7 leave grace ms, 8 candidate epoch; script-specific ARGV follow.
+local now_t = redis.call('TIME')
+local now = tonumber(now_t[1]) * 1000 + math.floor(tonumber(now_t[2]) / 1000)
+
+local function announce(action, user)
+  redis.call('PUBLISH', ARGV[4], cjson.encode({
+    v = 1, kind = 'presence', room = ARGV[3], action = action, user = user,
+    members_count = redis.call('HLEN', KEYS[7]), instance_id = ARGV[1],
+  }))
+end
+
+-- Apply per-user changes in connection counts; announce first arrivals and last departures.
+-- A departure with grace waits in `leaving` so a quick reconnect causes no leave/join pair.
+local function apply(net, grace)
+  for user, delta in pairs(net) do
+    if delta ~= 0 then
+      local count = redis.call('HINCRBY', KEYS[7], user, delta)
+      if count <= 0 then
+        redis.call('HDEL', KEYS[7], user)
+        if count - delta > 0 then
+          if grace then
+            redis.call('ZADD', KEYS[8], now + tonumber(ARGV[7]), user)
+          else
+            announce('leave', user)
+          end
+        end
+      elseif count - delta <= 0 then
+        if redis.call('ZREM', KEYS[8], user) == 0 then announce('join', user) end
+      end
+    end
+  end
+end
+
+-- Entries of nodes that stopped heartbeating, and departures whose grace ran out: the
+-- script that removes them announces them, so each is announced exactly once.
+local function prune()
+  local net = {}
+  local dead = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', now)
+  for _, node in ipairs(dead) do
+    for _, user in ipairs(redis.call('HVALS', ARGV[2] .. node)) do
+      net[user] = (net[user] or 0) - 1
+    end
+    redis.call('DEL', ARGV[2] .. node)
+  end
+  if #dead > 0 then redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now) end
+  apply(net, false)
+  local gone = redis.call('ZRANGEBYSCORE', KEYS[8], '-inf', now)
+  if #gone > 0 then
+    redis.call('ZREMRANGEBYSCORE', KEYS[8], '-inf', now)
+    for _, user in ipairs(gone) do
+      if not redis.call('HGET', KEYS[7], user) then announce('leave', user) end
+    end
+  end
+end
+
+-- When nobody is left on any live node and no departure is pending, the room is gone.
+local function delete_if_empty()
+  if redis.call('ZCARD', KEYS[1]) == 0 and redis.call('ZCARD', KEYS[8]) == 0 then
+    redis.call('DEL', KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6], KEYS[7], KEYS[8])
+    return 1
+  end
+  return 0
+end
+
+local function keep_alive()
+  for i = 1, 8 do
+    if i ~= 2 then redis.call('PEXPIRE', KEYS[i], ARGV[6]) end
+  end
+end
