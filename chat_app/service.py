@@ -166,10 +166,14 @@ class ChatService:
         with self._lock:
             if local.cursor is None:
                 local.cursor = position
-                self._broker.subscribe(room)
             elif position.epoch != local.cursor.epoch:
-                self._broker.subscribe(room)  # the store lost the room: resynchronise now
+                log.info("event=epoch_seen_on_join room=%s", room)
             cursor = local.cursor
+        # Re-asking is cheap, and it makes the listener catch the room up (or resynchronise
+        # a new epoch). Waiting for the channel to be live means the member list read next
+        # cannot miss a presence event sent in between.
+        if not self._broker.subscribe(room).wait(self.settings.send_deadline):
+            log.warning("event=subscribe_slow room=%s", room)
         log.info("event=join room=%s sid=%s", room, sid)
         return self._join_ack(room, req, cursor)
 

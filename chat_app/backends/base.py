@@ -3,6 +3,7 @@ nothing else from here, so it never learns whether Redis is behind them."""
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Protocol
@@ -65,7 +66,11 @@ class Broker(Protocol):
         """Store in history and publish; the same `id` (or `key`) twice yields one message."""
         ...
 
-    def subscribe(self, room: str) -> None: ...
+    def subscribe(self, room: str) -> threading.Event:
+        """Hear the room's channel; the event is set once it is live, and `on_subscribed`
+        follows so the service can catch up from history."""
+        ...
+
     def unsubscribe(self, room: str) -> None: ...
     def history(self, room: str, after: int | None, upto: int | None = None) -> History: ...
     def healthy(self) -> dict[str, bool]: ...

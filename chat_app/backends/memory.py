@@ -70,9 +70,12 @@ class MemoryBroker:
                 hooks.on_envelope(envelope)
         return envelope
 
-    def subscribe(self, room: str) -> None:
+    def subscribe(self, room: str) -> threading.Event:
         self._rooms.add(room)
         self._hub.listeners[self._id][1].on_subscribed(room)
+        ready = threading.Event()
+        ready.set()
+        return ready
 
     def unsubscribe(self, room: str) -> None:
         self._rooms.discard(room)

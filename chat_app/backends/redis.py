@@ -104,8 +104,8 @@ class RedisBroker:
     def publish(self, draft: Draft) -> Envelope:
         return self.publisher.publish(draft)
 
-    def subscribe(self, room: str) -> None:
-        self.listener.want(room)
+    def subscribe(self, room: str) -> threading.Event:
+        return self.listener.want(room)
 
     def unsubscribe(self, room: str) -> None:
         self.listener.unwant(room)

@@ -1,11 +1,12 @@
 """The listener: the one greenlet that owns the pub/sub connection.
 
-Other greenlets only change the set of rooms it should hear; it reconciles that set with
-its subscriptions between reads, so no two greenlets ever touch the socket. It reads with
-`get_message(timeout=...)` rather than `listen()` so it keeps control while idle: a probe
-published on the node's own channel must come back, or the connection is deemed deaf and
-rebuilt. Every reconnect re-subscribes all wanted rooms; each confirmed subscription makes
-the service catch its room up from history, so nothing published meanwhile is missed.
+Other greenlets only change the set of rooms it should hear and wake it through a socket
+pair; it reconciles that set with its subscriptions between reads, so no two greenlets
+ever touch the Redis socket. It waits on the socket with a timeout rather than in
+`listen()`, so it keeps control while idle: a probe published on the node's own channel
+must come back, or the connection is deemed deaf and rebuilt. Every reconnect
+re-subscribes all wanted rooms; each confirmed subscription makes the service catch its
+room up from history, so nothing published meanwhile is missed.
 """
 
 from __future__ import annotations
@@ -13,6 +14,8 @@ from __future__ import annotations
 import contextlib
 import logging
 import secrets
+import select
+import socket
 import threading
 import time
 from collections.abc import Callable
@@ -28,7 +31,6 @@ log = logging.getLogger(__name__)
 
 CONNECTION_ERRORS = (redis.ConnectionError, redis.TimeoutError, OSError)
 SUBSCRIBE_BATCH = 500
-POLL_SECONDS = 0.05
 
 
 class Deaf(Exception):
@@ -55,19 +57,21 @@ class Listener:
         self._idle_probe = idle_probe
         self._probe_timeout = probe_timeout
         self._max_envelope_bytes = max_envelope_bytes
-        self._wanted: dict[bytes, str] = {}
-        self._catch_up: set[bytes] = set()
-        self._asked: set[bytes] = set()
         self._lock = threading.Lock()
-        self._changed = threading.Event()
+        self._wanted: dict[bytes, str] = {}  # channel -> room
+        self._ready: dict[bytes, threading.Event] = {}  # set while the channel is live
+        self._catch_up: set[bytes] = set()
+        self._asked: set[bytes] = set()  # SUBSCRIBE sent on the current connection
+        self._wake_r, self._wake_w = socket.socketpair()
+        self._wake_r.setblocking(False)
         self._stopping = threading.Event()
         self._thread = threading.Thread(target=self._run, name="listener", daemon=True)
         self._hooks: BrokerHooks | None = None
         self.connected = False
         self.subscribed: set[bytes] = set()
         self.reconnects = 0
-        self.bad_payloads = 0
         self.received = 0
+        self.bad_payloads = 0
         self._last_bad_log = 0.0
 
     def start(self, hooks: BrokerHooks) -> None:
@@ -76,60 +80,71 @@ class Listener:
 
     def stop(self) -> None:
         self._stopping.set()
+        self._wake()
         self._thread.join(timeout=5)
 
-    def want(self, room: str) -> None:
-        """Hear `room`; `on_subscribed(room)` follows once its channel is live (again)."""
+    def want(self, room: str) -> threading.Event:
+        """Hear `room`; `on_subscribed(room)` follows once its channel is live (again).
+        The returned event is set while it is live."""
         channel = RoomKeys.of(self._prefix, room).channel.encode()
         with self._lock:
             self._wanted[channel] = room
             self._catch_up.add(channel)
-        self._changed.set()
+            ready = self._ready.setdefault(channel, threading.Event())
+        self._wake()
+        return ready
 
     def unwant(self, room: str) -> None:
+        channel = RoomKeys.of(self._prefix, room).channel.encode()
         with self._lock:
-            self._wanted.pop(RoomKeys.of(self._prefix, room).channel.encode(), None)
-        self._changed.set()
+            self._wanted.pop(channel, None)
+            self._ready.pop(channel, None)
+        self._wake()
 
     def all_subscribed(self) -> bool:
         with self._lock:
             return self.connected and self._control in self.subscribed and self.subscribed >= set(self._wanted)
 
+    def _wake(self) -> None:
+        with contextlib.suppress(BlockingIOError):  # a wake-up is already pending
+            self._wake_w.send(b"!")
+
     def _run(self) -> None:
         failures = 0
-        down_since: float | None = None
         while not self._stopping.is_set():
             pubsub = self._client.pubsub()
             try:
-                self._serve(pubsub, reconnect=down_since is not None or failures > 0)
+                self._serve(pubsub, reconnect=failures > 0)
             except (*CONNECTION_ERRORS, Deaf) as exc:
-                if self.connected or down_since is None:
+                if self.connected or failures == 0:
                     log.warning("event=listener_down error=%r", exc)
-                    down_since = time.monotonic()
                 failures += 1
             except Exception:
                 log.exception("event=listener_error")
                 failures += 1
             finally:
-                self.connected = False
-                self.subscribed = set()
-                self._asked = set()
+                self._disconnected()
                 with contextlib.suppress(Exception):  # a dead socket may fail to close
                     pubsub.close()
             if self._stopping.wait(self._backoff.compute(failures)):
                 break
         log.info("event=listener_stopped")
 
+    def _disconnected(self) -> None:
+        self.connected = False
+        with self._lock:
+            self.subscribed = set()
+            self._asked = set()
+            for ready in self._ready.values():
+                ready.clear()
+
     def _serve(self, pubsub: redis.client.PubSub, reconnect: bool) -> None:
         pubsub.subscribe(self._control)
         probe: bytes | None = None
-        probe_sent = 0.0
-        last_rx = time.monotonic()
+        probe_sent = last_rx = time.monotonic()
         while not self._stopping.is_set():
-            if self._changed.is_set():
-                self._changed.clear()
-                self._reconcile(pubsub)
-            message = pubsub.get_message(timeout=POLL_SECONDS)
+            self._reconcile(pubsub)
+            message = pubsub.get_message(timeout=0)
             now = time.monotonic()
             if message is None:
                 if probe is None and now - last_rx > self._idle_probe:
@@ -137,6 +152,7 @@ class Listener:
                     self._publish(self._control.decode(), probe)
                 elif probe is not None and now - probe_sent > self._probe_timeout:
                     raise Deaf(f"probe not back after {self._probe_timeout}s")
+                self._wait(pubsub, self._probe_timeout if probe else self._idle_probe)
                 continue
             kind, channel = message["type"], message["channel"]
             if kind == "message":
@@ -144,35 +160,51 @@ class Listener:
                 if channel == self._control:
                     if message["data"] == probe:
                         probe = None
-                    continue
-                self._dispatch(message["data"])
+                else:
+                    self._dispatch(message["data"])
             elif kind == "subscribe":
-                self.subscribed.add(channel)
-                if channel == self._control:
-                    self._on_connected(reconnect)
-                    continue
-                with self._lock:
-                    room = self._wanted.get(channel)
-                    self._catch_up.discard(channel)
-                if room is not None:
-                    self._hook("on_subscribed", room)
+                self._confirmed(channel, reconnect)
             elif kind == "unsubscribe":
                 self.subscribed.discard(channel)
 
-    def _on_connected(self, reconnect: bool) -> None:
-        self.connected = True
-        if reconnect:
-            self.reconnects += 1
-            log.info("event=listener_up reconnects=%d rooms=%d", self.reconnects, len(self._wanted))
-            self._hook("on_reconnected")
-        self._changed.set()
+    def _wait(self, pubsub: redis.client.PubSub, timeout: float) -> None:
+        """Sleep until Redis sends something, a greenlet wakes us, or `timeout` passes."""
+        sock = pubsub.connection._sock if pubsub.connection else None
+        if sock is None:
+            raise redis.ConnectionError("the pub/sub connection is closed")
+        readable, _, _ = select.select([sock, self._wake_r], [], [], timeout)
+        if self._wake_r in readable:
+            with contextlib.suppress(BlockingIOError):
+                self._wake_r.recv(4096)
+
+    def _confirmed(self, channel: bytes, reconnect: bool) -> None:
+        with self._lock:
+            self.subscribed.add(channel)
+            room = self._wanted.get(channel)
+            self._catch_up.discard(channel)
+            ready = self._ready.get(channel)
+        if channel == self._control:
+            self.connected = True
+            if reconnect:
+                self.reconnects += 1
+                log.info("event=listener_up reconnects=%d rooms=%d", self.reconnects, len(self._wanted))
+                self._hook("on_reconnected")
+            return
+        if ready is not None:
+            ready.set()
+        if room is not None:
+            self._hook("on_subscribed", room)
 
     def _reconcile(self, pubsub: redis.client.PubSub) -> None:
         """Subscribe what is wanted and not yet asked for, and the reverse, in batches."""
         with self._lock:
+            if not self.connected:
+                return
             wanted = dict(self._wanted)
             catch_up = self._catch_up & self.subscribed & set(wanted)
             self._catch_up -= catch_up
+            for channel in catch_up:
+                self._ready[channel].set()
         join = [c for c in wanted if c not in self._asked]
         drop = [c for c in self._asked if c not in wanted]
         for i in range(0, len(join), SUBSCRIBE_BATCH):
