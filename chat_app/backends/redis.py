@@ -84,7 +84,7 @@ class RedisBroker:
         )
         self.listener = Listener(
             clients.subscriber,
-            self._publish_raw,
+            self._publish_probe,
             settings.key_prefix,
             settings.instance_id,
             _backoff(settings),
@@ -110,8 +110,17 @@ class RedisBroker:
     def unsubscribe(self, room: str) -> None:
         self.listener.unwant(room)
 
-    def _publish_raw(self, channel: str, data: bytes) -> object:
-        return self._commands.publish(channel, data)
+    def _publish_probe(self, channel: str, data: bytes) -> None:
+        """Off the listener's greenlet: a stalled Redis must not stall the listener, whose
+        probe timeout then decides."""
+
+        def send() -> None:
+            try:
+                self._commands.publish(channel, data)
+            except CONNECTION_ERRORS as exc:
+                log.debug("event=probe_publish_failed error=%r", exc)
+
+        threading.Thread(target=send, name="probe", daemon=True).start()
 
     def history(self, room: str, after: int | None, upto: int | None = None) -> History:
         keys = RoomKeys.of(self._prefix, room)
@@ -145,14 +154,9 @@ class RedisBroker:
         return History(position, envelopes, complete)
 
     def healthy(self) -> dict[str, bool]:
-        try:
-            publisher = bool(self._commands.ping())
-        except CONNECTION_ERRORS:
-            publisher = False
-        return {
-            "publisher": publisher and self.publisher.last_error is None,
-            "listener": self.listener.all_subscribed(),
-        }
+        """From state, without a round trip: the listener's probe already proves every few
+        seconds that a publish comes back through the subscription."""
+        return {"publisher": self.publisher.last_error is None, "listener": self.listener.all_subscribed()}
 
 
 class RedisPresence:

@@ -41,7 +41,7 @@ class Listener:
     def __init__(
         self,
         client: redis.Redis,
-        publish: Callable[[str, bytes], object],
+        publish: Callable[[str, bytes], None],
         prefix: str,
         instance_id: str,
         backoff: ExponentialWithJitterBackoff,
