@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import threading
 import time
 from dataclasses import dataclass, field
@@ -72,7 +73,7 @@ def assert_exactly_once_in_order(stream: SendStream, receiver: ChatClient, settl
     assert len(ids) == len(set(ids)), f"duplicates: {len(ids) - len(set(ids))}"
     missing = ok - set(ids)
     assert not missing, f"{len(missing)} acked messages never arrived"
-    for prev, cur in zip(got, got[1:], strict=False):
+    for prev, cur in itertools.pairwise(got):
         if prev["epoch"] == cur["epoch"]:
             assert cur["seq"] > prev["seq"], (prev["seq"], cur["seq"])
     failed = stream.failed()

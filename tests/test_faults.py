@@ -8,9 +8,9 @@ import json
 import signal
 import statistics
 import time
+
 import pytest
 import requests
-
 from helpers import ChatClient, wait_until
 from processes import ROOT
 from streams import SendStream, assert_exactly_once_in_order
@@ -109,7 +109,7 @@ def test_silent_network_is_noticed_and_recovered(redis_server, nodes) -> None:
     proxy = TcpProxy(redis_server.port)
     try:
         url = f"redis://127.0.0.1:{proxy.port}/0"
-        sender, near, far = two_nodes_one_room(url, nodes)
+        sender, _near, far = two_nodes_one_room(url, nodes)
         b = nodes.nodes[1]
         stream = SendStream(sender, "lobby", rate=10).start()
         time.sleep(1.0)
