@@ -14,8 +14,10 @@ from typing import Any
 
 from flask import request
 from flask_socketio import SocketIO
+from socketio.exceptions import ConnectionRefusedError as Refused
 
-from .protocol import ChatError, ErrorCode, JoinRequest, LeaveRequest, SendRequest, clean_sender, parse
+from .auth import identify
+from .protocol import ChatError, ErrorCode, JoinRequest, LeaveRequest, SendRequest, parse
 from .service import ChatService
 
 log = logging.getLogger(__name__)
@@ -78,8 +80,12 @@ def register_events(socketio: SocketIO, service: ChatService) -> None:
 
     @socketio.on("connect")
     def on_connect(auth: Any = None) -> bool:
-        name = auth.get("username") if isinstance(auth, dict) else None
-        service.connect(request.sid, clean_sender(name or request.args.get("username")))
+        try:
+            identity = identify(auth, request.args.get("username"), service.settings.auth_secret)
+        except ChatError as exc:
+            log.info("event=connect_refused code=%s", exc.code)
+            raise Refused(exc.message, exc.to_wire()) from None
+        service.connect(request.sid, identity)
         return True
 
     @socketio.on("disconnect")

@@ -85,6 +85,14 @@ def clean_sender(value: Any) -> str | None:
 Room = Annotated[str, AfterValidator(check_room)]
 
 
+def check_room_name(value: str) -> str:
+    """`check_room` for callers outside validation: a bad name is a ChatError."""
+    try:
+        return check_room(value)
+    except PydanticCustomError as exc:
+        raise ChatError(ErrorCode.INVALID_ROOM, exc.message()) from None
+
+
 class _Payload(BaseModel):
     model_config = ConfigDict(strict=True, extra="ignore", frozen=True)
 

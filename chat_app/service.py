@@ -12,6 +12,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+from .auth import Identity
 from .backends.base import BackendUnavailable, Broker, BrokerHooks, Draft, Position, Presence
 from .protocol import ChatError, Envelope, ErrorCode, JoinRequest, PresenceEvent, SendRequest, clean_sender
 from .ratelimit import TokenBucket
@@ -35,6 +36,7 @@ class Connection:
     user: str | None  # fixed at connect (auth); None: each payload's sender is used
     send_bucket: TokenBucket
     join_bucket: TokenBucket
+    allowed_rooms: frozenset[str] | None = None  # from the token's rooms claim
     rooms: set[str] = field(default_factory=set)
 
 
@@ -101,11 +103,15 @@ class ChatService:
 
     # -- connections -----------------------------------------------------------------
 
-    def connect(self, sid: str, user: str | None) -> None:
+    def connect(self, sid: str, identity: Identity) -> None:
         s = self.settings
         with self._lock:
             self._connections[sid] = Connection(
-                sid, user, TokenBucket(s.send_rate, s.send_burst), TokenBucket(s.join_rate, s.join_burst)
+                sid,
+                identity.user,
+                TokenBucket(s.send_rate, s.send_burst),
+                TokenBucket(s.join_rate, s.join_burst),
+                identity.rooms,
             )
         log.info("event=connect sid=%s", sid)
 
@@ -145,6 +151,8 @@ class ChatService:
         room = req.room
         user = conn.user or clean_sender(sender) or "anonymous"
         with self._lock:
+            if conn.allowed_rooms is not None and room not in conn.allowed_rooms:
+                raise ChatError(ErrorCode.FORBIDDEN_ROOM, f"your token does not allow {room!r}")
             if room not in conn.rooms:
                 if len(conn.rooms) >= self.settings.max_rooms_per_connection:
                     raise ChatError(

@@ -100,6 +100,8 @@ class Settings:
     log_level: str = _setting("INFO", _log_level)
 
     def __post_init__(self) -> None:
+        if self.auth_secret is not None and len(self.auth_secret.encode()) < 32:
+            raise SettingsError("AUTH_SECRET must be at least 32 bytes (HS256 keys shorter than the hash are weak)")
         if self.heartbeat_interval >= self.presence_ttl:
             raise SettingsError(
                 f"HEARTBEAT_INTERVAL ({self.heartbeat_interval}) must be shorter than "

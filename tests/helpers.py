@@ -56,7 +56,7 @@ class RecordingEmitter:
 class ChatClient:
     """A real python-socketio client over websocket that records what it receives."""
 
-    def __init__(self, url: str, username: str | None = None, **connect: Any) -> None:
+    def __init__(self, url: str, username: str | None = None, connect_auth: Any = None, **connect: Any) -> None:
         import socketio
 
         self.sio = socketio.Client(reconnection=False)
@@ -64,7 +64,7 @@ class ChatClient:
         self._lock = threading.Lock()
         for name in ("broadcast_message", "error", "presence"):
             self.sio.on(name, self._recorder(name))
-        auth = {"username": username} if username else None
+        auth = connect_auth if connect_auth is not None else ({"username": username} if username else None)
         self.sio.connect(url, transports=["websocket"], auth=auth, wait_timeout=10, **connect)
 
     def _recorder(self, name: str) -> Callable[[Any], None]:

@@ -8,6 +8,7 @@ import fakeredis
 import pytest
 from helpers import RecordingEmitter, wait_until
 
+from chat_app.auth import Identity
 from chat_app.backends.redis import RedisBroker, RedisClients, RedisPresence
 from chat_app.protocol import ChatError, ErrorCode, JoinRequest, SendRequest
 from chat_app.service import ChatService
@@ -55,9 +56,9 @@ def room_keys(server: fakeredis.FakeServer, room: str) -> list[bytes]:
 
 def test_message_sent_on_a_is_emitted_by_b_to_its_member_only(two_nodes) -> None:
     a, ea, b, eb = two_nodes
-    a.connect("a1", "alice")
-    b.connect("b1", "bob")
-    b.connect("b2", "carol")  # on B but never joins
+    a.connect("a1", Identity("alice"))
+    b.connect("b1", Identity("bob"))
+    b.connect("b2", Identity("carol"))  # on B but never joins
     a.join("a1", JoinRequest(room="lobby"))
     b.join("b1", JoinRequest(room="lobby"))
     wait_until(lambda: b._broker.listener.all_subscribed(), what="B subscribed")
@@ -73,8 +74,8 @@ def test_message_sent_on_a_is_emitted_by_b_to_its_member_only(two_nodes) -> None
 
 def test_node_hears_nothing_for_rooms_it_does_not_host(two_nodes) -> None:
     a, ea, b, _eb = two_nodes
-    a.connect("a1", "alice")
-    b.connect("b1", "bob")
+    a.connect("a1", Identity("alice"))
+    b.connect("b1", Identity("bob"))
     a.join("a1", JoinRequest(room="only-a"))
     b.join("b1", JoinRequest(room="only-b"))
     wait_until(lambda: b._broker.listener.all_subscribed(), what="B subscribed")
@@ -87,8 +88,8 @@ def test_node_hears_nothing_for_rooms_it_does_not_host(two_nodes) -> None:
 
 def test_presence_keys_carry_ttl_and_last_leave_everywhere_removes_all(server, two_nodes) -> None:
     a, _, b, _ = two_nodes
-    a.connect("a1", "alice")
-    b.connect("b1", "bob")
+    a.connect("a1", Identity("alice"))
+    b.connect("b1", Identity("bob"))
     a.join("a1", JoinRequest(room="lobby"))
     b.join("b1", JoinRequest(room="lobby"))
     a.send("a1", SendRequest(room="lobby", message="kept in history"))
@@ -109,7 +110,7 @@ def test_presence_keys_carry_ttl_and_last_leave_everywhere_removes_all(server, t
 
 def test_last_disconnect_keeps_room_for_the_grace_period_then_removes_all(server, two_nodes) -> None:
     a, _, _, _ = two_nodes
-    a.connect("a1", "alice")
+    a.connect("a1", Identity("alice"))
     a.join("a1", JoinRequest(room="lobby"))
     a.send("a1", SendRequest(room="lobby", message="m"))
     a.disconnect("a1")
@@ -122,8 +123,8 @@ def test_stopped_heartbeat_lets_entries_expire(server) -> None:
     a, _ = make_node(server, "A")
     b, _ = make_node(server, "B")
     try:
-        a.connect("a1", "alice")
-        b.connect("b1", "bob")
+        a.connect("a1", Identity("alice"))
+        b.connect("b1", Identity("bob"))
         a.join("a1", JoinRequest(room="lobby"))
         b.join("b1", JoinRequest(room="lobby"))
         # B crashes: nothing rewrites its entry any more.
@@ -138,7 +139,7 @@ def test_stopped_heartbeat_lets_entries_expire(server) -> None:
 
 def test_heartbeat_rewrites_entries_lost_from_redis(server, two_nodes) -> None:
     a, _, _, _ = two_nodes
-    a.connect("a1", "alice")
+    a.connect("a1", Identity("alice"))
     a.join("a1", JoinRequest(room="lobby"))
     fakeredis.FakeRedis(server=server).flushall()
     assert not a.is_room_active("lobby")
@@ -147,7 +148,7 @@ def test_heartbeat_rewrites_entries_lost_from_redis(server, two_nodes) -> None:
 
 def test_send_without_membership_is_refused_and_publishes_nothing(server, two_nodes) -> None:
     a, _, _, _ = two_nodes
-    a.connect("a1", "alice")
+    a.connect("a1", Identity("alice"))
     with pytest.raises(ChatError) as err:
         a.send("a1", SendRequest(room="lobby", message="x"))
     assert err.value.code is ErrorCode.NOT_IN_ROOM
