@@ -10,7 +10,7 @@ from flask_socketio import SocketIO
 
 from .backends.base import Broker, Presence
 from .backends.memory import MemoryBroker, MemoryHub, MemoryPresence
-from .events import SocketIOEmitter, register_events
+from .events import SocketIOEmitter, register_events, watch_slow_clients
 from .http import register_routes
 from .service import ChatService
 from .settings import Settings
@@ -69,6 +69,7 @@ def create_app(settings: Settings | None = None, async_mode: str | None = None) 
     broker, presence = build_backends(settings)
     service = ChatService(settings, broker, presence, SocketIOEmitter(socketio))
     register_events(socketio, service)
+    watch_slow_clients(socketio, settings.max_client_queue)
     register_routes(app, service)
     app.extensions["chat_service"] = service
     app.extensions["chat_socketio"] = socketio

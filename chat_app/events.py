@@ -7,6 +7,7 @@ learns why nothing happened.
 
 from __future__ import annotations
 
+import contextlib
 import contextvars
 import logging
 from collections.abc import Callable
@@ -113,3 +114,21 @@ def register_events(socketio: SocketIO, service: ChatService) -> None:
             "send_message",
             lambda: service.send(request.sid, parse(SendRequest, payload, max_message_bytes=max_bytes)),
         )
+
+
+def watch_slow_clients(socketio: SocketIO, limit: int, interval: float = 1.0) -> None:
+    """Disconnect a client whose outgoing queue passed `limit` packets: a reader that stopped
+    reading must not grow the node's memory. It reconnects and recovers with `since`."""
+    eio = socketio.server.eio
+
+    def watch() -> None:
+        while True:
+            socketio.sleep(interval)
+            for eio_sid, sock in list(eio.sockets.items()):
+                backlog = sock.queue.qsize()
+                if backlog > limit:
+                    log.warning("event=slow_client_disconnected eio_sid=%s backlog=%d", eio_sid, backlog)
+                    with contextlib.suppress(Exception):  # it may be closing already
+                        eio.disconnect(eio_sid)
+
+    socketio.start_background_task(watch)

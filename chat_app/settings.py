@@ -85,6 +85,7 @@ class Settings:
     send_deadline: float = 5.0
     max_message_bytes: int = 4096
     max_rooms_per_connection: int = 50
+    max_client_queue: int = 1000
     send_rate: float = 20.0
     send_burst: int = 40
     join_rate: float = 5.0

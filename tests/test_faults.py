@@ -6,11 +6,13 @@ from __future__ import annotations
 
 import json
 import signal
+import socket
 import statistics
 import time
 
 import pytest
 import requests
+import websocket
 from helpers import ChatClient, wait_until
 from processes import ROOT
 from streams import SendStream, assert_exactly_once_in_order
@@ -202,3 +204,24 @@ def test_resend_with_idempotency_key_delivers_once(redis_server, nodes, key: str
     got = far.wait_for(2)
     time.sleep(0.3)  # a duplicate would arrive right behind
     assert [m["message"] for m in far.received()] == ["once", "next"], got
+
+
+def test_a_client_that_stops_reading_is_cut_off_and_others_get_everything(redis_server, nodes) -> None:
+    node = nodes.start(redis_server.url, SEND_RATE="10000", SEND_BURST="10000", MAX_CLIENT_QUEUE="200")
+    stuck = websocket.create_connection(f"ws://127.0.0.1:{node.port}/socket.io/?EIO=4&transport=websocket")
+    stuck.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    stuck.recv()  # the Engine.IO open packet
+    stuck.send('40{"username":"stuck"}')
+    stuck.recv()  # connected
+    stuck.send('42["join_room","lobby"]')
+    sender, reader = ChatClient(node.url, "sender"), ChatClient(node.url, "reader")
+    sender.call("join_room", "lobby")
+    reader.call("join_room", "lobby")
+    big = "x" * 4000
+    acks = [sender.call("send_message", {"room": "lobby", "message": big}) for _ in range(1500)]
+    assert all(a["ok"] for a in acks)
+    assert len(reader.wait_for(1500, timeout=30)) == 1500
+    wait_until(lambda: "slow_client_disconnected" in node.log(), timeout=10, what="the stuck client cut off")
+    members = requests.get(f"{node.url}/api/rooms/lobby", timeout=5).json()["members"]
+    assert "stuck" not in members
+    stuck.close()
