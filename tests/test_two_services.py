@@ -1,12 +1,17 @@
-"""Two ChatService instances over one fake Redis, as two nodes would share one Redis."""
+"""Two ChatService instances over one Redis, as two nodes would share it: a fakeredis
+FakeServer (the mocked Redis), and the same tests again on a real redis-server."""
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Iterator
+from pathlib import Path
 
 import fakeredis
 import pytest
+import redis
 from helpers import RecordingEmitter, wait_until
+from processes import RedisServer, free_port
 
 from chat_app.auth import Identity
 from chat_app.backends.redis import RedisBroker, RedisClients, RedisPresence
@@ -14,10 +19,10 @@ from chat_app.protocol import ChatError, ErrorCode, JoinRequest, SendRequest
 from chat_app.service import ChatService
 from chat_app.settings import Settings
 
+Backing = fakeredis.FakeServer | RedisServer
 
-def make_node(
-    server: fakeredis.FakeServer, instance_id: str, **overrides: object
-) -> tuple[ChatService, RecordingEmitter]:
+
+def make_node(server: Backing, instance_id: str, **overrides: object) -> tuple[ChatService, RecordingEmitter]:
     settings = Settings.from_env(
         {},
         redis_url="redis://fake",
@@ -27,16 +32,29 @@ def make_node(
         listener_idle_probe=1.0,
         **overrides,
     )
-    clients = RedisClients(*(fakeredis.FakeRedis(server=server) for _ in range(3)))
+    if isinstance(server, RedisServer):
+        clients = RedisClients.from_url(dataclasses.replace(settings, redis_url=server.url))
+    else:
+        clients = RedisClients(*(fakeredis.FakeRedis(server=server) for _ in range(3)))
     emitter = RecordingEmitter()
     service = ChatService(settings, RedisBroker(clients, settings), RedisPresence(clients, settings), emitter)
     service.start()
     return service, emitter
 
 
-@pytest.fixture
-def server() -> fakeredis.FakeServer:
-    return fakeredis.FakeServer()
+@pytest.fixture(params=["fakeredis", "redis-server"])
+def server(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Backing]:
+    if request.param == "fakeredis":
+        yield fakeredis.FakeServer()
+        return
+    real = RedisServer(tmp_path / "redis", free_port())
+    real.start()
+    yield real
+    real.stop()
+
+
+def redis_of(server: Backing) -> redis.Redis:
+    return server.client() if isinstance(server, RedisServer) else fakeredis.FakeRedis(server=server)
 
 
 @pytest.fixture
@@ -50,8 +68,8 @@ def two_nodes(
     b.stop()
 
 
-def room_keys(server: fakeredis.FakeServer, room: str) -> list[bytes]:
-    return [k for k in fakeredis.FakeRedis(server=server).keys("*") if room.encode() in k]
+def room_keys(server: Backing, room: str) -> list[bytes]:
+    return [k for k in redis_of(server).keys("*") if room.encode() in k]
 
 
 def test_message_sent_on_a_is_emitted_by_b_to_its_member_only(two_nodes) -> None:
@@ -93,7 +111,7 @@ def test_presence_keys_carry_ttl_and_last_leave_everywhere_removes_all(server, t
     a.join("a1", JoinRequest(room="lobby"))
     b.join("b1", JoinRequest(room="lobby"))
     a.send("a1", SendRequest(room="lobby", message="kept in history"))
-    r = fakeredis.FakeRedis(server=server)
+    r = redis_of(server)
     keys = room_keys(server, "lobby")
     assert keys, "room state exists while it has members"
     assert all(r.pttl(k) > 0 for k in keys), {k: r.pttl(k) for k in keys}
@@ -141,7 +159,7 @@ def test_heartbeat_rewrites_entries_lost_from_redis(server, two_nodes) -> None:
     a, _, _, _ = two_nodes
     a.connect("a1", Identity("alice"))
     a.join("a1", JoinRequest(room="lobby"))
-    fakeredis.FakeRedis(server=server).flushall()
+    redis_of(server).flushall()
     assert not a.is_room_active("lobby")
     wait_until(lambda: a.members("lobby") == ["alice"], timeout=4, what="the heartbeat to rewrite")
 
