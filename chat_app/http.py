@@ -6,6 +6,7 @@ from typing import Any
 
 from flask import Flask, jsonify, render_template
 
+from .backends.base import BackendUnavailable
 from .protocol import ChatError, LeaveRequest, parse
 from .service import ChatService
 
@@ -30,4 +31,7 @@ def register_routes(app: Flask, service: ChatService) -> None:
             name = parse(LeaveRequest, room).room
         except ChatError as exc:
             return jsonify({"ok": False, "error": exc.to_wire()}), 400
-        return jsonify(service.room_info(name))
+        try:
+            return jsonify(service.room_info(name))
+        except BackendUnavailable as exc:
+            return jsonify({"ok": False, "error": {"code": "unavailable", "message": str(exc)}}), 503

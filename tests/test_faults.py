@@ -225,3 +225,23 @@ def test_a_client_that_stops_reading_is_cut_off_and_others_get_everything(redis_
     members = requests.get(f"{node.url}/api/rooms/lobby", timeout=5).json()["members"]
     assert "stuck" not in members
     stuck.close()
+
+
+def test_http_answers_503_naming_the_part_while_redis_is_down(redis_server, nodes) -> None:
+    node = nodes.start(redis_server.url)
+    client = ChatClient(node.url, "c")
+    client.call("join_room", "lobby")
+    redis_server.kill()
+    health = wait_until(
+        lambda: (r := requests.get(f"{node.url}/healthz", timeout=10)).status_code == 503 and r.json(),
+        timeout=10,
+        what="health to fail",
+    )
+    assert health["listener"] is False and "listener" in health["failing"] and health["instance_id"]
+    room = requests.get(f"{node.url}/api/rooms/lobby", timeout=15)
+    assert room.status_code == 503 and room.json()["error"]["code"] == "unavailable"
+    ack = client.call("send_message", {"room": "lobby", "message": "into the void"}, timeout=15)
+    assert ack == {"ok": False, "error": {"code": "unavailable", "message": ack["error"]["message"]}}
+    redis_server.restart()
+    wait_until(lambda: requests.get(f"{node.url}/healthz", timeout=10).status_code == 200, timeout=15)
+    assert client.call("send_message", {"room": "lobby", "message": "back"})["ok"]

@@ -88,7 +88,11 @@ class Publisher:
 
     def _run(self) -> None:
         while not self._stopping.is_set():
-            first = self._queue.get()
+            try:
+                first = self._queue.get(timeout=1.0)
+            except queue.Empty:
+                self._check_recovered()
+                continue
             if first is None:
                 break
             batch = [first]
@@ -103,6 +107,17 @@ class Publisher:
                 batch.append(item)
             self._send_batch(batch)
         self._fail_queued()
+
+    def _check_recovered(self) -> None:
+        """While idle after a failure, find out when Redis is back, so health says so."""
+        if self.last_error is None:
+            return
+        try:
+            self._client.ping()
+        except CONNECTION_ERRORS:
+            return
+        log.info("event=publish_recovered")
+        self.last_error = None
 
     def _send_batch(self, batch: list[_Pending]) -> None:
         failures = 0
