@@ -43,14 +43,14 @@ def configure_logging(settings: Settings) -> None:
 
 
 def build_backends(settings: Settings) -> tuple[Broker, Presence]:
-    if settings.redis_url is None:
+    if not settings.uses_redis:
         log.warning("event=backend backend=memory REDIS_URL is unset: single node, rooms are not shared")
         hub = MemoryHub(settings.history_length)
         return MemoryBroker(hub, settings.instance_id), MemoryPresence(hub, settings.instance_id)
     from .backends.redis import RedisBroker, RedisClients, RedisPresence
 
-    clients = RedisClients.from_url(settings)
-    log.info("event=backend backend=redis")
+    clients = RedisClients.from_settings(settings)
+    log.info("event=backend backend=redis sentinel=%s", settings.redis_sentinels is not None)
     return RedisBroker(clients, settings), RedisPresence(clients, settings)
 
 

@@ -20,7 +20,7 @@ def register_routes(app: Flask, service: ChatService) -> None:
     def healthz() -> Any:
         parts = service.health()
         body = {"status": "ok" if all(parts.values()) else "failing", "instance_id": service.instance_id, **parts}
-        body["backend"] = "redis" if service.settings.redis_url else "memory"
+        body["backend"] = "redis" if service.settings.uses_redis else "memory"
         if not all(parts.values()):
             body["failing"] = [name for name, ok in parts.items() if not ok]
         return jsonify(body), 200 if all(parts.values()) else 503

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from .auth import Identity
-from .backends.base import BackendUnavailable, Broker, BrokerHooks, Draft, Position, Presence
+from .backends.base import BackendUnavailable, Broker, BrokerHooks, Draft, History, Position, Presence
 from .protocol import ChatError, Envelope, ErrorCode, JoinRequest, PresenceEvent, SendRequest, clean_sender
 from .ratelimit import TokenBucket
 from .settings import Settings
@@ -332,49 +332,51 @@ class ChatService:
             return
         try:
             history = self._broker.history(room, after=cursor.seq)
+            if history.position.epoch and history.position.epoch != cursor.epoch:
+                history = self._broker.history(room, after=0)  # the new epoch, from its start
         except BackendUnavailable as exc:
             log.warning("event=catch_up_failed room=%s error=%s", room, exc)
             return
         position = history.position
         if not position.epoch:
             return  # the store has no stream for the room (yet); the heartbeat recreates it
-        if position.epoch != cursor.epoch:
-            log.warning("event=epoch_changed room=%s old=%s new=%s", room, cursor.epoch, position.epoch)
-            self.counters.epoch_changes += 1
-            try:
-                history = self._broker.history(room, after=0)
-            except BackendUnavailable as exc:
-                log.warning("event=catch_up_failed room=%s error=%s", room, exc)
-                return
-            cursor = Position(position.epoch, 0)
         with self._lock:
-            if self._rooms.get(room) is not local:
+            if self._rooms.get(room) is not local or local.cursor is None:
                 return
-            local.cursor = cursor
+            if position.epoch != local.cursor.epoch:
+                self._start_epoch(room, local, history)
             for envelope in history.envelopes:
-                if envelope.epoch != cursor.epoch or envelope.seq <= local.cursor.seq:
-                    continue
-                missing = envelope.seq - local.cursor.seq - 1
-                if missing:
-                    self.counters.messages_lost += missing
-                    log.error(
-                        "event=messages_lost room=%s from_seq=%d count=%d",
-                        room,
-                        local.cursor.seq + 1,
-                        missing,
-                    )
-                else:
+                if envelope.epoch == position.epoch and envelope.seq > local.cursor.seq:
+                    self._note_missing(room, local.cursor.seq, envelope.seq)
                     self.counters.gaps_filled += 1
-                self._deliver(local, envelope)
-            if (
-                not history.envelopes
-                and history.position.seq > local.cursor.seq
-                and history.position.epoch == cursor.epoch
-            ):
-                lost = history.position.seq - local.cursor.seq
-                self.counters.messages_lost += lost
-                log.error("event=messages_lost room=%s from_seq=%d count=%d", room, local.cursor.seq + 1, lost)
-                local.cursor = Position(cursor.epoch, history.position.seq)
+                    self._deliver(local, envelope)
+            if local.cursor.epoch == position.epoch and local.cursor.seq < position.seq:
+                self._note_missing(room, local.cursor.seq, position.seq + 1)
+                local.cursor = Position(position.epoch, position.seq)
+
+    def _start_epoch(self, room: str, local: LocalRoom, history: History) -> None:
+        """The store lost (or may have lost) the room's stream: follow the new one from its
+        first stored message instead of waiting for seqs that will never come."""
+        assert local.cursor is not None
+        fresh = [e.seq for e in history.envelopes if e.epoch == history.position.epoch]
+        start = fresh[0] - 1 if fresh else history.position.seq
+        log.warning(
+            "event=epoch_changed room=%s old=%s new=%s from_seq=%d",
+            room,
+            local.cursor.epoch,
+            history.position.epoch,
+            start + 1,
+        )
+        self.counters.epoch_changes += 1
+        local.cursor = Position(history.position.epoch, start)
+
+    def _note_missing(self, room: str, delivered: int, arriving: int) -> None:
+        """Seqs between the last delivered and the one arriving are gone from history too:
+        reported, never waited for."""
+        missing = arriving - delivered - 1
+        if missing > 0:
+            self.counters.messages_lost += missing
+            log.error("event=messages_lost room=%s from_seq=%d count=%d", room, delivered + 1, missing)
 
     def _deliver(self, local: LocalRoom, envelope: Envelope) -> None:
         local.cursor = Position(envelope.epoch, envelope.seq)

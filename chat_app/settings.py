@@ -44,6 +44,17 @@ def _origins(name: str, raw: str) -> list[str]:
     return [part.strip() for part in raw.split(",") if part.strip()]
 
 
+def _addresses(name: str, raw: str) -> list[str]:
+    addresses = [part.strip() for part in raw.split(",") if part.strip()]
+    for address in addresses:
+        host, _, port = address.rpartition(":")
+        if not host or not port.isdigit():
+            raise SettingsError(f"{name} must be host:port[,host:port...], got {address!r}")
+    if not addresses:
+        raise SettingsError(f"{name} must name at least one host:port")
+    return addresses
+
+
 def _log_level(name: str, raw: str) -> str:
     value = raw.strip().upper()
     if value not in {"DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"}:
@@ -76,6 +87,8 @@ class Settings:
     """Every knob of a node. Field names are the environment variables, upper-cased."""
 
     redis_url: str | None = None
+    redis_sentinels: list[str] | None = _setting(None, _addresses)  # noqa: RUF009 (immutable default)
+    redis_sentinel_master: str = "mymaster"
     port: int = 5000
     instance_id: str = field(default_factory=lambda: secrets.token_hex(6))
     key_prefix: str = _setting("chat", _key_prefix)
@@ -122,6 +135,10 @@ class Settings:
             values[f.name] = parser(f.name.upper(), raw)
         values.update(overrides)
         return cls(**values)
+
+    @property
+    def uses_redis(self) -> bool:
+        return self.redis_url is not None or self.redis_sentinels is not None
 
     @property
     def redis_room_ttl_ms(self) -> int:

@@ -33,7 +33,7 @@ def make_node(server: Backing, instance_id: str, **overrides: object) -> tuple[C
         **overrides,
     )
     if isinstance(server, RedisServer):
-        clients = RedisClients.from_url(dataclasses.replace(settings, redis_url=server.url))
+        clients = RedisClients.from_settings(dataclasses.replace(settings, redis_url=server.url))
     else:
         clients = RedisClients(*(fakeredis.FakeRedis(server=server) for _ in range(3)))
     emitter = RecordingEmitter()

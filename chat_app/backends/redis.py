@@ -9,11 +9,13 @@ import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import redis
 from redis.backoff import ExponentialWithJitterBackoff
 from redis.commands.core import Script
 from redis.retry import Retry
+from redis.sentinel import Sentinel
 
 from ..protocol import BadEnvelope, Envelope, decode_envelope
 from ..settings import Settings
@@ -42,26 +44,37 @@ class RedisClients:
     subscriber: redis.Redis
 
     @classmethod
-    def from_url(cls, settings: Settings) -> RedisClients:
+    def from_settings(cls, settings: Settings) -> RedisClients:
+        """From REDIS_URL (redis:// or rediss://), or through Sentinel when REDIS_SENTINELS is set;
+        a Sentinel-managed connection finds the new master by itself after a failover."""
+        common: dict[str, Any] = {
+            "socket_timeout": settings.redis_socket_timeout,
+            "socket_connect_timeout": settings.redis_socket_timeout,
+            "socket_keepalive": True,
+            "health_check_interval": max(1, int(settings.heartbeat_interval)),
+        }
+        commands_retry = Retry(ExponentialWithJitterBackoff(cap=0.5, base=0.05), retries=3)
+        no_retry = Retry(ExponentialWithJitterBackoff(), 0)  # these two have loops of their own
+        if settings.redis_sentinels:
+            sentinel = Sentinel(
+                [(h, int(p)) for h, _, p in (a.rpartition(":") for a in settings.redis_sentinels)],
+                sentinel_kwargs={"socket_timeout": settings.redis_socket_timeout},
+                **common,
+            )
+            name = settings.redis_sentinel_master
+            return cls(
+                commands=sentinel.master_for(name, max_connections=16, retry=commands_retry),
+                publisher=sentinel.master_for(name, retry=no_retry),
+                subscriber=sentinel.master_for(name, retry=no_retry),
+            )
         assert settings.redis_url is not None
-        common = dict(
-            socket_timeout=settings.redis_socket_timeout,
-            socket_connect_timeout=settings.redis_socket_timeout,
-            socket_keepalive=True,
-            health_check_interval=max(1, int(settings.heartbeat_interval)),
-        )
-        retry = Retry(ExponentialWithJitterBackoff(cap=0.5, base=0.05), retries=3)
         pool = redis.BlockingConnectionPool.from_url(
-            settings.redis_url, max_connections=16, timeout=settings.send_deadline, retry=retry, **common
+            settings.redis_url, max_connections=16, timeout=settings.send_deadline, retry=commands_retry, **common
         )
         return cls(
             commands=redis.Redis(connection_pool=pool),
-            publisher=redis.Redis.from_url(
-                settings.redis_url, retry=Retry(ExponentialWithJitterBackoff(), 0), **common
-            ),
-            subscriber=redis.Redis.from_url(
-                settings.redis_url, retry=Retry(ExponentialWithJitterBackoff(), 0), **common
-            ),
+            publisher=redis.Redis.from_url(settings.redis_url, retry=no_retry, **common),
+            subscriber=redis.Redis.from_url(settings.redis_url, retry=no_retry, **common),
         )
 
 

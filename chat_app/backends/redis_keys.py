@@ -21,6 +21,7 @@ class RoomKeys:
     seq: str
     hist: str  # stream, entry id "<seq>-0", field "e" = envelope JSON
     dedup: str  # zset: message id or client key -> seq, trimmed to the history window
+    srv: str  # replication id of the server that last wrote the stream
     users: str  # hash: user -> connections in the room across live nodes
     leaving: str  # zset: user -> deadline (ms) of a departure still within its grace period
     channel: str
@@ -35,6 +36,7 @@ class RoomKeys:
             seq=f"{tag}:seq",
             hist=f"{tag}:hist",
             dedup=f"{tag}:dedup",
+            srv=f"{tag}:srv",
             users=f"{tag}:users",
             leaving=f"{tag}:leaving",
             channel=f"{tag}:ch",
@@ -51,6 +53,7 @@ class RoomKeys:
             self.dedup,
             self.users,
             self.leaving,
+            self.srv,
         ]
 
 

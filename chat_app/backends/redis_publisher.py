@@ -65,6 +65,7 @@ class Publisher:
         self._stopping = threading.Event()
         self.last_ok = 0.0
         self.last_error: str | None = None
+        self._server_id: str | None = None  # read again after every connection failure
 
     def start(self) -> None:
         self._thread.start()
@@ -105,7 +106,13 @@ class Publisher:
                     self._stopping.set()
                     break
                 batch.append(item)
-            self._send_batch(batch)
+            try:
+                self._send_batch(batch)
+            except Exception:  # a bug must cost this batch, never the publisher itself
+                log.exception("event=publisher_error batch=%d", len(batch))
+                for p in batch:
+                    if not p.future.done():
+                        p.future.set_exception(BackendUnavailable("internal publisher error"))
         self._fail_queued()
 
     def _check_recovered(self) -> None:
@@ -131,8 +138,14 @@ class Publisher:
                 return
             try:
                 results = self._execute(batch)
+            except redis.ResponseError as exc:
+                log.error("event=publish_error error=%r", exc)
+                for p in batch:
+                    p.future.set_exception(BackendUnavailable(f"redis refused the send: {exc}"))
+                return
             except CONNECTION_ERRORS as exc:
                 failures += 1
+                self._server_id = None
                 if self.last_error is None:
                     log.warning("event=publish_failed error=%r", exc)
                 self.last_error = f"redis unreachable: {exc}"
@@ -165,6 +178,8 @@ class Publisher:
         return retry
 
     def _execute(self, batch: list[_Pending]) -> list[object]:
+        if self._server_id is None:
+            self._server_id = self._read_server_id()
         pipe = self._client.pipeline(transaction=False)
         for p in batch:
             d = p.draft
@@ -173,19 +188,29 @@ class Publisher:
             k = p.keys
             pipe.evalsha(
                 SEND_SHA,
-                4,
+                5,
                 k.seq,
                 k.hist,
                 k.epoch,
                 k.dedup,
+                k.srv,
                 head,
                 dedup_id,
                 secrets.token_hex(8),
                 self._history_length,
                 self._room_ttl_ms,
                 k.channel,
+                self._server_id,
             )
         return pipe.execute(raise_on_error=False)
+
+    def _read_server_id(self) -> str:
+        """The master's replication id: it changes when a replica is promoted."""
+        try:
+            return str(self._client.info("replication").get("master_replid", ""))
+        except redis.ResponseError as exc:  # INFO disabled (some managed Redis): no failover guard
+            log.warning("event=no_server_id error=%r", exc)
+            return ""
 
     def _resolve(self, p: _Pending, result: object) -> None:
         seq, epoch, stored, duplicate = result  # type: ignore[misc]

@@ -1,6 +1,6 @@
 -- Shared by the presence scripts (prepended when they are loaded).
 -- Every presence script takes the same KEYS and first ARGV, so these helpers can rely on them:
--- KEYS:  1 nodes, 2 this node's hash, 3 epoch, 4 seq, 5 hist, 6 dedup, 7 users, 8 leaving
+-- KEYS:  1 nodes, 2 this node's hash, 3 epoch, 4 seq, 5 hist, 6 dedup, 7 users, 8 leaving, 9 srv
 -- ARGV:  1 node id, 2 node key prefix, 3 room name, 4 channel, 5 presence ttl ms,
 --        6 room ttl ms, 7 leave grace ms, 8 candidate epoch; script-specific ARGV follow.
 local now_t = redis.call('TIME')
@@ -60,14 +60,14 @@ end
 -- When nobody is left on any live node and no departure is pending, the room is gone.
 local function delete_if_empty()
   if redis.call('ZCARD', KEYS[1]) == 0 and redis.call('ZCARD', KEYS[8]) == 0 then
-    redis.call('DEL', KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6], KEYS[7], KEYS[8])
+    redis.call('DEL', KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6], KEYS[7], KEYS[8], KEYS[9])
     return 1
   end
   return 0
 end
 
 local function keep_alive()
-  for i = 1, 8 do
+  for i = 1, 9 do
     if i ~= 2 then redis.call('PEXPIRE', KEYS[i], ARGV[6]) end
   end
 end

@@ -1,9 +1,9 @@
 -- Give a message the room's next seq, store it in the capped history stream and publish it,
 -- in one atomic step. A message whose dedup id was stored already is returned, not re-sent,
 -- so a retried or resent send delivers once.
--- KEYS: seq, hist, epoch, dedup
+-- KEYS: seq, hist, epoch, dedup, srv
 -- ARGV: envelope_head (JSON without closing brace), dedup_id, candidate_epoch,
---       history_length, room_ttl_ms, channel
+--       history_length, room_ttl_ms, channel, server_id (the master's replication id)
 -- Returns {seq, epoch, envelope_json, duplicate (0|1)}
 local epoch = redis.call('GET', KEYS[3])
 local seen = redis.call('ZSCORE', KEYS[4], ARGV[2])
@@ -14,6 +14,18 @@ if seen and epoch then
   end
 end
 
+-- A room last written through another server (a replica promoted by a failover) may have
+-- lost its newest messages to asynchronous replication, so its seqs could repeat: a new
+-- epoch tells every node and client to follow the stream afresh.
+local srv = redis.call('GET', KEYS[5])
+if ARGV[7] ~= '' and srv ~= ARGV[7] then
+  if srv and epoch then
+    epoch = ARGV[3]
+    redis.call('SET', KEYS[3], epoch)
+  end
+  redis.call('SET', KEYS[5], ARGV[7])
+end
+
 local seq = redis.call('INCR', KEYS[1])
 if not epoch or (seq == 1 and redis.call('EXISTS', KEYS[2]) == 1) then
   -- The store lost this room's position: start a new epoch rather than reuse seqs.
@@ -21,6 +33,7 @@ if not epoch or (seq == 1 and redis.call('EXISTS', KEYS[2]) == 1) then
   redis.call('SET', KEYS[3], epoch)
   redis.call('DEL', KEYS[2], KEYS[4])
   redis.call('SET', KEYS[1], 1)
+  redis.call('SET', KEYS[5], ARGV[7])
   seq = 1
 end
 
@@ -28,6 +41,6 @@ local envelope = ARGV[1] .. ',"seq":' .. seq .. ',"epoch":"' .. epoch .. '"}'
 redis.call('XADD', KEYS[2], 'MAXLEN', ARGV[4], seq .. '-0', 'e', envelope)
 redis.call('ZADD', KEYS[4], seq, ARGV[2])
 redis.call('ZREMRANGEBYSCORE', KEYS[4], '-inf', seq - tonumber(ARGV[4]))
-for i = 1, 4 do redis.call('PEXPIRE', KEYS[i], ARGV[5]) end
+for i = 1, 5 do redis.call('PEXPIRE', KEYS[i], ARGV[5]) end
 redis.call('PUBLISH', ARGV[6], envelope)
 return {seq, epoch, envelope, 0}

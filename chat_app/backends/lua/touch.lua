@@ -31,7 +31,7 @@ local epoch = redis.call('GET', KEYS[3])
 if not epoch then
   epoch = ARGV[8]
   redis.call('SET', KEYS[3], epoch)
-  redis.call('DEL', KEYS[4], KEYS[5], KEYS[6])
+  redis.call('DEL', KEYS[4], KEYS[5], KEYS[6], KEYS[9])
 end
 keep_alive()
 return {epoch, tonumber(redis.call('GET', KEYS[4]) or '0')}
