@@ -89,6 +89,7 @@ class Settings:
     redis_url: str | None = None
     redis_sentinels: list[str] | None = _setting(None, _addresses)  # noqa: RUF009 (immutable default)
     redis_sentinel_master: str = "mymaster"
+    redis_cluster_nodes: list[str] | None = _setting(None, _addresses)  # noqa: RUF009 (immutable default)
     port: int = 5000
     instance_id: str = field(default_factory=lambda: secrets.token_hex(6))
     key_prefix: str = _setting("chat", _key_prefix)
@@ -138,7 +139,7 @@ class Settings:
 
     @property
     def uses_redis(self) -> bool:
-        return self.redis_url is not None or self.redis_sentinels is not None
+        return any(x is not None for x in (self.redis_url, self.redis_sentinels, self.redis_cluster_nodes))
 
     @property
     def redis_room_ttl_ms(self) -> int:

@@ -13,16 +13,18 @@ from typing import Any
 
 import redis
 from redis.backoff import ExponentialWithJitterBackoff
-from redis.commands.core import Script
+from redis.cluster import ClusterNode, RedisCluster
 from redis.retry import Retry
 from redis.sentinel import Sentinel
 
 from ..protocol import BadEnvelope, Envelope, decode_envelope
 from ..settings import Settings
 from .base import BackendUnavailable, BrokerHooks, Draft, History, Member, Position
+from .redis_cluster_listener import ShardedListener
 from .redis_keys import RoomKeys, escape
 from .redis_listener import Listener
 from .redis_publisher import CONNECTION_ERRORS, Publisher
+from .redis_scripts import AnyRedis, Call, LuaScript, run_scripts
 
 log = logging.getLogger(__name__)
 
@@ -39,9 +41,10 @@ def envelope_limit(settings: Settings) -> int:
 class RedisClients:
     """Three connections with one job each: commands, the publisher, the subscriber."""
 
-    commands: redis.Redis
-    publisher: redis.Redis
-    subscriber: redis.Redis
+    commands: AnyRedis
+    publisher: AnyRedis
+    subscriber: AnyRedis
+    shard_kwargs: dict[str, Any] | None = None  # cluster: how to open one shard's pub/sub connection
 
     @classmethod
     def from_settings(cls, settings: Settings) -> RedisClients:
@@ -55,6 +58,14 @@ class RedisClients:
         }
         commands_retry = Retry(ExponentialWithJitterBackoff(cap=0.5, base=0.05), retries=3)
         no_retry = Retry(ExponentialWithJitterBackoff(), 0)  # these two have loops of their own
+        if settings.redis_cluster_nodes:
+            startup = [ClusterNode(h, int(p)) for h, _, p in (a.rpartition(":") for a in settings.redis_cluster_nodes)]
+            return cls(
+                commands=RedisCluster(startup_nodes=startup, max_connections=16, retry=commands_retry, **common),
+                publisher=RedisCluster(startup_nodes=startup, retry=no_retry, **common),
+                subscriber=RedisCluster(startup_nodes=startup, retry=no_retry, **common),
+                shard_kwargs={**common, "retry": no_retry},
+            )
         if settings.redis_sentinels:
             sentinel = Sentinel(
                 [(h, int(p)) for h, _, p in (a.rpartition(":") for a in settings.redis_sentinels)],
@@ -95,6 +106,19 @@ class RedisBroker:
             settings.send_deadline,
             _backoff(settings),
         )
+        self.listener: Listener
+        if isinstance(clients.subscriber, RedisCluster):
+            self.listener = ShardedListener(
+                clients.subscriber,
+                clients.shard_kwargs or {},
+                settings.key_prefix,
+                settings.instance_id,
+                _backoff(settings),
+                settings.listener_idle_probe,
+                settings.probe_timeout,
+                self._envelope_limit,
+            )
+            return
         self.listener = Listener(
             clients.subscriber,
             self._publish_probe,
@@ -177,10 +201,10 @@ class RedisPresence:
         self._redis = clients.commands
         self._settings = settings
         self._node = escape(settings.instance_id)
-        prelude = (_LUA / "prelude.lua").read_text()
-        self._touch = self._redis.register_script(prelude + (_LUA / "touch.lua").read_text())
-        self._leave = self._redis.register_script(prelude + (_LUA / "leave.lua").read_text())
-        self._members = self._redis.register_script((_LUA / "members.lua").read_text())
+        sharded = isinstance(self._redis, RedisCluster)
+        self._touch = LuaScript.load("prelude.lua", "touch.lua", sharded=sharded)
+        self._leave = LuaScript.load("prelude.lua", "leave.lua", sharded=sharded)
+        self._members = LuaScript.load("members.lua", sharded=sharded)
         self._snapshot: Callable[[], dict[str, dict[str, str]]] = dict
         self._stopping = threading.Event()
         self._thread = threading.Thread(target=self._heartbeat, name="heartbeat", daemon=True)
@@ -188,8 +212,19 @@ class RedisPresence:
     def _keys(self, room: str) -> RoomKeys:
         return RoomKeys.of(self._settings.key_prefix, room)
 
-    def _call(self, script: Script, room: str, *extra: object, client: object = None) -> object:
-        """Run a presence script with the KEYS and leading ARGV they all share (prelude.lua)."""
+    def _run(self, calls: list[Call]) -> list[Any]:
+        try:
+            results = run_scripts(self._redis, calls)
+        except CONNECTION_ERRORS as exc:
+            raise BackendUnavailable(f"redis unreachable: {exc}") from exc
+        for result in results:
+            if isinstance(result, Exception):
+                log.error("event=presence_script_error error=%r", result)
+                raise BackendUnavailable(f"redis refused a presence update: {result}")
+        return results
+
+    def _call(self, script: LuaScript, room: str, *extra: object) -> Call:
+        """A presence script call with the KEYS and leading ARGV they all share (prelude.lua)."""
         s, keys = self._settings, self._keys(room)
         args = [
             self._node,
@@ -202,27 +237,21 @@ class RedisPresence:
             secrets.token_hex(8),
             *extra,
         ]
-        try:
-            return script(keys=keys.script_keys(self._node), args=args, client=client)
-        except CONNECTION_ERRORS as exc:
-            raise BackendUnavailable(f"redis unreachable: {exc}") from exc
+        return (script, keys.script_keys(self._node), args)
 
     def join(self, room: str, sid: str, user: str) -> Position:
-        epoch, seq = self._call(self._touch, room, "0", sid, user)
+        epoch, seq = self._run([self._call(self._touch, room, "0", sid, user)])[0]
         return Position(epoch.decode(), int(seq))
 
     def leave(self, room: str, sid: str, grace: bool = False) -> bool:
-        return bool(self._call(self._leave, room, "sid", sid, "1" if grace else "0"))
+        return bool(self._run([self._call(self._leave, room, "sid", sid, "1" if grace else "0")])[0])
 
     def sweep(self, room: str) -> bool:
-        return bool(self._call(self._leave, room, "sweep", "", "0"))
+        return bool(self._run([self._call(self._leave, room, "sweep", "", "0")])[0])
 
     def _read(self, room: str) -> list[bytes]:
         keys = self._keys(room)
-        try:
-            return self._members(keys=[keys.nodes, keys.epoch, keys.seq], args=[keys.node_prefix])
-        except CONNECTION_ERRORS as exc:
-            raise BackendUnavailable(f"redis unreachable: {exc}") from exc
+        return self._run([(self._members, [keys.nodes, keys.epoch, keys.seq], [keys.node_prefix])])[0]
 
     def members(self, room: str) -> list[Member]:
         flat = self._read(room)[2:]
@@ -236,10 +265,7 @@ class RedisPresence:
         return Position(epoch.decode(), int(seq)) if epoch else None
 
     def remove_node(self, rooms: Sequence[str], grace: bool = False) -> None:
-        with self._redis.pipeline(transaction=False) as pipe:
-            for room in rooms:
-                self._call(self._leave, room, "node", "", "1" if grace else "0", client=pipe)
-            pipe.execute()
+        self._run([self._call(self._leave, room, "node", "", "1" if grace else "0") for room in rooms])
 
     def start(self, snapshot: Callable[[], dict[str, dict[str, str]]]) -> None:
         self._snapshot = snapshot
@@ -255,13 +281,13 @@ class RedisPresence:
         rooms = self._snapshot()
         if not rooms:
             return
+        calls = [
+            self._call(self._touch, room, "1", *(x for sid, user in members.items() for x in (sid, user)))
+            for room, members in rooms.items()
+        ]
         try:
-            with self._redis.pipeline(transaction=False) as pipe:
-                for room, members in rooms.items():
-                    entries = [x for sid, user in members.items() for x in (sid, user)]
-                    self._call(self._touch, room, "1", *entries, client=pipe)
-                pipe.execute()
-        except CONNECTION_ERRORS as exc:
+            self._run(calls)
+        except BackendUnavailable as exc:
             log.warning("event=heartbeat_failed rooms=%d error=%r", len(rooms), exc)
         except Exception:
             log.exception("event=heartbeat_error")

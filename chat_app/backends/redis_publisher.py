@@ -9,7 +9,6 @@ retried after a connection error never stores a message twice.
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import logging
 import queue
 import secrets
@@ -17,20 +16,18 @@ import threading
 import time
 from concurrent.futures import Future
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import redis
 from redis.backoff import ExponentialWithJitterBackoff
-from redis.exceptions import NoScriptError
+from redis.cluster import RedisCluster
 
 from ..protocol import BadEnvelope, Envelope, decode_envelope, envelope_head
 from .base import BackendUnavailable, Draft
 from .redis_keys import RoomKeys
+from .redis_scripts import AnyRedis, Call, LuaScript, run_scripts
 
 log = logging.getLogger(__name__)
 
-SEND_SCRIPT = (Path(__file__).parent / "lua" / "send.lua").read_text()
-SEND_SHA = hashlib.sha1(SEND_SCRIPT.encode()).hexdigest()
 CONNECTION_ERRORS = (redis.ConnectionError, redis.TimeoutError, OSError)
 MAX_BATCH = 256
 
@@ -46,7 +43,7 @@ class _Pending:
 class Publisher:
     def __init__(
         self,
-        client: redis.Redis,
+        client: AnyRedis,
         prefix: str,
         history_length: int,
         room_ttl_ms: int,
@@ -55,6 +52,7 @@ class Publisher:
         max_queue: int = 10_000,
     ) -> None:
         self._client = client
+        self._script = LuaScript.load("send.lua", sharded=isinstance(client, RedisCluster))
         self._prefix = prefix
         self._history_length = history_length
         self._room_ttl_ms = room_ttl_ms
@@ -65,7 +63,7 @@ class Publisher:
         self._stopping = threading.Event()
         self.last_ok = 0.0
         self.last_error: str | None = None
-        self._server_id: str | None = None  # read again after every connection failure
+        self._server_ids: dict[str, str] = {}  # per server; read again after a connection failure
 
     def start(self) -> None:
         self._thread.start()
@@ -145,7 +143,7 @@ class Publisher:
                 return
             except CONNECTION_ERRORS as exc:
                 failures += 1
-                self._server_id = None
+                self._server_ids.clear()
                 if self.last_error is None:
                     log.warning("event=publish_failed error=%r", exc)
                 self.last_error = f"redis unreachable: {exc}"
@@ -158,61 +156,54 @@ class Publisher:
                 log.info("event=publish_recovered")
             self.last_error = None
             self.last_ok = time.monotonic()
-            batch = self._settle(batch, results)
+            for p, result in zip(batch, results, strict=True):
+                self._resolve(p, result)
+            return
         for p in batch:
             p.future.set_exception(BackendUnavailable("the node is shutting down"))
 
-    def _settle(self, batch: list[_Pending], results: list[object]) -> list[_Pending]:
-        """Resolve each send from its reply; return those to run again after a script load."""
-        retry: list[_Pending] = []
-        for p, result in zip(batch, results, strict=True):
-            if isinstance(result, NoScriptError):
-                retry.append(p)
-            elif isinstance(result, Exception):
-                log.error("event=publish_error room=%s error=%r", p.draft.room, result)
-                p.future.set_exception(BackendUnavailable(f"redis refused the send: {result}"))
-            else:
-                self._resolve(p, result)
-        if retry:
-            self._client.script_load(SEND_SCRIPT)
-        return retry
-
     def _execute(self, batch: list[_Pending]) -> list[object]:
-        if self._server_id is None:
-            self._server_id = self._read_server_id()
-        pipe = self._client.pipeline(transaction=False)
+        calls: list[Call] = []
         for p in batch:
-            d = p.draft
+            d, k = p.draft, p.keys
             head = envelope_head(d.id, d.room, d.sender, d.message, d.timestamp, d.instance_id)
             dedup_id = f"k:{d.sender}:{d.key}" if d.key else f"i:{d.id}"
-            k = p.keys
-            pipe.evalsha(
-                SEND_SHA,
-                5,
-                k.seq,
-                k.hist,
-                k.epoch,
-                k.dedup,
-                k.srv,
+            args = [
                 head,
                 dedup_id,
                 secrets.token_hex(8),
                 self._history_length,
                 self._room_ttl_ms,
                 k.channel,
-                self._server_id,
-            )
-        return pipe.execute(raise_on_error=False)
+                self._server_id(k.seq),
+            ]
+            calls.append((self._script, [k.seq, k.hist, k.epoch, k.dedup, k.srv], args))
+        return run_scripts(self._client, calls)
 
-    def _read_server_id(self) -> str:
-        """The master's replication id: it changes when a replica is promoted."""
+    def _server_id(self, key: str) -> str:
+        """The replication id of the server holding `key`: it changes when a replica is
+        promoted, which the send script turns into a new epoch."""
+        if isinstance(self._client, RedisCluster):
+            node = self._client.get_node_from_key(key)
+            name, target = node.name, {"target_nodes": node}
+        else:
+            name, target = "", {}
+        if name not in self._server_ids:
+            self._server_ids[name] = self._read_server_id(**target)
+        return self._server_ids[name]
+
+    def _read_server_id(self, **target: object) -> str:
         try:
-            return str(self._client.info("replication").get("master_replid", ""))
+            return str(self._client.info("replication", **target).get("master_replid", ""))
         except redis.ResponseError as exc:  # INFO disabled (some managed Redis): no failover guard
             log.warning("event=no_server_id error=%r", exc)
             return ""
 
     def _resolve(self, p: _Pending, result: object) -> None:
+        if isinstance(result, Exception):
+            log.error("event=publish_error room=%s error=%r", p.draft.room, result)
+            p.future.set_exception(BackendUnavailable(f"redis refused the send: {result}"))
+            return
         seq, epoch, stored, duplicate = result  # type: ignore[misc]
         d = p.draft
         if duplicate:

@@ -7,7 +7,7 @@ local now_t = redis.call('TIME')
 local now = tonumber(now_t[1]) * 1000 + math.floor(tonumber(now_t[2]) / 1000)
 
 local function announce(action, user)
-  redis.call('PUBLISH', ARGV[4], cjson.encode({
+  redis.call(PUBLISH, ARGV[4], cjson.encode({
     v = 1, kind = 'presence', room = ARGV[3], action = action, user = user,
     members_count = redis.call('HLEN', KEYS[7]), instance_id = ARGV[1],
   }))

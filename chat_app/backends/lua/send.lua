@@ -42,5 +42,5 @@ redis.call('XADD', KEYS[2], 'MAXLEN', ARGV[4], seq .. '-0', 'e', envelope)
 redis.call('ZADD', KEYS[4], seq, ARGV[2])
 redis.call('ZREMRANGEBYSCORE', KEYS[4], '-inf', seq - tonumber(ARGV[4]))
 for i = 1, 5 do redis.call('PEXPIRE', KEYS[i], ARGV[5]) end
-redis.call('PUBLISH', ARGV[6], envelope)
+redis.call(PUBLISH, ARGV[6], envelope)
 return {seq, epoch, envelope, 0}

@@ -1,0 +1,219 @@
+"""The listener on a Redis Cluster: one sharded pub/sub connection (SSUBSCRIBE) per shard
+that holds a channel this node wants, all owned by the one listener greenlet.
+
+A room's traffic stays on its shard (SPUBLISH), so a node opens connections only to the
+shards of rooms it hosts. Each connection fails and is rebuilt on its own, with backoff;
+its rooms catch up from history once re-subscribed. An idle connection is probed with
+PING, which must come back as a pong within PROBE_TIMEOUT.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import select
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import redis
+from redis.backoff import ExponentialWithJitterBackoff
+from redis.cluster import RedisCluster
+
+from .redis_listener import CONNECTION_ERRORS, SUBSCRIBE_BATCH, Deaf, Listener
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class _Shard:
+    name: str
+    host: str
+    port: int
+    pubsub: redis.client.PubSub | None = None
+    asked: set[bytes] = field(default_factory=set)
+    confirmed: set[bytes] = field(default_factory=set)
+    failures: int = 0
+    retry_at: float = 0.0
+    last_rx: float = field(default_factory=time.monotonic)
+    ping_sent: float | None = None
+
+
+class ShardedListener(Listener):
+    def __init__(
+        self,
+        cluster: RedisCluster,
+        connection_kwargs: dict[str, Any],
+        prefix: str,
+        instance_id: str,
+        backoff: ExponentialWithJitterBackoff,
+        idle_probe: float,
+        probe_timeout: float,
+        max_envelope_bytes: int,
+    ) -> None:
+        super().__init__(
+            cluster,  # type: ignore[arg-type]  (only used to find each channel's shard)
+            lambda channel, data: None,
+            prefix,
+            instance_id,
+            backoff,
+            idle_probe,
+            probe_timeout,
+            max_envelope_bytes,
+        )
+        self._cluster = cluster
+        self._connection_kwargs = connection_kwargs
+        self._shards: dict[str, _Shard] = {}
+
+    def all_subscribed(self) -> bool:
+        with self._lock:
+            live = {c for s in self._shards.values() if s.pubsub is not None for c in s.confirmed}
+            return self.connected and live >= set(self._wanted)
+
+    def _run(self) -> None:
+        self.connected = True
+        while not self._stopping.is_set():
+            self._reconcile_shards()
+            got = False
+            for shard in list(self._shards.values()):
+                if shard.pubsub is None:
+                    continue
+                try:
+                    while (message := shard.pubsub.get_message(timeout=0)) is not None:
+                        got = True
+                        self._handle(shard, message)
+                    self._probe(shard)
+                except (*CONNECTION_ERRORS, Deaf) as exc:
+                    self._failed(shard, exc)
+            if not got:
+                self._wait_any()
+        for shard in self._shards.values():
+            self._close(shard)
+        log.info("event=listener_stopped")
+
+    def _shard_for(self, channel: bytes) -> _Shard:
+        node = self._cluster.get_node_from_key(channel)
+        shard = self._shards.get(node.name)
+        if shard is None:
+            shard = self._shards[node.name] = _Shard(node.name, node.host, node.port)
+        return shard
+
+    def _reconcile_shards(self) -> None:
+        with self._lock:
+            wanted = dict(self._wanted)
+            catch_up = self._catch_up & self.subscribed & set(wanted)
+            self._catch_up -= catch_up
+            for channel in catch_up:
+                self._ready[channel].set()
+        by_shard: dict[str, set[bytes]] = {name: set() for name in self._shards}
+        for channel in wanted:
+            by_shard.setdefault(self._shard_for(channel).name, set()).add(channel)
+        now = time.monotonic()
+        for name, channels in by_shard.items():
+            shard = self._shards[name]
+            if shard.pubsub is None:
+                if not channels or now < shard.retry_at:
+                    continue
+                try:
+                    self._connect(shard)
+                except CONNECTION_ERRORS as exc:
+                    self._failed(shard, exc)
+                    continue
+            try:
+                self._subscribe(shard, channels)
+            except CONNECTION_ERRORS as exc:
+                self._failed(shard, exc)
+                continue
+            if not channels and not shard.confirmed:
+                self._close(shard)  # no room of ours lives there any more
+                del self._shards[name]
+        for channel in catch_up:
+            self._hook("on_subscribed", wanted[channel])
+
+    def _connect(self, shard: _Shard) -> None:
+        client = redis.Redis(host=shard.host, port=shard.port, **self._connection_kwargs)
+        shard.pubsub = client.pubsub()
+        shard.pubsub.ping()  # opens the connection now, so a dead shard fails here
+        shard.ping_sent, shard.last_rx = time.monotonic(), time.monotonic()
+
+    def _subscribe(self, shard: _Shard, channels: set[bytes]) -> None:
+        assert shard.pubsub is not None
+        join = [c for c in channels if c not in shard.asked]
+        drop = [c for c in shard.asked if c not in channels]
+        for i in range(0, len(join), SUBSCRIBE_BATCH):
+            shard.pubsub.ssubscribe(*join[i : i + SUBSCRIBE_BATCH])
+        shard.asked.update(join)
+        for i in range(0, len(drop), SUBSCRIBE_BATCH):
+            shard.pubsub.sunsubscribe(*drop[i : i + SUBSCRIBE_BATCH])
+        shard.asked.difference_update(drop)
+
+    def _handle(self, shard: _Shard, message: dict[str, Any]) -> None:
+        shard.last_rx = time.monotonic()
+        kind, channel = message["type"], message["channel"]
+        if kind == "pong":
+            shard.ping_sent = None
+            if shard.failures:
+                shard.failures = 0
+                self.reconnects += 1
+                log.info("event=listener_up shard=%s reconnects=%d", shard.name, self.reconnects)
+                self._hook("on_reconnected")
+        elif kind == "smessage":
+            self._dispatch(message["data"])
+        elif kind == "ssubscribe":
+            with self._lock:
+                shard.confirmed.add(channel)
+                self.subscribed.add(channel)
+                room = self._wanted.get(channel)
+                self._catch_up.discard(channel)
+                ready = self._ready.get(channel)
+            if ready is not None:
+                ready.set()
+            if room is not None:
+                self._hook("on_subscribed", room)
+        elif kind == "sunsubscribe":
+            with self._lock:
+                shard.confirmed.discard(channel)
+                self.subscribed.discard(channel)
+
+    def _probe(self, shard: _Shard) -> None:
+        assert shard.pubsub is not None
+        now = time.monotonic()
+        if shard.ping_sent is None and now - shard.last_rx > self._idle_probe:
+            shard.pubsub.ping()
+            shard.ping_sent = now
+        elif shard.ping_sent is not None and now - shard.ping_sent > self._probe_timeout:
+            raise Deaf(f"shard {shard.name}: no pong after {self._probe_timeout}s")
+
+    def _failed(self, shard: _Shard, exc: Exception) -> None:
+        if shard.failures == 0:
+            log.warning("event=listener_down shard=%s error=%r", shard.name, exc)
+        shard.failures += 1
+        shard.retry_at = time.monotonic() + self._backoff.compute(shard.failures)
+        self._close(shard)
+        with self._lock:
+            self.subscribed -= shard.confirmed
+            for channel in shard.confirmed:
+                if channel in self._ready:
+                    self._ready[channel].clear()
+        shard.asked, shard.confirmed = set(), set()
+        with contextlib.suppress(Exception):  # the topology may have changed (failover, resharding)
+            self._cluster.nodes_manager.initialize()
+
+    @staticmethod
+    def _close(shard: _Shard) -> None:
+        if shard.pubsub is not None:
+            with contextlib.suppress(Exception):
+                shard.pubsub.close()
+        shard.pubsub = None
+
+    def _wait_any(self) -> None:
+        sockets: list[Any] = [self._wake_r]
+        for shard in self._shards.values():
+            conn = shard.pubsub.connection if shard.pubsub is not None else None
+            if conn is not None and conn._sock is not None:
+                sockets.append(conn._sock)
+        timeout = min(self._idle_probe, self._probe_timeout) / 2
+        readable, _, _ = select.select(sockets, [], [], timeout)
+        if self._wake_r in readable:
+            with contextlib.suppress(BlockingIOError):
+                self._wake_r.recv(4096)
