@@ -176,8 +176,10 @@ class RedisBroker:
             entries.reverse()
         envelopes: list[Envelope] = []
         for _, fields in entries:
+            # A cluster transaction returns a stream entry's fields as a flat list.
+            found = dict(zip(fields[::2], fields[1::2], strict=False)) if isinstance(fields, list) else fields
             try:
-                envelopes.append(decode_envelope(fields[b"e"], self._envelope_limit))
+                envelopes.append(decode_envelope(found[b"e"], self._envelope_limit))
             except (BadEnvelope, KeyError):
                 self.listener.bad_payloads += 1
         position = Position(epoch.decode() if epoch else "", int(seq or 0))

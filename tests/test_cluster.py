@@ -1,0 +1,144 @@
+"""Redis Cluster with sharded pub/sub: three masters on loopback created here with
+`redis-cli --cluster create`; rooms spread over every shard."""
+
+from __future__ import annotations
+
+import socket
+import subprocess
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from helpers import ChatClient, wait_until
+from processes import RedisServer, free_port
+from redis.cluster import ClusterNode, RedisCluster
+from streams import SendStream, assert_exactly_once_in_order
+from test_faults import record
+
+from chat_app.backends.redis_keys import RoomKeys
+
+
+def free_cluster_port() -> int:
+    """A free port whose cluster bus port (port + 10000) is free and valid too."""
+    while True:
+        port = free_port()
+        if port + 10000 > 65535:
+            continue
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port + 10000))
+            except OSError:
+                continue
+        return port
+
+
+@pytest.fixture
+def cluster(tmp_path: Path) -> Iterator[list[RedisServer]]:
+    masters = []
+    for i in range(3):
+        server = RedisServer(
+            tmp_path / f"shard{i}",
+            free_cluster_port(),
+            ["--cluster-enabled", "yes", "--cluster-config-file", "nodes.conf"],
+        )
+        server.start()
+        masters.append(server)
+    try:
+        subprocess.run(
+            ["redis-cli", "--cluster", "create", *(f"127.0.0.1:{m.port}" for m in masters), "--cluster-yes"],
+            check=True,
+            capture_output=True,
+            timeout=30,
+        )
+        wait_until(
+            lambda: all(m.client().cluster("info")["cluster_state"] == "ok" for m in masters),
+            timeout=20,
+            what="cluster state ok",
+        )
+        yield masters
+    finally:
+        for m in masters:
+            m.stop()
+
+
+def rooms_on_every_shard(masters: list[RedisServer], per_shard: int = 2) -> dict[int, list[str]]:
+    rc = RedisCluster(startup_nodes=[ClusterNode("127.0.0.1", masters[0].port)])
+    by_port: dict[int, list[str]] = {m.port: [] for m in masters}
+    i = 0
+    while any(len(rooms) < per_shard for rooms in by_port.values()):
+        room = f"room-{i}"
+        port = rc.get_node_from_key(RoomKeys.of("chat", room).channel).port
+        if len(by_port[port]) < per_shard:
+            by_port[port].append(room)
+        i += 1
+    rc.close()
+    return by_port
+
+
+def test_cross_node_delivery_presence_and_history_on_every_shard(cluster, nodes) -> None:
+    env = {"REDIS_CLUSTER_NODES": f"127.0.0.1:{cluster[0].port},127.0.0.1:{cluster[1].port}"}
+    a = nodes.start(None, **env)
+    b = nodes.start(None, **env)
+    by_port = rooms_on_every_shard(cluster)
+    rooms = [room for rs in by_port.values() for room in rs]
+    alice, bob = ChatClient(a.url, "alice"), ChatClient(b.url, "bob")
+    for room in rooms:
+        alice.call("join_room", room)
+        assert bob.call("join_room", room)["members"] == ["alice", "bob"]
+    for room in rooms:
+        assert alice.call("send_message", {"room": room, "message": f"to {room}"})["ok"]
+    got = bob.wait_for(len(rooms))
+    assert sorted((m["room"], m["message"]) for m in got) == sorted((r, f"to {r}") for r in rooms)
+    wait_until(lambda: {p["room"] for p in alice.received("presence") if p["user"] == "bob"} == set(rooms))
+
+    carol = ChatClient(b.url, "carol")
+    ack = carol.call("join_room", rooms[-1])
+    assert ack["ok"], ack
+    assert [m["message"] for m in ack["history"]] == [f"to {rooms[-1]}"]
+
+    # Each shard carries only its own rooms' traffic: one channel per room, where it lives.
+    for master in cluster:
+        channels = {c.decode() for c in master.client().execute_command("PUBSUB SHARDCHANNELS")}
+        assert channels == {RoomKeys.of("chat", r).channel for r in by_port[master.port]}
+    for room in rooms:
+        bob.call("leave_room", room)
+        alice.call("leave_room", room)
+    carol.close()
+    rc = RedisCluster(startup_nodes=[ClusterNode("127.0.0.1", cluster[0].port)])
+    wait_until(lambda: not any(rc.keys(f"chat:{{room:{r}}}:*") for r in rooms[:-1]), what="keys of left rooms")
+    rc.close()
+
+
+def test_killing_one_shards_pubsub_connections_loses_nothing(cluster, nodes) -> None:
+    env = {"REDIS_CLUSTER_NODES": f"127.0.0.1:{cluster[0].port}"}
+    a = nodes.start(None, **env)
+    b = nodes.start(None, **env)
+    by_port = rooms_on_every_shard(cluster, per_shard=1)
+    victim = cluster[1]
+    room = by_port[victim.port][0]
+    sender, far = ChatClient(a.url, "sender"), ChatClient(b.url, "far")
+    sender.call("join_room", room)
+    far.call("join_room", room)
+    stream = SendStream(sender, room, rate=20).start()
+    for _ in range(3):
+        time.sleep(1.0)
+        assert victim.client().client_kill_filter(_type="pubsub") >= 2
+    time.sleep(1.0)
+    stream.stop()
+    figures = assert_exactly_once_in_order(stream, far)
+    assert stream.failed() == []
+    record("cluster_shard_pubsub_kill_x3", **figures)
+
+
+def test_every_node_uses_only_the_shards_it_needs(cluster, nodes) -> None:
+    env = {"REDIS_CLUSTER_NODES": f"127.0.0.1:{cluster[0].port}"}
+    a = nodes.start(None, **env)
+    by_port = rooms_on_every_shard(cluster, per_shard=1)
+    only = cluster[2]
+    client = ChatClient(a.url, "x")
+    client.call("join_room", by_port[only.port][0])
+    wait_until(lambda: only.client().client_list(_type="pubsub"), what="a pub/sub connection on its shard")
+    for other in cluster[:2]:
+        assert other.client().client_list(_type="pubsub") == []
+    client.close()
