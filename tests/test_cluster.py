@@ -123,6 +123,7 @@ def test_killing_one_shards_pubsub_connections_loses_nothing(cluster, nodes) -> 
     stream = SendStream(sender, room, rate=20).start()
     for _ in range(3):
         time.sleep(1.0)
+        wait_until(lambda: len(victim.client().client_list(_type="pubsub")) >= 2, what="both nodes subscribed")
         assert victim.client().client_kill_filter(_type="pubsub") >= 2
     time.sleep(1.0)
     stream.stop()

@@ -46,6 +46,7 @@ def test_client_kill_pubsub_three_times_loses_nothing(redis_server, nodes) -> No
     r = redis_server.client()
     for _ in range(3):
         time.sleep(1.0)
+        wait_until(lambda: len(r.client_list(_type="pubsub")) >= 2, what="both nodes subscribed")
         assert r.client_kill_filter(_type="pubsub") >= 2
     time.sleep(1.0)
     stream.stop()

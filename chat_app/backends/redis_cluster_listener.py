@@ -213,6 +213,9 @@ class ShardedListener(Listener):
             if conn is not None and conn._sock is not None:
                 sockets.append(conn._sock)
         timeout = min(self._idle_probe, self._probe_timeout) / 2
+        retries = [s.retry_at for s in self._shards.values() if s.pubsub is None]
+        if retries:
+            timeout = max(0.0, min(timeout, min(retries) - time.monotonic()))
         readable, _, _ = select.select(sockets, [], [], timeout)
         if self._wake_r in readable:
             with contextlib.suppress(BlockingIOError):
