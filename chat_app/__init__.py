@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import logging
+from urllib.parse import parse_qs, urlencode, urlsplit, urlunsplit
 
 from flask import Flask
 from flask_socketio import SocketIO
@@ -43,6 +45,16 @@ def configure_logging(settings: Settings) -> None:
     root.propagate = False
 
 
+def redis_url_for(settings: Settings) -> str:
+    """REDIS_URL with REDIS_SSL_CERT_REQS added to a rediss:// URL that does not say its own."""
+    assert settings.redis_url is not None
+    parts = urlsplit(settings.redis_url)
+    if parts.scheme != "rediss" or not settings.redis_ssl_cert_reqs or "ssl_cert_reqs" in parse_qs(parts.query):
+        return settings.redis_url
+    query = "&".join(q for q in (parts.query, urlencode({"ssl_cert_reqs": settings.redis_ssl_cert_reqs})) if q)
+    return urlunsplit(parts._replace(query=query))
+
+
 def build_backends(settings: Settings) -> tuple[Broker, Presence]:
     if settings.redis_url is None:
         log.warning("event=backend backend=memory REDIS_URL is unset: single node, rooms are not shared")
@@ -50,8 +62,9 @@ def build_backends(settings: Settings) -> tuple[Broker, Presence]:
         return MemoryBroker(hub, settings.instance_id), MemoryPresence(hub, settings.instance_id)
     from .backends.redis import RedisBroker, RedisClients, RedisPresence
 
-    clients = RedisClients.from_url(settings)
-    log.info("event=backend backend=redis")
+    url = redis_url_for(settings)
+    clients = RedisClients.from_url(dataclasses.replace(settings, redis_url=url))
+    log.info("event=backend backend=redis tls=%s", urlsplit(url).scheme == "rediss")
     return RedisBroker(clients, settings), RedisPresence(clients, settings)
 
 

@@ -96,9 +96,9 @@ def tls_redis(tmp_path: Path):
         log.close()
 
 
-def cross_node_message(nodes, url: str) -> None:
-    a = nodes.start(url)
-    b = nodes.start(url)
+def cross_node_message(nodes, url: str, **env: str) -> None:
+    a = nodes.start(url, **env)
+    b = nodes.start(url, **env)
     alice = ChatClient(a.url, "alice")
     bob = ChatClient(b.url, "bob")
     try:
@@ -115,6 +115,12 @@ def cross_node_message(nodes, url: str) -> None:
 def test_self_signed_tls_redis_with_ssl_cert_reqs_none(tls_redis, nodes) -> None:
     port, _ = tls_redis
     cross_node_message(nodes, f"rediss://127.0.0.1:{port}/0?ssl_cert_reqs=none")
+
+
+def test_self_signed_tls_redis_with_the_setting_leaving_the_url_alone(tls_redis, nodes) -> None:
+    """Heroku attaches and rotates REDIS_URL itself: the setting is the way to relax it."""
+    port, _ = tls_redis
+    cross_node_message(nodes, f"rediss://127.0.0.1:{port}/0", REDIS_SSL_CERT_REQS="none")
 
 
 def test_tls_redis_verified_against_its_ca(tls_redis, nodes) -> None:
@@ -140,3 +146,16 @@ def _healthz(url: str) -> tuple[int, dict] | None:
     except requests.ConnectionError:
         return None  # not listening yet
     return response.status_code, response.json()
+
+
+def test_redis_ssl_cert_reqs_only_touches_rediss_urls_without_their_own() -> None:
+    from chat_app import Settings, redis_url_for
+
+    def url(raw: str, reqs: str | None = "none") -> str:
+        return redis_url_for(Settings(redis_url=raw, redis_ssl_cert_reqs=reqs))
+
+    assert url("rediss://:pw@h:6380/0") == "rediss://:pw@h:6380/0?ssl_cert_reqs=none"
+    assert url("rediss://h/0?socket_timeout=3") == "rediss://h/0?socket_timeout=3&ssl_cert_reqs=none"
+    assert url("rediss://h/0?ssl_cert_reqs=required") == "rediss://h/0?ssl_cert_reqs=required"
+    assert url("redis://h/0") == "redis://h/0"
+    assert url("rediss://h/0", None) == "rediss://h/0"
