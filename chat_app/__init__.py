@@ -14,7 +14,7 @@ from .backends.base import Broker, Presence
 from .backends.memory import MemoryBroker, MemoryHub, MemoryPresence
 from .events import SocketIOEmitter, register_events
 from .http import register_routes
-from .metrics import build_registry
+from .metrics import register_metrics
 from .service import ChatService
 from .settings import Settings
 
@@ -83,9 +83,10 @@ def create_app(settings: Settings | None = None, async_mode: str | None = None) 
     broker, presence = build_backends(settings)
     service = ChatService(settings, broker, presence, SocketIOEmitter(socketio))
     register_events(socketio, service)
-    register_routes(app, service, build_registry(service, broker))
+    register_routes(app, service)
     app.extensions["chat_service"] = service
     app.extensions["chat_socketio"] = socketio
+    register_metrics(app, service, broker)
     service.start()
     log.info("event=started instance=%s", settings.instance_id)
     return app

@@ -1,17 +1,16 @@
-"""HTTP routes: the page, health, metrics, one room's state."""
+"""HTTP routes: the page, health, one room's state."""
 
 from __future__ import annotations
 
 from typing import Any
 
-from flask import Flask, Response, jsonify, render_template
-from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+from flask import Flask, jsonify, render_template
 
 from .protocol import ChatError, LeaveRequest, parse
 from .service import ChatService
 
 
-def register_routes(app: Flask, service: ChatService, registry: CollectorRegistry) -> None:
+def register_routes(app: Flask, service: ChatService) -> None:
     @app.get("/")
     def index() -> str:
         return render_template("index.html")
@@ -24,10 +23,6 @@ def register_routes(app: Flask, service: ChatService, registry: CollectorRegistr
         if not all(parts.values()):
             body["failing"] = [name for name, ok in parts.items() if not ok]
         return jsonify(body), 200 if all(parts.values()) else 503
-
-    @app.get("/metrics")
-    def metrics() -> Response:
-        return Response(generate_latest(registry), mimetype=None, content_type=CONTENT_TYPE_LATEST)
 
     @app.get("/api/rooms/<path:room>")
     def room_info(room: str) -> Any:

@@ -11,7 +11,8 @@ from __future__ import annotations
 from collections.abc import Iterator
 from typing import Any
 
-from prometheus_client import CollectorRegistry, Histogram
+from flask import Flask, Response
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Histogram, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
@@ -78,4 +79,15 @@ def build_registry(service: ChatService, broker: Any) -> CollectorRegistry:
         buckets=PUBLISH_BUCKETS,
     )
     service.observe_publish = latency.observe
+    return registry
+
+
+def register_metrics(app: Flask, service: ChatService, broker: Any) -> CollectorRegistry:
+    """Serve GET /metrics from a registry of this app's own."""
+    registry = build_registry(service, broker)
+
+    @app.get("/metrics")
+    def metrics() -> Response:
+        return Response(generate_latest(registry), content_type=CONTENT_TYPE_LATEST)
+
     return registry
