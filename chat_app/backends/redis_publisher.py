@@ -33,6 +33,7 @@ SEND_SCRIPT = (Path(__file__).parent / "lua" / "send.lua").read_text()
 SEND_SHA = hashlib.sha1(SEND_SCRIPT.encode()).hexdigest()
 CONNECTION_ERRORS = (redis.ConnectionError, redis.TimeoutError, OSError)
 MAX_BATCH = 256
+RECHECK_SECONDS = 1.0
 
 
 @dataclass(slots=True)
@@ -88,7 +89,11 @@ class Publisher:
 
     def _run(self) -> None:
         while not self._stopping.is_set():
-            first = self._queue.get()
+            try:
+                first = self._queue.get(timeout=RECHECK_SECONDS if self.last_error else None)
+            except queue.Empty:
+                self._recheck()
+                continue
             if first is None:
                 break
             batch = [first]
@@ -103,6 +108,17 @@ class Publisher:
                 batch.append(item)
             self._send_batch(batch)
         self._fail_queued()
+
+    def _recheck(self) -> None:
+        """Idle after a failure: PING to learn that Redis is back. Otherwise `last_error`
+        (and /healthz) stays failing until the next send, which a load balancer that has
+        taken the node out of rotation never brings."""
+        try:
+            self._client.ping()
+        except CONNECTION_ERRORS:
+            return
+        log.info("event=publish_recovered")
+        self.last_error = None
 
     def _send_batch(self, batch: list[_Pending]) -> None:
         failures = 0
