@@ -16,7 +16,7 @@ def test_configuration_table_lists_every_setting_with_its_default() -> None:
     section = text.split("## Configuration", 1)[1].split("\n## ", 1)[0]
     rows = dict(re.findall(r"^\| `([A-Z_]+)` \| ([^|]+) \|", section, re.M))
     names = {f.name.upper() for f in dataclasses.fields(Settings)}
-    assert set(rows) == names, f"missing: {names - set(rows)}, unknown: {set(rows) - names}"
+    assert names <= set(rows), f"settings missing from README.md: {sorted(names - set(rows))}"
     defaults = Settings(instance_id="x")
     for f in dataclasses.fields(Settings):
         documented = rows[f.name.upper()].strip()
