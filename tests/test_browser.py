@@ -3,12 +3,13 @@ real Redis: two people on two nodes, a reload, a dropped connection and its reco
 
 from __future__ import annotations
 
+import re
 import signal
 from collections.abc import Iterator
 
 import pytest
 from browser import chromium, screenshot
-from helpers import ChatClient
+from helpers import ChatClient, wait_until
 from playwright.sync_api import Browser, Page, expect
 
 TIMEOUT_MS = 15_000
@@ -29,6 +30,16 @@ def open_page(browser: Browser, url: str, viewport: dict | None = None) -> Page:
     errors: list[str] = []
     page.on("pageerror", lambda exc: errors.append(str(exc)))
     page.errors = errors  # type: ignore[attr-defined]
+    page.goto(url)
+    return page
+
+
+def open_page_routed(browser: Browser, url: str, route) -> Page:
+    """Like open_page, with the page's Socket.IO websocket passing through `route`."""
+    context = browser.new_context(viewport={"width": 1000, "height": 720})
+    page = context.new_page()
+    page.set_default_timeout(TIMEOUT_MS)
+    page.route_web_socket(re.compile(r".*/socket\.io/.*"), route)
     page.goto(url)
     return page
 
@@ -99,6 +110,7 @@ def test_reload_shows_the_rooms_history(redis_server, nodes, browser) -> None:
         join(page, "carl", "history")
         for i in range(3):
             send(page, f"line {i}")
+        expect(page.locator("#messages li.mine[data-state=sent]")).to_have_count(3)
         other.call("send_message", {"room": "history", "message": "from the other node"})
         expected = ["line 0", "line 1", "line 2", "from the other node"]
         expect(page.locator("#messages li.msg .text")).to_have_text(expected)
@@ -148,3 +160,56 @@ def test_dropped_connection_recovers_missed_messages_or_says_it_could_not(redis_
         assert page.errors == []  # type: ignore[attr-defined]
     finally:
         bob.close()
+
+
+def test_a_send_confirmed_late_is_placed_in_the_servers_order(redis_server, nodes, browser) -> None:
+    """The page's frames pass through Playwright to the real node, so the test can hold
+    them: the page's send waits while another message goes first; then its ack is let
+    through before its own broadcast. The confirmed message must move below the other."""
+    node = nodes.start(redis_server.url)
+    other = ChatClient(node.url, "dora")
+    held: dict[str, list[str]] = {"up": [], "down": []}
+    hold = {"up": False, "own_broadcast": False}
+    routes: list = []
+    try:
+        other.call("join_room", "order")
+
+        def route(ws) -> None:
+            server = ws.connect_to_server()
+
+            def up(frame) -> None:
+                if hold["up"] and '"send_message"' in str(frame):
+                    held["up"].append(frame)
+                else:
+                    server.send(frame)
+
+            def down(frame) -> None:
+                if hold["own_broadcast"] and '"broadcast_message"' in str(frame) and "mine" in str(frame):
+                    held["down"].append(frame)
+                else:
+                    ws.send(frame)
+
+            ws.on_message(up)
+            server.on_message(down)
+            routes.append((ws, server))
+
+        page = open_page_routed(browser, node.url, route)
+        join(page, "carl", "order")
+        hold.update(up=True, own_broadcast=True)
+        send(page, "mine")
+        expect(page.locator("#messages li.mine")).to_have_attribute("data-state", "pending")
+        # Route callbacks run while Playwright is called: evaluate() keeps it dispatching.
+        wait_until(lambda: page.evaluate("true") and held["up"], what="the send held")
+        assert other.call("send_message", {"room": "order", "message": "theirs"})["seq"] == 1
+        expect(page.locator("#messages li.msg .text")).to_have_text(["mine", "theirs"])  # mine still pending
+        ws, server = routes[0]
+        server.send(held["up"].pop())
+        expect(page.locator("#messages li.mine")).to_have_attribute("data-state", "sent")
+        expect(page.locator("#messages li.msg .text")).to_have_text(["theirs", "mine"])
+        hold["own_broadcast"] = False
+        for frame in held["down"]:
+            ws.send(frame)  # the late broadcast of our own message changes nothing
+        expect(page.locator("#messages li.msg")).to_have_count(2)
+        assert page.locator("#messages li.msg").evaluate_all("i => i.map(x => Number(x.dataset.seq))") == [1, 2]
+    finally:
+        other.close()

@@ -130,6 +130,7 @@
   function fill(item, envelope, itemState) {
     item.dataset.id = envelope.id;
     item.dataset.seq = String(envelope.seq);
+    item.dataset.epoch = envelope.epoch;
     item.dataset.state = itemState;
     const time = item.querySelector("time");
     time.textContent = clock(envelope.timestamp);
@@ -146,6 +147,19 @@
     fill(item, envelope, "received");
     $("messages").append(item);
     scrollDown();
+  }
+
+  // A confirmed send goes where the server put it: right after the last message of the same
+  // epoch with a lower seq (others' messages may have arrived while it was pending).
+  function placeBySeq(item) {
+    const seq = Number(item.dataset.seq);
+    let after = null;
+    for (const other of $("messages").children) {
+      if (other !== item && other.dataset.epoch === item.dataset.epoch && Number(other.dataset.seq) < seq) {
+        after = other;
+      }
+    }
+    if (after && after.nextElementSibling !== item) after.after(item);
   }
 
   function separator(text) {
@@ -172,6 +186,7 @@
       shown.querySelector(".state").textContent = "✓ sent";
     } else {
       fill(item, { ...ack, room: state.room }, "sent");
+      placeBySeq(item);
     }
     advance(ack.seq, ack.epoch);
   }
