@@ -213,3 +213,25 @@ def test_a_send_confirmed_late_is_placed_in_the_servers_order(redis_server, node
         assert page.locator("#messages li.msg").evaluate_all("i => i.map(x => Number(x.dataset.seq))") == [1, 2]
     finally:
         other.close()
+
+
+def test_a_refused_connection_is_explained_and_not_retried(nodes, browser) -> None:
+    """A server that refuses the Socket.IO connect (as one with AUTH_SECRET does without a
+    token) answers `44{message}`; played here by a routed websocket in front of a real node."""
+    node = nodes.start(None)
+    attempts: list[str] = []
+
+    def refuse(ws) -> None:
+        attempts.append("open")
+        ws.on_message(lambda frame: ws.send('44{"message":"a valid token is required"}'))
+        ws.send('0{"sid":"x","upgrades":[],"pingInterval":25000,"pingTimeout":20000,"maxPayload":1000000}')
+
+    page = open_page_routed(browser, node.url, refuse)
+    page.fill("#name", "eve")
+    page.fill("#room", "lobby")
+    page.click("#join")
+    expect(page.locator("#join-error")).to_have_text("The server refused the connection: a valid token is required")
+    expect(page.locator("#join-form")).to_be_visible()
+    expect(page.locator("#chat")).to_be_hidden()
+    expect(page.locator("#status")).to_have_text("not connected")
+    assert attempts == ["open"]

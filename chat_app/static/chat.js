@@ -242,6 +242,12 @@
       stopPolling();
     });
     socket.on("reconnecting", ({ attempt }) => setStatus("reconnecting", `reconnecting (try ${attempt})…`));
+    socket.on("connect_error", (error) => {
+      // The server refused the connection itself (e.g. it requires a token): retrying won't help.
+      leave();
+      $("join-error").hidden = false;
+      $("join-error").textContent = `The server refused the connection: ${(error && error.message) || "no reason given"}`;
+    });
     socket.on("broadcast_message", showEnvelope);
     socket.on("presence", onPresence);
     socket.on("error", (error) => notice(`${error.event || "server"}: ${error.message}`));
