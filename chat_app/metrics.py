@@ -75,10 +75,11 @@ def build_registry(service: ChatService, broker: Any) -> CollectorRegistry:
     latency = Histogram(
         "chat_publish_latency_seconds",
         "Time to store and publish one message (send -> broker ack).",
+        labelnames=["instance_id"],
         registry=registry,
         buckets=PUBLISH_BUCKETS,
     )
-    service.observe_publish = latency.observe
+    service.observe_publish = latency.labels(service.instance_id).observe
     return registry
 
 

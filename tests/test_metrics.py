@@ -44,12 +44,22 @@ def test_metrics_count_a_cross_node_message(redis_server, nodes) -> None:
 
         after_a = scrape(a.url)
         assert after_a["chat_local_rooms"] == 1
+        assert after_a["chat_connected_clients"] == 1
         assert after_a["chat_messages_published_total"] == 3
         assert after_a["chat_publish_latency_seconds_count"] == 3
         assert 0 < after_a["chat_publish_latency_seconds_sum"] < 3
         assert after_a["chat_redis_listener_connected"] == 1
         for name in ("chat_redis_reconnects_total", "chat_bad_payloads_total", "chat_rate_limited_total"):
             assert after_a[name] == 0, name
+        text = requests.get(f"{a.url}/metrics", timeout=5).text
+        chat_samples = [
+            sample
+            for family in text_string_to_metric_families(text)
+            if family.name.startswith("chat_")
+            for sample in family.samples
+            if not sample.name.endswith("_created")
+        ]
+        assert chat_samples and all(x.labels.get("instance_id") == a.instance_id for x in chat_samples)
         after_b = wait_until(
             lambda: (s := scrape(b.url))["chat_messages_delivered_total"] == 3 and s, what="B delivered 3"
         )
