@@ -12,6 +12,7 @@ from .backends.base import Broker, Presence
 from .backends.memory import MemoryBroker, MemoryHub, MemoryPresence
 from .events import SocketIOEmitter, register_events, watch_slow_clients
 from .http import register_routes
+from .metrics import register_metrics
 from .service import ChatService
 from .settings import Settings
 
@@ -73,6 +74,7 @@ def create_app(settings: Settings | None = None, async_mode: str | None = None) 
     register_routes(app, service)
     app.extensions["chat_service"] = service
     app.extensions["chat_socketio"] = socketio
+    register_metrics(app, service, broker)
     service.start()
     log.info("event=started instance=%s", settings.instance_id)
     return app

@@ -78,6 +78,7 @@ class ChatService:
         self._connections: dict[str, Connection] = {}
         self._rooms: dict[str, LocalRoom] = {}
         self.counters = Counters()
+        self.observe_publish: Callable[[float], None] = lambda seconds: None  # metrics hook
 
     # -- lifecycle -------------------------------------------------------------------
 
@@ -266,11 +267,15 @@ class ChatService:
             instance_id=self.instance_id,
             key=req.key,
         )
+        started = time.perf_counter()
         try:
             envelope = self._broker.publish(draft)
         except BackendUnavailable as exc:
             raise ChatError(ErrorCode.UNAVAILABLE, f"message not sent: {exc}") from None
+        finally:
+            self.observe_publish(time.perf_counter() - started)
         self.counters.published += 1
+        log.info("event=send room=%s sid=%s seq=%d id=%s", req.room, sid, envelope.seq, envelope.id)
         return {
             "ok": True,
             "id": envelope.id,

@@ -62,6 +62,13 @@ def _log_level(name: str, raw: str) -> str:
     return value
 
 
+def _cert_reqs(name: str, raw: str) -> str:
+    value = raw.strip().lower()
+    if value not in {"none", "optional", "required"}:
+        raise SettingsError(f"{name} must be none, optional or required, got {raw!r}")
+    return value
+
+
 def _key_prefix(name: str, raw: str) -> str:
     value = _text(name, raw)
     if any(c in value for c in "*?[]{}\\ ") or not value.isprintable():
@@ -90,6 +97,9 @@ class Settings:
     redis_sentinels: list[str] | None = _setting(None, _addresses)  # noqa: RUF009 (immutable default)
     redis_sentinel_master: str = "mymaster"
     redis_cluster_nodes: list[str] | None = _setting(None, _addresses)  # noqa: RUF009 (immutable default)
+    # For rediss:// URLs a provider hands out and rotates (Heroku): `none` accepts its
+    # self-signed certificate without editing REDIS_URL. A `ssl_cert_reqs` in the URL wins.
+    redis_ssl_cert_reqs: str | None = _setting(None, _cert_reqs)
     port: int = 5000
     instance_id: str = field(default_factory=lambda: secrets.token_hex(6))
     key_prefix: str = _setting("chat", _key_prefix)

@@ -111,7 +111,7 @@ class NodeFactory:
 
     def start(self, redis_url: str | None = None, wait_healthy: bool = True, **env: str) -> Node:
         self.directory.mkdir(parents=True, exist_ok=True)
-        port = free_port()
+        port = int(env.pop("PORT", "0")) or free_port()  # a fixed PORT: a node restarted in place
         instance_id = env.pop("INSTANCE_ID", f"node{len(self.nodes) + 1}-{port}")
         environment = {k: v for k, v in os.environ.items() if k != "REDIS_URL"}
         environment.update(

@@ -10,6 +10,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+from urllib.parse import parse_qs, urlencode, urlsplit, urlunsplit
 
 import redis
 from redis.backoff import ExponentialWithJitterBackoff
@@ -78,15 +79,25 @@ class RedisClients:
                 publisher=sentinel.master_for(name, retry=no_retry),
                 subscriber=sentinel.master_for(name, retry=no_retry),
             )
-        assert settings.redis_url is not None
+        url = effective_redis_url(settings)
         pool = redis.BlockingConnectionPool.from_url(
-            settings.redis_url, max_connections=16, timeout=settings.send_deadline, retry=commands_retry, **common
+            url, max_connections=16, timeout=settings.send_deadline, retry=commands_retry, **common
         )
         return cls(
             commands=redis.Redis(connection_pool=pool),
-            publisher=redis.Redis.from_url(settings.redis_url, retry=no_retry, **common),
-            subscriber=redis.Redis.from_url(settings.redis_url, retry=no_retry, **common),
+            publisher=redis.Redis.from_url(url, retry=no_retry, **common),
+            subscriber=redis.Redis.from_url(url, retry=no_retry, **common),
         )
+
+
+def effective_redis_url(settings: Settings) -> str:
+    """REDIS_URL with REDIS_SSL_CERT_REQS added to a rediss:// URL that does not say its own."""
+    assert settings.redis_url is not None
+    parts = urlsplit(settings.redis_url)
+    if parts.scheme != "rediss" or not settings.redis_ssl_cert_reqs or "ssl_cert_reqs" in parse_qs(parts.query):
+        return settings.redis_url
+    query = "&".join(q for q in (parts.query, urlencode({"ssl_cert_reqs": settings.redis_ssl_cert_reqs})) if q)
+    return urlunsplit(parts._replace(query=query))
 
 
 def _backoff(settings: Settings) -> ExponentialWithJitterBackoff:

@@ -30,6 +30,7 @@ log = logging.getLogger(__name__)
 
 CONNECTION_ERRORS = (redis.ConnectionError, redis.TimeoutError, OSError)
 MAX_BATCH = 256
+RECHECK_SECONDS = 1.0
 
 
 @dataclass(slots=True)
@@ -88,9 +89,9 @@ class Publisher:
     def _run(self) -> None:
         while not self._stopping.is_set():
             try:
-                first = self._queue.get(timeout=1.0)
+                first = self._queue.get(timeout=RECHECK_SECONDS if self.last_error else None)
             except queue.Empty:
-                self._check_recovered()
+                self._recheck()
                 continue
             if first is None:
                 break
@@ -113,10 +114,10 @@ class Publisher:
                         p.future.set_exception(BackendUnavailable("internal publisher error"))
         self._fail_queued()
 
-    def _check_recovered(self) -> None:
-        """While idle after a failure, find out when Redis is back, so health says so."""
-        if self.last_error is None:
-            return
+    def _recheck(self) -> None:
+        """Idle after a failure: PING to learn that Redis is back. Otherwise `last_error`
+        (and /healthz) stays failing until the next send, which a load balancer that has
+        taken the node out of rotation never brings."""
         try:
             self._client.ping()
         except CONNECTION_ERRORS:

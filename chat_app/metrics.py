@@ -1,0 +1,94 @@
+"""Prometheus metrics for one node, read at scrape time.
+
+ChatService and the Redis broker already count what matters in plain attributes; a custom
+Collector turns them into metrics when /metrics is scraped, so the hot paths never touch
+prometheus-client. The only metric observed as it happens is the publish latency. Each
+app gets its own CollectorRegistry: two apps in one process (tests) never share series.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+from flask import Flask, Response
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Histogram, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+from .service import ChatService
+
+PUBLISH_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
+
+
+class ChatCollector(Collector):
+    """Reads the service's and the broker's counters at each scrape."""
+
+    def __init__(self, service: ChatService, broker: Any) -> None:
+        self._service = service
+        self._broker = broker
+
+    def collect(self) -> Iterator[Metric]:
+        s = self._service
+        c = s.counters
+        labels = {"instance_id": s.instance_id}
+
+        def gauge(name: str, doc: str, value: float) -> GaugeMetricFamily:
+            g = GaugeMetricFamily(name, doc, labels=list(labels))
+            g.add_metric(list(labels.values()), value)
+            return g
+
+        def counter(name: str, doc: str, value: float) -> CounterMetricFamily:
+            m = CounterMetricFamily(name, doc, labels=list(labels))
+            m.add_metric(list(labels.values()), value)
+            return m
+
+        yield gauge("chat_connected_clients", "Socket.IO connections on this node.", s.connection_count())
+        yield gauge("chat_local_rooms", "Rooms with at least one member on this node.", len(s.local_rooms()))
+        yield counter("chat_messages_published", "Messages this node stored and published.", c.published)
+        yield counter("chat_messages_delivered", "Room messages this node emitted to its members.", c.delivered)
+        yield counter("chat_duplicates_dropped", "Envelopes dropped because already delivered.", c.duplicates_dropped)
+        yield counter("chat_gaps_filled", "Envelopes delivered from history to fill a gap.", c.gaps_filled)
+        yield counter("chat_messages_lost", "Seqs that were gone from history when a gap was filled.", c.messages_lost)
+        yield counter("chat_epoch_changes", "Rooms found to have lost their data in the store.", c.epoch_changes)
+        recoveries = CounterMetricFamily(
+            "chat_recoveries", "Client joins with `since`, by outcome.", labels=[*labels, "result"]
+        )
+        recoveries.add_metric([s.instance_id, "ok"], c.recoveries_ok)
+        recoveries.add_metric([s.instance_id, "failed"], c.recoveries_failed)
+        yield recoveries
+        yield counter("chat_rate_limited", "Sends and joins refused by the rate limit.", c.rate_limited)
+
+        listener = getattr(self._broker, "listener", None)
+        if listener is not None:  # the memory backend has no Redis connection to count
+            yield counter("chat_redis_reconnects", "Times the pub/sub listener reconnected.", listener.reconnects)
+            yield counter(
+                "chat_bad_payloads", "Payloads from Redis that were not envelopes, dropped.", listener.bad_payloads
+            )
+            yield gauge("chat_redis_listener_connected", "1 while listening.", float(listener.connected))
+
+
+def build_registry(service: ChatService, broker: Any) -> CollectorRegistry:
+    """A registry for one app: the collector above plus the publish-latency histogram."""
+    registry = CollectorRegistry(auto_describe=True)
+    registry.register(ChatCollector(service, broker))
+    latency = Histogram(
+        "chat_publish_latency_seconds",
+        "Time to store and publish one message (send -> broker ack).",
+        labelnames=["instance_id"],
+        registry=registry,
+        buckets=PUBLISH_BUCKETS,
+    )
+    service.observe_publish = latency.labels(service.instance_id).observe
+    return registry
+
+
+def register_metrics(app: Flask, service: ChatService, broker: Any) -> CollectorRegistry:
+    """Serve GET /metrics from a registry of this app's own."""
+    registry = build_registry(service, broker)
+
+    @app.get("/metrics")
+    def metrics() -> Response:
+        return Response(generate_latest(registry), content_type=CONTENT_TYPE_LATEST)
+
+    return registry

@@ -1,0 +1,52 @@
+"""Logs of a real node: one line per event, carrying the instance id and the room and sid
+where they apply; message text never appears at INFO; LOG_LEVEL is obeyed."""
+
+from __future__ import annotations
+
+import re
+
+from helpers import ChatClient, wait_until
+
+SECRET = "the-text-of-a-private-message"
+
+
+def chat_lines(log: str) -> list[str]:
+    """The app's own lines (gunicorn's start-up lines have another shape)."""
+    return [line for line in log.splitlines() if " instance=" in line and " event=" in line]
+
+
+def event(lines: list[str], name: str) -> list[str]:
+    return [line for line in lines if f" event={name} " in f"{line} "]
+
+
+def test_one_line_per_event_with_instance_room_and_sid_and_no_message_text(redis_server, nodes) -> None:
+    node = nodes.start(redis_server.url, LOG_LEVEL="INFO")
+    client = ChatClient(node.url, "alice")
+    sid = client.sio.get_sid("/")
+    client.call("join_room", "lobby")
+    assert client.call("send_message", {"room": "lobby", "message": SECRET})["ok"]
+    client.call("leave_room", "lobby")
+    client.close()
+    lines = wait_until(lambda: event(chat_lines(node.log()), "disconnect") and chat_lines(node.log()), what="logs")
+
+    assert all(f"instance={node.instance_id} " in line for line in lines)
+    assert all(re.match(r"^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3} (INFO|WARNING|ERROR) ", line) for line in lines)
+    for name in ("join", "send", "leave"):
+        [line] = event(lines, name)
+        assert "room=lobby " in line + " " and f"sid={sid}" in line, line
+    for name in ("connect", "disconnect"):
+        [line] = event(lines, name)
+        assert f"sid={sid}" in line
+    assert SECRET not in node.log()
+    assert not [line for line in lines if " DEBUG " in line]
+
+
+def test_log_level_warning_silences_info(redis_server, nodes) -> None:
+    node = nodes.start(redis_server.url, LOG_LEVEL="WARNING")
+    client = ChatClient(node.url, "bob")
+    client.call("join_room", "lobby")
+    client.call("send_message", {"room": "lobby", "message": "hello"})
+    client.close()
+    node.process.terminate()
+    node.process.wait(timeout=15)
+    assert not [line for line in chat_lines(node.log()) if " INFO " in line or " DEBUG " in line], node.log()
