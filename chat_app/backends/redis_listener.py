@@ -67,6 +67,7 @@ class Listener:
         self.subscribed: set[bytes] = set()
         self.reconnects = 0
         self.bad_payloads = 0
+        self.received = 0  # room messages taken from Redis (the benchmark reads it at stop)
         self._last_bad_log = 0.0
 
     def start(self, hooks: BrokerHooks) -> None:
@@ -117,7 +118,7 @@ class Listener:
                     pubsub.close()
             if self._stopping.wait(self._backoff.compute(failures)):
                 break
-        log.info("event=listener_stopped")
+        log.info("event=listener_stopped received=%d", self.received)
 
     def _serve(self, pubsub: redis.client.PubSub, reconnect: bool) -> None:
         pubsub.subscribe(self._control)
@@ -144,6 +145,7 @@ class Listener:
                     if message["data"] == probe:
                         probe = None
                     continue
+                self.received += 1
                 self._dispatch(message["data"])
             elif kind == "subscribe":
                 self.subscribed.add(channel)
