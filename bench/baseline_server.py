@@ -22,11 +22,29 @@ INSTANCE_ID = os.environ.get("INSTANCE_ID", "baseline")
 app = Flask(__name__)
 socketio = SocketIO(app, message_queue=os.environ["REDIS_URL"], logger=False, engineio_logger=False)
 users: dict[str, str] = {}
+stats = {"received": 0}  # messages this node's manager took from Redis (routing evidence)
+
+
+def _counting(listen: Any) -> Any:
+    def counted() -> Any:
+        for message in listen():
+            stats["received"] += 1
+            yield message
+
+    return counted
+
+
+socketio.server.manager._listen = _counting(socketio.server.manager._listen)
 
 
 @app.get("/healthz")
 def healthz() -> dict[str, str]:
     return {"status": "ok", "instance_id": INSTANCE_ID}
+
+
+@app.get("/stats")
+def get_stats() -> dict[str, int]:
+    return stats
 
 
 @socketio.on("connect")
