@@ -18,7 +18,7 @@ import time
 import urllib.request
 from array import array
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
@@ -264,8 +264,18 @@ def fanout_result(f: FanOut, t0: float, wall: float, gen_cpu: float) -> dict[str
     }
 
 
+OnSending = Callable[[Cluster, float], Any]
+
+
 async def _fanout(
-    server: Server, nodes: int, rooms: int, per_node: int, rate: float, duration: float, remote_only: bool = False
+    server: Server,
+    nodes: int,
+    rooms: int,
+    per_node: int,
+    rate: float,
+    duration: float,
+    remote_only: bool = False,
+    on_sending: OnSending | None = None,
 ) -> dict[str, Any]:
     """`rooms` rooms with `per_node` members on each of `nodes` nodes; room r's sender is on node r % nodes."""
     with cluster(server, nodes) as c:
@@ -286,10 +296,13 @@ async def _fanout(
             await asyncio.sleep(0.5)
             nodes_cpu0, redis_cpu0 = c.cpu()
             gen0, wall0 = self_cpu(), time.perf_counter()
+            watcher = on_sending(c, duration) if on_sending else None
             t0 = await f.run(senders, rate, duration)
             await f.drain()
             nodes_cpu1, redis_cpu1 = c.cpu()
             result = fanout_result(f, t0, time.perf_counter() - wall0, self_cpu() - gen0)
+            if watcher is not None:
+                watcher.wait(timeout=60)
         finally:
             close_all(clients)
             await asyncio.sleep(0.2)
@@ -308,9 +321,9 @@ async def w1(server: Server, rate: float = 100, duration: float = 10) -> dict[st
     return await _fanout(server, nodes=2, rooms=1, per_node=1, rate=rate, duration=duration, remote_only=True)
 
 
-async def w2(server: Server, rate: float, duration: float = 10) -> dict[str, Any]:
+async def w2(server: Server, rate: float, duration: float = 10, on_sending: OnSending | None = None) -> dict[str, Any]:
     """20 rooms x 10 members (5 per node), one sender per room, open loop."""
-    return await _fanout(server, nodes=2, rooms=20, per_node=5, rate=rate, duration=duration)
+    return await _fanout(server, nodes=2, rooms=20, per_node=5, rate=rate, duration=duration, on_sending=on_sending)
 
 
 # -- W3: idle joined connections --------------------------------------------------------
