@@ -37,27 +37,28 @@ def load() -> str:
 
 
 async def run(args: argparse.Namespace) -> dict[str, Any]:
-    ladder = (1000, 3000) if args.quick else LADDER
+    ladder = tuple(float(r) for r in args.rates.split(",")) if args.rates else (1000, 3000) if args.quick else LADDER
+    servers = tuple(s for s in SERVERS if not args.servers or s.label in args.servers.split(","))
     duration = 3.0 if args.quick else 10.0
     results: dict[str, Any] = {
         "started": time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime()),
         "machine": f"{platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}",
         "load_before": load(),
         "w2_duration_s": duration,
-        **{s.label: {"w2": []} for s in SERVERS},
+        **{s.label: {"w2": []} for s in servers},
     }
     parts = set(args.only.split(",")) if args.only else {"w1", "w2", "w3", "routing"}
-    for s in SERVERS:  # interleaved per workload, so drifting background load hits both alike
+    for s in servers:  # interleaved per workload, so drifting background load hits both alike
         if "w1" in parts:
             results[s.label]["w1"] = await w1(s, duration=duration)
             log(s.label, "w1", results[s.label]["w1"])
     if "w2" in parts:
         for rate in ladder:
-            for s in SERVERS:
+            for s in servers:
                 step = await w2(s, rate, duration)
                 results[s.label]["w2"].append(step)
                 log(s.label, f"w2@{rate}", step)
-    for s in SERVERS:
+    for s in servers:
         if "w3" in parts:
             results[s.label]["w3"] = await w3(s, connections=500 if args.quick else 2000)
             log(s.label, "w3", results[s.label]["w3"])
@@ -69,15 +70,22 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def log(label: str, what: str, data: dict[str, Any]) -> None:
-    keys = ("deliveries_per_s", "loss_pct", "p50_ms", "p99_ms", "rss_kib_per_connection", "share_per_node", "refused")
+    keys = ("deliveries_per_s", "loss_pct", "p50_ms", "p99_ms", "node_cpu_us_per_delivery", "rss_kib_per_connection")
+    keys += ("share_per_node", "refused")
     brief = {k: (round(v, 2) if isinstance(v, float) else v) for k, v in data.items() if k in keys}
     print(f"[{time.strftime('%H:%M:%S')}] {label:8} {what:8} {brief}", flush=True)
+
+
+def servers_of(results: dict[str, Any]) -> list[str]:
+    return [s.label for s in SERVERS if s.label in results]
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
     parser.add_argument("--quick", action="store_true", help="short ladder and runs")
     parser.add_argument("--only", default="", help="comma-separated subset of w1,w2,w3,routing")
+    parser.add_argument("--rates", default="", help="comma-separated W2 rates instead of the ladder")
+    parser.add_argument("--servers", default="", help="comma-separated subset of chat_app,baseline")
     parser.add_argument("--out", default=str(Path(__file__).parent / "results"), help="where to write results")
     args = parser.parse_args()
     try:
@@ -89,7 +97,7 @@ def main() -> None:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     (out / "latest.json").write_text(json.dumps(results, indent=1))
-    markdown = report.markdown(results)
+    markdown = report.markdown(results) if len(servers_of(results)) == 2 else json.dumps(results, indent=1)
     (out / "latest.md").write_text(markdown)
     print(markdown)
 

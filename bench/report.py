@@ -111,7 +111,7 @@ def ladder_table(results: dict[str, Any]) -> list[str]:
                 f"{step['rate']:,}",
                 label,
                 _num(s["deliveries_per_s"], 0),
-                _num(s["loss_pct"], 2),
+                _num(s["loss_pct"], 2) + (" (cut off)" if s.get("cut_off") else ""),
                 refused,
                 _num(s["p50_ms"]),
                 _num(s["p99_ms"]),
