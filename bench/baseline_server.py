@@ -9,6 +9,7 @@ from gevent import monkey
 
 monkey.patch_all()
 
+import logging  # noqa: E402
 import os  # noqa: E402
 import time  # noqa: E402
 import uuid  # noqa: E402
@@ -18,6 +19,21 @@ from flask import Flask, request  # noqa: E402
 from flask_socketio import SocketIO, join_room  # noqa: E402
 
 INSTANCE_ID = os.environ.get("INSTANCE_ID", "baseline")
+
+
+class _ShowRedisError(logging.Filter):
+    """python-socketio passes the Redis error as `extra`, which no default format prints."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        error = getattr(record, "redis_exception", None)
+        if error:
+            record.msg = f"{record.msg} ({error})"
+        return True
+
+
+logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s %(message)s")
+for handler in logging.getLogger().handlers:
+    handler.addFilter(_ShowRedisError())
 
 app = Flask(__name__)
 socketio = SocketIO(app, message_queue=os.environ["REDIS_URL"], logger=False, engineio_logger=False)
