@@ -57,7 +57,9 @@ def summary_rows(ours: dict[str, Any], base: dict[str, Any]) -> list[tuple[str, 
             if not so or not sb:
                 continue
             rows.append((f"W2 @{rate}: p99 (ms) ↓", so["p99_ms"], sb["p99_ms"], ""))
-            rows.append((f"W2 @{rate}: loss (%) ↓", so["loss_pct"], sb["loss_pct"], ""))
+            rows.append((f"W2 @{rate}: loss of accepted sends (%) ↓", so["loss_pct"], sb["loss_pct"], ""))
+            acked = lambda s: 100.0 * s["accepted"] / s["sent"] if s["sent"] else 0.0  # noqa: E731
+            rows.append((f"W2 @{rate}: sends acked ok by the end of the drain (%) ↑", acked(so), acked(sb), ""))
             rows.append((f"W2 @{rate}: deliveries/s ↑", so["deliveries_per_s"], sb["deliveries_per_s"], ""))
             rows.append(
                 (
