@@ -8,6 +8,7 @@ import logging
 from flask import Flask
 from flask_socketio import SocketIO
 
+from . import json_codec
 from .backends.base import Broker, Presence
 from .backends.memory import MemoryBroker, MemoryHub, MemoryPresence
 from .events import SocketIOEmitter, register_events, watch_slow_clients
@@ -66,6 +67,7 @@ def create_app(settings: Settings | None = None, async_mode: str | None = None) 
         max_http_buffer_size=max(TRANSPORT_MAX_BYTES, 8 * settings.max_message_bytes),
         logger=False,
         engineio_logger=False,
+        json=json_codec,
     )
     broker, presence = build_backends(settings)
     service = ChatService(settings, broker, presence, SocketIOEmitter(socketio))

@@ -1,0 +1,82 @@
+"""Profile node A's gunicorn worker with py-spy while W2 runs, and print the top costs.
+
+    python -m bench.profile [--rate 1000] [--seconds 8] [--server chat_app|baseline]
+
+py-spy samples the worker from outside (no change to the node), `--nonblocking` so the
+sampling does not pause it. Collapsed stacks go to bench/results/profile-<server>-<rate>.txt.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import subprocess
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+from .__main__ import BASELINE, OURS
+from .workloads import Cluster, w2
+
+RESULTS = Path(__file__).parent / "results"
+
+
+def start_py_spy(out: Path, seconds: float) -> Any:
+    def on_sending(cluster: Cluster, duration: float) -> subprocess.Popen[bytes]:
+        worker = cluster.nodes[0].worker_pids()[0]
+        args = ["py-spy", "record", "--pid", str(worker), "--duration", str(int(min(seconds, duration)))]
+        args += ["--rate", "250", "--nonblocking", "--format", "raw", "--output", str(out)]
+        return subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+    return on_sending
+
+
+def _frame_name(frame: str) -> str:
+    """`func (path/to/file.py:123)` -> `func (package/file.py)`, lines merged."""
+    name, _, where = frame.partition(" (")
+    path = where.rstrip(")").rsplit(":", 1)[0]
+    parts = path.split("/")
+    tail = "/".join(parts[-2:]) if "site-packages" in path or "chat_app" in path else parts[-1]
+    return f"{name} ({tail})"
+
+
+def summarise(collapsed: Path, top: int = 25) -> str:
+    """Self and inclusive sample shares per function from py-spy's collapsed stacks."""
+    own: Counter[str] = Counter()
+    inclusive: Counter[str] = Counter()
+    total = 0
+    for line in collapsed.read_text().splitlines():
+        stack, _, count = line.rpartition(" ")
+        n = int(count)
+        frames = [_frame_name(f) for f in stack.split(";") if f]
+        total += n
+        if frames:
+            own[frames[-1]] += n
+        for name in set(frames):
+            inclusive[name] += n
+    lines = [f"{total} samples", "", "| self % | function |", "|---:|---|"]
+    lines += [f"| {100 * n / total:.1f} | `{name}` |" for name, n in own.most_common(top)]
+    lines += ["", "| inclusive % | function |", "|---:|---|"]
+    lines += [f"| {100 * n / total:.1f} | `{name}` |" for name, n in inclusive.most_common(top)]
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(prog="python -m bench.profile", description=__doc__)
+    parser.add_argument("--rate", type=float, default=1000)
+    parser.add_argument("--seconds", type=float, default=8)
+    parser.add_argument("--server", choices=("chat_app", "baseline"), default="chat_app")
+    args = parser.parse_args()
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    out = RESULTS / f"profile-{args.server}-{int(args.rate)}.txt"
+    server = OURS if args.server == "chat_app" else BASELINE
+    result = asyncio.run(w2(server, args.rate, duration=args.seconds + 1, on_sending=start_py_spy(out, args.seconds)))
+    print(
+        f"W2 @{args.rate:.0f} under py-spy: p50 {result['p50_ms']:.1f} ms, p99 {result['p99_ms']:.1f} ms, "
+        f"loss {result['loss_pct']:.2f} %, node µs/delivery {result['node_cpu_us_per_delivery']:.0f}"
+    )
+    print(summarise(out))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,422 @@
+"""The workloads of issue 5, each against a fresh Redis and fresh nodes of one server kind.
+
+W1: cross-node latency. W2: open-loop fan-out rate ladder. W3: idle joined connections.
+Routing: how many messages each of 4 nodes takes from Redis when each hosts a quarter of
+the rooms. Senders are open loop: they never wait for acks, so a slow server cannot slow
+them down. Latency runs from the moment a message is written to its socket (the
+generator's ~1 ms timer would otherwise count as server latency); how far the generator
+fell behind its schedule is reported as `generator_max_lag_ms`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import re
+import resource
+import signal
+import tempfile
+import time
+import urllib.request
+from array import array
+from collections import Counter
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+from . import procs
+from .sioclient import SioClient, connect
+
+PAD = "x" * 40  # a chat-sized message: ~64 bytes with its header
+CONNECT_CONCURRENCY = 50
+
+
+@dataclass(frozen=True)
+class Server:
+    label: str
+    spec: procs.NodeSpec
+    routing_counter: str  # "log" (chat_app, read at SIGTERM) or "http" (baseline /stats)
+
+
+def self_cpu() -> float:
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
+def percentile(values: array | list[float], q: float) -> float:
+    if not values:
+        return float("nan")
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(q / 100.0 * len(ordered)))]
+
+
+@dataclass
+class Cluster:
+    """One Redis and N nodes in a temp dir; `stop()` kills every process it started."""
+
+    server: Server
+    count: int
+    root: Path = field(default_factory=lambda: Path(tempfile.mkdtemp(prefix="chat-bench-")))
+    redis: procs.Proc | None = None
+    nodes: list[procs.Proc] = field(default_factory=list)
+
+    def start(self) -> Cluster:
+        self.redis = procs.start_redis(self.root / "redis")
+        url = f"redis://127.0.0.1:{self.redis.port}/0"
+        for i in range(self.count):
+            name = f"{self.server.label}-{chr(ord('a') + i)}"
+            self.nodes.append(procs.start_node(self.server.spec, url, self.root, name))
+        for node in self.nodes:
+            procs.wait_healthy(node)
+        return self
+
+    def cpu(self) -> tuple[list[float], float]:
+        assert self.redis is not None
+        return [n.cpu() for n in self.nodes], self.redis.cpu()
+
+    def stop(self) -> None:
+        for node in self.nodes:
+            node.stop()
+        if self.redis is not None:
+            self.redis.stop()
+
+
+@contextlib.contextmanager
+def cluster(server: Server, count: int) -> Iterator[Cluster]:
+    c = Cluster(server, count)
+    try:
+        yield c.start()
+    finally:
+        c.stop()
+
+
+async def connect_all(specs: list[tuple[int, str, Any]]) -> tuple[list[SioClient], list[float]]:
+    """Connect (port, username, on_event) specs, CONNECT_CONCURRENCY at a time; per-connect seconds."""
+    gate = asyncio.Semaphore(CONNECT_CONCURRENCY)
+    times: list[float] = [0.0] * len(specs)
+
+    async def one(i: int, port: int, user: str, handler: Any) -> SioClient:
+        async with gate:
+            t = time.perf_counter()
+            client = await connect(port, user, handler)
+            times[i] = time.perf_counter() - t
+            return client
+
+    clients = await asyncio.gather(*(one(i, *s) for i, s in enumerate(specs)))
+    return list(clients), times
+
+
+async def join_all(pairs: list[tuple[SioClient, str]]) -> list[float]:
+    gate = asyncio.Semaphore(CONNECT_CONCURRENCY)
+
+    async def one(client: SioClient, room: str) -> float:
+        async with gate:
+            t = time.perf_counter()
+            ack = await client.call("join_room", {"room": room}, timeout=30)
+            if not ack or not ack.get("ok"):
+                raise RuntimeError(f"join {room} failed: {ack}")
+            return time.perf_counter() - t
+
+    return list(await asyncio.gather(*(one(c, r) for c, r in pairs)))
+
+
+def close_all(clients: list[SioClient]) -> None:
+    for c in clients:
+        c.close()
+
+
+# -- fan-out: shared by W1, W2 and routing ---------------------------------------------
+
+
+@dataclass
+class FanOut:
+    """Open-loop senders, one per room, and the bookkeeping of what every member received."""
+
+    rooms: int
+    capacity: int  # most messages any one room will be sent
+    latencies: array = field(default_factory=lambda: array("d"))
+    ack_latencies: array = field(default_factory=lambda: array("d"))
+    errors: Counter = field(default_factory=Counter)
+    duplicates: int = 0
+    delivered: int = 0
+    last_delivery: float = 0.0
+    max_lag: float = 0.0
+    sent: int = 0
+    acked_ok: int = 0
+    measure_rooms: set[int] | None = None  # rooms whose latency counts (W1: the remote member only)
+
+    def __post_init__(self) -> None:
+        self.acks = [bytearray(self.capacity) for _ in range(self.rooms)]  # 1 ok, 2 refused
+        self.counts = [bytearray(self.capacity) for _ in range(self.rooms)]
+        self.members: list[int] = [0] * self.rooms
+        self._seen: list[bytearray] = []
+
+    def receiver(self, room: int, measure: bool = True) -> Any:
+        """An on_event handler for one member of `room`."""
+        seen = bytearray(self.capacity)
+        self._seen.append(seen)
+        self.members[room] += 1
+        return partial(self._on_event, room, seen, measure)
+
+    def _on_event(self, room: int, seen: bytearray, measure: bool, name: str, data: Any) -> None:
+        if name != "broadcast_message":
+            return
+        now = time.perf_counter()
+        _, n, sent_at, _ = data["message"].split("|", 3)
+        n = int(n)
+        if seen[n]:
+            self.duplicates += 1
+            return
+        seen[n] = 1
+        self.counts[room][n] += 1
+        self.delivered += 1
+        self.last_delivery = now
+        if measure:
+            self.latencies.append(now - float(sent_at))
+
+    def _on_ack(self, room: int, n: int, sent_at: float, reply: Any) -> None:
+        now = time.perf_counter()
+        if isinstance(reply, dict) and reply.get("ok"):
+            self.acks[room][n] = 1
+            self.acked_ok += 1
+            self.ack_latencies.append(now - sent_at)
+        else:
+            self.acks[room][n] = 2
+            code = reply.get("error", {}).get("code") if isinstance(reply, dict) else repr(reply)
+            self.errors[code or "unknown"] += 1
+
+    async def run(self, senders: list[SioClient], rate: float, duration: float) -> float:
+        """Send `rate` msg/s in total, round-robin over rooms, for `duration` s; returns t0."""
+        total = int(rate * duration)
+        per_room = [0] * self.rooms
+        t0 = time.perf_counter() + 0.02
+        k = 0
+        while k < total:
+            due = min(total, int((time.perf_counter() - t0) * rate) + 1)
+            while k < due:
+                room = k % self.rooms
+                n = per_room[room]
+                per_room[room] += 1
+                now = time.perf_counter()
+                self.max_lag = max(self.max_lag, now - (t0 + k / rate))
+                message = f"{room}|{n}|{now:.6f}|{PAD}"
+                payload = {"room": f"room{room}", "message": message}
+                senders[room].emit("send_message", payload, partial(self._on_ack, room, n, now))
+                k += 1
+            self.sent = k
+            await asyncio.sleep(0.001)
+        return t0
+
+    def expected(self) -> int:
+        return sum(self.members[r] * sum(1 for a in self.acks[r] if a == 1) for r in range(self.rooms))
+
+    def lost(self) -> int:
+        """Deliveries owed for accepted sends that never arrived."""
+        missing = 0
+        for r in range(self.rooms):
+            acks, counts, members = self.acks[r], self.counts[r], self.members[r]
+            missing += sum(members - counts[n] for n in range(self.capacity) if acks[n] == 1)
+        return missing
+
+    def acks_pending(self) -> int:
+        return self.sent - self.acked_ok - sum(self.errors.values())
+
+    async def drain(self, quiet: float = 3.0, cap: float = 20.0) -> bool:
+        """Wait until every accepted send is delivered everywhere, or nothing moves for `quiet` s.
+
+        False when `cap` cut the wait short while deliveries were still arriving: what is
+        missing then is late, not necessarily lost."""
+        start = last_move = time.perf_counter()
+        seen = (-1, -1)
+        while time.perf_counter() - start < cap:
+            state = (self.delivered, self.sent - self.acks_pending())
+            if self.acks_pending() == 0 and self.delivered >= self.expected():
+                return True
+            if state != seen:
+                seen, last_move = state, time.perf_counter()
+            elif time.perf_counter() - last_move > quiet:
+                return True
+            await asyncio.sleep(0.05)
+        return False
+
+
+def fanout_result(f: FanOut, t0: float, wall: float, gen_cpu: float) -> dict[str, Any]:
+    span = max(f.last_delivery - t0, 1e-9)
+    expected = f.expected()
+    return {
+        "sent": f.sent,
+        "accepted": f.acked_ok,
+        "refused": dict(f.errors),
+        "unacked": f.acks_pending(),
+        "expected_deliveries": expected,
+        "delivered": f.delivered,
+        "lost": f.lost(),
+        "loss_pct": 100.0 * f.lost() / expected if expected else 0.0,
+        "duplicates": f.duplicates,
+        "deliveries_per_s": f.delivered / span,
+        "p50_ms": 1000 * percentile(f.latencies, 50),
+        "p99_ms": 1000 * percentile(f.latencies, 99),
+        "max_ms": 1000 * max(f.latencies, default=float("nan")),
+        "ack_p99_ms": 1000 * percentile(f.ack_latencies, 99),
+        "generator_max_lag_ms": 1000 * f.max_lag,
+        "generator_cpu_pct": 100.0 * gen_cpu / wall,
+    }
+
+
+OnSending = Callable[[Cluster, float], Any]
+
+
+async def _fanout(
+    server: Server,
+    nodes: int,
+    rooms: int,
+    per_node: int,
+    rate: float,
+    duration: float,
+    remote_only: bool = False,
+    on_sending: OnSending | None = None,
+) -> dict[str, Any]:
+    """`rooms` rooms with `per_node` members on each of `nodes` nodes; room r's sender is on node r % nodes."""
+    with cluster(server, nodes) as c:
+        f = FanOut(rooms, int(rate * duration / rooms) + 2)
+        specs, where = [], []
+        for r in range(rooms):
+            for i, node in enumerate(c.nodes):
+                for j in range(per_node):
+                    measure = not remote_only or i != r % nodes
+                    specs.append((node.port, f"u{r}-{i}-{j}", f.receiver(r, measure)))
+                    where.append((r, i, j))
+        clients, _ = await connect_all(specs)
+        try:
+            await join_all([(cl, f"room{r}") for cl, (r, _, _) in zip(clients, where, strict=True)])
+            senders = [
+                next(cl for cl, w in zip(clients, where, strict=True) if w == (r, r % nodes, 0)) for r in range(rooms)
+            ]
+            await asyncio.sleep(0.5)
+            nodes_cpu0, redis_cpu0 = c.cpu()
+            gen0, wall0 = self_cpu(), time.perf_counter()
+            watcher = on_sending(c, duration) if on_sending else None
+            t0 = await f.run(senders, rate, duration)
+            settled = await f.drain()
+            nodes_cpu1, redis_cpu1 = c.cpu()
+            result = fanout_result(f, t0, time.perf_counter() - wall0, self_cpu() - gen0)
+            result["cut_off"] = not settled
+            if watcher is not None:
+                watcher.wait(timeout=60)
+        finally:
+            close_all(clients)
+            await asyncio.sleep(0.2)
+    node_cpu = [b - a for a, b in zip(nodes_cpu0, nodes_cpu1, strict=True)]
+    result.update(
+        rate=rate,
+        node_cpu_s=node_cpu,
+        redis_cpu_s=redis_cpu1 - redis_cpu0,
+        node_cpu_us_per_delivery=1e6 * sum(node_cpu) / max(result["delivered"], 1),
+    )
+    return result
+
+
+async def w1(server: Server, rate: float = 100, duration: float = 10) -> dict[str, Any]:
+    """One room, sender on node A, the measured receiver on node B."""
+    return await _fanout(server, nodes=2, rooms=1, per_node=1, rate=rate, duration=duration, remote_only=True)
+
+
+async def w2(server: Server, rate: float, duration: float = 10, on_sending: OnSending | None = None) -> dict[str, Any]:
+    """20 rooms x 10 members (5 per node), one sender per room, open loop."""
+    return await _fanout(server, nodes=2, rooms=20, per_node=5, rate=rate, duration=duration, on_sending=on_sending)
+
+
+# -- W3: idle joined connections --------------------------------------------------------
+
+
+async def w3(server: Server, connections: int = 2000, rooms: int = 100) -> dict[str, Any]:
+    with cluster(server, 2) as c:
+        await asyncio.sleep(1.0)
+        rss0 = [n.rss() for n in c.nodes]
+        specs = [(c.nodes[i % 2].port, f"idle{i}", None) for i in range(connections)]
+        t = time.perf_counter()
+        clients, connect_times = await connect_all(specs)
+        try:
+            join_times = await join_all([(cl, f"room{i % rooms}") for i, cl in enumerate(clients)])
+            total = time.perf_counter() - t
+            await asyncio.sleep(3.0)
+            rss1 = [n.rss() for n in c.nodes]
+        finally:
+            close_all(clients)
+            await asyncio.sleep(0.5)
+    per_conn = (sum(rss1) - sum(rss0)) / connections
+    return {
+        "connections": connections,
+        "rooms": rooms,
+        "connect_and_join_total_s": total,
+        "connect_p50_ms": 1000 * percentile(connect_times, 50),
+        "connect_p99_ms": 1000 * percentile(connect_times, 99),
+        "join_p99_ms": 1000 * percentile(join_times, 99),
+        "rss_before_mib": [x / 2**20 for x in rss0],
+        "rss_after_mib": [x / 2**20 for x in rss1],
+        "rss_kib_per_connection": per_conn / 1024,
+    }
+
+
+# -- interest routing -------------------------------------------------------------------
+
+_RECEIVED = re.compile(rb"event=listener_stopped received=(\d+)")
+
+
+def _http_json(port: int, path: str) -> Any:
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=5) as r:
+        return orjson.loads(r.read())
+
+
+def _numsub(redis_port: int, channels: list[str]) -> list[int]:
+    if not channels:
+        return []
+    reply = procs.redis_call(redis_port, "PUBSUB", "NUMSUB", *channels)
+    assert isinstance(reply, list)
+    return [int(x) for x in reply[1::2]]
+
+
+async def routing(
+    server: Server, nodes: int = 4, rooms: int = 40, rate: float = 400, duration: float = 5
+) -> dict[str, Any]:
+    """Each room's members live on one node only (room r on node r % nodes)."""
+    with cluster(server, nodes) as c:
+        f = FanOut(rooms, int(rate * duration / rooms) + 2)
+        specs = [(c.nodes[r % nodes].port, f"u{r}-{j}", f.receiver(r)) for r in range(rooms) for j in range(2)]
+        clients, _ = await connect_all(specs)
+        try:
+            await join_all([(cl, f"room{i // 2}") for i, cl in enumerate(clients)])
+            await asyncio.sleep(0.5)
+            t0 = await f.run(clients[::2], rate, duration)
+            await f.drain()
+            assert c.redis is not None
+            channels = [ch.decode() for ch in procs.redis_call(c.redis.port, "PUBSUB", "CHANNELS")]  # type: ignore[union-attr]
+            numsub = dict(zip(channels, _numsub(c.redis.port, channels), strict=True))
+            if server.routing_counter == "http":
+                received = [_http_json(n.port, "/stats")["received"] for n in c.nodes]
+        finally:
+            close_all(clients)
+            await asyncio.sleep(0.3)
+        if server.routing_counter == "log":
+            for n in c.nodes:
+                n.stop(signal.SIGTERM)
+            received = []
+            for n in c.nodes:
+                m = _RECEIVED.search(n.log_path.read_bytes())
+                received.append(int(m.group(1)) if m else -1)
+    published = fanout_result(f, t0, 1.0, 0.0)["accepted"]
+    room_channels = {ch: k for ch, k in numsub.items() if ":ctl" not in ch}
+    return {
+        "nodes": nodes,
+        "rooms": rooms,
+        "published": published,
+        "received_per_node": received,
+        "share_per_node": [x / published if published else 0.0 for x in received],
+        "channels": len(room_channels),
+        "subscribers_per_channel": sorted(set(room_channels.values())),
+        "lost": f.lost(),
+    }
