@@ -6,15 +6,25 @@ module (SocketIO(json=...)); orjson does both several times faster than the stdl
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 import orjson
 
 
 def dumps(obj: Any, **_options: Any) -> str:
-    """Compact JSON text; the stdlib options the packet encoder passes (separators) are moot."""
-    return orjson.dumps(obj, option=orjson.OPT_NON_STR_KEYS).decode()
+    """Compact JSON text; the stdlib options the packet encoder passes (separators) are moot.
+    What orjson refuses (an integer past 64 bits, say) goes through the stdlib instead."""
+    try:
+        return orjson.dumps(obj, option=orjson.OPT_NON_STR_KEYS).decode()
+    except TypeError:
+        return json.dumps(obj, separators=(",", ":"))
 
 
 def loads(data: str | bytes, **_options: Any) -> Any:
-    return orjson.loads(data)
+    """What orjson refuses and the stdlib reads (NaN, Infinity) still reaches validation, so
+    the client gets an error answer rather than a dropped connection."""
+    try:
+        return orjson.loads(data)
+    except orjson.JSONDecodeError:
+        return json.loads(data)
