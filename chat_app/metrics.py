@@ -63,6 +63,11 @@ class ChatCollector(Collector):
         if listener is not None:  # the memory backend has no Redis connection to count
             yield counter("chat_redis_reconnects", "Times the pub/sub listener reconnected.", listener.reconnects)
             yield counter(
+                "chat_redis_messages_received",
+                "Room channel payloads taken from Redis (only rooms hosted here are subscribed).",
+                listener.received,
+            )
+            yield counter(
                 "chat_bad_payloads", "Payloads from Redis that were not envelopes, dropped.", listener.bad_payloads
             )
             yield gauge("chat_redis_listener_connected", "1 while listening.", float(listener.connected))

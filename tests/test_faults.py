@@ -47,7 +47,7 @@ def test_client_kill_pubsub_three_times_loses_nothing(redis_server, nodes) -> No
     for _ in range(3):
         time.sleep(1.0)
         wait_until(lambda: len(r.client_list(_type="pubsub")) >= 2, what="both nodes subscribed")
-        assert r.client_kill_filter(_type="pubsub") >= 2
+        assert r.client_kill_filter(_type="pubsub") >= 1
     time.sleep(1.0)
     stream.stop()
     figures = [assert_exactly_once_in_order(stream, c) for c in (far, near, sender)]

@@ -20,7 +20,7 @@ import redis
 from redis.backoff import ExponentialWithJitterBackoff
 from redis.cluster import RedisCluster
 
-from .redis_listener import CONNECTION_ERRORS, SUBSCRIBE_BATCH, Deaf, Listener
+from .redis_listener import CONNECTION_ERRORS, Deaf, Listener
 
 log = logging.getLogger(__name__)
 
@@ -85,6 +85,9 @@ class ShardedListener(Listener):
                     self._probe(shard)
                 except (*CONNECTION_ERRORS, Deaf) as exc:
                     self._failed(shard, exc)
+                except Exception as exc:  # an error reply (or a bug) costs this shard a reconnect, no more
+                    log.exception("event=listener_error shard=%s", shard.name)
+                    self._failed(shard, exc)
             if not got:
                 self._wait_any()
         for shard in self._shards.values():
@@ -121,7 +124,7 @@ class ShardedListener(Listener):
                     continue
             try:
                 self._subscribe(shard, channels)
-            except CONNECTION_ERRORS as exc:
+            except (*CONNECTION_ERRORS, redis.ResponseError) as exc:
                 self._failed(shard, exc)
                 continue
             if not channels and not shard.confirmed:
@@ -138,14 +141,14 @@ class ShardedListener(Listener):
 
     def _subscribe(self, shard: _Shard, channels: set[bytes]) -> None:
         assert shard.pubsub is not None
-        join = [c for c in channels if c not in shard.asked]
-        drop = [c for c in shard.asked if c not in channels]
-        for i in range(0, len(join), SUBSCRIBE_BATCH):
-            shard.pubsub.ssubscribe(*join[i : i + SUBSCRIBE_BATCH])
-        shard.asked.update(join)
-        for i in range(0, len(drop), SUBSCRIBE_BATCH):
-            shard.pubsub.sunsubscribe(*drop[i : i + SUBSCRIBE_BATCH])
-        shard.asked.difference_update(drop)
+        # One command per channel: SSUBSCRIBE's channels must share a slot, and rooms rarely do.
+        # The commands are written without waiting for their replies, so this is no slower.
+        for channel in [c for c in channels if c not in shard.asked]:
+            shard.pubsub.ssubscribe(channel)
+            shard.asked.add(channel)
+        for channel in [c for c in shard.asked if c not in channels]:
+            shard.pubsub.sunsubscribe(channel)
+            shard.asked.discard(channel)
 
     def _handle(self, shard: _Shard, message: dict[str, Any]) -> None:
         shard.last_rx = time.monotonic()
