@@ -101,6 +101,9 @@ def test_cross_node_delivery_presence_and_history_on_every_shard(cluster, nodes)
     for master in cluster:
         channels = {c.decode() for c in master.client().execute_command("PUBSUB SHARDCHANNELS")}
         assert channels == {RoomKeys.of("chat", r).channel for r in by_port[master.port]}
+    time.sleep(2.5)  # idle past LISTENER_IDLE_PROBE: every shard connection is probed
+    for node in (a, b):
+        assert "listener_down" not in node.log(), "a healthy shard connection was taken for deaf"
     for room in rooms:
         bob.call("leave_room", room)
         alice.call("leave_room", room)

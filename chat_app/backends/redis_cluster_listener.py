@@ -134,10 +134,11 @@ class ShardedListener(Listener):
             self._hook("on_subscribed", wanted[channel])
 
     def _connect(self, shard: _Shard) -> None:
+        # The first SSUBSCRIBE opens the connection (a dead shard fails there). No PING before
+        # it: unsubscribed, Redis answers +PONG, which redis-py's pub/sub reader never returns.
         client = redis.Redis(host=shard.host, port=shard.port, **self._connection_kwargs)
         shard.pubsub = client.pubsub()
-        shard.pubsub.ping()  # opens the connection now, so a dead shard fails here
-        shard.ping_sent, shard.last_rx = time.monotonic(), time.monotonic()
+        shard.ping_sent, shard.last_rx = None, time.monotonic()
 
     def _subscribe(self, shard: _Shard, channels: set[bytes]) -> None:
         assert shard.pubsub is not None
