@@ -230,6 +230,11 @@ _WIRE: TypeAdapter[_EnvelopeWire | _PresenceWire] = TypeAdapter(
 )
 
 
+def max_wire_bytes(max_message_bytes: int) -> int:
+    """The largest payload accepted from Redis: a full message, JSON-escaped, plus fields."""
+    return 6 * max_message_bytes + 2048
+
+
 class BadEnvelope(ValueError):
     """A payload from Redis that is not one of ours: dropped and counted."""
 

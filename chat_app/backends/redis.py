@@ -18,24 +18,20 @@ from redis.cluster import ClusterNode, RedisCluster
 from redis.retry import Retry
 from redis.sentinel import Sentinel
 
-from ..protocol import BadEnvelope, Envelope, decode_envelope
+from ..protocol import BadEnvelope, Envelope, decode_envelope, max_wire_bytes
 from ..settings import Settings
 from .base import BackendUnavailable, BrokerHooks, Draft, History, Member, Position
 from .redis_cluster_listener import ShardedListener
+from .redis_connection import CONNECTION_ERRORS
 from .redis_keys import RoomKeys, escape
 from .redis_listener import Listener
-from .redis_publisher import CONNECTION_ERRORS, Publisher
+from .redis_publisher import Publisher
 from .redis_scripts import AnyRedis, Call, LuaScript, run_scripts
 
 log = logging.getLogger(__name__)
 
 _LUA = Path(__file__).parent / "lua"
 RECENT_HISTORY = 50
-
-
-def envelope_limit(settings: Settings) -> int:
-    """The largest envelope a node accepts from Redis: a full message, escaped, plus fields."""
-    return 6 * settings.max_message_bytes + 2048
 
 
 @dataclass(frozen=True)
@@ -100,46 +96,17 @@ def effective_redis_url(settings: Settings) -> str:
     return urlunsplit(parts._replace(query=query))
 
 
-def _backoff(settings: Settings) -> ExponentialWithJitterBackoff:
-    return ExponentialWithJitterBackoff(cap=settings.reconnect_backoff_cap, base=settings.reconnect_backoff_base)
-
-
 class RedisBroker:
     def __init__(self, clients: RedisClients, settings: Settings) -> None:
         self._commands = clients.commands
         self._prefix = settings.key_prefix
-        self._envelope_limit = envelope_limit(settings)
-        self.publisher = Publisher(
-            clients.publisher,
-            settings.key_prefix,
-            settings.history_length,
-            settings.redis_room_ttl_ms,
-            settings.send_deadline,
-            _backoff(settings),
-        )
+        self._envelope_limit = max_wire_bytes(settings.max_message_bytes)
+        self.publisher = Publisher(clients.publisher, settings)
         self.listener: Listener
         if isinstance(clients.subscriber, RedisCluster):
-            self.listener = ShardedListener(
-                clients.subscriber,
-                clients.shard_kwargs or {},
-                settings.key_prefix,
-                settings.instance_id,
-                _backoff(settings),
-                settings.listener_idle_probe,
-                settings.probe_timeout,
-                self._envelope_limit,
-            )
-            return
-        self.listener = Listener(
-            clients.subscriber,
-            self._publish_probe,
-            settings.key_prefix,
-            settings.instance_id,
-            _backoff(settings),
-            settings.listener_idle_probe,
-            settings.probe_timeout,
-            self._envelope_limit,
-        )
+            self.listener = ShardedListener(clients.subscriber, clients.shard_kwargs or {}, settings)
+        else:
+            self.listener = Listener(clients.subscriber, self._publish_probe, settings)
 
     def start(self, hooks: BrokerHooks) -> None:
         self.publisher.start()

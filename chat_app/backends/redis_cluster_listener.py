@@ -17,10 +17,11 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import redis
-from redis.backoff import ExponentialWithJitterBackoff
 from redis.cluster import RedisCluster
 
-from .redis_listener import CONNECTION_ERRORS, Deaf, Listener
+from ..settings import Settings
+from .redis_connection import CONNECTION_ERRORS
+from .redis_listener import Deaf, Listener
 
 log = logging.getLogger(__name__)
 
@@ -40,27 +41,10 @@ class _Shard:
 
 
 class ShardedListener(Listener):
-    def __init__(
-        self,
-        cluster: RedisCluster,
-        connection_kwargs: dict[str, Any],
-        prefix: str,
-        instance_id: str,
-        backoff: ExponentialWithJitterBackoff,
-        idle_probe: float,
-        probe_timeout: float,
-        max_envelope_bytes: int,
-    ) -> None:
-        super().__init__(
-            cluster,  # type: ignore[arg-type]  (only used to find each channel's shard)
-            lambda channel, data: None,
-            prefix,
-            instance_id,
-            backoff,
-            idle_probe,
-            probe_timeout,
-            max_envelope_bytes,
-        )
+    def __init__(self, cluster: RedisCluster, connection_kwargs: dict[str, Any], settings: Settings) -> None:
+        # The base class uses the cluster client only to find each channel's shard; the
+        # publish-echo probe is replaced by PING on every shard connection.
+        super().__init__(cluster, lambda channel, data: None, settings)  # type: ignore[arg-type]
         self._cluster = cluster
         self._connection_kwargs = connection_kwargs
         self._shards: dict[str, _Shard] = {}

@@ -21,15 +21,15 @@ import time
 from collections.abc import Callable
 
 import redis
-from redis.backoff import ExponentialWithJitterBackoff
 
-from ..protocol import BadEnvelope, Envelope, decode_wire
+from ..protocol import BadEnvelope, Envelope, decode_wire, max_wire_bytes
+from ..settings import Settings
 from .base import BrokerHooks
+from .redis_connection import CONNECTION_ERRORS, reconnect_backoff
 from .redis_keys import RoomKeys, control_channel
 
 log = logging.getLogger(__name__)
 
-CONNECTION_ERRORS = (redis.ConnectionError, redis.TimeoutError, OSError)
 SUBSCRIBE_BATCH = 500
 
 
@@ -38,25 +38,15 @@ class Deaf(Exception):
 
 
 class Listener:
-    def __init__(
-        self,
-        client: redis.Redis,
-        publish: Callable[[str, bytes], None],
-        prefix: str,
-        instance_id: str,
-        backoff: ExponentialWithJitterBackoff,
-        idle_probe: float,
-        probe_timeout: float,
-        max_envelope_bytes: int,
-    ) -> None:
+    def __init__(self, client: redis.Redis, publish: Callable[[str, bytes], None], settings: Settings) -> None:
         self._client = client
         self._publish = publish
-        self._prefix = prefix
-        self._control = control_channel(prefix, instance_id).encode()
-        self._backoff = backoff
-        self._idle_probe = idle_probe
-        self._probe_timeout = probe_timeout
-        self._max_envelope_bytes = max_envelope_bytes
+        self._prefix = settings.key_prefix
+        self._control = control_channel(settings.key_prefix, settings.instance_id).encode()
+        self._backoff = reconnect_backoff(settings)
+        self._idle_probe = settings.listener_idle_probe
+        self._probe_timeout = settings.probe_timeout
+        self._max_envelope_bytes = max_wire_bytes(settings.max_message_bytes)
         self._lock = threading.Lock()
         self._wanted: dict[bytes, str] = {}  # channel -> room
         self._ready: dict[bytes, threading.Event] = {}  # set while the channel is live

@@ -18,17 +18,17 @@ from concurrent.futures import Future
 from dataclasses import dataclass, field
 
 import redis
-from redis.backoff import ExponentialWithJitterBackoff
 from redis.cluster import RedisCluster
 
 from ..protocol import BadEnvelope, Envelope, decode_envelope, envelope_head
+from ..settings import Settings
 from .base import BackendUnavailable, Draft
+from .redis_connection import CONNECTION_ERRORS, reconnect_backoff
 from .redis_keys import RoomKeys
 from .redis_scripts import AnyRedis, Call, LuaScript, run_scripts
 
 log = logging.getLogger(__name__)
 
-CONNECTION_ERRORS = (redis.ConnectionError, redis.TimeoutError, OSError)
 MAX_BATCH = 256
 RECHECK_SECONDS = 1.0
 
@@ -42,23 +42,14 @@ class _Pending:
 
 
 class Publisher:
-    def __init__(
-        self,
-        client: AnyRedis,
-        prefix: str,
-        history_length: int,
-        room_ttl_ms: int,
-        deadline: float,
-        backoff: ExponentialWithJitterBackoff,
-        max_queue: int = 10_000,
-    ) -> None:
+    def __init__(self, client: AnyRedis, settings: Settings, max_queue: int = 10_000) -> None:
         self._client = client
         self._script = LuaScript.load("send.lua", sharded=isinstance(client, RedisCluster))
-        self._prefix = prefix
-        self._history_length = history_length
-        self._room_ttl_ms = room_ttl_ms
-        self._deadline = deadline
-        self._backoff = backoff
+        self._prefix = settings.key_prefix
+        self._history_length = settings.history_length
+        self._room_ttl_ms = settings.redis_room_ttl_ms
+        self._deadline = settings.send_deadline
+        self._backoff = reconnect_backoff(settings)
         self._queue: queue.Queue[_Pending | None] = queue.Queue(maxsize=max_queue)
         self._thread = threading.Thread(target=self._run, name="publisher", daemon=True)
         self._stopping = threading.Event()
