@@ -97,6 +97,11 @@ def test_two_pages_on_two_nodes_see_each_other(redis_server, nodes, browser, cap
     assert width <= PHONE["width"], f"the page scrolls sideways on a phone: {width}px"
     with capsys.disabled():
         print(f"\nscreenshots: {wide} {phone}")
+
+    bob.click("#leave")  # presence events (or, from servers without them, a re-read) update alice
+    expect(bob.locator("#join-form")).to_be_visible()
+    expect(alice.locator("#member-list li")).to_have_text(["alice"])
+    expect(alice.locator("#member-count")).to_have_text("1")
     assert alice.errors == [] and bob.errors == []  # type: ignore[attr-defined]
 
 
