@@ -14,6 +14,7 @@ from playwright.sync_api import Browser, Page, expect
 
 TIMEOUT_MS = 15_000
 PHONE = {"width": 390, "height": 844}
+ROOM = "hist #1 café"
 
 
 @pytest.fixture
@@ -106,25 +107,31 @@ def test_two_pages_on_two_nodes_see_each_other(redis_server, nodes, browser, cap
 
 
 def test_reload_shows_the_rooms_history(redis_server, nodes, browser) -> None:
+    """The room name holds characters that need escaping in the URL and the HTTP API."""
     a = nodes.start(redis_server.url)
     b = nodes.start(redis_server.url)
     other = ChatClient(b.url, "dora")
     try:
-        other.call("join_room", "history")
+        other.call("join_room", ROOM)
         page = open_page(browser, a.url)
-        join(page, "carl", "history")
+        join(page, "carl", ROOM)
         for i in range(3):
             send(page, f"line {i}")
         expect(page.locator("#messages li.mine[data-state=sent]")).to_have_count(3)
-        other.call("send_message", {"room": "history", "message": "from the other node"})
+        other.call("send_message", {"room": ROOM, "message": "from the other node"})
         expected = ["line 0", "line 1", "line 2", "from the other node"]
         expect(page.locator("#messages li.msg .text")).to_have_text(expected)
 
         page.reload()  # name and room come back from storage and the URL: straight into the room
-        expect(page.locator("#room-title")).to_have_text("history")
+        expect(page.locator("#room-title")).to_have_text(ROOM)
+        assert page.evaluate("location.hash") == "#hist%20%231%20caf%C3%A9"
         expect(page.locator("#messages li.msg .text")).to_have_text(expected)
         expect(page.locator("#messages li.mine .sender")).to_have_text(["carl"] * 3)
         expect(page.locator("#member-list li")).to_have_text(["carl", "dora"])
+
+        fresh = open_page(browser, f"{a.url}/#%zz")  # a broken link: the form, no script error
+        expect(fresh.locator("#join-form")).to_be_visible()
+        assert fresh.errors == []  # type: ignore[attr-defined]
     finally:
         other.close()
 

@@ -309,7 +309,12 @@
 
   // A reload (or a shared link with #room) comes straight back into the room.
   const savedName = localStorage.getItem("chat.name") || "";
-  const linkedRoom = decodeURIComponent(window.location.hash.slice(1));
+  let linkedRoom = "";
+  try {
+    linkedRoom = decodeURIComponent(window.location.hash.slice(1));
+  } catch (err) {
+    // a hand-typed hash that is not valid percent-encoding: ignore it
+  }
   $("name").value = savedName;
   if (linkedRoom) $("room").value = linkedRoom;
   if (savedName && linkedRoom) enter(savedName, linkedRoom);
