@@ -152,10 +152,19 @@ def test_dropped_connection_recovers_missed_messages_or_says_it_could_not(redis_
         expect(page.locator("#status")).to_have_attribute("data-state", "reconnecting")
         for text in ("while away 1", "while away 2"):
             assert bob.call("send_message", {"room": "ops", "message": text})["ok"]
+        send(page, "typed while offline")
+        unsent = page.locator("#messages li.mine").last
+        expect(unsent).to_have_attribute("data-state", "failed")
+        expect(unsent.locator(".state")).to_have_text("not sent: not connected")
         nodes.start(redis_server.url, PORT=str(a.port))  # the page reconnects to its restarted node
         expect(page.locator("#status")).to_have_attribute("data-state", "connected")
-        expect(page.locator("#messages li.msg .text")).to_have_text(["before", "while away 1", "while away 2"])
+        missed = ["before", "while away 1", "while away 2"]
+        expect(page.locator("#messages li:not(.mine) .text")).to_have_text(missed)
         expect(page.locator("#notice")).to_have_text("Reconnected: 2 missed messages recovered.")
+        unsent.locator("button.retry").click()
+        expect(unsent).to_have_attribute("data-state", "sent")
+        expect(page.locator("#messages li.msg .text")).to_have_text([*missed, "typed while offline"])
+        assert bob.wait_for(4)[-1]["message"] == "typed while offline"
 
         # Now Redis loses everything while the page is away: the room starts a new epoch and
         # what was sent meanwhile cannot be recovered. The page says so instead of pretending.
@@ -168,7 +177,7 @@ def test_dropped_connection_recovers_missed_messages_or_says_it_could_not(redis_
         expect(page.locator("#notice")).to_contain_text("could not be recovered")
         send(page, "after the loss")
         expect(page.locator("#messages li.mine").last).to_have_attribute("data-state", "sent")
-        assert [m["message"] for m in bob.wait_for(4)][-1] == "after the loss"
+        assert [m["message"] for m in bob.wait_for(5)][-1] == "after the loss"
         assert page.errors == []  # type: ignore[attr-defined]
     finally:
         bob.close()

@@ -166,21 +166,32 @@
     $("messages").append(el("li", "msg separator", text));
   }
 
-  async function send(text) {
+  function send(text) {
     const item = messageItem(state.name, text, true);
-    item.dataset.state = "pending";
-    item.querySelector(".state").textContent = "sending…";
     $("messages").append(item);
     scrollDown();
+    // One idempotency key per message: a retry of a send whose answer was lost is stored once.
     const key = `${Date.now().toString(36)}-${Math.random().toString(36).slice(2, 10)}`;
+    deliver(item, text, key);
+  }
+
+  async function deliver(item, text, key) {
+    item.dataset.state = "pending";
+    item.querySelector(".state").textContent = "sending…";
+    const retry = item.querySelector("button.retry");
+    if (retry) retry.remove();
     const ack = await state.socket.call("send_message", { room: state.room, message: text, key });
     if (!ack || !ack.ok) {
       item.dataset.state = "failed";
       item.querySelector(".state").textContent = `not sent: ${(ack && ack.error && ack.error.message) || "no answer"}`;
+      const again = el("button", "retry", "Retry");
+      again.type = "button";
+      again.addEventListener("click", () => deliver(item, text, key));
+      item.querySelector(".meta").append(again);
       return;
     }
     const shown = state.byId.get(ack.id);
-    if (shown) {
+    if (shown && shown !== item) {
       item.remove(); // the broadcast came before the ack: keep that one, mark it confirmed
       shown.dataset.state = "sent";
       shown.querySelector(".state").textContent = "✓ sent";
