@@ -136,7 +136,7 @@ def test_reload_shows_the_rooms_history(redis_server, nodes, browser) -> None:
         other.close()
 
 
-def test_dropped_connection_recovers_missed_messages_or_says_it_could_not(redis_server, nodes, browser) -> None:
+def test_dropped_connection_recovers_missed_messages_or_says_it_could_not(redis_server, nodes, browser, capsys) -> None:
     a = nodes.start(redis_server.url)
     b = nodes.start(redis_server.url)
     bob = ChatClient(b.url, "bob")
@@ -175,6 +175,8 @@ def test_dropped_connection_recovers_missed_messages_or_says_it_could_not(redis_
         nodes.start(redis_server.url, PORT=str(a.port))
         expect(page.locator("#status")).to_have_attribute("data-state", "connected")
         expect(page.locator("#notice")).to_contain_text("could not be recovered")
+        with capsys.disabled():
+            print(f"\nscreenshot: {screenshot(page, 'recovery-not-possible-phone')}")
         send(page, "after the loss")
         expect(page.locator("#messages li.mine").last).to_have_attribute("data-state", "sent")
         assert [m["message"] for m in bob.wait_for(5)][-1] == "after the loss"
