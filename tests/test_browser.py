@@ -14,6 +14,7 @@ from playwright.sync_api import Browser, Page, expect
 
 TIMEOUT_MS = 15_000
 PHONE = {"width": 390, "height": 844}
+ROOM = "hist #1 café"
 
 
 @pytest.fixture
@@ -97,34 +98,45 @@ def test_two_pages_on_two_nodes_see_each_other(redis_server, nodes, browser, cap
     assert width <= PHONE["width"], f"the page scrolls sideways on a phone: {width}px"
     with capsys.disabled():
         print(f"\nscreenshots: {wide} {phone}")
+
+    bob.click("#leave")  # presence events (or, from servers without them, a re-read) update alice
+    expect(bob.locator("#join-form")).to_be_visible()
+    expect(alice.locator("#member-list li")).to_have_text(["alice"])
+    expect(alice.locator("#member-count")).to_have_text("1")
     assert alice.errors == [] and bob.errors == []  # type: ignore[attr-defined]
 
 
 def test_reload_shows_the_rooms_history(redis_server, nodes, browser) -> None:
+    """The room name holds characters that need escaping in the URL and the HTTP API."""
     a = nodes.start(redis_server.url)
     b = nodes.start(redis_server.url)
     other = ChatClient(b.url, "dora")
     try:
-        other.call("join_room", "history")
+        other.call("join_room", ROOM)
         page = open_page(browser, a.url)
-        join(page, "carl", "history")
+        join(page, "carl", ROOM)
         for i in range(3):
             send(page, f"line {i}")
         expect(page.locator("#messages li.mine[data-state=sent]")).to_have_count(3)
-        other.call("send_message", {"room": "history", "message": "from the other node"})
+        other.call("send_message", {"room": ROOM, "message": "from the other node"})
         expected = ["line 0", "line 1", "line 2", "from the other node"]
         expect(page.locator("#messages li.msg .text")).to_have_text(expected)
 
         page.reload()  # name and room come back from storage and the URL: straight into the room
-        expect(page.locator("#room-title")).to_have_text("history")
+        expect(page.locator("#room-title")).to_have_text(ROOM)
+        assert page.evaluate("location.hash") == "#hist%20%231%20caf%C3%A9"
         expect(page.locator("#messages li.msg .text")).to_have_text(expected)
         expect(page.locator("#messages li.mine .sender")).to_have_text(["carl"] * 3)
         expect(page.locator("#member-list li")).to_have_text(["carl", "dora"])
+
+        fresh = open_page(browser, f"{a.url}/#%zz")  # a broken link: the form, no script error
+        expect(fresh.locator("#join-form")).to_be_visible()
+        assert fresh.errors == []  # type: ignore[attr-defined]
     finally:
         other.close()
 
 
-def test_dropped_connection_recovers_missed_messages_or_says_it_could_not(redis_server, nodes, browser) -> None:
+def test_dropped_connection_recovers_missed_messages_or_says_it_could_not(redis_server, nodes, browser, capsys) -> None:
     a = nodes.start(redis_server.url)
     b = nodes.start(redis_server.url)
     bob = ChatClient(b.url, "bob")
@@ -140,10 +152,19 @@ def test_dropped_connection_recovers_missed_messages_or_says_it_could_not(redis_
         expect(page.locator("#status")).to_have_attribute("data-state", "reconnecting")
         for text in ("while away 1", "while away 2"):
             assert bob.call("send_message", {"room": "ops", "message": text})["ok"]
+        send(page, "typed while offline")
+        unsent = page.locator("#messages li.mine").last
+        expect(unsent).to_have_attribute("data-state", "failed")
+        expect(unsent.locator(".state")).to_have_text("not sent: not connected")
         nodes.start(redis_server.url, PORT=str(a.port))  # the page reconnects to its restarted node
         expect(page.locator("#status")).to_have_attribute("data-state", "connected")
-        expect(page.locator("#messages li.msg .text")).to_have_text(["before", "while away 1", "while away 2"])
+        missed = ["before", "while away 1", "while away 2"]
+        expect(page.locator("#messages li:not(.mine) .text")).to_have_text(missed)
         expect(page.locator("#notice")).to_have_text("Reconnected: 2 missed messages recovered.")
+        unsent.locator("button.retry").click()
+        expect(unsent).to_have_attribute("data-state", "sent")
+        expect(page.locator("#messages li.msg .text")).to_have_text([*missed, "typed while offline"])
+        assert bob.wait_for(4)[-1]["message"] == "typed while offline"
 
         # Now Redis loses everything while the page is away: the room starts a new epoch and
         # what was sent meanwhile cannot be recovered. The page says so instead of pretending.
@@ -154,9 +175,11 @@ def test_dropped_connection_recovers_missed_messages_or_says_it_could_not(redis_
         nodes.start(redis_server.url, PORT=str(a.port))
         expect(page.locator("#status")).to_have_attribute("data-state", "connected")
         expect(page.locator("#notice")).to_contain_text("could not be recovered")
+        with capsys.disabled():
+            print(f"\nscreenshot: {screenshot(page, 'recovery-not-possible-phone')}")
         send(page, "after the loss")
         expect(page.locator("#messages li.mine").last).to_have_attribute("data-state", "sent")
-        assert [m["message"] for m in bob.wait_for(4)][-1] == "after the loss"
+        assert [m["message"] for m in bob.wait_for(5)][-1] == "after the loss"
         assert page.errors == []  # type: ignore[attr-defined]
     finally:
         bob.close()

@@ -166,21 +166,32 @@
     $("messages").append(el("li", "msg separator", text));
   }
 
-  async function send(text) {
+  function send(text) {
     const item = messageItem(state.name, text, true);
-    item.dataset.state = "pending";
-    item.querySelector(".state").textContent = "sending…";
     $("messages").append(item);
     scrollDown();
+    // One idempotency key per message: a retry of a send whose answer was lost is stored once.
     const key = `${Date.now().toString(36)}-${Math.random().toString(36).slice(2, 10)}`;
+    deliver(item, text, key);
+  }
+
+  async function deliver(item, text, key) {
+    item.dataset.state = "pending";
+    item.querySelector(".state").textContent = "sending…";
+    const retry = item.querySelector("button.retry");
+    if (retry) retry.remove();
     const ack = await state.socket.call("send_message", { room: state.room, message: text, key });
     if (!ack || !ack.ok) {
       item.dataset.state = "failed";
       item.querySelector(".state").textContent = `not sent: ${(ack && ack.error && ack.error.message) || "no answer"}`;
+      const again = el("button", "retry", "Retry");
+      again.type = "button";
+      again.addEventListener("click", () => deliver(item, text, key));
+      item.querySelector(".meta").append(again);
       return;
     }
     const shown = state.byId.get(ack.id);
-    if (shown) {
+    if (shown && shown !== item) {
       item.remove(); // the broadcast came before the ack: keep that one, mark it confirmed
       shown.dataset.state = "sent";
       shown.querySelector(".state").textContent = "✓ sent";
@@ -309,7 +320,12 @@
 
   // A reload (or a shared link with #room) comes straight back into the room.
   const savedName = localStorage.getItem("chat.name") || "";
-  const linkedRoom = decodeURIComponent(window.location.hash.slice(1));
+  let linkedRoom = "";
+  try {
+    linkedRoom = decodeURIComponent(window.location.hash.slice(1));
+  } catch (err) {
+    // a hand-typed hash that is not valid percent-encoding: ignore it
+  }
   $("name").value = savedName;
   if (linkedRoom) $("room").value = linkedRoom;
   if (savedName && linkedRoom) enter(savedName, linkedRoom);
