@@ -37,9 +37,6 @@ class SocketIOEmitter:
     def __init__(self, socketio: SocketIO) -> None:
         self._socketio = socketio
 
-    def emit(self, event: str, data: dict[str, Any], to: str) -> None:
-        self._socketio.emit(event, data, to=to)
-
     def emit_room(self, event: str, data: dict[str, Any], room: str) -> None:
         self._socketio.emit(event, data, to=_socketio_room(room))
 

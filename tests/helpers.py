@@ -31,10 +31,6 @@ class RecordingEmitter:
         self.received: dict[str, list[tuple[str, dict[str, Any]]]] = defaultdict(list)
         self.lock = threading.Lock()
 
-    def emit(self, event: str, data: dict[str, Any], to: str) -> None:
-        with self.lock:
-            self.received[to].append((event, data))
-
     def emit_room(self, event: str, data: dict[str, Any], room: str) -> None:
         with self.lock:
             for sid in self.rooms[room]:
