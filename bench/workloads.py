@@ -147,7 +147,7 @@ class FanOut:
     max_lag: float = 0.0
     sent: int = 0
     acked_ok: int = 0
-    measure_rooms: set[int] | None = None  # rooms whose latency counts (W1: the remote member only)
+    timeline: list[tuple[float, int, int, int]] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         self.acks = [bytearray(self.capacity) for _ in range(self.rooms)]  # 1 ok, 2 refused
@@ -211,6 +211,14 @@ class FanOut:
             await asyncio.sleep(0.001)
         return t0
 
+    async def sample(self, every: float = 1.0) -> None:
+        """Record (seconds, delivered, acked ok, refused) every `every` s: shows stalls."""
+        start = time.perf_counter()
+        while True:
+            await asyncio.sleep(every)
+            t = round(time.perf_counter() - start, 1)
+            self.timeline.append((t, self.delivered, self.acked_ok, sum(self.errors.values())))
+
     def expected(self) -> int:
         return sum(self.members[r] * sum(1 for a in self.acks[r] if a == 1) for r in range(self.rooms))
 
@@ -264,6 +272,7 @@ def fanout_result(f: FanOut, t0: float, wall: float, gen_cpu: float) -> dict[str
         "ack_p99_ms": 1000 * percentile(f.ack_latencies, 99),
         "generator_max_lag_ms": 1000 * f.max_lag,
         "generator_cpu_pct": 100.0 * gen_cpu / wall,
+        "timeline": f.timeline,
     }
 
 
@@ -300,8 +309,10 @@ async def _fanout(
             nodes_cpu0, redis_cpu0 = c.cpu()
             gen0, wall0 = self_cpu(), time.perf_counter()
             watcher = on_sending(c, duration) if on_sending else None
+            sampler = asyncio.ensure_future(f.sample())
             t0 = await f.run(senders, rate, duration)
             settled = await f.drain()
+            sampler.cancel()
             nodes_cpu1, redis_cpu1 = c.cpu()
             result = fanout_result(f, t0, time.perf_counter() - wall0, self_cpu() - gen0)
             result["cut_off"] = not settled
