@@ -12,8 +12,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import re
 import resource
+import shutil
 import signal
 import tempfile
 import time
@@ -83,6 +85,8 @@ class Cluster:
             node.stop()
         if self.redis is not None:
             self.redis.stop()
+        if not os.environ.get("BENCH_KEEP_LOGS"):  # set it to keep node and Redis logs
+            shutil.rmtree(self.root, ignore_errors=True)
 
 
 @contextlib.contextmanager
