@@ -144,6 +144,7 @@ class FanOut:
     capacity: int  # most messages any one room will be sent
     latencies: array = field(default_factory=lambda: array("d"))
     ack_latencies: array = field(default_factory=lambda: array("d"))
+    remote_latencies: array = field(default_factory=lambda: array("d"))  # members on another node than the sender
     errors: Counter = field(default_factory=Counter)
     duplicates: int = 0
     delivered: int = 0
@@ -159,14 +160,14 @@ class FanOut:
         self.members: list[int] = [0] * self.rooms
         self._seen: list[bytearray] = []
 
-    def receiver(self, room: int, measure: bool = True) -> Any:
+    def receiver(self, room: int, measure: bool = True, remote: bool = False) -> Any:
         """An on_event handler for one member of `room`."""
         seen = bytearray(self.capacity)
         self._seen.append(seen)
         self.members[room] += 1
-        return partial(self._on_event, room, seen, measure)
+        return partial(self._on_event, room, seen, measure, remote)
 
-    def _on_event(self, room: int, seen: bytearray, measure: bool, name: str, data: Any) -> None:
+    def _on_event(self, room: int, seen: bytearray, measure: bool, remote: bool, name: str, data: Any) -> None:
         if name != "broadcast_message":
             return
         now = time.perf_counter()
@@ -181,6 +182,8 @@ class FanOut:
         self.last_delivery = now
         if measure:
             self.latencies.append(now - float(sent_at))
+            if remote:
+                self.remote_latencies.append(now - float(sent_at))
 
     def _on_ack(self, room: int, n: int, sent_at: float, reply: Any) -> None:
         now = time.perf_counter()
@@ -274,6 +277,8 @@ def fanout_result(f: FanOut, t0: float, wall: float, gen_cpu: float) -> dict[str
         "p99_ms": 1000 * percentile(f.latencies, 99),
         "max_ms": 1000 * max(f.latencies, default=float("nan")),
         "ack_p99_ms": 1000 * percentile(f.ack_latencies, 99),
+        "remote_p50_ms": 1000 * percentile(f.remote_latencies, 50),
+        "remote_p99_ms": 1000 * percentile(f.remote_latencies, 99),
         "generator_max_lag_ms": 1000 * f.max_lag,
         "generator_cpu_pct": 100.0 * gen_cpu / wall,
         "timeline": f.timeline,
@@ -300,8 +305,8 @@ async def _fanout(
         for r in range(rooms):
             for i, node in enumerate(c.nodes):
                 for j in range(per_node):
-                    measure = not remote_only or i != r % nodes
-                    specs.append((node.port, f"u{r}-{i}-{j}", f.receiver(r, measure)))
+                    remote = i != r % nodes
+                    specs.append((node.port, f"u{r}-{i}-{j}", f.receiver(r, remote or not remote_only, remote)))
                     where.append((r, i, j))
         clients, _ = await connect_all(specs)
         try:
