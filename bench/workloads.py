@@ -12,8 +12,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import re
 import resource
+import shutil
 import signal
 import tempfile
 import time
@@ -83,6 +85,8 @@ class Cluster:
             node.stop()
         if self.redis is not None:
             self.redis.stop()
+        if not os.environ.get("BENCH_KEEP_LOGS"):  # set it to keep node and Redis logs
+            shutil.rmtree(self.root, ignore_errors=True)
 
 
 @contextlib.contextmanager
@@ -140,6 +144,7 @@ class FanOut:
     capacity: int  # most messages any one room will be sent
     latencies: array = field(default_factory=lambda: array("d"))
     ack_latencies: array = field(default_factory=lambda: array("d"))
+    remote_latencies: array = field(default_factory=lambda: array("d"))  # members on another node than the sender
     errors: Counter = field(default_factory=Counter)
     duplicates: int = 0
     delivered: int = 0
@@ -147,7 +152,7 @@ class FanOut:
     max_lag: float = 0.0
     sent: int = 0
     acked_ok: int = 0
-    measure_rooms: set[int] | None = None  # rooms whose latency counts (W1: the remote member only)
+    timeline: list[tuple[float, int, int, int]] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         self.acks = [bytearray(self.capacity) for _ in range(self.rooms)]  # 1 ok, 2 refused
@@ -155,14 +160,14 @@ class FanOut:
         self.members: list[int] = [0] * self.rooms
         self._seen: list[bytearray] = []
 
-    def receiver(self, room: int, measure: bool = True) -> Any:
+    def receiver(self, room: int, measure: bool = True, remote: bool = False) -> Any:
         """An on_event handler for one member of `room`."""
         seen = bytearray(self.capacity)
         self._seen.append(seen)
         self.members[room] += 1
-        return partial(self._on_event, room, seen, measure)
+        return partial(self._on_event, room, seen, measure, remote)
 
-    def _on_event(self, room: int, seen: bytearray, measure: bool, name: str, data: Any) -> None:
+    def _on_event(self, room: int, seen: bytearray, measure: bool, remote: bool, name: str, data: Any) -> None:
         if name != "broadcast_message":
             return
         now = time.perf_counter()
@@ -177,6 +182,8 @@ class FanOut:
         self.last_delivery = now
         if measure:
             self.latencies.append(now - float(sent_at))
+            if remote:
+                self.remote_latencies.append(now - float(sent_at))
 
     def _on_ack(self, room: int, n: int, sent_at: float, reply: Any) -> None:
         now = time.perf_counter()
@@ -210,6 +217,14 @@ class FanOut:
             self.sent = k
             await asyncio.sleep(0.001)
         return t0
+
+    async def sample(self, every: float = 1.0) -> None:
+        """Record (seconds, delivered, acked ok, refused) every `every` s: shows stalls."""
+        start = time.perf_counter()
+        while True:
+            await asyncio.sleep(every)
+            t = round(time.perf_counter() - start, 1)
+            self.timeline.append((t, self.delivered, self.acked_ok, sum(self.errors.values())))
 
     def expected(self) -> int:
         return sum(self.members[r] * sum(1 for a in self.acks[r] if a == 1) for r in range(self.rooms))
@@ -262,8 +277,11 @@ def fanout_result(f: FanOut, t0: float, wall: float, gen_cpu: float) -> dict[str
         "p99_ms": 1000 * percentile(f.latencies, 99),
         "max_ms": 1000 * max(f.latencies, default=float("nan")),
         "ack_p99_ms": 1000 * percentile(f.ack_latencies, 99),
+        "remote_p50_ms": 1000 * percentile(f.remote_latencies, 50),
+        "remote_p99_ms": 1000 * percentile(f.remote_latencies, 99),
         "generator_max_lag_ms": 1000 * f.max_lag,
         "generator_cpu_pct": 100.0 * gen_cpu / wall,
+        "timeline": f.timeline,
     }
 
 
@@ -287,8 +305,8 @@ async def _fanout(
         for r in range(rooms):
             for i, node in enumerate(c.nodes):
                 for j in range(per_node):
-                    measure = not remote_only or i != r % nodes
-                    specs.append((node.port, f"u{r}-{i}-{j}", f.receiver(r, measure)))
+                    remote = i != r % nodes
+                    specs.append((node.port, f"u{r}-{i}-{j}", f.receiver(r, remote or not remote_only, remote)))
                     where.append((r, i, j))
         clients, _ = await connect_all(specs)
         try:
@@ -300,8 +318,10 @@ async def _fanout(
             nodes_cpu0, redis_cpu0 = c.cpu()
             gen0, wall0 = self_cpu(), time.perf_counter()
             watcher = on_sending(c, duration) if on_sending else None
+            sampler = asyncio.ensure_future(f.sample())
             t0 = await f.run(senders, rate, duration)
             settled = await f.drain()
+            sampler.cancel()
             nodes_cpu1, redis_cpu1 = c.cpu()
             result = fanout_result(f, t0, time.perf_counter() - wall0, self_cpu() - gen0)
             result["cut_off"] = not settled
