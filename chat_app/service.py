@@ -77,6 +77,7 @@ class ChatService:
         self._connections: dict[str, Connection] = {}
         self._rooms: dict[str, LocalRoom] = {}
         self.counters = Counters()
+        self._stopped = False
         self.observe_publish: Callable[[float], None] = lambda seconds: None  # metrics hook
 
     # -- lifecycle -------------------------------------------------------------------
@@ -86,8 +87,12 @@ class ChatService:
         self._presence.start(self._snapshot)
 
     def stop(self) -> list[str]:
-        """Leave every room at once and close the backends; returns the sids to disconnect."""
+        """Leave every room at once and close the backends; returns the sids to disconnect.
+        Idempotent: gunicorn's master forwards the SIGTERM its worker already received."""
         with self._lock:
+            if self._stopped:
+                return []
+            self._stopped = True
             rooms = list(self._rooms)
             sids = list(self._connections)
             self._rooms.clear()

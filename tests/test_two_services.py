@@ -171,3 +171,11 @@ def test_send_without_membership_is_refused_and_publishes_nothing(server, two_no
         a.send("a1", SendRequest(room="lobby", message="x"))
     assert err.value.code is ErrorCode.NOT_IN_ROOM
     assert room_keys(server, "lobby") == []
+
+
+def test_stop_twice_leaves_once(server) -> None:
+    a, _ = make_node(server, "A")
+    a.connect("a1", Identity("alice"))
+    a.join("a1", JoinRequest(room="lobby"))
+    assert a.stop() == ["a1"]
+    assert a.stop() == []
