@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import contextvars
 import logging
+import statistics
 from collections.abc import Callable
 from typing import Any
 
@@ -115,14 +116,27 @@ def register_events(socketio: SocketIO, service: ChatService) -> None:
 
 def watch_slow_clients(socketio: SocketIO, limit: int, interval: float = 1.0) -> None:
     """Disconnect a client whose outgoing queue passed `limit` packets: a reader that stopped
-    reading must not grow the node's memory. It reconnects and recovers with `since`."""
+    reading must not grow the node's memory. It reconnects and recovers with `since`.
+
+    When the typical client is behind too, the node is what is slow (CPU-bound), not its
+    readers: cutting them would only turn late messages into lost ones, so nobody is cut."""
     eio = socketio.server.eio
 
     def watch() -> None:
+        overloaded = False
         while True:
             socketio.sleep(interval)
-            for eio_sid, sock in list(eio.sockets.items()):
-                backlog = sock.queue.qsize()
+            backlogs = {eio_sid: sock.queue.qsize() for eio_sid, sock in list(eio.sockets.items())}
+            if not backlogs:
+                continue
+            typical = statistics.median(backlogs.values())
+            if typical > limit / 2:
+                if not overloaded:
+                    log.warning("event=node_behind median_backlog=%d clients=%d", typical, len(backlogs))
+                overloaded = True
+                continue
+            overloaded = False
+            for eio_sid, backlog in backlogs.items():
                 if backlog > limit:
                     log.warning("event=slow_client_disconnected eio_sid=%s backlog=%d", eio_sid, backlog)
                     with contextlib.suppress(Exception):  # it may be closing already
