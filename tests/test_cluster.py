@@ -35,16 +35,11 @@ def free_cluster_port() -> int:
 
 @pytest.fixture
 def cluster(tmp_path: Path) -> Iterator[list[RedisServer]]:
-    masters = []
-    for i in range(3):
-        server = RedisServer(
-            tmp_path / f"shard{i}",
-            free_cluster_port(),
-            ["--cluster-enabled", "yes", "--cluster-config-file", "nodes.conf"],
-        )
-        server.start()
-        masters.append(server)
+    cluster_args = ["--cluster-enabled", "yes", "--cluster-config-file", "nodes.conf"]
+    masters = [RedisServer(tmp_path / f"shard{i}", free_cluster_port(), cluster_args) for i in range(3)]
     try:
+        for server in masters:
+            server.start()
         subprocess.run(
             ["redis-cli", "--cluster", "create", *(f"127.0.0.1:{m.port}" for m in masters), "--cluster-yes"],
             check=True,

@@ -66,15 +66,17 @@ class Sentinels:
 @pytest.fixture
 def sentinel_setup(tmp_path: Path) -> Iterator[tuple[RedisServer, RedisServer, Sentinels]]:
     master = RedisServer(tmp_path / "master", free_port())
-    master.start()
     replica = RedisServer(tmp_path / "replica", free_port(), ["--replicaof", "127.0.0.1", str(master.port)])
-    replica.start()
-    sentinels = Sentinels(tmp_path, master.port)
+    sentinels: Sentinels | None = None
     try:
+        master.start()
+        replica.start()
+        sentinels = Sentinels(tmp_path, master.port)
         wait_until(sentinels.all_see_replica, timeout=30, interval=0.2, what="sentinels to discover the replica")
         yield master, replica, sentinels
     finally:
-        sentinels.stop()
+        if sentinels is not None:
+            sentinels.stop()
         replica.stop()
         master.stop()
 
