@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
+import fcntl
 import logging
-import statistics
+import struct
+import termios
 from collections.abc import Callable
 from typing import Any
 
@@ -114,32 +116,48 @@ def register_events(socketio: SocketIO, service: ChatService) -> None:
         )
 
 
-def watch_slow_clients(socketio: SocketIO, limit: int, interval: float = 1.0) -> None:
-    """Disconnect a client whose outgoing queue passed `limit` packets: a reader that stopped
-    reading must not grow the node's memory. It reconnects and recovers with `since`.
+STUCK_UNSENT_BYTES = 16 * 1024
 
-    When the typical client is behind too, the node is what is slow (CPU-bound), not its
-    readers: cutting them would only turn late messages into lost ones, so nobody is cut."""
-    eio = socketio.server.eio
+
+def _unsent_bytes(environ: dict[str, Any] | None) -> int | None:
+    """Bytes the kernel still holds for a websocket client: they pile up only when the
+    client stops reading (its TCP window is closed). None when not on a websocket."""
+    ws = environ.get("wsgi.websocket") if environ else None
+    sock = getattr(getattr(getattr(ws, "stream", None), "handler", None), "socket", None)
+    if sock is None:
+        return None
+    try:
+        return struct.unpack("i", fcntl.ioctl(sock.fileno(), termios.TIOCOUTQ, b"\0\0\0\0"))[0]
+    except OSError:
+        return None
+
+
+def watch_slow_clients(socketio: SocketIO, limit: int, interval: float = 1.0) -> None:
+    """Disconnect a client that stopped reading once its outgoing queue passed `limit`
+    packets, so it cannot grow the node's memory; it reconnects and recovers with `since`.
+
+    A long queue alone is not enough: when the node itself is behind (CPU-bound), every
+    queue grows while every client reads. Cutting those would turn late messages into lost
+    ones, so a client is cut only if, at two checks in a row, the kernel is also holding
+    unsent bytes for it: it is the reader that is slow."""
+    server = socketio.server
+    eio = server.eio
 
     def watch() -> None:
-        overloaded = False
+        suspects: set[str] = set()
         while True:
             socketio.sleep(interval)
-            backlogs = {eio_sid: sock.queue.qsize() for eio_sid, sock in list(eio.sockets.items())}
-            if not backlogs:
-                continue
-            typical = statistics.median(backlogs.values())
-            if typical > limit / 2:
-                if not overloaded:
-                    log.warning("event=node_behind median_backlog=%d clients=%d", typical, len(backlogs))
-                overloaded = True
-                continue
-            overloaded = False
-            for eio_sid, backlog in backlogs.items():
-                if backlog > limit:
-                    log.warning("event=slow_client_disconnected eio_sid=%s backlog=%d", eio_sid, backlog)
-                    with contextlib.suppress(Exception):  # it may be closing already
-                        eio.disconnect(eio_sid)
+            stuck = set()
+            for eio_sid, sock in list(eio.sockets.items()):
+                if (
+                    sock.queue.qsize() > limit
+                    and (_unsent_bytes(server.environ.get(eio_sid)) or 0) > STUCK_UNSENT_BYTES
+                ):
+                    stuck.add(eio_sid)
+            for eio_sid in stuck & suspects:
+                log.warning("event=slow_client_disconnected eio_sid=%s", eio_sid)
+                with contextlib.suppress(Exception):  # it may be closing already
+                    eio.disconnect(eio_sid)
+            suspects = stuck - suspects
 
     socketio.start_background_task(watch)
