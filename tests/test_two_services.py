@@ -179,3 +179,14 @@ def test_stop_twice_leaves_once(server) -> None:
     a.join("a1", JoinRequest(room="lobby"))
     assert a.stop() == ["a1"]
     assert a.stop() == []
+
+
+@pytest.mark.timeout(30)
+def test_wake_ups_never_block_when_the_listener_is_busy() -> None:
+    """Thousands of joins may ask the listener for rooms while it is busy: the wake-up pipe
+    fills, and a full pipe means a wake-up is already pending, not an error."""
+    settings = Settings.from_env({}, redis_url="redis://unused", instance_id="W")
+    listener = RedisBroker(RedisClients(*(fakeredis.FakeRedis() for _ in range(3))), settings).listener
+    for i in range(300_000):  # far more than a socket pair buffers; the listener never reads
+        listener.want(f"room-{i % 50}")
+    assert len(listener._wanted) == 50

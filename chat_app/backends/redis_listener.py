@@ -54,6 +54,7 @@ class Listener:
         self._asked: set[bytes] = set()  # SUBSCRIBE sent on the current connection
         self._wake_r, self._wake_w = socket.socketpair()
         self._wake_r.setblocking(False)
+        self._wake_w.setblocking(False)  # a full pipe means a wake-up is pending already
         self._stopping = threading.Event()
         self._thread = threading.Thread(target=self._run, name="listener", daemon=True)
         self._hooks: BrokerHooks | None = None
