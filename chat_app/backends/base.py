@@ -10,6 +10,8 @@ from typing import Protocol
 
 from ..protocol import Envelope, PresenceEvent
 
+RECENT_HISTORY = 50  # envelopes in a join ack without `since`
+
 
 class BackendUnavailable(Exception):
     """The shared store could not be reached within the deadline; nothing was changed."""

@@ -11,9 +11,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 from ..protocol import Envelope, PresenceEvent
-from .base import BrokerHooks, Draft, History, Member, Position
-
-RECENT_HISTORY = 50
+from .base import RECENT_HISTORY, BrokerHooks, Draft, History, Member, Position
 
 
 @dataclass

@@ -20,7 +20,7 @@ from redis.sentinel import Sentinel
 
 from ..protocol import BadEnvelope, Envelope, decode_envelope, max_wire_bytes
 from ..settings import Settings
-from .base import BackendUnavailable, BrokerHooks, Draft, History, Member, Position
+from .base import RECENT_HISTORY, BackendUnavailable, BrokerHooks, Draft, History, Member, Position
 from .redis_cluster_listener import ShardedListener
 from .redis_connection import CONNECTION_ERRORS
 from .redis_keys import RoomKeys, escape
@@ -31,7 +31,6 @@ from .redis_scripts import AnyRedis, Call, LuaScript, run_scripts
 log = logging.getLogger(__name__)
 
 _LUA = Path(__file__).parent / "lua"
-RECENT_HISTORY = 50
 
 
 @dataclass(frozen=True)
