@@ -8,7 +8,6 @@ import secrets
 import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, urlencode, urlsplit, urlunsplit
 
@@ -30,8 +29,6 @@ from .redis_scripts import AnyRedis, Call, LuaScript, run_scripts
 
 log = logging.getLogger(__name__)
 
-_LUA = Path(__file__).parent / "lua"
-
 
 @dataclass(frozen=True)
 class RedisClients:
@@ -44,8 +41,8 @@ class RedisClients:
 
     @classmethod
     def from_settings(cls, settings: Settings) -> RedisClients:
-        """From REDIS_URL (redis:// or rediss://), or through Sentinel when REDIS_SENTINELS is set;
-        a Sentinel-managed connection finds the new master by itself after a failover."""
+        """A Cluster (REDIS_CLUSTER_NODES), Sentinel (REDIS_SENTINELS: its managed connections
+        find the new master by themselves after a failover), or one REDIS_URL."""
         common: dict[str, Any] = {
             "socket_timeout": settings.redis_socket_timeout,
             "socket_connect_timeout": settings.redis_socket_timeout,
