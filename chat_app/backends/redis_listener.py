@@ -59,6 +59,7 @@ class Listener:
         self._thread = threading.Thread(target=self._run, name="listener", daemon=True)
         self._hooks: BrokerHooks | None = None
         self.connected = False
+        self._connected_once = False
         self.subscribed: set[bytes] = set()
         self.reconnects = 0
         self.received = 0  # room messages taken from Redis (the benchmark reads it at stop)
@@ -101,19 +102,18 @@ class Listener:
             self._wake_w.send(b"!")
 
     def _run(self) -> None:
-        failures = 0
+        failures = 0  # since the last time the connection was up: the backoff starts over
         while not self._stopping.is_set():
             pubsub = self._client.pubsub()
             try:
-                self._serve(pubsub, reconnect=failures > 0)
+                self._serve(pubsub)
             except (*CONNECTION_ERRORS, Deaf) as exc:
                 if self.connected or failures == 0:
                     log.warning("event=listener_down error=%r", exc)
-                failures += 1
             except Exception:
                 log.exception("event=listener_error")
-                failures += 1
             finally:
+                failures = 1 if self.connected else failures + 1
                 self._disconnected()
                 with contextlib.suppress(Exception):  # a dead socket may fail to close
                     pubsub.close()
@@ -129,7 +129,7 @@ class Listener:
             for ready in self._ready.values():
                 ready.clear()
 
-    def _serve(self, pubsub: redis.client.PubSub, reconnect: bool) -> None:
+    def _serve(self, pubsub: redis.client.PubSub) -> None:
         pubsub.subscribe(self._control)
         probe: bytes | None = None
         probe_sent = last_rx = time.monotonic()
@@ -154,7 +154,7 @@ class Listener:
                 else:
                     self._dispatch(message["data"])
             elif kind == "subscribe":
-                self._confirmed(channel, reconnect)
+                self._confirmed(channel)
             elif kind == "unsubscribe":
                 self.subscribed.discard(channel)
 
@@ -168,7 +168,7 @@ class Listener:
             with contextlib.suppress(BlockingIOError):
                 self._wake_r.recv(4096)
 
-    def _confirmed(self, channel: bytes, reconnect: bool) -> None:
+    def _confirmed(self, channel: bytes) -> None:
         with self._lock:
             self.subscribed.add(channel)
             room = self._wanted.get(channel)
@@ -176,10 +176,11 @@ class Listener:
             ready = self._ready.get(channel)
         if channel == self._control:
             self.connected = True
-            if reconnect:
+            if self._connected_once:
                 self.reconnects += 1
                 log.info("event=listener_up reconnects=%d rooms=%d", self.reconnects, len(self._wanted))
                 self._hook("on_reconnected")
+            self._connected_once = True
             return
         if ready is not None:
             ready.set()
