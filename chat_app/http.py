@@ -7,7 +7,7 @@ from typing import Any
 from flask import Flask, jsonify, render_template
 
 from .backends.base import BackendUnavailable
-from .protocol import ChatError, LeaveRequest, parse
+from .protocol import ChatError, ErrorCode, LeaveRequest, parse
 from .service import ChatService
 
 
@@ -44,4 +44,4 @@ def register_routes(app: Flask, service: ChatService) -> None:
         try:
             return jsonify(service.room_info(name))
         except BackendUnavailable as exc:
-            return jsonify({"ok": False, "error": {"code": "unavailable", "message": str(exc)}}), 503
+            return jsonify({"ok": False, "error": ChatError(ErrorCode.UNAVAILABLE, str(exc)).to_wire()}), 503

@@ -301,9 +301,9 @@ class ChatService:
         return self._presence.is_active(room)
 
     def room_info(self, room: str) -> dict[str, Any]:
-        position = self._presence.position(room)
-        members = self.members(room)
-        return {"room": room, "active": bool(members), "members": members, "seq": position.seq if position else 0}
+        position, members = self._presence.room_state(room)
+        names = sorted(m.user for m in members)
+        return {"room": room, "active": bool(names), "members": names, "seq": position.seq if position else 0}
 
     def local_rooms(self) -> dict[str, int]:
         with self._lock:

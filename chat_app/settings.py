@@ -40,12 +40,12 @@ def _text(name: str, raw: str) -> str:
     return value
 
 
-def _origins(name: str, raw: str) -> list[str]:
+def _comma_list(name: str, raw: str) -> list[str]:
     return [part.strip() for part in raw.split(",") if part.strip()]
 
 
 def _addresses(name: str, raw: str) -> list[str]:
-    addresses = [part.strip() for part in raw.split(",") if part.strip()]
+    addresses = _comma_list(name, raw)
     for address in addresses:
         host, _, port = address.rpartition(":")
         if not host or not port.isdigit():
@@ -81,7 +81,7 @@ _PARSERS: dict[str, Callable[[str, str], Any]] = {
     "int": _positive_int,
     "str": _text,
     "str | None": _text,
-    "list[str] | None": _origins,
+    "list[str] | None": _comma_list,
 }
 
 

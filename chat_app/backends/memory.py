@@ -161,10 +161,10 @@ class MemoryPresence:
     def is_active(self, room: str) -> bool:
         return bool(self.members(room))
 
-    def position(self, room: str) -> Position | None:
+    def room_state(self, room: str) -> tuple[Position | None, list[Member]]:
         with self._hub.lock:
             state = self._hub.rooms.get(room)
-            return Position(state.epoch, state.seq) if state else None
+            return (Position(state.epoch, state.seq) if state else None), self.members(room)
 
     def remove_node(self, rooms: Sequence[str], grace: bool = False) -> None:
         for room in rooms:

@@ -52,7 +52,7 @@ class RedisClients:
         commands_retry = Retry(ExponentialWithJitterBackoff(cap=0.5, base=0.05), retries=3)
         no_retry = Retry(ExponentialWithJitterBackoff(), 0)  # these two have loops of their own
         if settings.redis_cluster_nodes:
-            startup = [ClusterNode(h, int(p)) for h, _, p in (a.rpartition(":") for a in settings.redis_cluster_nodes)]
+            startup = [ClusterNode(host, port) for host, port in _host_ports(settings.redis_cluster_nodes)]
             return cls(
                 commands=RedisCluster(startup_nodes=startup, max_connections=16, retry=commands_retry, **common),
                 publisher=RedisCluster(startup_nodes=startup, retry=no_retry, **common),
@@ -61,7 +61,7 @@ class RedisClients:
             )
         if settings.redis_sentinels:
             sentinel = Sentinel(
-                [(h, int(p)) for h, _, p in (a.rpartition(":") for a in settings.redis_sentinels)],
+                _host_ports(settings.redis_sentinels),
                 sentinel_kwargs={"socket_timeout": settings.redis_socket_timeout},
                 **common,
             )
@@ -80,6 +80,11 @@ class RedisClients:
             publisher=redis.Redis.from_url(url, retry=no_retry, **common),
             subscriber=redis.Redis.from_url(url, retry=no_retry, **common),
         )
+
+
+def _host_ports(addresses: list[str]) -> list[tuple[str, int]]:
+    """`host:port` settings (checked by Settings) as (host, port) pairs."""
+    return [(host, int(port)) for host, _, port in (a.rpartition(":") for a in addresses)]
 
 
 def effective_redis_url(settings: Settings) -> str:
@@ -225,20 +230,17 @@ class RedisPresence:
     def sweep(self, room: str) -> bool:
         return bool(self._run([self._call(self._leave, room, "sweep", "", "0")])[0])
 
-    def _read(self, room: str) -> list[bytes]:
+    def room_state(self, room: str) -> tuple[Position | None, list[Member]]:
         keys = self._keys(room)
-        return self._run([(self._members, [keys.nodes, keys.epoch, keys.seq], [keys.node_prefix])])[0]
+        epoch, seq, *flat = self._run([(self._members, [keys.nodes, keys.epoch, keys.seq], [keys.node_prefix])])[0]
+        members = [Member(flat[i].decode(), flat[i + 1].decode(), flat[i + 2].decode()) for i in range(0, len(flat), 3)]
+        return (Position(epoch.decode(), int(seq)) if epoch else None), members
 
     def members(self, room: str) -> list[Member]:
-        flat = self._read(room)[2:]
-        return [Member(flat[i].decode(), flat[i + 1].decode(), flat[i + 2].decode()) for i in range(0, len(flat), 3)]
+        return self.room_state(room)[1]
 
     def is_active(self, room: str) -> bool:
-        return len(self._read(room)) > 2
-
-    def position(self, room: str) -> Position | None:
-        epoch, seq = self._read(room)[:2]
-        return Position(epoch.decode(), int(seq)) if epoch else None
+        return bool(self.members(room))
 
     def remove_node(self, rooms: Sequence[str], grace: bool = False) -> None:
         self._run([self._call(self._leave, room, "node", "", "1" if grace else "0") for room in rooms])
