@@ -11,7 +11,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-import pytest
+from helpers import require_program
 from playwright.sync_api import Browser, Page, sync_playwright
 from processes import ROOT
 
@@ -31,13 +31,7 @@ CHROMIUM_ARGS = [
 
 
 def require_chromium() -> None:
-    if Path(CHROMIUM).exists():
-        return
-    reason = f"{CHROMIUM} is missing (apt-get install chromium; .ci/run does it)"
-    if os.environ.get("CI"):
-        pytest.fail(reason)
-    print(f"SKIP browser tests: {reason}")
-    pytest.skip(reason)
+    require_program(CHROMIUM, "apt-get install chromium")
 
 
 @contextmanager

@@ -2,13 +2,29 @@
 
 from __future__ import annotations
 
+import os
 import threading
 import time
 from collections import defaultdict
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any, TypeVar
 
+import pytest
+
 T = TypeVar("T")
+
+
+def require_program(path: str, install: str) -> None:
+    """A system program a test drives: missing on CI is a failure, never a silent skip;
+    elsewhere the test is skipped with the reason printed."""
+    if Path(path).exists():
+        return
+    reason = f"{path} is missing ({install}; .ci/run does it)"
+    if os.environ.get("CI"):
+        pytest.fail(reason)
+    print(f"SKIP: {reason}")
+    pytest.skip(reason)
 
 
 def wait_until(predicate: Callable[[], T], timeout: float = 10.0, interval: float = 0.02, what: str = "") -> T:

@@ -4,7 +4,6 @@ passes, and a message crosses between them."""
 
 from __future__ import annotations
 
-import os
 import re
 import shutil
 import subprocess
@@ -13,20 +12,14 @@ from pathlib import Path
 import pytest
 import requests
 import socketio
-from helpers import wait_until
+from helpers import require_program, wait_until
 from processes import ROOT, free_port
 
 NGINX = shutil.which("nginx") or "/usr/sbin/nginx"
 
 
 def require_nginx() -> None:
-    if Path(NGINX).exists():
-        return
-    reason = f"{NGINX} is missing (apt-get install nginx-light; .ci/run does it)"
-    if os.environ.get("CI"):
-        pytest.fail(reason)
-    print(f"SKIP nginx test: {reason}")
-    pytest.skip(reason)
+    require_program(NGINX, "apt-get install nginx-light")
 
 
 def local_config(directory: Path, listen: int, upstreams: list[int]) -> Path:
