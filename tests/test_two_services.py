@@ -4,6 +4,7 @@ FakeServer (the mocked Redis), and the same tests again on a real redis-server."
 from __future__ import annotations
 
 import dataclasses
+import logging
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -173,12 +174,17 @@ def test_send_without_membership_is_refused_and_publishes_nothing(server, two_no
     assert room_keys(server, "lobby") == []
 
 
-def test_stop_twice_leaves_once(server) -> None:
+def test_stop_twice_leaves_once(server, caplog: pytest.LogCaptureFixture) -> None:
+    """gunicorn delivers SIGTERM to the worker twice: the second stop must do nothing."""
     a, _ = make_node(server, "A")
     a.connect("a1", Identity("alice"))
     a.join("a1", JoinRequest(room="lobby"))
-    assert a.stop() == ["a1"]
-    assert a.stop() == []
+    with caplog.at_level(logging.INFO, logger="chat_app.service"):
+        assert a.stop() == ["a1"]
+        assert a.stop() == []
+    assert [r.getMessage() for r in caplog.records if "event=stopped" in r.getMessage()] == [
+        "event=stopped rooms=1 connections=1"
+    ]
 
 
 @pytest.mark.timeout(30)
