@@ -78,7 +78,7 @@ def create_app(settings: Settings | None = None, async_mode: str | None = None) 
     app.extensions["chat_socketio"] = socketio
     register_metrics(app, service, broker)
     service.start()
-    log.info("event=started port=%s", settings.port)
+    log.info("event=started")
     return app
 
 
