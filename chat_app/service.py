@@ -279,7 +279,7 @@ class ChatService:
         finally:
             self.observe_publish(time.perf_counter() - started)
         self.counters.published += 1
-        log.info("event=send room=%s sid=%s seq=%d id=%s", req.room, sid, envelope.seq, envelope.id)
+        log.debug("event=send room=%s sid=%s seq=%d id=%s", req.room, sid, envelope.seq, envelope.id)
         return {
             "ok": True,
             "id": envelope.id,

@@ -52,6 +52,7 @@ class Listener:
         self._ready: dict[bytes, threading.Event] = {}  # set while the channel is live
         self._catch_up: set[bytes] = set()
         self._asked: set[bytes] = set()  # SUBSCRIBE sent on the current connection
+        self._dirty = True  # wanted, catch-up or connection changed since the last reconcile
         self._wake_r, self._wake_w = socket.socketpair()
         self._wake_r.setblocking(False)
         self._wake_w.setblocking(False)  # a full pipe means a wake-up is pending already
@@ -82,6 +83,7 @@ class Listener:
         with self._lock:
             self._wanted[channel] = room
             self._catch_up.add(channel)
+            self._dirty = True
             ready = self._ready.setdefault(channel, threading.Event())
         self._wake()
         return ready
@@ -91,6 +93,7 @@ class Listener:
         with self._lock:
             self._wanted.pop(channel, None)
             self._ready.pop(channel, None)
+            self._dirty = True
         self._wake()
 
     def all_subscribed(self) -> bool:
@@ -126,6 +129,7 @@ class Listener:
         with self._lock:
             self.subscribed = set()
             self._asked = set()
+            self._dirty = True
             for ready in self._ready.values():
                 ready.clear()
 
@@ -175,7 +179,9 @@ class Listener:
             self._catch_up.discard(channel)
             ready = self._ready.get(channel)
         if channel == self._control:
-            self.connected = True
+            with self._lock:
+                self.connected = True
+                self._dirty = True
             if self._connected_once:
                 self.reconnects += 1
                 log.info("event=listener_up reconnects=%d rooms=%d", self.reconnects, len(self._wanted))
@@ -188,10 +194,12 @@ class Listener:
             self._hook("on_subscribed", room)
 
     def _reconcile(self, pubsub: redis.client.PubSub) -> None:
-        """Subscribe what is wanted and not yet asked for, and the reverse, in batches."""
+        """Subscribe what is wanted and not yet asked for, and the reverse, in batches.
+        Only after a change: this runs before every read, and the sets span every room."""
         with self._lock:
-            if not self.connected:
+            if not (self.connected and self._dirty):
                 return
+            self._dirty = False
             wanted = dict(self._wanted)
             catch_up = self._catch_up & self.subscribed & set(wanted)
             self._catch_up -= catch_up
