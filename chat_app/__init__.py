@@ -8,7 +8,7 @@ import logging
 from flask import Flask
 from flask_socketio import SocketIO
 
-from . import json_codec
+from . import fanout, json_codec
 from .backends.base import Broker, Presence
 from .backends.memory import MemoryBroker, MemoryHub, MemoryPresence
 from .events import SocketIOEmitter, register_events, watch_slow_clients
@@ -69,14 +69,15 @@ def create_app(settings: Settings | None = None, async_mode: str | None = None) 
         engineio_logger=False,
         json=json_codec,
     )
+    writer = fanout.install(socketio.server)
     broker, presence = build_backends(settings)
-    service = ChatService(settings, broker, presence, SocketIOEmitter(socketio))
+    service = ChatService(settings, broker, presence, SocketIOEmitter(socketio, writer))
     register_events(socketio, service)
     watch_slow_clients(socketio, settings.max_client_queue)
     register_routes(app, service)
     app.extensions["chat_service"] = service
     app.extensions["chat_socketio"] = socketio
-    register_metrics(app, service, broker)
+    register_metrics(app, service, broker, writer.counters if writer else None)
     service.start()
     log.info("event=started")
     return app

@@ -15,12 +15,13 @@ import struct
 import termios
 from collections.abc import Callable
 from typing import Any
+from urllib.parse import parse_qs
 
-from flask import request
 from flask_socketio import SocketIO
 from socketio.exceptions import ConnectionRefusedError as Refused
 
 from .auth import identify
+from .fanout import DirectWriter, RoomFanout
 from .protocol import ChatError, ErrorCode, JoinRequest, LeaveRequest, SendRequest, parse
 from .service import ChatService
 
@@ -37,11 +38,12 @@ def _socketio_room(room: str) -> str:
 class SocketIOEmitter:
     """ChatService's Emitter over Flask-SocketIO's in-process manager (this node only)."""
 
-    def __init__(self, socketio: SocketIO) -> None:
+    def __init__(self, socketio: SocketIO, writer: DirectWriter | None) -> None:
         self._socketio = socketio
+        self._fanout = RoomFanout(socketio.server, writer)
 
     def emit_room(self, event: str, data: dict[str, Any], room: str) -> None:
-        self._socketio.emit(event, data, to=_socketio_room(room))
+        self._fanout.emit(event, data, _socketio_room(room))
 
     def enter_room(self, sid: str, room: str) -> None:
         self._socketio.server.enter_room(sid, _socketio_room(room), namespace="/")
@@ -50,9 +52,8 @@ class SocketIOEmitter:
         self._socketio.server.leave_room(sid, _socketio_room(room), namespace="/")
 
 
-def _track_ack_requests(socketio: SocketIO) -> None:
+def _track_ack_requests(server: Any) -> None:
     """Record per event whether the client sent an ack id; python-socketio keeps it private."""
-    server = socketio.server
     original = server._handle_event_internal
 
     def handle(srv: Any, sid: str, eio_sid: str, data: Any, namespace: str, id: int | None) -> Any:
@@ -63,56 +64,63 @@ def _track_ack_requests(socketio: SocketIO) -> None:
 
 
 def register_events(socketio: SocketIO, service: ChatService) -> None:
-    _track_ack_requests(socketio)
+    """Handlers go on python-socketio's server itself: Flask-SocketIO's wrapper would build a
+    Flask request context and session for every event, and none of them reads either."""
+    sio = socketio.server
+    _track_ack_requests(sio)
     max_bytes = service.settings.max_message_bytes
 
-    def answer(event: str, call: Callable[[], dict[str, Any]]) -> dict[str, Any] | None:
+    def answer(sid: str, event: str, call: Callable[[], dict[str, Any]]) -> dict[str, Any] | None:
         try:
             return call()
         except ChatError as exc:
             error = exc
         except Exception:
-            log.exception("event=handler_failed handler=%s sid=%s", event, request.sid)
+            log.exception("event=handler_failed handler=%s sid=%s", event, sid)
             error = ChatError(ErrorCode.INTERNAL, "the server failed to handle this event")
         if _wants_ack.get():
             return {"ok": False, "error": error.to_wire()}
-        socketio.emit("error", {**error.to_wire(), "event": event}, to=request.sid)
+        sio.emit("error", {**error.to_wire(), "event": event}, to=sid)
         return None
 
-    @socketio.on("connect")
-    def on_connect(auth: Any = None) -> bool:
+    @sio.on("connect")
+    def on_connect(sid: str, environ: dict[str, Any], auth: Any = None) -> bool:
+        query = parse_qs(environ.get("QUERY_STRING", ""), keep_blank_values=True)
         try:
-            identity = identify(auth, request.args.get("username"), service.settings.auth_secret)
+            identity = identify(auth, query.get("username", [None])[0], service.settings.auth_secret)
         except ChatError as exc:
             log.info("event=connect_refused code=%s", exc.code)
             raise Refused(exc.message, exc.to_wire()) from None
-        service.connect(request.sid, identity)
+        service.connect(sid, identity)
         return True
 
-    @socketio.on("disconnect")
-    def on_disconnect(reason: Any = None) -> None:
-        service.disconnect(request.sid)
+    @sio.on("disconnect")
+    def on_disconnect(sid: str, reason: Any = None) -> None:
+        service.disconnect(sid)
 
-    @socketio.on("join_room")
-    def on_join(payload: Any = None) -> dict[str, Any] | None:
+    # Extra arguments a client may add to an event are ignored, as a missing payload is refused.
+    @sio.on("join_room")
+    def on_join(sid: str, payload: Any = None, *_: Any) -> dict[str, Any] | None:
         return answer(
+            sid,
             "join_room",
             lambda: service.join(
-                request.sid,
+                sid,
                 parse(JoinRequest, payload),
                 sender=payload.get("sender") if isinstance(payload, dict) else None,
             ),
         )
 
-    @socketio.on("leave_room")
-    def on_leave(payload: Any = None) -> dict[str, Any] | None:
-        return answer("leave_room", lambda: service.leave(request.sid, parse(LeaveRequest, payload).room))
+    @sio.on("leave_room")
+    def on_leave(sid: str, payload: Any = None, *_: Any) -> dict[str, Any] | None:
+        return answer(sid, "leave_room", lambda: service.leave(sid, parse(LeaveRequest, payload).room))
 
-    @socketio.on("send_message")
-    def on_send(payload: Any = None) -> dict[str, Any] | None:
+    @sio.on("send_message")
+    def on_send(sid: str, payload: Any = None, *_: Any) -> dict[str, Any] | None:
         return answer(
+            sid,
             "send_message",
-            lambda: service.send(request.sid, parse(SendRequest, payload, max_message_bytes=max_bytes)),
+            lambda: service.send(sid, parse(SendRequest, payload, max_message_bytes=max_bytes)),
         )
 
 

@@ -16,6 +16,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Histogram,
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
+from .fanout import WriteCounters
 from .service import ChatService
 
 PUBLISH_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
@@ -24,9 +25,10 @@ PUBLISH_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0
 class ChatCollector(Collector):
     """Reads the service's and the broker's counters at each scrape."""
 
-    def __init__(self, service: ChatService, broker: Any) -> None:
+    def __init__(self, service: ChatService, broker: Any, writes: WriteCounters | None) -> None:
         self._service = service
         self._broker = broker
+        self._writes = writes
 
     def collect(self) -> Iterator[Metric]:
         s = self._service
@@ -59,6 +61,16 @@ class ChatCollector(Collector):
         yield recoveries
         yield counter("chat_rate_limited", "Sends and joins refused by the rate limit.", c.rate_limited)
 
+        if self._writes is not None:  # gevent-websocket only
+            frames = CounterMetricFamily(
+                "chat_websocket_frames",
+                "Frames sent to websocket clients: written at once, or queued behind a busy socket.",
+                labels=[*labels, "path"],
+            )
+            frames.add_metric([s.instance_id, "direct"], self._writes.direct)
+            frames.add_metric([s.instance_id, "queued"], self._writes.queued)
+            yield frames
+
         listener = getattr(self._broker, "listener", None)
         if listener is not None:  # the memory backend has no Redis connection to count
             yield counter("chat_redis_reconnects", "Times the pub/sub listener reconnected.", listener.reconnects)
@@ -73,10 +85,10 @@ class ChatCollector(Collector):
             yield gauge("chat_redis_listener_connected", "1 while listening.", float(listener.connected))
 
 
-def build_registry(service: ChatService, broker: Any) -> CollectorRegistry:
+def build_registry(service: ChatService, broker: Any, writes: WriteCounters | None = None) -> CollectorRegistry:
     """A registry for one app: the collector above plus the publish-latency histogram."""
     registry = CollectorRegistry(auto_describe=True)
-    registry.register(ChatCollector(service, broker))
+    registry.register(ChatCollector(service, broker, writes))
     latency = Histogram(
         "chat_publish_latency_seconds",
         "Time to store and publish one message (send -> broker ack).",
@@ -88,9 +100,9 @@ def build_registry(service: ChatService, broker: Any) -> CollectorRegistry:
     return registry
 
 
-def register_metrics(app: Flask, service: ChatService, broker: Any) -> CollectorRegistry:
+def register_metrics(app: Flask, service: ChatService, broker: Any, writes: WriteCounters | None) -> CollectorRegistry:
     """Serve GET /metrics from a registry of this app's own."""
-    registry = build_registry(service, broker)
+    registry = build_registry(service, broker, writes)
 
     @app.get("/metrics")
     def metrics() -> Response:

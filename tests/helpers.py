@@ -11,6 +11,8 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import pytest
+import requests
+from prometheus_client.parser import text_string_to_metric_families
 
 T = TypeVar("T")
 
@@ -99,3 +101,16 @@ class ChatClient:
 
     def close(self) -> None:
         self.sio.disconnect()
+
+
+def scrape(url: str) -> dict[str, float]:
+    """Samples by name plus labels other than instance_id, e.g. `chat_recoveries_total{result=ok}`."""
+    response = requests.get(f"{url}/metrics", timeout=5)
+    assert response.status_code == 200
+    assert response.headers["Content-Type"].startswith("text/plain; version=")
+    samples: dict[str, float] = {}
+    for family in text_string_to_metric_families(response.text):
+        for sample in family.samples:
+            extra = ",".join(f"{k}={v}" for k, v in sorted(sample.labels.items()) if k not in {"instance_id"})
+            samples[f"{sample.name}{{{extra}}}" if extra else sample.name] = sample.value
+    return samples

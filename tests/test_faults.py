@@ -13,7 +13,7 @@ import time
 import pytest
 import requests
 import websocket
-from helpers import ChatClient, wait_until
+from helpers import ChatClient, scrape, wait_until
 from processes import ROOT
 from streams import SendStream, assert_exactly_once_in_order
 from tcpproxy import TcpProxy
@@ -221,8 +221,13 @@ def test_a_client_that_stops_reading_is_cut_off_and_others_get_everything(redis_
     big = "x" * 4000
     acks = [sender.call("send_message", {"room": "lobby", "message": big}) for _ in range(1500)]
     assert all(a["ok"] for a in acks)
-    assert len(reader.wait_for(1500, timeout=30)) == 1500
+    got = reader.wait_for(1500, timeout=30)
+    assert [m["seq"] for m in got] == list(range(1, 1501))
+    assert all(m["message"] == big for m in got)
     wait_until(lambda: "slow_client_disconnected" in node.log(), timeout=10, what="the stuck client cut off")
+    frames = scrape(node.url)  # the stuck socket's frames backed up in its queue, partly written
+    assert frames["chat_websocket_frames_total{path=queued}"] > 0
+    assert frames["chat_websocket_frames_total{path=direct}"] > 1500
     members = requests.get(f"{node.url}/api/rooms/lobby", timeout=5).json()["members"]
     assert "stuck" not in members
     stuck.close()

@@ -31,14 +31,27 @@ def test_one_line_per_event_with_instance_room_and_sid_and_no_message_text(redis
 
     assert all(f"instance={node.instance_id} " in line for line in lines)
     assert all(re.match(r"^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3} (INFO|WARNING|ERROR) ", line) for line in lines)
-    for name in ("join", "send", "leave"):
+    for name in ("join", "leave"):
         [line] = event(lines, name)
         assert "room=lobby " in line + " " and f"sid={sid}" in line, line
+    assert not event(lines, "send")  # one line per message is DEBUG: a busy node would write thousands a second
     for name in ("connect", "disconnect"):
         [line] = event(lines, name)
         assert f"sid={sid}" in line
     assert SECRET not in node.log()
     assert not [line for line in lines if " DEBUG " in line]
+
+
+def test_debug_logs_each_send_without_its_text(redis_server, nodes) -> None:
+    node = nodes.start(redis_server.url, LOG_LEVEL="DEBUG")
+    client = ChatClient(node.url, "alice")
+    sid = client.sio.get_sid("/")
+    client.call("join_room", "lobby")
+    ack = client.call("send_message", {"room": "lobby", "message": SECRET})
+    client.close()
+    [line] = wait_until(lambda: event(chat_lines(node.log()), "send"), what="the send line")
+    assert " DEBUG " in line and "room=lobby " in line and f"sid={sid} " in line and f"id={ack['id']}" in line
+    assert SECRET not in node.log()
 
 
 def test_log_level_warning_silences_info(redis_server, nodes) -> None:

@@ -3,23 +3,10 @@
 from __future__ import annotations
 
 import requests
-from helpers import ChatClient, wait_until
+from helpers import ChatClient, scrape, wait_until
 from prometheus_client.parser import text_string_to_metric_families
 
 from chat_app.backends.redis_keys import RoomKeys
-
-
-def scrape(url: str) -> dict[str, float]:
-    """Samples by name plus labels other than instance_id, e.g. `chat_recoveries_total{result=ok}`."""
-    response = requests.get(f"{url}/metrics", timeout=5)
-    assert response.status_code == 200
-    assert response.headers["Content-Type"].startswith("text/plain; version=")
-    samples: dict[str, float] = {}
-    for family in text_string_to_metric_families(response.text):
-        for sample in family.samples:
-            extra = ",".join(f"{k}={v}" for k, v in sorted(sample.labels.items()) if k not in {"instance_id"})
-            samples[f"{sample.name}{{{extra}}}" if extra else sample.name] = sample.value
-    return samples
 
 
 def test_metrics_count_a_cross_node_message(redis_server, nodes) -> None:
@@ -64,6 +51,9 @@ def test_metrics_count_a_cross_node_message(redis_server, nodes) -> None:
             lambda: (s := scrape(b.url))["chat_messages_delivered_total"] == 3 and s, what="B delivered 3"
         )
         assert after_b["chat_messages_published_total"] == 0
+        # 3 messages and 3 join acks, each written at once: nothing was queued on an idle socket
+        assert after_b["chat_websocket_frames_total{path=direct}"] >= 6
+        assert after_b["chat_websocket_frames_total{path=queued}"] == 0
         assert after_b["chat_recoveries_total{result=ok}"] == 1
         assert after_b["chat_recoveries_total{result=failed}"] == 1
         assert "chat_gaps_filled_total" in after_b
