@@ -2,16 +2,26 @@
 
 from __future__ import annotations
 
+import codecs
 import hashlib
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import redis
 from redis.cluster import RedisCluster
+from redis.connection import ConnectionInterface
 from redis.exceptions import NoScriptError
 
+try:  # redis-py's packer wraps this one in per-argument checks that cost more than packing
+    from hiredis import pack_command
+except ImportError:  # requirements.txt pins hiredis; without it redis-py's packer does
+    pack_command = None
+
 _LUA = Path(__file__).parent / "lua"
+IDLE_RECHECK = 0.1  # seconds a held connection may sit unused before the pool checks it again
 
 
 @dataclass(frozen=True)
@@ -71,3 +81,97 @@ def _pipeline(client: redis.Redis, calls: Sequence[Call]) -> list[object]:
         for script, keys, args in calls:
             pipe.evalsha(script.sha, len(keys), *keys, *args)
         return pipe.execute(raise_on_error=False)
+
+
+class HeldConnection:
+    """One connection of a plain (non-cluster) client's pool, kept by the one thread that
+    runs scripts through it. A pipeline checks a connection out and back in per batch: pool
+    locks, a poll for stale data, retry wrappers, which at one send per batch cost more CPU
+    than the send itself. Held, the connection pays that only after an idle spell, when the
+    pool's check is what turns a connection the server closed meanwhile into a fresh one.
+
+    An error other than a command's own error reply may leave replies unread, so the
+    connection is disconnected and handed back: the next call checks out a fresh one (with
+    Sentinel, one to the current master). Nothing is retried here; the caller decides."""
+
+    def __init__(self, client: redis.Redis, idle_recheck: float = IDLE_RECHECK) -> None:
+        self._client = client
+        self._pool = client.connection_pool
+        self._idle_recheck = idle_recheck
+        self._conn: ConnectionInterface | None = None
+        self._last_used = 0.0
+        # hiredis encodes str as UTF-8, which is redis-py's default (and only sane) encoding.
+        self._hiredis = pack_command is not None and codecs.lookup(client.get_encoder().encoding).name == "utf-8"
+
+    def run_scripts(self, calls: Sequence[Call]) -> list[object]:
+        """As `run_scripts`, in one round trip; a server that lost its script cache costs a
+        second one, which loads the scripts and runs those calls again."""
+        conn = self._checkout()
+        try:
+            results = self._round_trip(conn, [_evalsha(call) for call in calls])
+            missing = [i for i, r in enumerate(results) if isinstance(r, NoScriptError)]
+            if missing:
+                scripts = list({calls[i][0] for i in missing})
+                loads: list[tuple[object, ...]] = [("SCRIPT", "LOAD", script.source) for script in scripts]
+                again = self._round_trip(conn, loads + [_evalsha(calls[i]) for i in missing])
+                for loaded in again[: len(scripts)]:
+                    if isinstance(loaded, redis.ResponseError):
+                        raise loaded
+                for i, result in zip(missing, again[len(scripts) :], strict=True):
+                    results[i] = result
+        except redis.ResponseError:
+            raise  # every reply was read: the connection is still in step
+        except BaseException:
+            self.release(disconnect=True)
+            raise
+        self._last_used = time.monotonic()
+        return results
+
+    def execute(self, *args: object) -> Any:
+        """One command, its reply parsed as the client parses it (INFO as a dict, PING as a bool)."""
+        conn = self._checkout()
+        try:
+            conn.send_command(*args)
+            reply = self._client.parse_response(conn, args[0])
+        except redis.ResponseError:
+            raise
+        except BaseException:
+            self.release(disconnect=True)
+            raise
+        self._last_used = time.monotonic()
+        return reply
+
+    def release(self, *, disconnect: bool = False) -> None:
+        conn, self._conn = self._conn, None
+        if conn is not None:
+            if disconnect:
+                conn.disconnect()
+            self._pool.release(conn)
+
+    def _checkout(self) -> ConnectionInterface:
+        conn = self._conn
+        if conn is not None and time.monotonic() - self._last_used > self._idle_recheck:
+            self.release()
+            conn = None
+        if conn is None:
+            conn = self._conn = self._pool.get_connection()
+        return conn
+
+    def _round_trip(self, conn: ConnectionInterface, commands: list[tuple[object, ...]]) -> list[object]:
+        """Send every command before reading any reply; error replies come back in place."""
+        if self._hiredis:
+            conn.send_packed_command([b"".join([pack_command(command) for command in commands])])
+        else:
+            conn.send_packed_command(conn.pack_commands(commands))
+        results: list[object] = []
+        for _ in commands:
+            try:
+                results.append(conn.read_response())
+            except redis.ResponseError as exc:
+                results.append(exc)
+        return results
+
+
+def _evalsha(call: Call) -> tuple[object, ...]:
+    script, keys, args = call
+    return ("EVALSHA", script.sha, len(keys), *keys, *args)
