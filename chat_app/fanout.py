@@ -3,12 +3,13 @@
 python-socketio's room emit hands each member's packet to that socket's engine.io queue,
 and a writer greenlet per socket frames it and sends it: per delivery a queue hand-off, a
 greenlet switch, gevent-websocket's frame building and two syscalls. That was a third of
-a node's CPU under fan-out load. Here the websocket frame is built once per room delivery
-and written to each member with one non-blocking send().
+a node's CPU under fan-out load. Here the websocket frame is built once per room delivery,
+and every send of the node (room messages, acks) is written with a non-blocking send(),
+one per socket for all it got while the running greenlet worked.
 
-Order is kept with everything else engine.io sends on the same socket (acks, pings): a
-direct write happens only while that socket's queue is empty and its writer is not
-half-way through a frame. Otherwise, and for whatever the kernel did not take at once,
+Order is kept with what engine.io still queues itself (pings, close): a direct write
+happens only while that socket's queue is empty and its writer is not half-way through a
+frame. Otherwise, and for whatever the kernel did not take at once,
 the (rest of the) frame joins the queue as a pre-framed packet, so a slow reader still
 backs up there, where the slow-client watch sees it. Sockets that are not plain
 websockets (long-polling, TLS terminated by the worker itself, the test client) get
