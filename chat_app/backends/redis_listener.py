@@ -19,6 +19,7 @@ import socket
 import threading
 import time
 from collections.abc import Callable
+from typing import Any
 
 import redis
 
@@ -31,6 +32,20 @@ from .redis_keys import RoomKeys, control_channel
 log = logging.getLogger(__name__)
 
 SUBSCRIBE_BATCH = 500
+
+
+FAKE_POLL = 0.05  # seconds between looks at an in-process fake Redis (tests), which has no fd
+
+
+def _buffered(conn: Any) -> bool:
+    """Replies received but not yet read: in hiredis's buffer, or decrypted by TLS, where
+    select() cannot see them. redis-py's own parser, or an in-process fake (fakeredis, in
+    tests), is asked through can_read, which polls only when nothing is buffered."""
+    sock = conn._sock
+    reader = getattr(conn._parser, "_reader", None)
+    if reader is None or not isinstance(sock, socket.socket):
+        return bool(conn.can_read(timeout=0))
+    return bool(reader.has_data()) or (hasattr(sock, "pending") and sock.pending() > 0)
 
 
 class Deaf(Exception):
@@ -137,9 +152,11 @@ class Listener:
         pubsub.subscribe(self._control)
         probe: bytes | None = None
         probe_sent = last_rx = time.monotonic()
+        readable = False
         while not self._stopping.is_set():
             self._reconcile(pubsub)
-            message = pubsub.get_message(timeout=0)
+            message = self._next_message(pubsub, readable)
+            readable = False
             now = time.monotonic()
             if message is None:
                 if probe is None and now - last_rx > self._idle_probe:
@@ -147,7 +164,7 @@ class Listener:
                     self._publish(self._control.decode(), probe)
                 elif probe is not None and now - probe_sent > self._probe_timeout:
                     raise Deaf(f"probe not back after {self._probe_timeout}s")
-                self._wait(pubsub, self._probe_timeout if probe else self._idle_probe)
+                readable = self._wait(pubsub, self._probe_timeout if probe else self._idle_probe)
                 continue
             kind, channel = message["type"], message["channel"]
             if kind == "message":
@@ -162,15 +179,38 @@ class Listener:
             elif kind == "unsubscribe":
                 self.subscribed.discard(channel)
 
-    def _wait(self, pubsub: redis.client.PubSub, timeout: float) -> None:
-        """Sleep until Redis sends something, a greenlet wakes us, or `timeout` passes."""
-        sock = pubsub.connection._sock if pubsub.connection else None
+    def _next_message(self, pubsub: redis.client.PubSub, readable: bool) -> dict[str, Any] | None:
+        """The next message Redis has sent, or None without waiting. `get_message(timeout=0)`
+        would poll the socket (and peek it) each time its parser has nothing buffered: three
+        polls per message when they come one at a time. Here `_wait`'s select says when the
+        socket has data, and the parser's buffer says whether more replies came with it."""
+        conn = pubsub.connection
+        if conn is None:
+            raise redis.ConnectionError("the pub/sub connection is closed")
+        while readable or _buffered(conn):
+            readable = False
+            response = conn.read_response(disconnect_on_error=False, push_request=True, timeout=self._probe_timeout)
+            message = pubsub.handle_message(response)
+            if message is not None:
+                return message
+        return None
+
+    def _wait(self, pubsub: redis.client.PubSub, timeout: float) -> bool:
+        """Sleep until Redis sends something (True), a greenlet wakes us, or `timeout` passes."""
+        conn = pubsub.connection
+        sock = conn._sock if conn else None
         if sock is None:
             raise redis.ConnectionError("the pub/sub connection is closed")
+        if not isinstance(sock, socket.socket):  # fakeredis: its can_read waits in-process
+            ready = bool(conn.can_read(timeout=min(timeout, FAKE_POLL)))
+            with contextlib.suppress(BlockingIOError):
+                self._wake_r.recv(4096)
+            return ready
         readable, _, _ = select.select([sock, self._wake_r], [], [], timeout)
         if self._wake_r in readable:
             with contextlib.suppress(BlockingIOError):
                 self._wake_r.recv(4096)
+        return sock in readable
 
     def _confirmed(self, channel: bytes) -> None:
         with self._lock:
