@@ -23,6 +23,16 @@ def _positive_float(name: str, raw: str) -> float:
     return value
 
 
+def _linger(name: str, raw: str) -> float:
+    try:
+        value = float(raw)
+    except ValueError:
+        raise SettingsError(f"{name} must be a number, got {raw!r}") from None
+    if not 0 <= value <= 0.1:
+        raise SettingsError(f"{name} must be 0 (off) to 0.1 seconds, got {raw!r}")
+    return value
+
+
 def _positive_int(name: str, raw: str) -> int:
     try:
         value = int(raw)
@@ -107,6 +117,7 @@ class Settings:
     heartbeat_interval: float = 10.0
     history_length: int = 100
     send_deadline: float = 5.0
+    publish_linger: float = _setting(0.002, _linger)
     max_message_bytes: int = 4096
     max_rooms_per_connection: int = 50
     max_client_queue: int = 1000
