@@ -23,6 +23,7 @@ import struct
 from dataclasses import dataclass
 from typing import Any
 
+import gevent
 import gevent.socket
 import gevent.ssl
 from engineio import packet as eio_packet
@@ -113,6 +114,7 @@ class DirectWriter:
     def __init__(self, eio: Any) -> None:
         self._eio = eio
         self._queue_send = eio.send_packet
+        self._at_yield = gevent.get_hub().loop.run_callback  # runs once the greenlet yields
         self._pending: dict[Any, list[bytes]] = {}  # engine.io socket -> frames, in order
         self.counters = WriteCounters()
 
@@ -127,26 +129,30 @@ class DirectWriter:
         frames = self._pending.get(sock)
         if frames is None:
             if not self._pending:
-                self._eio.start_background_task(self.flush)
+                self._at_yield(self.flush)
             frames = self._pending[sock] = []
         frames.append(frame or text_frame(pkt.encode().encode()))
 
     def flush(self) -> None:
+        """Runs in gevent's hub, so it never blocks: a rest is queued, not waited for."""
         pending, self._pending = self._pending, {}
         for sock, frames in pending.items():
-            if sock.closed or sock.closing:
-                continue
-            ws: FramedWebSocket = sock.chat_ws
-            data = frames[0] if len(frames) == 1 else b"".join(frames)
-            sent = 0 if ws.busy or sock.queue.qsize() else ws.write_now(data)
-            if sent == len(data):
-                self.counters.direct += len(frames)
-            elif sent >= 0:
-                self.counters.queued += len(frames)
-                try:
-                    sock.send(FramedPacket(data[sent:]))
-                except Exception:  # one socket's failure must not cost the others their frames
-                    log.exception("event=write_failed sid=%s", sock.sid)
+            try:
+                self._write(sock, frames)
+            except Exception:  # one socket's failure must not cost the others their frames
+                log.exception("event=write_failed sid=%s", getattr(sock, "sid", None))
+
+    def _write(self, sock: Any, frames: list[bytes]) -> None:
+        if sock.closed or sock.closing:
+            return
+        ws: FramedWebSocket = sock.chat_ws
+        data = frames[0] if len(frames) == 1 else b"".join(frames)
+        sent = 0 if ws.busy or sock.queue.qsize() else ws.write_now(data)
+        if sent == len(data):
+            self.counters.direct += len(frames)
+        elif sent >= 0:
+            self.counters.queued += len(frames)
+            sock.queue.put(FramedPacket(data[sent:]))  # unbounded: never waits
 
 
 def install(socketio_server: Any) -> DirectWriter | None:

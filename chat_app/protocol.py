@@ -6,6 +6,7 @@ malformed value becomes a `ChatError` with a stable code instead of an exception
 
 from __future__ import annotations
 
+import functools
 import unicodedata
 from dataclasses import dataclass
 from enum import StrEnum
@@ -60,6 +61,7 @@ def _room_char_ok(c: str) -> bool:
     return c in ROOM_PUNCTUATION or c == " " or unicodedata.category(c)[0] == "L" or unicodedata.category(c) == "Nd"
 
 
+@functools.lru_cache(maxsize=4096)  # every send names its room: check each name once
 def check_room(value: str) -> str:
     """Apply DESIGN.md's room rule to an NFC-normalised name (one spelling, one room)."""
     room = unicodedata.normalize("NFC", value)

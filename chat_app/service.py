@@ -5,9 +5,9 @@ history. It talks to the world only through a Broker, a Presence and an Emitter.
 from __future__ import annotations
 
 import logging
+import secrets
 import threading
 import time
-import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -263,7 +263,7 @@ class ChatService:
             raise ChatError(ErrorCode.RATE_LIMITED, "too many messages: slow down")
         sender = conn.user or clean_sender(req.sender) or self._rooms_user(req.room, sid)
         draft = Draft(
-            id=uuid.uuid4().hex,
+            id=secrets.token_hex(16),
             room=req.room,
             sender=sender,
             message=req.message,

@@ -33,7 +33,7 @@ log = logging.getLogger(__name__)
 
 MAX_BATCH = 256
 RECHECK_SECONDS = 1.0
-LINGER_BUSY_WINDOW = 4  # a batch within this many linger periods of the last one lingers
+LINGER_BUSY_WINDOW = 3  # a batch within this many linger periods of the last one lingers
 
 
 class _Pending:
