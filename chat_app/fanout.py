@@ -28,7 +28,9 @@ import gevent.socket
 import gevent.ssl
 from engineio import packet as eio_packet
 from engineio.async_drivers import gevent as eio_gevent
+from geventwebsocket.websocket import Header
 from socketio import packet as sio_packet
+from wsaccel.xormask import XorMaskerSimple
 
 log = logging.getLogger(__name__)
 
@@ -155,12 +157,20 @@ class DirectWriter:
             sock.queue.put(FramedPacket(data[sent:]))  # unbounded: never waits
 
 
+def _unmask(header: Header, payload: bytes) -> bytes:
+    """gevent-websocket unmasks every client frame byte by byte in Python (232 µs for 4 KB);
+    wsaccel's C masker takes 2 µs. (Its C UTF-8 check gevent-websocket finds by itself.)"""
+    return XorMaskerSimple(header.mask).process(payload)
+
+
 def install(socketio_server: Any) -> DirectWriter | None:
-    """Route this server's engine.io sends through a DirectWriter (gevent-websocket only)."""
+    """Route this server's engine.io sends through a DirectWriter, and unmask what clients
+    send in C (gevent-websocket only)."""
     eio = socketio_server.eio
     if eio.async_mode != "gevent" or eio._async["websocket"] is not eio_gevent.WebSocketWSGI:
         return None
     eio._async = {**eio._async, "websocket": FramedWebSocket}
+    Header.mask_payload = Header.unmask_payload = _unmask
     writer = DirectWriter(eio)
     eio.send_packet = writer.send_packet
     return writer
