@@ -71,6 +71,14 @@ class ChatCollector(Collector):
             frames.add_metric([s.instance_id, "queued"], self._writes.queued)
             yield frames
 
+        publisher = getattr(self._broker, "publisher", None)
+        if publisher is not None:
+            yield counter(
+                "chat_redis_publish_batches",
+                "Round trips that stored and published sends; under load one carries several.",
+                publisher.batches,
+            )
+
         listener = getattr(self._broker, "listener", None)
         if listener is not None:  # the memory backend has no Redis connection to count
             yield counter("chat_redis_reconnects", "Times the pub/sub listener reconnected.", listener.reconnects)

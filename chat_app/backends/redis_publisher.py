@@ -33,7 +33,7 @@ log = logging.getLogger(__name__)
 
 MAX_BATCH = 256
 RECHECK_SECONDS = 1.0
-LINGER_BUSY_WINDOW = 3  # a batch within this many linger periods of the last one lingers
+RATE_SMOOTHING = 0.25  # weight of the latest batch in the send-rate estimate
 
 
 class _Pending:
@@ -80,6 +80,9 @@ class Publisher:
         self._deadline = settings.send_deadline
         self._linger = settings.publish_linger
         self._last_batch = 0.0
+        self._last_size = 0
+        self._send_rate = 0.0  # sends per second, smoothed over recent batches
+        self.batches = 0  # round trips to Redis (a metric: sends per round trip)
         self._backoff = reconnect_backoff(settings)
         # A deque and a wake-up flag: appends and pops need no lock, and a sender sets the
         # flag only when the publisher may be asleep on it.
@@ -123,6 +126,8 @@ class Publisher:
                     continue
                 self._linger_if_busy()
                 batch = [queued.popleft() for _ in range(min(len(queued), MAX_BATCH))]
+                self._last_size = len(batch)
+                self.batches += 1
                 try:
                     self._send_batch(batch)
                 except Exception:  # a bug must cost this batch, never the publisher itself
@@ -135,14 +140,16 @@ class Publisher:
                 self._held.release()
 
     def _linger_if_busy(self) -> None:
-        """While sends keep coming, wait PUBLISH_LINGER for more before a round trip. Each
-        round trip wakes Redis, and each of its PUBLISHes wakes every subscribed node: one
-        batch of several sends costs all of them a fraction of several batches of one. A send
-        after a quiet spell goes at once, so light traffic keeps its latency."""
+        """Wait PUBLISH_LINGER for more sends before a round trip when, at the recent send
+        rate, at least one more is due in that time. Each round trip wakes Redis, and each of
+        its PUBLISHes wakes every subscribed node: one batch of several sends costs them all a
+        fraction of several batches of one. Slower traffic is sent at once: waiting would add
+        latency and gather nothing."""
         now = time.monotonic()
-        busy = now - self._last_batch < LINGER_BUSY_WINDOW * self._linger
+        elapsed = max(now - self._last_batch, 1e-6)
+        self._send_rate += RATE_SMOOTHING * (self._last_size / elapsed - self._send_rate)
         self._last_batch = now
-        if busy and len(self._queue) < MAX_BATCH:
+        if self._send_rate * self._linger >= 1 and len(self._queue) < MAX_BATCH:
             self._stopping.wait(self._linger)
 
     def _recheck(self) -> None:
