@@ -2,8 +2,11 @@
 
     python -m bench.profile [--rate 1000] [--seconds 8] [--server chat_app|baseline]
 
-py-spy samples the worker from outside (no change to the node), `--nonblocking` so the
-sampling does not pause it. Collapsed stacks go to bench/results/profile-<server>-<rate>.txt.
+py-spy samples the worker from outside (no change to the node). It pauses the worker for
+each sample: `--nonblocking` reads the stack while Python runs and loses samples then, which
+makes syscalls look several times costlier than they are. Samples of a waiting hub or
+thread are left out of the shares. Collapsed stacks go to
+bench/results/profile-<server>-<rate>.txt.
 """
 
 from __future__ import annotations
@@ -25,7 +28,7 @@ def start_py_spy(out: Path, seconds: float) -> Any:
     def on_sending(cluster: Cluster, duration: float) -> subprocess.Popen[bytes]:
         worker = cluster.nodes[0].worker_pids()[0]
         args = ["py-spy", "record", "--pid", str(worker), "--duration", str(int(min(seconds, duration)))]
-        args += ["--rate", "250", "--nonblocking", "--format", "raw", "--output", str(out)]
+        args += ["--rate", "250", "--format", "raw", "--output", str(out)]
         return subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
     return on_sending
@@ -40,8 +43,13 @@ def _frame_name(frame: str) -> str:
     return f"{name} ({tail})"
 
 
+# gevent's loop waiting (its C work between callbacks, too), a pool thread waiting
+IDLE = ("Hub.run ", "acquire_with_timeout ")
+
+
 def summarise(collapsed: Path, top: int = 25) -> str:
-    """Self and inclusive sample shares per function from py-spy's collapsed stacks."""
+    """Self and inclusive sample shares per function from py-spy's collapsed stacks, of the
+    samples where the worker was busy."""
     own: Counter[str] = Counter()
     inclusive: Counter[str] = Counter()
     total = 0
@@ -49,12 +57,13 @@ def summarise(collapsed: Path, top: int = 25) -> str:
         stack, _, count = line.rpartition(" ")
         n = int(count)
         frames = [_frame_name(f) for f in stack.split(";") if f]
+        if not frames or frames[-1].startswith(IDLE):
+            continue
         total += n
-        if frames:
-            own[frames[-1]] += n
+        own[frames[-1]] += n
         for name in set(frames):
             inclusive[name] += n
-    lines = [f"{total} samples", "", "| self % | function |", "|---:|---|"]
+    lines = [f"{total} busy samples", "", "| self % | function |", "|---:|---|"]
     lines += [f"| {100 * n / total:.1f} | `{name}` |" for name, n in own.most_common(top)]
     lines += ["", "| inclusive % | function |", "|---:|---|"]
     lines += [f"| {100 * n / total:.1f} | `{name}` |" for name, n in inclusive.most_common(top)]
