@@ -1,19 +1,18 @@
-"""Room fan-out written straight to the members' websockets.
+"""Socket.IO sends written straight to the clients' websockets.
 
-python-socketio's room emit hands each member's packet to that socket's engine.io queue,
-and a writer greenlet per socket frames it and sends it: per delivery a queue hand-off, a
-greenlet switch, gevent-websocket's frame building and two syscalls. That was a third of
-a node's CPU under fan-out load. Here the websocket frame is built once per room delivery,
-and every send of the node (room messages, acks) is written with a non-blocking send(),
-one per socket for all it got while the running greenlet worked.
+python-socketio hands each packet to the socket's engine.io queue, and a writer greenlet
+per socket frames it and sends it: per delivery a queue hand-off, a greenlet switch,
+gevent-websocket's frame building and two syscalls. That was a third of a node's CPU under
+fan-out load. Here a room message is framed once for all its members, and every send of
+the node (room messages, acks) waits only until the running greenlet yields; then each
+socket gets all of its frames in one non-blocking send().
 
 Order is kept with what engine.io still queues itself (pings, close): a direct write
 happens only while that socket's queue is empty and its writer is not half-way through a
-frame. Otherwise, and for whatever the kernel did not take at once,
-the (rest of the) frame joins the queue as a pre-framed packet, so a slow reader still
-backs up there, where the slow-client watch sees it. Sockets that are not plain
-websockets (long-polling, TLS terminated by the worker itself, the test client) get
-python-socketio's own path.
+frame. Otherwise, and for whatever the kernel did not take at once, the (rest of the)
+frames join the queue as one pre-framed packet, so a slow reader still backs up there,
+where the slow-client watch sees it. Sockets that are not plain websockets (long-polling,
+TLS terminated by the worker itself, the test client) get python-socketio's own path.
 """
 
 from __future__ import annotations
@@ -109,9 +108,8 @@ class WriteCounters:
 
 
 class DirectWriter:
-    """engine.io's `send_packet` for plain websockets: frames wait until the running
-    greenlet yields, then each socket gets all of its frames in one write. A burst the
-    listener takes from Redis thus costs a socket one syscall, not one per message."""
+    """engine.io's `send_packet` for plain websockets. A burst the listener takes from
+    Redis costs each socket one syscall, not one per message."""
 
     def __init__(self, eio: Any) -> None:
         self._eio = eio
