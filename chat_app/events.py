@@ -36,7 +36,8 @@ def _socketio_room(room: str) -> str:
 
 
 class SocketIOEmitter:
-    """ChatService's Emitter over Flask-SocketIO's in-process manager (this node only)."""
+    """ChatService's Emitter over python-socketio's rooms on this node, sent through the
+    fan-out (framed once, written directly)."""
 
     def __init__(self, socketio: SocketIO, writer: DirectWriter | None) -> None:
         self._socketio = socketio
@@ -98,7 +99,8 @@ def register_events(socketio: SocketIO, service: ChatService) -> None:
     def on_disconnect(sid: str, reason: Any = None) -> None:
         service.disconnect(sid)
 
-    # Extra arguments a client may add to an event are ignored, as a missing payload is refused.
+    # `*_`: arguments a client adds beyond the payload are ignored (python-socketio passes
+    # them all, and a handler that cannot take them would fail without an answer).
     @sio.on("join_room")
     def on_join(sid: str, payload: Any = None, *_: Any) -> dict[str, Any] | None:
         return answer(

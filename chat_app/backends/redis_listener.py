@@ -32,8 +32,6 @@ from .redis_keys import RoomKeys, control_channel
 log = logging.getLogger(__name__)
 
 SUBSCRIBE_BATCH = 500
-
-
 FAKE_POLL = 0.05  # seconds between looks at an in-process fake Redis (tests), which has no fd
 
 
