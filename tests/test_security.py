@@ -85,6 +85,15 @@ def test_errors_without_ack_arrive_as_error_events(app_and_client) -> None:
     ]
 
 
+def test_extra_event_arguments_are_ignored_and_none_is_refused(app_and_client) -> None:
+    _, client = app_and_client
+    assert client.emit("join_room", "extras", "surplus", {"x": 1}, callback=True)["ok"]
+    sent = client.emit("send_message", {"room": "extras", "message": "hi"}, "surplus", callback=True)
+    assert sent["ok"] and sent["seq"] == 1
+    assert client.emit("send_message", callback=True)["error"]["code"] == "invalid_payload"
+    assert client.emit("leave_room", "extras", "surplus", callback=True)["ok"]
+
+
 @pytest.mark.parametrize(
     ("room", "ok"),
     [
