@@ -65,6 +65,8 @@ def create_app(settings: Settings | None = None, async_mode: str | None = None) 
         async_mode=async_mode,
         cors_allowed_origins=settings.cors_allowed_origins,
         max_http_buffer_size=max(TRANSPORT_MAX_BYTES, 8 * settings.max_message_bytes),
+        ping_interval=settings.ping_interval,
+        ping_timeout=settings.ping_timeout,
         logger=False,
         engineio_logger=False,
         json=json_codec,

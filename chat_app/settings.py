@@ -121,6 +121,8 @@ class Settings:
     max_message_bytes: int = 4096
     max_rooms_per_connection: int = 50
     max_client_queue: int = 1000
+    ping_interval: int = 25  # whole seconds: Engine.IO announces int(ping_interval) * 1000 ms
+    ping_timeout: int = 20
     send_rate: float = 20.0
     send_burst: int = 40
     join_rate: float = 5.0
