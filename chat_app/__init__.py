@@ -8,7 +8,7 @@ import logging
 from flask import Flask
 from flask_socketio import SocketIO
 
-from . import fanout, json_codec
+from . import fanout, json_codec, lean_websockets
 from .backends.base import Broker, Presence
 from .backends.memory import MemoryBroker, MemoryHub, MemoryPresence
 from .events import SocketIOEmitter, register_events, watch_slow_clients
@@ -72,6 +72,8 @@ def create_app(settings: Settings | None = None, async_mode: str | None = None) 
         json=json_codec,
     )
     writer = fanout.install(socketio.server)
+    if lean_websockets.install(socketio.server):
+        log.info("event=lean_websockets")
     broker, presence = build_backends(settings)
     service = ChatService(settings, broker, presence, SocketIOEmitter(socketio, writer))
     register_events(socketio, service)

@@ -1,0 +1,435 @@
+"""Less memory per idle websocket connection under gevent: 58 -> 30 KiB of RSS (W3).
+
+Where an idle joined connection's ~59 KiB went (measured; bench/README.md, "Idle
+connection memory"): engine.io keeps three greenlets per websocket connection - the WSGI
+handler that reads frames, a writer that waits on the socket's packet queue, and a ping
+task that sleeps `ping_interval`. On CPython 3.11 a blocked greenlet keeps its saved C
+stack (6.3 KiB for the handler, 2.5 KiB each for the others) and its own 16 KiB frame
+data-stack chunk, of which every page it ever touched stays resident (8 KiB for the
+handler, 4 KiB each for the others), plus its Greenlet object with a captured spawning
+stack. pywsgi keeps an 8 KiB read buffer and the parsed request headers per connection,
+gevent's queue three deques per socket. Under gevent, `install` changes that:
+
+- pings come from one scheduler per node instead of a sleeping greenlet per socket: a FIFO
+  of (due, socket), due times being `now + ping_interval` in scheduling order, served by one
+  greenlet. Same protocol as `Socket._send_ping`: after `ping_interval` the server sends
+  PING and stamps `last_ping`; the client's PONG schedules the next one
+  (`Socket.schedule_ping`); engine.io's service task and every send still close a socket
+  whose PONG is more than `ping_timeout` late (`Socket.check_ping_timeout`).
+- a socket's writer runs only while its queue has packets: a put starts it, and it ends
+  after `WRITER_LINGER` seconds with nothing to send. One writer at a time per socket and a
+  FIFO queue: packet order is kept. A client that stops reading still grows
+  `sock.queue.qsize()` (read by `watch_slow_clients`). chat_app.fanout writes most frames
+  without any writer; the queue gets what the kernel did not take at once, pings, closes.
+- each socket gets a `PacketQueue`, which holds a deque only while packets are queued.
+- frames are read through a 512-byte buffer, and pywsgi forgets the parsed headers (the
+  WSGI environ, which Socket.IO keeps, has them).
+- Socket.IO connects (the app's connect handler) run in a short-lived greenlet, events are
+  spawned with `gevent.spawn` itself, and the receive loop calls `ws.wait()` inline: the
+  handler greenlet's frames then stay within the first 4 KiB page of its data stack
+  (measured: the deepest regular path, a frame read, ends ~160 bytes short of it). Each
+  Python frame added under the receive loop costs 100-200 bytes of that; past the page an
+  idle connection costs 4 KiB more again, nothing else.
+- gevent's greenlet-tree tracking (a captured spawning stack per Greenlet) and logging's
+  thread lookup (`logging.logThreads`: a LogRecord made in a greenlet creates a
+  threading._DummyThread that lives as long as the greenlet) are turned off; no chat_app or
+  gunicorn log format prints the thread.
+
+Other async modes (the tests' threading mode) are left alone, and so is everything on
+versions other than the pinned ones this copies from and was measured with:
+`_websocket_handler` is `Socket._websocket_handler` of python-engineio 4.15.1 with the
+writer changed.
+"""
+
+from __future__ import annotations
+
+import collections
+import importlib.metadata
+import io
+import logging
+import time
+from collections.abc import Callable
+from typing import Any
+
+import engineio.socket
+import gevent
+import gevent.event
+import gevent.queue
+from engineio import exceptions, packet
+from engineio.socket import Socket
+
+log = logging.getLogger(__name__)
+
+# What this was written against and measured with (requirements.txt pins them).
+PINNED = {"python-engineio": "4.15.1", "python-socketio": "5.18.1", "gevent": "26.9.0", "gevent-websocket": "0.10.1"}
+WRITER_LINGER = 1.0  # seconds an idle writer waits for more before it ends
+READ_BUFFER = 512  # bytes; one recv still takes a chat message's whole frame
+
+_ATTR = "_chat_lean_websockets"
+_original_schedule_ping = Socket.schedule_ping
+_original_websocket_handler = Socket._websocket_handler
+
+
+class PacketQueue:
+    """A socket's outgoing packets: what engine.io uses of gevent's JoinableQueue (put,
+    get with block/timeout, task_done, join, qsize), plus `on_put`, called after each put.
+    Greenlets only: nothing here is thread-safe."""
+
+    __slots__ = ("_all_done", "_getters", "_items", "_readable", "_unfinished", "on_put")
+
+    def __init__(self) -> None:
+        self._items: collections.deque[Any] | None = None  # only while non-empty
+        self._unfinished = 0
+        self._getters = 0
+        self._readable: gevent.event.Event | None = None  # from a wait until one times out
+        self._all_done: gevent.event.Event | None = None  # only while join waits
+        self.on_put: Callable[[], None] | None = None
+
+    def qsize(self) -> int:
+        return len(self._items) if self._items is not None else 0
+
+    def empty(self) -> bool:
+        return self._items is None
+
+    def put(self, item: Any, block: bool = True, timeout: float | None = None) -> None:
+        if self._items is None:
+            self._items = collections.deque()
+        self._items.append(item)
+        self._unfinished += 1
+        if self._readable is not None:
+            self._readable.set()
+        if self.on_put is not None:
+            self.on_put()
+
+    def get(self, block: bool = True, timeout: float | None = None) -> Any:
+        if self._items is None:
+            if not block:
+                raise gevent.queue.Empty
+            self._wait_for_item(timeout)
+        assert self._items is not None
+        item = self._items.popleft()
+        if not self._items:
+            self._items = None
+        return item
+
+    def _wait_for_item(self, timeout: float | None) -> None:
+        deadline = None if timeout is None else time.monotonic() + timeout
+        if self._readable is None:
+            self._readable = gevent.event.Event()
+        readable = self._readable
+        self._getters += 1
+        try:
+            while self._items is None:
+                readable.clear()  # another getter may have taken what woke us
+                remaining = None if deadline is None else deadline - time.monotonic()
+                if remaining is not None and remaining <= 0:
+                    if self._getters == 1:
+                        self._readable = None  # idle: the next wait makes a new one
+                    raise gevent.queue.Empty
+                readable.wait(remaining)
+        finally:
+            self._getters -= 1
+
+    def task_done(self) -> None:
+        if self._unfinished <= 0:
+            raise ValueError("task_done() called too many times")
+        self._unfinished -= 1
+        if not self._unfinished and self._all_done is not None:
+            self._all_done.set()
+            self._all_done = None
+
+    def join(self, timeout: float | None = None) -> bool:
+        if not self._unfinished:
+            return True
+        if self._all_done is None:
+            self._all_done = gevent.event.Event()
+        return self._all_done.wait(timeout)
+
+
+class PingScheduler:
+    """Sends every socket's PING `ping_interval` after it was scheduled, from one greenlet."""
+
+    def __init__(self, server: Any) -> None:
+        self._server = server
+        self._due: collections.deque[tuple[float, Socket]] = collections.deque()
+        self._wake = gevent.event.Event()
+        self._task: Any = None
+
+    def __len__(self) -> int:
+        return len(self._due)
+
+    def schedule(self, sock: Socket) -> None:
+        # Socket.schedule_ping's contract: only once the previous ping cycle completed.
+        if not sock.last_ping:
+            return
+        sock.last_ping = None
+        # One interval for all: entries are appended in due order, the FIFO stays sorted.
+        self._due.append((time.monotonic() + self._server.ping_interval, sock))
+        if self._task is None:
+            self._task = self._server.start_background_task(self._run)
+        self._wake.set()
+
+    def _run(self) -> None:
+        while True:
+            if not self._due:
+                self._wake.clear()
+                self._wake.wait()
+                continue
+            delay = self._due[0][0] - time.monotonic()
+            if delay > 0:
+                self._server.sleep(delay)
+                continue
+            _, sock = self._due.popleft()
+            try:
+                self._ping(sock)
+            except Exception:
+                log.exception("event=ping_failed sid=%s", sock.sid)
+
+    @staticmethod
+    def _ping(sock: Socket) -> None:
+        # Socket._send_ping after its sleep.
+        if not sock.closing and not sock.closed:
+            sock.last_ping = time.time()
+            sock.send(packet.Packet(packet.PING))
+
+
+class _Writer:
+    """Writes a socket's queued packets to its websocket, in order, from a greenlet that
+    exists only while there is something to send: upstream's writer loop, whose queue wait
+    ends the greenlet after `linger` seconds instead of closing the connection."""
+
+    def __init__(self, sock: Socket, ws: Any, linger: float) -> None:
+        self.sock = sock
+        self.ws = ws
+        self.linger = linger
+        self.task: Any = None
+        self.finished = False  # the websocket is closed: never start again
+
+    def wake(self) -> None:
+        if self.task is None and not self.finished:
+            self.task = self.sock.server.start_background_task(self._run)
+
+    def join(self) -> None:
+        if self.task is not None:
+            self.task.join()
+
+    def _run(self) -> None:
+        try:
+            while True:
+                packets = self._take()
+                if packets is None:  # idle: end; the next put starts a new writer
+                    return
+                if not packets:  # None was queued: the socket is closing
+                    break
+                try:
+                    for pkt in packets:
+                        self.ws.send(pkt.encode())
+                except Exception:
+                    break
+            self.finished = True
+            self.ws.close()
+        finally:
+            self.task = None  # no switch since the queue said idle: a put now starts anew
+
+    def _take(self) -> list[Any] | None:
+        """Socket.poll with a `linger` timeout: None when idle that long, [] at the end."""
+        queue = self.sock.queue
+        try:
+            packets = [queue.get(timeout=self.linger)]
+            queue.task_done()
+        except gevent.queue.Empty:
+            return None
+        if packets == [None]:
+            return []
+        while True:
+            try:
+                pkt = queue.get(block=False)
+                queue.task_done()
+                if pkt is None:
+                    queue.put(None)
+                    break
+                packets.append(pkt)
+            except gevent.queue.Empty:
+                break
+        return packets
+
+
+def _slim_handler(ws: Any) -> None:
+    """pywsgi's per-connection handler, once the connection is a websocket: read through a
+    READ_BUFFER-byte buffer instead of 8 KiB, and forget the parsed request headers.
+
+    Re-running BufferedReader.__init__ on the same raw socket frees the old buffer and
+    keeps every reference to the reader (gevent-websocket's Stream, pywsgi's Input) valid;
+    only done while the old buffer holds nothing (a client waits for the server's OPEN
+    packet before it sends): a peek with the socket non-blocking tells without waiting.
+    pywsgi reads `headers` only while parsing the request; gevent-websocket not at all."""
+    handler = getattr(getattr(getattr(ws, "_sock", None), "stream", None), "handler", None)
+    if handler is None:
+        return
+    vars(handler).pop("headers", None)  # back to WSGIHandler's class-level empty headers
+    rfile = getattr(handler, "rfile", None)
+    sock = getattr(handler, "socket", None)
+    if type(rfile) is not io.BufferedReader or sock is None:
+        return
+    timeout = sock.gettimeout()
+    try:
+        sock.settimeout(0.0)
+        if rfile.peek(1):
+            return
+    except Exception:
+        return
+    finally:
+        sock.settimeout(timeout)
+    rfile.__init__(rfile.raw, READ_BUFFER)  # type: ignore[misc]
+
+
+def _schedule_ping(sock: Socket) -> None:
+    lean: LeanWebsockets | None = getattr(sock.server, _ATTR, None)
+    if lean is None:
+        _original_schedule_ping(sock)
+    else:
+        lean.pings.schedule(sock)
+
+
+def _receive(sock: Socket, ws: Any) -> Any:
+    data = ws.wait()
+    if data and len(data) > sock.server.max_http_buffer_size:
+        raise ValueError("packet is too large")
+    return data
+
+
+def _upgrade(sock: Socket, ws: Any) -> bool:
+    """The polling -> websocket upgrade of Socket._websocket_handler (4.15.1)."""
+    server = sock.server
+    sock.upgrading = True  # hold packet sends during the upgrade
+    pkt = _receive(sock, ws)
+    decoded_pkt = packet.Packet(encoded_packet=pkt)
+    if decoded_pkt.packet_type != packet.PING or decoded_pkt.data != "probe":
+        server.logger.info("%s: Failed websocket upgrade, no PING packet", sock.sid)
+        sock.upgrading = False
+        return False
+    ws.send(packet.Packet(packet.PONG, data="probe").encode())
+    sock.queue.put(packet.Packet(packet.NOOP))  # end poll
+    pkt = _receive(sock, ws)
+    decoded_pkt = packet.Packet(encoded_packet=pkt)
+    if decoded_pkt.packet_type != packet.UPGRADE:
+        sock.upgraded = False
+        server.logger.info("%s: Failed websocket upgrade, expected UPGRADE packet, received %s instead.", sock.sid, pkt)
+        sock.upgrading = False
+        return False
+    sock.upgraded = True
+    sock.upgrading = False
+    return True
+
+
+def _websocket_handler(sock: Socket, ws: Any) -> list[Any]:  # noqa: PLR0912 (upstream's shape)
+    """Socket._websocket_handler of python-engineio 4.15.1 with an on-demand writer."""
+    lean: LeanWebsockets | None = getattr(sock.server, _ATTR, None)
+    if lean is None:
+        return _original_websocket_handler(sock, ws)
+    server = sock.server
+    for attr in ["_sock", "socket"]:
+        if hasattr(ws, attr) and hasattr(getattr(ws, attr), "settimeout"):
+            getattr(ws, attr).settimeout(server.ping_interval + server.ping_timeout)
+    if sock.connected:  # the socket was already connected, so this is an upgrade
+        if not _upgrade(sock, ws):
+            return []
+    else:
+        sock.connected = True
+        sock.upgraded = True
+
+    # The differences from upstream: a slimmer pywsgi handler, and no writer greenlet for
+    # the connection's lifetime.
+    _slim_handler(ws)
+    writer = _Writer(sock, ws, lean.writer_linger)
+    sock.queue.on_put = writer.wake
+    if sock.queue.qsize():
+        writer.wake()
+    server.logger.info("%s: Upgrade to websocket successful", sock.sid)
+
+    max_size = server.max_http_buffer_size
+    while True:
+        try:
+            p = ws.wait()  # _receive, inlined: the frame the connection idles under
+            if p and len(p) > max_size:
+                raise ValueError("packet is too large")
+        except Exception as e:
+            if not sock.closed:
+                server.logger.info('%s: Unexpected error "%s", closing connection', sock.sid, str(e))
+            break
+        if p is None:
+            break  # connection closed by client
+        try:
+            pkt = packet.Packet(encoded_packet=p)
+            if pkt.packet_type == packet.MESSAGE:
+                # Socket.receive's branch (less its INFO log, off in chat_app): one frame
+                # less under every event dispatch.
+                server._trigger_event("message", sock.sid, pkt.data, run_async=server.async_handlers)
+            else:
+                sock.receive(pkt)
+        except exceptions.UnknownPacketError:
+            pass
+        except exceptions.SocketIsClosedError:
+            server.logger.info("Receive error -- socket is closed")
+            break
+        except Exception:
+            server.logger.exception("Unknown receive error")
+            break
+
+    sock.queue.put(None)  # starts the writer if idle: it sends what is left, closes ws
+    writer.join()
+    sock.close(wait=False, abort=True, reason=server.reason.TRANSPORT_CLOSE)
+    return []
+
+
+class LeanWebsockets:
+    """What `install` attaches to one engine.io server."""
+
+    def __init__(self, server: Any, writer_linger: float) -> None:
+        self.pings = PingScheduler(server)
+        self.writer_linger = writer_linger
+
+
+def _connect_in_own_greenlet(sio: Any) -> None:
+    """Run Socket.IO connects (the app's connect handler: a Flask request context, Redis)
+    in a short-lived greenlet that the connection's greenlet waits for: same order and
+    outcome, but their deep frames no longer touch the connection greenlet's data stack,
+    whose pages stay resident for the connection's lifetime."""
+    handle_connect = sio._handle_connect
+
+    def in_own_greenlet(eio_sid: str, namespace: str | None, data: Any) -> Any:
+        return gevent.spawn(handle_connect, eio_sid, namespace, data).get()
+
+    sio._handle_connect = in_own_greenlet
+    # What engine.io's start_background_task makes under gevent (a Greenlet), without its
+    # two Python frames under every event the connection's greenlet dispatches.
+    sio.start_background_task = gevent.spawn
+
+
+def _version(distribution: str) -> str | None:
+    try:
+        return importlib.metadata.version(distribution)
+    except importlib.metadata.PackageNotFoundError:
+        return None
+
+
+def install(sio: Any, writer_linger: float = WRITER_LINGER) -> bool:
+    """Apply all of the above to a python-socketio server and its engine.io server, if
+    they run under gevent on the pinned versions. True when installed."""
+    eio = sio.eio
+    if eio.async_mode != "gevent":
+        return False
+    versions = {name: _version(name) for name in PINNED}
+    if versions != PINNED:
+        log.warning("event=lean_websockets_skipped versions=%s expected=%s", versions, PINNED)
+        return False
+    if getattr(eio, _ATTR, None) is not None:
+        return True
+    gevent.config.track_greenlet_tree = False
+    logging.logThreads = False
+    eio.create_queue = PacketQueue
+    setattr(eio, _ATTR, LeanWebsockets(eio, writer_linger))
+    _connect_in_own_greenlet(sio)
+    engineio.socket.Socket.schedule_ping = _schedule_ping  # type: ignore[method-assign]
+    engineio.socket.Socket._websocket_handler = _websocket_handler  # type: ignore[method-assign]
+    return True
