@@ -11,6 +11,7 @@ import contextlib
 import contextvars
 import fcntl
 import logging
+import socket
 import struct
 import termios
 from collections.abc import Callable
@@ -129,13 +130,15 @@ def register_events(socketio: SocketIO, service: ChatService) -> None:
 STUCK_UNSENT_BYTES = 16 * 1024
 
 
-def _unsent_bytes(environ: dict[str, Any] | None) -> int | None:
-    """Bytes the kernel still holds for a websocket client: they pile up only when the
-    client stops reading (its TCP window is closed). None when not on a websocket."""
+def _tcp_socket(environ: dict[str, Any] | None) -> Any:
+    """A websocket client's TCP socket, or None (long-polling, or gone)."""
     ws = environ.get("wsgi.websocket") if environ else None
-    sock = getattr(getattr(getattr(ws, "stream", None), "handler", None), "socket", None)
-    if sock is None:
-        return None
+    return getattr(getattr(getattr(ws, "stream", None), "handler", None), "socket", None)
+
+
+def _unsent_bytes(sock: Any) -> int | None:
+    """Bytes the kernel still holds for a client: they pile up only when the client stops
+    reading (its TCP window is closed)."""
     try:
         return struct.unpack("i", fcntl.ioctl(sock.fileno(), termios.TIOCOUTQ, b"\0\0\0\0"))[0]
     except OSError:
@@ -149,7 +152,11 @@ def watch_slow_clients(socketio: SocketIO, limit: int, interval: float = 1.0) ->
     A long queue alone is not enough: when the node itself is behind (CPU-bound), every
     queue grows while every client reads. Cutting those would turn late messages into lost
     ones, so a client is cut only if, at two checks in a row, the kernel is also holding
-    unsent bytes for it: it is the reader that is slow."""
+    unsent bytes for it: it is the reader that is slow.
+
+    The cut shuts the TCP connection down rather than closing the engine.io socket, which
+    would wait for the stuck queue to drain (forever, and this watch with it). The
+    connection's own greenlets then see it end and clean up as for any disconnect."""
     server = socketio.server
     eio = server.eio
 
@@ -157,17 +164,21 @@ def watch_slow_clients(socketio: SocketIO, limit: int, interval: float = 1.0) ->
         suspects: set[str] = set()
         while True:
             socketio.sleep(interval)
-            stuck = set()
-            for eio_sid, sock in list(eio.sockets.items()):
-                if (
-                    sock.queue.qsize() > limit
-                    and (_unsent_bytes(server.environ.get(eio_sid)) or 0) > STUCK_UNSENT_BYTES
-                ):
-                    stuck.add(eio_sid)
-            for eio_sid in stuck & suspects:
-                log.warning("event=slow_client_disconnected eio_sid=%s", eio_sid)
-                with contextlib.suppress(Exception):  # it may be closing already
-                    eio.disconnect(eio_sid)
-            suspects = stuck - suspects
+            try:
+                suspects = check(suspects)
+            except Exception:  # a surprise in one round must not end the watch
+                log.exception("event=slow_client_watch_failed")
+
+    def check(suspects: set[str]) -> set[str]:
+        stuck: dict[str, Any] = {}
+        for eio_sid, sock in list(eio.sockets.items()):
+            tcp = _tcp_socket(server.environ.get(eio_sid)) if sock.queue.qsize() > limit else None
+            if tcp is not None and (_unsent_bytes(tcp) or 0) > STUCK_UNSENT_BYTES:
+                stuck[eio_sid] = tcp
+        for eio_sid in suspects & stuck.keys():
+            log.warning("event=slow_client_disconnected eio_sid=%s", eio_sid)
+            with contextlib.suppress(OSError):  # it may be gone already
+                stuck[eio_sid].shutdown(socket.SHUT_RDWR)
+        return stuck.keys() - suspects
 
     socketio.start_background_task(watch)
