@@ -29,7 +29,7 @@ OURS = Server(
 )
 BASELINE = Server("baseline", procs.NodeSpec("bench.baseline_server:app"), "http")
 SERVERS = (OURS, BASELINE)
-LADDER = (500, 1000, 2000, 3000, 4000, 5000)
+LADDER = (500, 1000, 2000, 3000, 4000, 5000, 7500, 10000)
 
 
 def load() -> str:

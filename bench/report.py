@@ -52,7 +52,7 @@ def summary_rows(ours: dict[str, Any], base: dict[str, Any]) -> list[tuple[str, 
     if ours.get("w2") and base.get("w2"):
         o, b = ours["w2"], base["w2"]
         rows.append(("W2 highest sustained rate (msg/s) ↑", best_rate(o), best_rate(b), ""))
-        for rate in (1000, 3000, 5000):
+        for rate in (1000, 3000, 5000, 10000):
             so, sb = at(o, rate), at(b, rate)
             if not so or not sb:
                 continue
@@ -140,6 +140,10 @@ def markdown(results: dict[str, Any]) -> str:
     for name, o, b, _ in summary_rows(ours, base):
         digits = 3 if name.startswith("Routing") else 1
         lines.append(f"| {name} | {_num(o, digits)} | {_num(b, digits)} | {_ratio(o, b)} |")
+    for label, server in (("chat_app", ours), ("baseline", base)):
+        steps = server.get("w2") or []
+        if steps and best_rate(steps) == max(s["rate"] for s in steps):
+            lines += ["", f"{label} sustained the ladder's top rate: its limit lies higher."]
     if ours.get("w2"):
         lines += ["", f"W2 ladder ({results['w2_duration_s']:.0f} s per rate, 20 rooms x 10 members, 5 per node):", ""]
         lines += ladder_table(results)
