@@ -22,7 +22,7 @@ from flask_socketio import SocketIO
 from socketio.exceptions import ConnectionRefusedError as Refused
 
 from .auth import identify
-from .fanout import DirectWriter, RoomFanout
+from .fanout import DirectWriter, RoomFanout, tcp_socket
 from .protocol import ChatError, ErrorCode, JoinRequest, LeaveRequest, SendRequest, parse
 from .service import ChatService
 
@@ -130,12 +130,6 @@ def register_events(socketio: SocketIO, service: ChatService) -> None:
 STUCK_UNSENT_BYTES = 16 * 1024
 
 
-def _tcp_socket(environ: dict[str, Any] | None) -> Any:
-    """A websocket client's TCP socket, or None (long-polling, or gone)."""
-    ws = environ.get("wsgi.websocket") if environ else None
-    return getattr(getattr(getattr(ws, "stream", None), "handler", None), "socket", None)
-
-
 def _unsent_bytes(sock: Any) -> int | None:
     """Bytes the kernel still holds for a client: they pile up only when the client stops
     reading (its TCP window is closed)."""
@@ -172,7 +166,7 @@ def watch_slow_clients(socketio: SocketIO, limit: int, interval: float = 1.0) ->
     def check(suspects: set[str]) -> set[str]:
         stuck: dict[str, Any] = {}
         for eio_sid, sock in list(eio.sockets.items()):
-            tcp = _tcp_socket(server.environ.get(eio_sid)) if sock.queue.qsize() > limit else None
+            tcp = tcp_socket(server.environ.get(eio_sid)) if sock.queue.qsize() > limit else None
             if tcp is not None and (_unsent_bytes(tcp) or 0) > STUCK_UNSENT_BYTES:
                 stuck[eio_sid] = tcp
         for eio_sid in suspects & stuck.keys():

@@ -36,6 +36,12 @@ log = logging.getLogger(__name__)
 NAMESPACE = "/"
 
 
+def tcp_socket(environ: dict[str, Any] | None) -> Any:
+    """A gevent-websocket client's TCP socket, or None (long-polling, or gone)."""
+    ws = environ.get("wsgi.websocket") if environ else None
+    return getattr(getattr(ws, "handler", None), "socket", None)
+
+
 def text_frame(payload: bytes) -> bytes:
     """An unmasked, final websocket text frame (RFC 6455 5.2), as a server sends them."""
     size = len(payload)
@@ -71,7 +77,7 @@ class FramedWebSocket(eio_gevent.WebSocketWSGI):
     raw: Any = None  # the plain gevent socket; None when the worker terminates TLS itself
 
     def __call__(self, environ: dict[str, Any], start_response: Any) -> Any:
-        sock = getattr(getattr(environ.get("wsgi.websocket"), "handler", None), "socket", None)
+        sock = tcp_socket(environ)
         if isinstance(sock, gevent.socket.socket) and not isinstance(sock, gevent.ssl.SSLSocket):
             self.raw = sock
         self.app.__self__.chat_ws = self  # app is the engine.io socket's bound handler

@@ -13,21 +13,22 @@ class SettingsError(ValueError):
     """A setting has a value the service cannot run with; the message names it."""
 
 
-def _positive_float(name: str, raw: str) -> float:
+def _number(name: str, raw: str) -> float:
     try:
-        value = float(raw)
+        return float(raw)
     except ValueError:
         raise SettingsError(f"{name} must be a number, got {raw!r}") from None
+
+
+def _positive_float(name: str, raw: str) -> float:
+    value = _number(name, raw)
     if not value > 0:
         raise SettingsError(f"{name} must be greater than 0, got {raw!r}")
     return value
 
 
 def _linger(name: str, raw: str) -> float:
-    try:
-        value = float(raw)
-    except ValueError:
-        raise SettingsError(f"{name} must be a number, got {raw!r}") from None
+    value = _number(name, raw)
     if not 0 <= value <= 0.1:
         raise SettingsError(f"{name} must be 0 (off) to 0.1 seconds, got {raw!r}")
     return value

@@ -18,13 +18,19 @@ class Clock:
         return self.now
 
 
+def recording_waits(monkeypatch: pytest.MonkeyPatch, linger: float) -> tuple[Publisher, list[float]]:
+    """A publisher (not started) whose lingers are recorded instead of waited."""
+    pub = Publisher(fakeredis.FakeRedis(), Settings.from_env({}, publish_linger=linger))
+    waits: list[float] = []
+    monkeypatch.setattr(pub._stopping, "wait", lambda timeout=None: waits.append(timeout) or False)
+    return pub, waits
+
+
 @pytest.fixture
 def publisher(monkeypatch: pytest.MonkeyPatch) -> tuple[Publisher, Clock, list[float]]:
     clock = Clock()
     monkeypatch.setattr(redis_publisher.time, "monotonic", clock.monotonic)
-    pub = Publisher(fakeredis.FakeRedis(), Settings.from_env({}, publish_linger=0.005))
-    waits: list[float] = []
-    monkeypatch.setattr(pub._stopping, "wait", lambda timeout=None: waits.append(timeout) or False)
+    pub, waits = recording_waits(monkeypatch, 0.005)
     return pub, clock, waits
 
 
@@ -54,9 +60,7 @@ def test_fast_sends_wait_for_company_then_stop_waiting_when_traffic_slows(publis
 
 
 def test_linger_zero_never_waits(monkeypatch: pytest.MonkeyPatch) -> None:
-    pub = Publisher(fakeredis.FakeRedis(), Settings.from_env({}, publish_linger=0.0))
-    waits: list[float] = []
-    monkeypatch.setattr(pub._stopping, "wait", lambda timeout=None: waits.append(timeout) or False)
+    pub, waits = recording_waits(monkeypatch, 0.0)
     for _ in range(20):
         pub._linger_if_busy()
         pub._last_size = 256

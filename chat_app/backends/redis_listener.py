@@ -199,16 +199,15 @@ class Listener:
         sock = conn._sock if conn else None
         if sock is None:
             raise redis.ConnectionError("the pub/sub connection is closed")
-        if not isinstance(sock, socket.socket):  # fakeredis: its can_read waits in-process
-            ready = bool(conn.can_read(timeout=min(timeout, FAKE_POLL)))
+        if isinstance(sock, socket.socket):
+            readable, _, _ = select.select([sock, self._wake_r], [], [], timeout)
+            ready, woken = sock in readable, self._wake_r in readable
+        else:  # fakeredis: no descriptor; its can_read waits in-process
+            ready, woken = bool(conn.can_read(timeout=min(timeout, FAKE_POLL))), True
+        if woken:
             with contextlib.suppress(BlockingIOError):
                 self._wake_r.recv(4096)
-            return ready
-        readable, _, _ = select.select([sock, self._wake_r], [], [], timeout)
-        if self._wake_r in readable:
-            with contextlib.suppress(BlockingIOError):
-                self._wake_r.recv(4096)
-        return sock in readable
+        return ready
 
     def _confirmed(self, channel: bytes) -> None:
         with self._lock:
