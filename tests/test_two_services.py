@@ -15,6 +15,7 @@ from processes import RedisServer, free_port
 
 from chat_app.auth import Identity
 from chat_app.backends.redis import RedisBroker, RedisClients, RedisPresence
+from chat_app.backends.redis_keys import RoomKeys
 from chat_app.protocol import ChatError, ErrorCode, JoinRequest, SendRequest
 from chat_app.service import ChatService
 from chat_app.settings import Settings
@@ -23,15 +24,8 @@ Backing = fakeredis.FakeServer | RedisServer
 
 
 def make_node(server: Backing, instance_id: str, **overrides: object) -> tuple[ChatService, RecordingEmitter]:
-    settings = Settings.from_env(
-        {},
-        redis_url="redis://fake",
-        instance_id=instance_id,
-        presence_ttl=3.0,
-        heartbeat_interval=1.0,
-        listener_idle_probe=1.0,
-        **overrides,
-    )
+    fields = {"presence_ttl": 3.0, "heartbeat_interval": 1.0, "listener_idle_probe": 1.0, **overrides}
+    settings = Settings.from_env({}, redis_url="redis://fake", instance_id=instance_id, **fields)
     if isinstance(server, RedisServer):
         clients = RedisClients.from_settings(dataclasses.replace(settings, redis_url=server.url))
     else:
@@ -195,3 +189,22 @@ def test_wake_ups_never_block_when_the_listener_is_busy() -> None:
     for i in range(300_000):  # far more than a socket pair buffers; the listener never reads
         listener.want(f"room-{i % 50}")
     assert len(listener._wanted) == 50
+
+
+def test_a_burst_read_in_one_go_is_handled_at_once(server) -> None:
+    """Replies that arrive together sit in the parser's buffer after the first is read,
+    where select() no longer sees them: the listener must take them all before it waits
+    (its idle probe, 30 s here, would otherwise be what wakes it)."""
+    node, _ = make_node(server, "A", listener_idle_probe=30.0)
+    try:
+        node.connect("a1", Identity("alice"))
+        node.join("a1", JoinRequest(room="lobby"))
+        listener = node._broker.listener
+        wait_until(listener.all_subscribed, what="subscribed")
+        with redis_of(server).pipeline(transaction=False) as pipe:  # one write: one burst back
+            for i in range(50):
+                pipe.publish(RoomKeys.of("chat", "lobby").channel, f"not an envelope {i}")
+            pipe.execute()
+        wait_until(lambda: listener.bad_payloads == 50, timeout=3, what="all 50 read")
+    finally:
+        node.stop()
