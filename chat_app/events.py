@@ -29,6 +29,10 @@ from .service import ChatService
 log = logging.getLogger(__name__)
 
 _wants_ack: contextvars.ContextVar[bool] = contextvars.ContextVar("wants_ack", default=True)
+# Work an event's handler leaves for after its answer is on its way (a join's hand-over).
+_after_answer: contextvars.ContextVar[list[Callable[[], None]] | None] = contextvars.ContextVar(
+    "after_answer", default=None
+)
 
 
 def _socketio_room(room: str) -> str:
@@ -47,6 +51,9 @@ class SocketIOEmitter:
     def emit_room(self, event: str, data: dict[str, Any], room: str) -> None:
         self._fanout.emit(event, data, _socketio_room(room))
 
+    def emit_to(self, sid: str, event: str, data: dict[str, Any]) -> None:
+        self._fanout.emit(event, data, sid)  # every sid is a Socket.IO room of its own
+
     def enter_room(self, sid: str, room: str) -> None:
         self._socketio.server.enter_room(sid, _socketio_room(room), namespace="/")
 
@@ -54,22 +61,43 @@ class SocketIOEmitter:
         self._socketio.server.leave_room(sid, _socketio_room(room), namespace="/")
 
 
-def _track_ack_requests(server: Any) -> None:
-    """Record per event whether the client sent an ack id; python-socketio keeps it private."""
+def _track_answers(server: Any) -> None:
+    """Record per event whether the client sent an ack id (python-socketio keeps it
+    private), and run what the handler left for after its answer: python-socketio hands
+    the ACK packet to engine.io before `original` returns, so what runs then is sent after it."""
     original = server._handle_event_internal
 
     def handle(srv: Any, sid: str, eio_sid: str, data: Any, namespace: str, id: int | None) -> Any:
-        _wants_ack.set(id is not None)
-        return original(srv, sid, eio_sid, data, namespace, id)
+        after: list[Callable[[], None]] = []
+        tokens = _wants_ack.set(id is not None), _after_answer.set(after)
+        try:
+            return original(srv, sid, eio_sid, data, namespace, id)
+        finally:
+            _wants_ack.reset(tokens[0])
+            _after_answer.reset(tokens[1])
+            for call in after:
+                try:
+                    call()
+                except Exception:
+                    log.exception("event=after_answer_failed sid=%s", sid)
 
     server._handle_event_internal = handle
+
+
+def after_answer(call: Callable[[], None]) -> None:
+    """Run `call` once the current event's answer has been handed to the transport."""
+    pending = _after_answer.get()
+    if pending is None:  # not inside an event (never the case for registered handlers)
+        call()
+    else:
+        pending.append(call)
 
 
 def register_events(socketio: SocketIO, service: ChatService) -> None:
     """Handlers go on python-socketio's server itself: Flask-SocketIO's wrapper would build a
     Flask request context and session for every event, and none of them reads either."""
     sio = socketio.server
-    _track_ack_requests(sio)
+    _track_answers(sio)
     max_bytes = service.settings.max_message_bytes
 
     def answer(sid: str, event: str, call: Callable[[], dict[str, Any]]) -> dict[str, Any] | None:
@@ -111,6 +139,7 @@ def register_events(socketio: SocketIO, service: ChatService) -> None:
                 sid,
                 parse(JoinRequest, payload),
                 sender=payload.get("sender") if isinstance(payload, dict) else None,
+                after_ack=after_answer,
             ),
         )
 

@@ -101,7 +101,7 @@ class FramedWebSocket(eio_gevent.WebSocketWSGI):
             return 0
         try:
             return self.raw._sock.send(frame)  # gevent's own send would wait for room
-        except BlockingIOError:
+        except (BlockingIOError, AttributeError):  # AttributeError: not the gevent socket we know
             return 0
         except OSError:
             return -1
@@ -128,6 +128,9 @@ class DirectWriter:
         """`frame`, when given, is `pkt` already framed (built once for a whole room)."""
         sock = self._eio.sockets.get(eio_sid)
         if getattr(sock, "chat_ws", None) is None or not sock.upgraded or sock.upgrading or pkt.binary:
+            frames = self._pending.pop(sock, None) if sock is not None else None
+            if frames:  # frames waiting for the flush go first: this packet must not overtake them
+                sock.queue.put(FramedPacket(b"".join(frames)))
             self._queue_send(eio_sid, pkt)
             return
         if sock.closed or sock.closing:

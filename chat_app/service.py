@@ -4,6 +4,7 @@ history. It talks to the world only through a Broker, a Presence and an Emitter.
 
 from __future__ import annotations
 
+import functools
 import logging
 import secrets
 import threading
@@ -22,9 +23,10 @@ log = logging.getLogger(__name__)
 
 
 class Emitter(Protocol):
-    """Emits to this node's sockets only: a room's local members."""
+    """Emits to this node's sockets only: a room's local members, or one socket."""
 
     def emit_room(self, event: str, data: dict[str, Any], room: str) -> None: ...
+    def emit_to(self, sid: str, event: str, data: dict[str, Any]) -> None: ...
     def enter_room(self, sid: str, room: str) -> None: ...
     def leave_room(self, sid: str, room: str) -> None: ...
 
@@ -39,10 +41,17 @@ class Connection:
     rooms: set[str] = field(default_factory=set)
 
 
+# What a room emitted while a member's join was in flight: (event, data, position of a message).
+Held = list[tuple[str, dict[str, Any], Position | None]]
+
+
 @dataclass
 class LocalRoom:
-    members: dict[str, str] = field(default_factory=dict)  # sid -> user
+    members: dict[str, str] = field(default_factory=dict)  # sid -> user, admitted or joining
     cursor: Position | None = None  # last envelope delivered here; None until the join read it
+    # Joining members receive nothing live until their ack is written: what the room emits
+    # meanwhile is held for them, and handed over after the ack (less what it covered).
+    joining: dict[str, Held] = field(default_factory=dict)
 
 
 @dataclass
@@ -151,10 +160,56 @@ class ChatService:
 
     # -- join / leave ----------------------------------------------------------------
 
-    def join(self, sid: str, req: JoinRequest, sender: Any = None) -> dict[str, Any]:
+    def join(
+        self,
+        sid: str,
+        req: JoinRequest,
+        sender: Any = None,
+        after_ack: Callable[[Callable[[], None]], None] | None = None,
+    ) -> dict[str, Any]:
+        """Join `req.room` and answer with its history up to a bound B; live messages then
+        start after B. `after_ack` runs the hand-over once the caller has written the ack
+        (the socket handler: after python-socketio sent it); without it, before returning.
+
+        Until then the member is joined (presence, subscription) but not yet in the
+        emitter's room: everything delivered meanwhile is held for it, and whatever of
+        that the ack's history covers (seq <= B) is dropped, so history and live messages
+        never overlap, never reorder and leave no gap, whatever the round trips let through."""
         conn = self._connection(sid)
         room = req.room
         user = conn.user or clean_sender(sender) or "anonymous"
+        local, held = self._start_joining(conn, room, user)
+        try:
+            position = self._presence.join(room, sid, user)
+        except BackendUnavailable as exc:
+            self._leave_locally(conn, room)
+            raise ChatError(ErrorCode.UNAVAILABLE, f"could not join: {exc}") from None
+        if not self._place(local, room, sid, position):
+            self._undo_presence(room, sid)  # left or disconnected meanwhile: subscribe nothing
+            raise ChatError(ErrorCode.NOT_IN_ROOM, f"left {room!r} while joining it")
+        # Re-asking is cheap, and it makes the listener catch the room up (or resynchronise
+        # a new epoch). Waiting for the channel to be live means the member list read next
+        # cannot miss a presence event sent in between.
+        if not self._broker.subscribe(room).wait(self.settings.send_deadline):
+            log.warning("event=subscribe_slow room=%s", room)
+        with self._lock:
+            bound = local.cursor
+        assert bound is not None
+        try:
+            ack = self._join_ack(room, req, bound)
+        except ChatError:
+            self._leave(conn, room)
+            raise
+        log.info("event=join room=%s sid=%s seq=%d", room, sid, bound.seq)
+        admit = functools.partial(self._admit, sid, room, held, bound)
+        if after_ack is None:
+            admit()
+        else:
+            after_ack(admit)
+        return ack
+
+    def _start_joining(self, conn: Connection, room: str, user: str) -> tuple[LocalRoom, Held]:
+        """Check the limits and make `conn` a member that receives nothing live yet."""
         with self._lock:
             if conn.allowed_rooms is not None and room not in conn.allowed_rooms:
                 raise ChatError(ErrorCode.FORBIDDEN_ROOM, f"your token does not allow {room!r}")
@@ -168,27 +223,44 @@ class ChatService:
                     self.counters.rate_limited += 1
                     raise ChatError(ErrorCode.RATE_LIMITED, "too many joins: slow down")
             local = self._rooms.setdefault(room, LocalRoom())
-            local.members[sid] = user
+            local.members[conn.sid] = user
             conn.rooms.add(room)
-            self._emitter.enter_room(sid, room)
-        try:
-            position = self._presence.join(room, sid, user)
-        except BackendUnavailable as exc:
-            self._leave_locally(conn, room)
-            raise ChatError(ErrorCode.UNAVAILABLE, f"could not join: {exc}") from None
+            held: Held = []
+            local.joining[conn.sid] = held
+            self._emitter.leave_room(conn.sid, room)  # a member joining again waits for its new ack too
+            return local, held
+
+    def _place(self, local: LocalRoom, room: str, sid: str, position: Position) -> bool:
+        """Start the node's cursor at the store's position if the room is new here; False
+        when the member is gone already."""
         with self._lock:
+            if self._rooms.get(room) is not local or sid not in local.members:
+                return False
             if local.cursor is None:
                 local.cursor = position
             elif position.epoch != local.cursor.epoch:
                 log.info("event=epoch_seen_on_join room=%s", room)
-            cursor = local.cursor
-        # Re-asking is cheap, and it makes the listener catch the room up (or resynchronise
-        # a new epoch). Waiting for the channel to be live means the member list read next
-        # cannot miss a presence event sent in between.
-        if not self._broker.subscribe(room).wait(self.settings.send_deadline):
-            log.warning("event=subscribe_slow room=%s", room)
-        log.info("event=join room=%s sid=%s", room, sid)
-        return self._join_ack(room, req, cursor)
+            return True
+
+    def _admit(self, sid: str, room: str, held: Held, bound: Position) -> None:
+        """The ack is written: hand over what was held past its bound, then go live. Under
+        the lock, so the listener delivers nothing between the two."""
+        with self._lock:
+            local = self._rooms.get(room)
+            if local is None or local.joining.get(sid) is not held:
+                return  # left meanwhile, or a newer join of the same member took over
+            del local.joining[sid]
+            for event, data, position in held:
+                if position is not None and position.epoch == bound.epoch and position.seq <= bound.seq:
+                    continue
+                self._emitter.emit_to(sid, event, data)
+            self._emitter.enter_room(sid, room)
+
+    def _undo_presence(self, room: str, sid: str) -> None:
+        try:
+            self._presence.leave(room, sid)
+        except BackendUnavailable as exc:
+            log.warning("event=leave_unrecorded room=%s sid=%s error=%s", room, sid, exc)
 
     def _join_ack(self, room: str, req: JoinRequest, cursor: Position) -> dict[str, Any]:
         recovering = req.since is not None
@@ -201,7 +273,7 @@ class ChatService:
                 recovered = False
             members = self._presence.members(room)
         except BackendUnavailable as exc:
-            raise ChatError(ErrorCode.UNAVAILABLE, f"joined, but could not read the room: {exc}") from None
+            raise ChatError(ErrorCode.UNAVAILABLE, f"could not read the room: {exc}") from None
         ack: dict[str, Any] = {
             "ok": True,
             "room": room,
@@ -236,10 +308,12 @@ class ChatService:
             if local is None:
                 return False
             local.members.pop(conn.sid, None)
+            local.joining.pop(conn.sid, None)
             if local.members:
                 return False
             del self._rooms[room]
-        self._broker.unsubscribe(room)
+            # Under the lock: a join arriving now must not have its subscription dropped.
+            self._broker.unsubscribe(room)
         return True
 
     def _leave(self, conn: Connection, room: str, grace: bool = False) -> None:
@@ -390,11 +464,20 @@ class ChatService:
     def _deliver(self, local: LocalRoom, envelope: Envelope) -> None:
         local.cursor = Position(envelope.epoch, envelope.seq)
         self.counters.delivered += 1
-        self._emitter.emit_room("broadcast_message", envelope.to_client(), envelope.room)
+        self._emit(local, envelope.room, "broadcast_message", envelope.to_client(), local.cursor)
+
+    def _emit(self, local: LocalRoom, room: str, event: str, data: dict[str, Any], position: Position | None) -> None:
+        """To the room's admitted members now, and held for those whose join is in flight.
+        Called under the lock."""
+        self._emitter.emit_room(event, data, room)
+        for held in local.joining.values():
+            held.append((event, data, position))
 
     def _on_presence(self, event: PresenceEvent) -> None:
-        if event.room in self._rooms:
-            self._emitter.emit_room("presence", event.to_client(), event.room)
+        with self._lock:
+            local = self._rooms.get(event.room)
+            if local is not None:
+                self._emit(local, event.room, "presence", event.to_client(), None)
 
     def _on_reconnected(self) -> None:
         """Presence events sent while we were away are lost: rewrite ours, resend the list."""
@@ -407,7 +490,10 @@ class ChatService:
                 continue
             names = sorted(m.user for m in members)
             sync = {"room": room, "action": "sync", "user": None, "members_count": len(set(names)), "members": names}
-            self._emitter.emit_room("presence", sync, room)
+            with self._lock:
+                local = self._rooms.get(room)
+                if local is not None:
+                    self._emit(local, room, "presence", sync, None)
 
     def _snapshot(self) -> dict[str, dict[str, str]]:
         with self._lock:

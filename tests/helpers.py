@@ -54,6 +54,10 @@ class RecordingEmitter:
             for sid in self.rooms[room]:
                 self.received[sid].append((event, data))
 
+    def emit_to(self, sid: str, event: str, data: dict[str, Any]) -> None:
+        with self.lock:
+            self.received[sid].append((event, data))
+
     def enter_room(self, sid: str, room: str) -> None:
         with self.lock:
             self.rooms[room].add(sid)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import ClassVar
+
 import pytest
 from geventwebsocket.websocket import Header
 
@@ -23,3 +25,44 @@ def test_unmask_matches_gevent_websocket(size: int) -> None:
     header.mask = mask
     expected = bytes(original_mask_payload(header, payload[:size]))
     assert _unmask(header, payload[:size]) == expected
+
+
+class FakeQueue(list):
+    def put(self, item: object) -> None:
+        self.append(item)
+
+    def qsize(self) -> int:
+        return len(self)
+
+
+class FakeSocket:
+    upgraded, upgrading, closed, closing = True, False, False, False
+
+    def __init__(self) -> None:
+        self.queue = FakeQueue()
+        self.chat_ws = object()
+
+
+def test_a_packet_taking_engineios_path_does_not_overtake_frames_waiting_for_the_flush() -> None:
+    from engineio import packet as eio_packet
+
+    from chat_app.fanout import DirectWriter, FramedPacket
+
+    sock = FakeSocket()
+
+    class FakeEio:
+        sockets: ClassVar = {"e1": sock}
+
+        @staticmethod
+        def send_packet(eio_sid: str, pkt: object) -> None:  # engine.io's own: into the queue
+            sock.queue.put(pkt)
+
+    writer = DirectWriter(FakeEio)
+    writer.send_packet("e1", eio_packet.Packet(eio_packet.MESSAGE, "first"))  # waits for the flush
+    binary = eio_packet.Packet(eio_packet.MESSAGE, b"\x00second")  # engine.io's own path
+    writer.send_packet("e1", binary)
+
+    assert [type(p) for p in sock.queue] == [FramedPacket, eio_packet.Packet]
+    assert sock.queue[0].frame == text_frame(b"4first") and sock.queue[1] is binary
+    writer.flush()  # nothing left to write twice
+    assert len(sock.queue) == 2
