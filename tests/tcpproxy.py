@@ -14,6 +14,7 @@ class TcpProxy:
         self.server = socket.create_server(("127.0.0.1", 0))
         self.port = self.server.getsockname()[1]
         self.silent = threading.Event()
+        self.dead = threading.Event()  # connections are refused: reset at once
         self._pairs: list[tuple[socket.socket, socket.socket]] = []
         self._lock = threading.Lock()
         self._closing = False
@@ -25,6 +26,9 @@ class TcpProxy:
                 client, _ = self.server.accept()
             except OSError:
                 return
+            if self.dead.is_set():
+                client.close()
+                continue
             try:
                 upstream = socket.create_connection(("127.0.0.1", self.target_port), timeout=5)
             except OSError:
@@ -56,15 +60,24 @@ class TcpProxy:
     def go_silent(self) -> None:
         self.silent.set()
 
+    def go_dead(self) -> None:
+        """Every connection is reset and new ones are closed at once, until come_back."""
+        self.dead.set()
+        self._reset_all()
+
     def come_back(self) -> None:
         """The network returns: connections that went silent are reset, new ones flow."""
+        self._reset_all()
+        self.silent.clear()
+        self.dead.clear()
+
+    def _reset_all(self) -> None:
         with self._lock:
             pairs, self._pairs = self._pairs, []
         for pair in pairs:
             for sock in pair:
                 with contextlib.suppress(OSError):
                     sock.shutdown(socket.SHUT_RDWR)
-        self.silent.clear()
 
     def close(self) -> None:
         self._closing = True

@@ -1,0 +1,156 @@
+"""Rejoins into busy rooms through real nodes and Redis (issue 12): every member that comes
+back with `since` gets its ack first, then exactly the messages it missed and what follows,
+once each, in seq order.
+
+The storm: a node is SIGKILLed and all its members rejoin the survivors at once, while the
+rooms keep receiving. The mixed-fault run: one busy room while Redis connections are killed,
+Redis is paused, a node is killed and restarted and its members rejoin, and a node's link to
+Redis stalls, resets and is dead for a while."""
+
+from __future__ import annotations
+
+import signal
+import threading
+import time
+from collections.abc import Iterator
+
+import pytest
+import redis
+from helpers import wait_until
+from tcpproxy import TcpProxy
+from wire import Sender, WireClient, assert_once_in_order
+
+FAST = {"SEND_RATE": "1000", "SEND_BURST": "1000", "JOIN_RATE": "100", "JOIN_BURST": "100"}
+LONG_HISTORY = {**FAST, "HISTORY_LENGTH": "5000"}  # what a node or link misses for seconds stays recoverable
+ROOMS = [f"busy-{i}" for i in range(6)]
+MEMBERS_PER_ROOM = 10
+
+
+def position(client: WireClient, room: str) -> tuple[int, str]:
+    """(last seq, epoch) this client was handed: what it rejoins with."""
+    seen = client.room_wire(room)
+    epoch = seen[0][1]["epoch"]
+    return max(client.seqs(room), default=seen[0][1]["seq"]), epoch
+
+
+def rejoin_all(members: list[tuple[WireClient, str]], urls: list[str]) -> list[tuple[WireClient, str, int]]:
+    """Every member reconnects at once (no jitter) to one of `urls` and rejoins with since."""
+    barrier = threading.Barrier(len(members))
+    out: list[tuple[WireClient, str, int] | None] = [None] * len(members)
+    errors: list[BaseException] = []
+
+    def rejoin(i: int, old: WireClient, room: str) -> None:
+        try:
+            since, epoch = position(old, room)
+            barrier.wait(timeout=30)
+            client = WireClient(urls[i % len(urls)], old.username)
+            ack = client.join({"room": room, "since": since, "epoch": epoch})
+            assert ack["ok"] and ack["recovered"], ack
+            out[i] = (client, room, since)
+        except BaseException as exc:  # reported below, with the member's name
+            errors.append(exc)
+
+    threads = [threading.Thread(target=rejoin, args=(i, c, r)) for i, (c, r) in enumerate(members)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=60)
+    assert not errors, errors[:3]
+    return [x for x in out if x is not None]
+
+
+@pytest.fixture
+def closing() -> Iterator[list[WireClient]]:
+    clients: list[WireClient] = []
+    yield clients
+    for client in clients:
+        client.close()
+
+
+def test_members_of_a_killed_node_rejoin_busy_rooms_at_once_and_get_each_message_once(
+    redis_server, nodes, closing
+) -> None:
+    a, b, c = (nodes.start(redis_server.url, **FAST) for _ in range(3))
+    senders = [Sender(a.url, room, rate=20, name=f"s{i}") for i, room in enumerate(ROOMS)]
+    closing.extend(s.client for s in senders)
+    members = []
+    for i in range(MEMBERS_PER_ROOM * len(ROOMS)):
+        member = WireClient(c.url, f"m{i}")
+        member.join({"room": ROOMS[i % len(ROOMS)]})
+        members.append((member, ROOMS[i % len(ROOMS)]))
+    for s in senders:
+        s.start()
+    wait_until(lambda: all(m.seqs(room) for m, room in members), timeout=15, what="traffic reached C's members")
+
+    nodes.signal(c, signal.SIGKILL)
+    rejoined = rejoin_all(members, [a.url, b.url])
+    closing.extend(client for client, _, _ in rejoined)
+    time.sleep(1)  # the rooms stay busy after the storm: live traffic follows the acks
+    last = {s.room: s.stop() for s in senders}
+
+    for client, room, since in rejoined:
+        wait_until(lambda c=client, r=room: max(c.seqs(r), default=0) >= last[r], what=f"{client.username} caught up")
+        assert_once_in_order(client, room, since + 1, last[room])
+    assert all(not s.failed for s in senders), [s.failed[:3] for s in senders]
+
+
+def test_a_busy_room_under_mixed_faults_hands_every_rejoined_member_each_message_once(
+    redis_server, nodes, closing
+) -> None:
+    proxy = TcpProxy(redis_server.port)
+    try:
+        a = nodes.start(redis_server.url, **LONG_HISTORY)
+        b = nodes.start(redis_server.url, **LONG_HISTORY)
+        c = nodes.start(f"redis://127.0.0.1:{proxy.port}/0", **LONG_HISTORY)  # its Redis link can fail
+        room = "storm"
+        senders = [Sender(url, room, rate=60, name=f"s{i}") for i, url in enumerate((a.url, b.url, a.url))]
+        closing.extend(s.client for s in senders)
+        stayers = [WireClient(url, f"stay{i}") for i, url in enumerate((a.url, b.url, c.url) * 2)]
+        closing.extend(stayers)
+        for client in stayers:
+            client.join({"room": room})
+        for s in senders:
+            s.start()
+        admin = redis.Redis(port=redis_server.port, socket_timeout=5)
+
+        movers = [WireClient(b.url, f"move{i}") for i in range(6)]
+        for client in movers:
+            client.join({"room": room})
+        wait_until(lambda: all(m.seqs(room) for m in movers), what="traffic reached the movers")
+
+        admin.client_kill_filter(_type="pubsub")  # every node's listener drops and catches up
+        time.sleep(0.5)
+        admin.client_kill_filter(_type="normal")
+        time.sleep(0.5)
+        redis_server.pause()
+        time.sleep(1.0)
+        redis_server.resume()
+
+        nodes.signal(b, signal.SIGKILL)  # b's members rejoin a restarted b and c
+        b2 = nodes.start(redis_server.url, PORT=str(b.port), **LONG_HISTORY)
+        rejoined = rejoin_all([(m, room) for m in movers], [b2.url, c.url])
+        closing.extend(client for client, _, _ in rejoined)
+
+        proxy.go_silent()  # c's link stalls, is reset, then dead for a while
+        time.sleep(1.5)
+        proxy.come_back()
+        time.sleep(0.5)
+        proxy.go_dead()
+        time.sleep(3)
+        proxy.come_back()
+        wait_until(lambda: c.health()["status"] == "ok", timeout=15, what="c healthy again")
+        time.sleep(1)
+        senders[1].client.close()  # b's sender died with b; the other two stop now
+        last = max(s.stop() for s in (senders[0], senders[2]))
+
+        for client, _, since in rejoined:
+            wait_until(lambda c=client: max(c.seqs(room)) >= last, timeout=15, what=f"{client.username} caught up")
+            assert_once_in_order(client, room, since + 1, last)
+        for client in stayers:
+            if client.username in {"stay1", "stay4"}:
+                continue  # they were on b when it was killed
+            wait_until(lambda c=client: max(c.seqs(room)) >= last, timeout=15, what=f"{client.username} caught up")
+            seqs = client.seqs(room)
+            assert seqs == list(range(seqs[0], last + 1)), f"{client.username}: {len(seqs)} seqs, not once in order"
+    finally:
+        proxy.close()
