@@ -109,7 +109,10 @@ class NodeFactory:
         self.directory = directory
         self.nodes: list[Node] = []
 
-    def start(self, redis_url: str | None = None, wait_healthy: bool = True, **env: str) -> Node:
+    def start(
+        self, redis_url: str | None = None, wait_healthy: bool = True, open_files: int | None = None, **env: str
+    ) -> Node:
+        """`open_files`: the soft limit the node starts under (as a host's default would be)."""
         self.directory.mkdir(parents=True, exist_ok=True)
         port = int(env.pop("PORT", "0")) or free_port()  # a fixed PORT: a node restarted in place
         instance_id = env.pop("INSTANCE_ID", f"node{len(self.nodes) + 1}-{port}")
@@ -131,7 +134,7 @@ class NodeFactory:
             environment["REDIS_URL"] = redis_url
         log_path = self.directory / f"{instance_id}.log"
         process = subprocess.Popen(
-            ["sh", "-c", f"exec {procfile_web_command()}"],
+            ["sh", "-c", (f"ulimit -Sn {open_files}; " if open_files else "") + f"exec {procfile_web_command()}"],
             cwd=ROOT,
             env=environment,
             stdout=open(log_path, "ab"),
