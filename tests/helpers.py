@@ -71,8 +71,32 @@ class RecordingEmitter:
             return [data for name, data in self.received[sid] if name == event]
 
 
+def on_wire(sio: Any, record: Callable[[str, Any], None]) -> None:
+    """Call `record(kind, data)` for each ack ("ack") and event (its name) a python-socketio
+    client receives, in the order its transport read them. The client itself runs each
+    message's handler in a thread of its own, so handlers may see two messages swapped."""
+    from engineio import packet as eio_packet
+    from socketio import packet as sio_packet
+
+    receive = sio.eio._receive_packet
+
+    def read(pkt: Any) -> None:
+        if pkt.packet_type == eio_packet.MESSAGE and isinstance(pkt.data, str):
+            decoded = sio_packet.Packet(encoded_packet=pkt.data)
+            if decoded.packet_type == sio_packet.ACK:
+                record("ack", decoded.data[0] if decoded.data else None)
+            elif decoded.packet_type == sio_packet.EVENT:
+                record(decoded.data[0], decoded.data[1] if len(decoded.data) > 1 else None)
+        receive(pkt)
+
+    sio.eio._receive_packet = read
+
+
 class ChatClient:
-    """A real python-socketio client over websocket that records what it receives."""
+    """A real python-socketio client over websocket that records what it receives, in wire
+    order (see on_wire)."""
+
+    RECORDED = frozenset({"broadcast_message", "error", "presence"})
 
     def __init__(self, url: str, username: str | None = None, connect_auth: Any = None, **connect: Any) -> None:
         import socketio
@@ -80,17 +104,14 @@ class ChatClient:
         self.sio = socketio.Client(reconnection=False)
         self.events: dict[str, list[Any]] = defaultdict(list)
         self._lock = threading.Lock()
-        for name in ("broadcast_message", "error", "presence"):
-            self.sio.on(name, self._recorder(name))
+        on_wire(self.sio, self._record)
         auth = connect_auth if connect_auth is not None else ({"username": username} if username else None)
         self.sio.connect(url, transports=["websocket"], auth=auth, wait_timeout=10, **connect)
 
-    def _recorder(self, name: str) -> Callable[[Any], None]:
-        def record(data: Any) -> None:
+    def _record(self, kind: str, data: Any) -> None:
+        if kind in self.RECORDED:
             with self._lock:
-                self.events[name].append(data)
-
-        return record
+                self.events[kind].append(data)
 
     def call(self, event: str, data: Any, timeout: float = 10) -> Any:
         return self.sio.call(event, data, timeout=timeout)

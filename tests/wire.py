@@ -1,9 +1,7 @@
 """Real Socket.IO clients that see their packets in wire order, and senders that keep a
 room busy: what exactly-once-in-order checks need.
 
-python-socketio's client runs the handler of each message in a thread of its own, so two
-handlers may run in either order; these clients record each packet where the engine.io
-client reads it off the transport, before that."""
+They record every packet in wire order (helpers.on_wire), acks included."""
 
 from __future__ import annotations
 
@@ -12,9 +10,7 @@ import time
 from typing import Any
 
 import socketio
-from engineio import packet as eio_packet
-from helpers import wait_until
-from socketio import packet as sio_packet
+from helpers import on_wire, wait_until
 
 
 class WireClient:
@@ -25,18 +21,7 @@ class WireClient:
         self.username = username
         self._lock = threading.Lock()
         self.wire: list[tuple[str, Any]] = []
-        receive = self.sio.eio._receive_packet
-
-        def record(pkt: eio_packet.Packet) -> None:
-            if pkt.packet_type == eio_packet.MESSAGE and isinstance(pkt.data, str):
-                decoded = sio_packet.Packet(encoded_packet=pkt.data)
-                if decoded.packet_type == sio_packet.ACK:
-                    self._append("ack", decoded.data[0] if decoded.data else None)
-                elif decoded.packet_type == sio_packet.EVENT:
-                    self._append(decoded.data[0], decoded.data[1] if len(decoded.data) > 1 else None)
-            receive(pkt)
-
-        self.sio.eio._receive_packet = record
+        on_wire(self.sio, self._append)
         self.sio.connect(url, transports=["websocket"], auth={"username": username}, wait_timeout=10)
 
     def _append(self, kind: str, data: Any) -> None:
