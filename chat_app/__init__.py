@@ -48,12 +48,14 @@ def build_backends(settings: Settings) -> tuple[Broker, Presence]:
     if not settings.uses_redis:
         log.warning("event=backend backend=memory REDIS_URL is unset: single node, rooms are not shared")
         hub = MemoryHub(settings.history_length)
-        return MemoryBroker(hub, settings.instance_id), MemoryPresence(hub, settings.instance_id)
+        presence = MemoryPresence(hub, settings.instance_id, settings.presence_events_max_members)
+        return MemoryBroker(hub, settings.instance_id), presence
     from .backends.redis import RedisBroker, RedisClients, RedisPresence
 
     clients = RedisClients.from_settings(settings)
     log.info("event=backend backend=redis sentinel=%s", settings.redis_sentinels is not None)
-    return RedisBroker(clients, settings), RedisPresence(clients, settings)
+    broker = RedisBroker(clients, settings)
+    return broker, RedisPresence(clients, settings, broker.batcher)
 
 
 def create_app(settings: Settings | None = None, async_mode: str | None = None) -> Flask:

@@ -14,7 +14,7 @@ import logging
 import socket
 import struct
 import termios
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from typing import Any
 from urllib.parse import parse_qs
 
@@ -48,8 +48,8 @@ class SocketIOEmitter:
         self._socketio = socketio
         self._fanout = RoomFanout(socketio.server, writer)
 
-    def emit_room(self, event: str, data: dict[str, Any], room: str) -> None:
-        self._fanout.emit(event, data, _socketio_room(room))
+    def emit_room(self, event: str, data: dict[str, Any], room: str, skip: Collection[str] = ()) -> None:
+        self._fanout.emit(event, data, _socketio_room(room), skip)
 
     def emit_to(self, sid: str, event: str, data: dict[str, Any]) -> None:
         self._fanout.emit(event, data, sid)  # every sid is a Socket.IO room of its own

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import logging
 import struct
+from collections.abc import Collection
 from dataclasses import dataclass
 from typing import Any
 
@@ -190,10 +191,12 @@ class RoomFanout:
         self._server = socketio_server
         self._writer = writer
 
-    def emit(self, event: str, data: Any, room: str) -> None:
+    def emit(self, event: str, data: Any, room: str, skip: Collection[str] = ()) -> None:
         text = self._server.packet_class(sio_packet.EVENT, namespace=NAMESPACE, data=[event, data]).encode()
         pkt = eio_packet.Packet(eio_packet.MESSAGE, text)
         members = self._server.manager.get_participants(NAMESPACE, room)
+        if skip:
+            members = [(sid, eio_sid) for sid, eio_sid in members if sid not in skip]
         if self._writer is None:
             for _sid, eio_sid in members:
                 self._server._send_eio_packet(eio_sid, pkt)

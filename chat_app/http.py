@@ -1,14 +1,17 @@
-"""HTTP routes: the page, health, one room's state."""
+"""HTTP routes: the page, health, one room's state and its members."""
 
 from __future__ import annotations
 
 from typing import Any
 
-from flask import Flask, jsonify, render_template
+from flask import Flask, jsonify, render_template, request
 
 from .backends.base import BackendUnavailable
-from .protocol import ChatError, ErrorCode, LeaveRequest, parse
+from .protocol import SENDER_MAX_CHARS, ChatError, ErrorCode, LeaveRequest, parse
 from .service import ChatService
+
+MEMBER_PAGE_DEFAULT = 100
+MEMBER_PAGE_MAX = 1000
 
 
 def _transport_not_here() -> tuple[str, int]:
@@ -45,3 +48,27 @@ def register_routes(app: Flask, service: ChatService) -> None:
             return jsonify(service.room_info(name))
         except BackendUnavailable as exc:
             return jsonify({"ok": False, "error": ChatError(ErrorCode.UNAVAILABLE, str(exc)).to_wire()}), 503
+
+    @app.get("/api/rooms/<path:room>/members")
+    def room_members(room: str) -> Any:
+        """`?cursor=` (the last name of the previous page) and `?limit=` (1-1000)."""
+        try:
+            name = parse(LeaveRequest, room).room
+            cursor = request.args.get("cursor") or None
+            if cursor is not None and len(cursor) > SENDER_MAX_CHARS:
+                raise ChatError(ErrorCode.INVALID_PAYLOAD, f"cursor is longer than {SENDER_MAX_CHARS} characters")
+            limit = _whole(request.args.get("limit"), MEMBER_PAGE_DEFAULT, MEMBER_PAGE_MAX, "limit")
+        except ChatError as exc:
+            return jsonify({"ok": False, "error": exc.to_wire()}), 400
+        try:
+            return jsonify(service.member_page(name, cursor, limit))
+        except BackendUnavailable as exc:
+            return jsonify({"ok": False, "error": ChatError(ErrorCode.UNAVAILABLE, str(exc)).to_wire()}), 503
+
+
+def _whole(raw: str | None, default: int, most: int, name: str) -> int:
+    if raw is None:
+        return default
+    if not raw.isdigit() or not 1 <= int(raw) <= most:
+        raise ChatError(ErrorCode.INVALID_PAYLOAD, f"{name} must be a whole number from 1 to {most}")
+    return int(raw)

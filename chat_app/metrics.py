@@ -79,6 +79,19 @@ class ChatCollector(Collector):
                 publisher.batches,
             )
 
+        batcher = getattr(self._broker, "batcher", None)
+        if batcher is not None:
+            yield counter(
+                "chat_redis_batched_calls",
+                "Joins, leaves and history reads sent to Redis (the join path's scripts).",
+                batcher.calls,
+            )
+            yield counter(
+                "chat_redis_batched_round_trips",
+                "Round trips that carried them; a burst of joins shares few.",
+                batcher.round_trips,
+            )
+
         listener = getattr(self._broker, "listener", None)
         if listener is not None:  # the memory backend has no Redis connection to count
             yield counter("chat_redis_reconnects", "Times the pub/sub listener reconnected.", listener.reconnects)

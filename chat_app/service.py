@@ -9,12 +9,12 @@ import logging
 import secrets
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from .auth import Identity
-from .backends.base import BackendUnavailable, Broker, BrokerHooks, Draft, History, Position, Presence
+from .backends.base import BackendUnavailable, Broker, BrokerHooks, Draft, History, Joined, Position, Presence
 from .protocol import ChatError, Envelope, ErrorCode, JoinRequest, PresenceEvent, SendRequest, clean_sender
 from .ratelimit import TokenBucket
 from .settings import Settings
@@ -25,7 +25,7 @@ log = logging.getLogger(__name__)
 class Emitter(Protocol):
     """Emits to this node's sockets only: a room's local members, or one socket."""
 
-    def emit_room(self, event: str, data: dict[str, Any], room: str) -> None: ...
+    def emit_room(self, event: str, data: dict[str, Any], room: str, skip: Collection[str] = ()) -> None: ...
     def emit_to(self, sid: str, event: str, data: dict[str, Any]) -> None: ...
     def enter_room(self, sid: str, room: str) -> None: ...
     def leave_room(self, sid: str, room: str) -> None: ...
@@ -49,6 +49,8 @@ Held = list[tuple[str, dict[str, Any], Position | None]]
 class LocalRoom:
     members: dict[str, str] = field(default_factory=dict)  # sid -> user, admitted or joining
     cursor: Position | None = None  # last envelope delivered here; None until the join read it
+    members_count: int = 0  # users across nodes, as last learnt
+    count_told: int = 0  # what the last periodic count said (big rooms)
     # Joining members receive nothing live until their ack is written: what the room emits
     # meanwhile is held for them, and handed over after the ack (less what it covered).
     joining: dict[str, Held] = field(default_factory=dict)
@@ -87,6 +89,7 @@ class ChatService:
         self._rooms: dict[str, LocalRoom] = {}
         self.counters = Counters()
         self._stopped = False
+        self._stopping = threading.Event()
         self.observe_publish: Callable[[float], None] = lambda seconds: None  # metrics hook
 
     # -- lifecycle -------------------------------------------------------------------
@@ -94,6 +97,7 @@ class ChatService:
     def start(self) -> None:
         self._broker.start(BrokerHooks(self._on_envelope, self._on_presence, self._catch_up, self._on_reconnected))
         self._presence.start(self._snapshot)
+        threading.Thread(target=self._count_rooms, name="room-counts", daemon=True).start()
 
     def stop(self) -> list[str]:
         """Leave every room at once and close the backends; returns the sids to disconnect.
@@ -102,6 +106,7 @@ class ChatService:
             if self._stopped:
                 return []
             self._stopped = True
+            self._stopping.set()
             rooms = list(self._rooms)
             sids = list(self._connections)
             self._rooms.clear()
@@ -179,24 +184,27 @@ class ChatService:
         room = req.room
         user = conn.user or clean_sender(sender) or "anonymous"
         local, held = self._start_joining(conn, room, user)
+        # The channel is live before the presence write, so every presence event after the
+        # names that write reads reaches this member (held until its ack). Re-asking is
+        # cheap, and it makes the listener catch a hosted room up (or resynchronise an epoch).
+        if not self._broker.subscribe(room).wait(self.settings.send_deadline):
+            log.warning("event=subscribe_slow room=%s", room)
         try:
-            position = self._presence.join(room, sid, user)
+            joined = self._presence.join(room, sid, user)
         except BackendUnavailable as exc:
             self._leave_locally(conn, room)
             raise ChatError(ErrorCode.UNAVAILABLE, f"could not join: {exc}") from None
-        if not self._place(local, room, sid, position):
-            self._undo_presence(room, sid)  # left or disconnected meanwhile: subscribe nothing
+        started = self._place(local, room, sid, joined)
+        if started is None:
+            self._undo_presence(room, sid)  # left or disconnected meanwhile
             raise ChatError(ErrorCode.NOT_IN_ROOM, f"left {room!r} while joining it")
-        # Re-asking is cheap, and it makes the listener catch the room up (or resynchronise
-        # a new epoch). Waiting for the channel to be live means the member list read next
-        # cannot miss a presence event sent in between.
-        if not self._broker.subscribe(room).wait(self.settings.send_deadline):
-            log.warning("event=subscribe_slow room=%s", room)
+        if started:  # what the channel brought before the room had a cursor here was dropped
+            self._broker.subscribe(room)
         with self._lock:
             bound = local.cursor
         assert bound is not None
         try:
-            ack = self._join_ack(room, req, bound)
+            ack = self._join_ack(room, req, bound, joined)
         except ChatError:
             self._leave(conn, room)
             raise
@@ -230,17 +238,19 @@ class ChatService:
             self._emitter.leave_room(conn.sid, room)  # a member joining again waits for its new ack too
             return local, held
 
-    def _place(self, local: LocalRoom, room: str, sid: str, position: Position) -> bool:
-        """Start the node's cursor at the store's position if the room is new here; False
-        when the member is gone already."""
+    def _place(self, local: LocalRoom, room: str, sid: str, joined: Joined) -> bool | None:
+        """Start the node's cursor at the store's position if the room is new here (True);
+        None when the member is gone already."""
         with self._lock:
             if self._rooms.get(room) is not local or sid not in local.members:
-                return False
+                return None
+            local.members_count = joined.members_count
             if local.cursor is None:
-                local.cursor = position
-            elif position.epoch != local.cursor.epoch:
+                local.cursor = joined.position
+                return True
+            if joined.position.epoch != local.cursor.epoch:
                 log.info("event=epoch_seen_on_join room=%s", room)
-            return True
+            return False
 
     def _admit(self, sid: str, room: str, held: Held, bound: Position) -> None:
         """The ack is written: hand over what was held past its bound, then go live. Under
@@ -252,7 +262,7 @@ class ChatService:
             del local.joining[sid]
             for event, data, position in held:
                 if position is not None and position.epoch == bound.epoch and position.seq <= bound.seq:
-                    continue
+                    continue  # in the ack's history
                 self._emitter.emit_to(sid, event, data)
             self._emitter.enter_room(sid, room)
 
@@ -262,7 +272,7 @@ class ChatService:
         except BackendUnavailable as exc:
             log.warning("event=leave_unrecorded room=%s sid=%s error=%s", room, sid, exc)
 
-    def _join_ack(self, room: str, req: JoinRequest, cursor: Position) -> dict[str, Any]:
+    def _join_ack(self, room: str, req: JoinRequest, cursor: Position, joined: Joined) -> dict[str, Any]:
         recovering = req.since is not None
         try:
             if recovering and (req.epoch is None or req.epoch == cursor.epoch) and req.since <= cursor.seq:
@@ -271,7 +281,6 @@ class ChatService:
             else:
                 history = self._broker.history(room, after=None, upto=cursor.seq)
                 recovered = False
-            members = self._presence.members(room)
         except BackendUnavailable as exc:
             raise ChatError(ErrorCode.UNAVAILABLE, f"could not read the room: {exc}") from None
         ack: dict[str, Any] = {
@@ -279,7 +288,8 @@ class ChatService:
             "room": room,
             "seq": cursor.seq,
             "epoch": cursor.epoch,
-            "members": sorted(m.user for m in members),
+            "members": list(joined.names),
+            "members_count": joined.members_count,
             "history": [e.to_client() for e in history.envelopes if e.epoch == cursor.epoch]
             if recovered or not recovering
             else [],
@@ -370,6 +380,17 @@ class ChatService:
 
     def members(self, room: str) -> list[str]:
         return sorted(m.user for m in self._presence.members(room))
+
+    def member_page(self, room: str, after: str | None, limit: int) -> dict[str, Any]:
+        """A page of the room's member names, in name order: the full list of a big room."""
+        count, names = self._presence.names(room, after, limit)
+        return {
+            "ok": True,
+            "room": room,
+            "members_count": count,
+            "members": names,
+            "next_cursor": names[-1] if len(names) == limit else None,
+        }
 
     def is_room_active(self, room: str) -> bool:
         return self._presence.is_active(room)
@@ -466,30 +487,66 @@ class ChatService:
         self.counters.delivered += 1
         self._emit(local, envelope.room, "broadcast_message", envelope.to_client(), local.cursor)
 
-    def _emit(self, local: LocalRoom, room: str, event: str, data: dict[str, Any], position: Position | None) -> None:
-        """To the room's admitted members now, and held for those whose join is in flight.
-        Called under the lock."""
-        self._emitter.emit_room(event, data, room)
-        for held in local.joining.values():
-            held.append((event, data, position))
+    def _emit(
+        self,
+        local: LocalRoom,
+        room: str,
+        event: str,
+        data: dict[str, Any],
+        position: Position | None,
+        skip: Collection[str] = (),
+    ) -> None:
+        """To the room's admitted members now, and held for those whose join is in flight,
+        except the sids in `skip`. Called under the lock."""
+        self._emitter.emit_room(event, data, room, skip)
+        for sid, held in local.joining.items():
+            if sid not in skip:
+                held.append((event, data, position))
 
     def _on_presence(self, event: PresenceEvent) -> None:
         with self._lock:
             local = self._rooms.get(event.room)
             if local is not None:
-                self._emit(local, event.room, "presence", event.to_client(), None)
+                local.members_count = event.members_count
+                # A member is never told of its own arrival or departure: it knows.
+                own = [sid for sid, user in local.members.items() if user == event.user]
+                self._emit(local, event.room, "presence", event.to_client(), None, own)
+
+    def _count_rooms(self) -> None:
+        """Every PRESENCE_COUNT_INTERVAL, tell the members of big rooms how many they are, if
+        that changed: above PRESENCE_EVENTS_MAX_MEMBERS joins and leaves are not announced
+        one by one. Each node tells its own members, so each gets at most one per interval."""
+        limit = self.settings.presence_events_max_members
+        while not self._stopping.wait(self.settings.presence_count_interval):
+            with self._lock:
+                rooms = [room for room, local in self._rooms.items() if local.members_count >= limit]
+            try:
+                counts = self._presence.counts(rooms)
+            except BackendUnavailable as exc:
+                log.warning("event=count_failed rooms=%d error=%s", len(rooms), exc)
+                continue
+            except Exception:
+                log.exception("event=count_error")
+                continue
+            with self._lock:
+                for room, count in counts.items():
+                    local = self._rooms.get(room)
+                    if local is None or count == local.count_told or max(count, local.count_told) <= limit:
+                        continue
+                    local.members_count = local.count_told = count
+                    told = {"room": room, "action": "count", "user": None, "members_count": count}
+                    self._emit(local, room, "presence", told, None)
 
     def _on_reconnected(self) -> None:
         """Presence events sent while we were away are lost: rewrite ours, resend the list."""
         self._presence.beat()
         for room in list(self._rooms):
             try:
-                members = self._presence.members(room)
+                count, names = self._presence.names(room, None, self.settings.presence_events_max_members)
             except BackendUnavailable as exc:
                 log.warning("event=presence_sync_failed room=%s error=%s", room, exc)
                 continue
-            names = sorted(m.user for m in members)
-            sync = {"room": room, "action": "sync", "user": None, "members_count": len(set(names)), "members": names}
+            sync = {"room": room, "action": "sync", "user": None, "members_count": count, "members": names}
             with self._lock:
                 local = self._rooms.get(room)
                 if local is not None:

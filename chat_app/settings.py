@@ -134,6 +134,10 @@ class Settings:
     probe_timeout: float = 2.0
     redis_socket_timeout: float = 5.0
     presence_grace: float = 2.0
+    # Rooms of more users get a periodic count (at most one per interval) instead of an event
+    # per join and leave; join acks name at most this many members.
+    presence_events_max_members: int = 100
+    presence_count_interval: float = 2.0
     auth_secret: str | None = None
     cors_allowed_origins: list[str] | None = None
     log_level: str = _setting("INFO", _log_level)

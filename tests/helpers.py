@@ -6,7 +6,7 @@ import os
 import threading
 import time
 from collections import defaultdict
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -49,9 +49,9 @@ class RecordingEmitter:
         self.received: dict[str, list[tuple[str, dict[str, Any]]]] = defaultdict(list)
         self.lock = threading.Lock()
 
-    def emit_room(self, event: str, data: dict[str, Any], room: str) -> None:
+    def emit_room(self, event: str, data: dict[str, Any], room: str, skip: Collection[str] = ()) -> None:
         with self.lock:
-            for sid in self.rooms[room]:
+            for sid in self.rooms[room] - set(skip):
                 self.received[sid].append((event, data))
 
     def emit_to(self, sid: str, event: str, data: dict[str, Any]) -> None:

@@ -46,6 +46,15 @@ class History:
 
 
 @dataclass(frozen=True, slots=True)
+class Joined:
+    """What a presence join learns of the room in the same round trip."""
+
+    position: Position
+    members_count: int  # users across live nodes
+    names: Sequence[str]  # the first of them in name order, at most a page
+
+
+@dataclass(frozen=True, slots=True)
 class Member:
     instance_id: str
     sid: str
@@ -81,7 +90,8 @@ class Broker(Protocol):
 
 class Presence(Protocol):
     """Who is in which room, across nodes. Joins and last departures are announced on the
-    room's channel by the backend itself (BrokerHooks.on_presence), each exactly once."""
+    room's channel by the backend itself (BrokerHooks.on_presence), each exactly once, in
+    rooms of at most PRESENCE_EVENTS_MAX_MEMBERS users; bigger rooms are told counts."""
 
     def start(self, snapshot: Callable[[], dict[str, dict[str, str]]]) -> None:
         """Begin the heartbeat; `snapshot` returns this node's rooms -> {sid: user}."""
@@ -92,7 +102,7 @@ class Presence(Protocol):
         ...
 
     def stop(self) -> None: ...
-    def join(self, room: str, sid: str, user: str) -> Position: ...
+    def join(self, room: str, sid: str, user: str) -> Joined: ...
     def leave(self, room: str, sid: str, grace: bool = False) -> bool:
         """Remove one member; True when the room had nobody left anywhere and was deleted.
         With `grace`, the user's departure is announced only if they are not back in time."""
@@ -103,6 +113,14 @@ class Presence(Protocol):
         ...
 
     def members(self, room: str) -> list[Member]: ...
+    def names(self, room: str, after: str | None, limit: int) -> tuple[int, list[str]]:
+        """(users in the room, up to `limit` of their names after `after`, in name order)."""
+        ...
+
+    def counts(self, rooms: Sequence[str]) -> dict[str, int]:
+        """Users in each room, in one read."""
+        ...
+
     def is_active(self, room: str) -> bool: ...
     def room_state(self, room: str) -> tuple[Position | None, list[Member]]:
         """The room's position (None: unknown to the store) and live members, in one read."""

@@ -11,7 +11,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 from ..protocol import Envelope, PresenceEvent
-from .base import RECENT_HISTORY, BrokerHooks, Draft, History, Member, Position
+from .base import RECENT_HISTORY, BrokerHooks, Draft, History, Joined, Member, Position
 
 
 @dataclass
@@ -96,9 +96,10 @@ class MemoryBroker:
 
 
 class MemoryPresence:
-    def __init__(self, hub: MemoryHub, instance_id: str) -> None:
+    def __init__(self, hub: MemoryHub, instance_id: str, events_max_members: int = 100) -> None:
         self._hub = hub
         self._id = instance_id
+        self._events_max = events_max_members
 
     def start(self, snapshot: Callable[[], dict[str, dict[str, str]]]) -> None:
         pass
@@ -115,16 +116,19 @@ class MemoryPresence:
         edit()
         after = state.users()
         events = [("join", u) for u in after if u not in before] + [("leave", u) for u in before if u not in after]
+        if len(after) > self._events_max:
+            return  # a big room: its members are told counts instead
         for action, user in events:
             event = PresenceEvent(room, action, user, len(after), self._id)
             for hooks in self._hub.hooks_for(room):
                 hooks.on_presence(event)
 
-    def join(self, room: str, sid: str, user: str) -> Position:
+    def join(self, room: str, sid: str, user: str) -> Joined:
         with self._hub.lock:
             state = self._hub.rooms.setdefault(room, _Room())
             self._change(room, state, lambda: state.members.setdefault(self._id, {}).__setitem__(sid, user))
-            return Position(state.epoch, state.seq)
+            users = state.users()
+            return Joined(Position(state.epoch, state.seq), len(users), sorted(users)[: self._events_max])
 
     def _remove(self, room: str, sids: Sequence[str] | None) -> bool:
         with self._hub.lock:
@@ -157,6 +161,16 @@ class MemoryPresence:
             if state is None:
                 return []
             return [Member(node, sid, user) for node, sids in state.members.items() for sid, user in sids.items()]
+
+    def names(self, room: str, after: str | None, limit: int) -> tuple[int, list[str]]:
+        with self._hub.lock:
+            state = self._hub.rooms.get(room)
+            users = sorted(state.users()) if state else []
+        return len(users), [u for u in users if after is None or u > after][:limit]
+
+    def counts(self, rooms: Sequence[str]) -> dict[str, int]:
+        with self._hub.lock:
+            return {room: len(state.users()) if (state := self._hub.rooms.get(room)) else 0 for room in rooms}
 
     def is_active(self, room: str) -> bool:
         return bool(self.members(room))

@@ -19,13 +19,13 @@ from redis.sentinel import Sentinel
 
 from ..protocol import BadEnvelope, Envelope, decode_envelope, max_wire_bytes
 from ..settings import Settings
-from .base import RECENT_HISTORY, BackendUnavailable, BrokerHooks, Draft, History, Member, Position
+from .base import RECENT_HISTORY, BackendUnavailable, BrokerHooks, Draft, History, Joined, Member, Position
 from .redis_cluster_listener import ShardedListener
 from .redis_connection import CONNECTION_ERRORS
 from .redis_keys import RoomKeys, escape
 from .redis_listener import Listener
 from .redis_publisher import Publisher
-from .redis_scripts import AnyRedis, Call, LuaScript, run_scripts
+from .redis_scripts import AnyRedis, Call, LuaScript, ScriptBatcher, run_scripts
 
 log = logging.getLogger(__name__)
 
@@ -101,7 +101,11 @@ class RedisBroker:
     def __init__(self, clients: RedisClients, settings: Settings) -> None:
         self._commands = clients.commands
         self._prefix = settings.key_prefix
+        self._deadline = settings.send_deadline
         self._envelope_limit = max_wire_bytes(settings.max_message_bytes)
+        self._history = LuaScript.load("history.lua", sharded=isinstance(clients.commands, RedisCluster))
+        # Joins, leaves and history reads of many members share round trips (RedisPresence too).
+        self.batcher = ScriptBatcher(clients.commands, "redis-batcher")
         self.publisher = Publisher(clients.publisher, settings)
         self.listener: Listener
         if isinstance(clients.subscriber, RedisCluster):
@@ -116,6 +120,7 @@ class RedisBroker:
     def stop(self) -> None:
         self.listener.stop()
         self.publisher.stop()
+        self.batcher.stop()
 
     def publish(self, draft: Draft) -> Envelope:
         return self.publisher.publish(draft)
@@ -140,26 +145,19 @@ class RedisBroker:
 
     def history(self, room: str, after: int | None, upto: int | None = None) -> History:
         keys = RoomKeys.of(self._prefix, room)
+        args = ["" if after is None else after, "" if upto is None else upto, RECENT_HISTORY]
         try:
-            with self._commands.pipeline(transaction=True) as pipe:
-                pipe.get(keys.epoch)
-                pipe.get(keys.seq)
-                if after is None:
-                    pipe.xrevrange(keys.hist, max=f"{upto}-0" if upto is not None else "+", count=RECENT_HISTORY)
-                else:
-                    pipe.xrange(keys.hist, min=f"{after + 1}-0", max=f"{upto}-0" if upto is not None else "+")
-                epoch, seq, entries = pipe.execute()
+            reply = self.batcher.run((self._history, [keys.epoch, keys.seq, keys.hist], args), self._deadline)
         except CONNECTION_ERRORS as exc:
             raise BackendUnavailable(f"redis unreachable: {exc}") from exc
-        if after is None:
-            entries.reverse()
+        if isinstance(reply, Exception):
+            raise BackendUnavailable(f"redis refused a history read: {reply}")
+        epoch, seq, *stored = reply  # type: ignore[misc]
         envelopes: list[Envelope] = []
-        for _, fields in entries:
-            # A cluster transaction returns a stream entry's fields as a flat list.
-            found = dict(zip(fields[::2], fields[1::2], strict=False)) if isinstance(fields, list) else fields
+        for raw in stored:
             try:
-                envelopes.append(decode_envelope(found[b"e"], self._envelope_limit))
-            except (BadEnvelope, KeyError):
+                envelopes.append(decode_envelope(raw, self._envelope_limit))
+            except BadEnvelope:
                 self.listener.bad_payloads += 1
         position = Position(epoch.decode() if epoch else "", int(seq or 0))
         last = position.seq if upto is None else min(upto, position.seq)
@@ -178,14 +176,16 @@ class RedisBroker:
 
 
 class RedisPresence:
-    def __init__(self, clients: RedisClients, settings: Settings) -> None:
+    def __init__(self, clients: RedisClients, settings: Settings, batcher: ScriptBatcher | None = None) -> None:
         self._redis = clients.commands
         self._settings = settings
         self._node = escape(settings.instance_id)
         sharded = isinstance(self._redis, RedisCluster)
         self._touch = LuaScript.load("prelude.lua", "touch.lua", sharded=sharded)
         self._leave = LuaScript.load("prelude.lua", "leave.lua", sharded=sharded)
+        self._names = LuaScript.load("prelude.lua", "names.lua", sharded=sharded)
         self._members = LuaScript.load("members.lua", sharded=sharded)
+        self._calls = batcher or ScriptBatcher(self._redis, "presence-calls")
         self._snapshot: Callable[[], dict[str, dict[str, str]]] = dict
         self._stopping = threading.Event()
         self._thread = threading.Thread(target=self._heartbeat, name="heartbeat", daemon=True)
@@ -204,6 +204,17 @@ class RedisPresence:
                 raise BackendUnavailable(f"redis refused a presence update: {result}")
         return results
 
+    def _run_one(self, call: Call) -> Any:
+        """One call, batched with those of other members' joins and leaves."""
+        try:
+            result = self._calls.run(call, self._settings.send_deadline)
+        except CONNECTION_ERRORS as exc:
+            raise BackendUnavailable(f"redis unreachable: {exc}") from exc
+        if isinstance(result, Exception):
+            log.error("event=presence_script_error error=%r", result)
+            raise BackendUnavailable(f"redis refused a presence update: {result}")
+        return result
+
     def _call(self, script: LuaScript, room: str, *extra: object) -> Call:
         """A presence script call with the KEYS and leading ARGV they all share (prelude.lua)."""
         s, keys = self._settings, self._keys(room)
@@ -216,19 +227,36 @@ class RedisPresence:
             s.redis_room_ttl_ms,
             int(s.presence_grace * 1000),
             secrets.token_hex(8),
+            s.presence_events_max_members,
             *extra,
         ]
         return (script, keys.script_keys(self._node), args)
 
-    def join(self, room: str, sid: str, user: str) -> Position:
-        epoch, seq = self._run([self._call(self._touch, room, "0", sid, user)])[0]
-        return Position(epoch.decode(), int(seq))
+    def join(self, room: str, sid: str, user: str) -> Joined:
+        names = self._settings.presence_events_max_members
+        epoch, seq, count, *first = self._run_one(self._call(self._touch, room, "0", names, sid, user))
+        return Joined(Position(epoch.decode(), int(seq)), int(count), [n.decode() for n in first])
 
     def leave(self, room: str, sid: str, grace: bool = False) -> bool:
-        return bool(self._run([self._call(self._leave, room, "sid", sid, "1" if grace else "0")])[0])
+        return bool(self._run_one(self._call(self._leave, room, "sid", sid, "1" if grace else "0")))
 
     def sweep(self, room: str) -> bool:
-        return bool(self._run([self._call(self._leave, room, "sweep", "", "0")])[0])
+        return bool(self._run_one(self._call(self._leave, room, "sweep", "", "0")))
+
+    def names(self, room: str, after: str | None, limit: int) -> tuple[int, list[str]]:
+        count, *page = self._run_one(self._call(self._names, room, after or "", limit))
+        return int(count), [n.decode() for n in page]
+
+    def counts(self, rooms: Sequence[str]) -> dict[str, int]:
+        if not rooms:
+            return {}
+        try:
+            with self._redis.pipeline(transaction=False) as pipe:
+                for room in rooms:
+                    pipe.hlen(self._keys(room).users)
+                return dict(zip(rooms, pipe.execute(), strict=True))
+        except CONNECTION_ERRORS as exc:
+            raise BackendUnavailable(f"redis unreachable: {exc}") from exc
 
     def room_state(self, room: str) -> tuple[Position | None, list[Member]]:
         keys = self._keys(room)
@@ -252,6 +280,7 @@ class RedisPresence:
     def stop(self) -> None:
         self._stopping.set()
         self._thread.join(timeout=5)
+        self._calls.stop()  # the broker's, when shared: stopping twice is harmless
 
     def beat(self) -> None:
         """Rewrite every local entry (not merely re-EXPIRE): entries come back after Redis
@@ -260,7 +289,7 @@ class RedisPresence:
         if not rooms:
             return
         calls = [
-            self._call(self._touch, room, "1", *(x for sid, user in members.items() for x in (sid, user)))
+            self._call(self._touch, room, "1", 0, *(x for sid, user in members.items() for x in (sid, user)))
             for room, members in rooms.items()
         ]
         try:

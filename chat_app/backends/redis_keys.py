@@ -24,6 +24,7 @@ class RoomKeys:
     srv: str  # replication id of the server that last wrote the stream
     users: str  # hash: user -> connections in the room across live nodes
     leaving: str  # zset: user -> deadline (ms) of a departure still within its grace period
+    names: str  # zset, every score 0: the users of `users`, in name order (pages of members)
     channel: str
 
     @classmethod
@@ -39,6 +40,7 @@ class RoomKeys:
             srv=f"{tag}:srv",
             users=f"{tag}:users",
             leaving=f"{tag}:leaving",
+            names=f"{tag}:names",
             channel=f"{tag}:ch",
         )
 
@@ -54,6 +56,7 @@ class RoomKeys:
             self.users,
             self.leaving,
             self.srv,
+            self.names,
         ]
 
 

@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import codecs
 import hashlib
+import logging
+import threading
 import time
+from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,6 +22,8 @@ try:  # redis-py's packer wraps this one in per-argument checks that cost more t
     from hiredis import pack_command
 except ImportError:  # requirements.txt pins hiredis; without it redis-py's packer does
     pack_command = None
+
+log = logging.getLogger(__name__)
 
 _LUA = Path(__file__).parent / "lua"
 IDLE_RECHECK = 0.1  # seconds a held connection may sit unused before the pool checks it again
@@ -175,3 +180,76 @@ class HeldConnection:
 def _evalsha(call: Call) -> tuple[object, ...]:
     script, keys, args = call
     return ("EVALSHA", script.sha, len(keys), *keys, *args)
+
+
+class _Waiting:
+    """One call queued in a ScriptBatcher and the slot for its result."""
+
+    __slots__ = ("call", "done", "result")
+
+    def __init__(self, call: Call) -> None:
+        self.call = call
+        self.result: object = None
+        self.done = threading.Event()
+
+
+class ScriptBatcher:
+    """Runs the script calls of many greenlets in one pipelined round trip: whatever is
+    queued while one round trip is in flight goes in the next, so a burst of joins costs a
+    few round trips, not several per join, and a lone call waits for nothing but Redis.
+
+    One greenlet (a thread in the tests' threading mode) owns the round trips; a connection
+    error fails every call of that round trip (the client's Retry has already retried), and
+    an error reply comes back in its call's place, as from `run_scripts`."""
+
+    def __init__(self, client: AnyRedis, name: str, max_batch: int = 512) -> None:
+        self._client = client
+        self._max_batch = max_batch
+        self._queue: deque[_Waiting] = deque()
+        self._wakeup = threading.Event()
+        self._stopping = False
+        self._thread = threading.Thread(target=self._run, name=name, daemon=True)
+        self._started = False
+        self._start_lock = threading.Lock()
+        self.round_trips = 0
+        self.calls = 0
+
+    def run(self, call: Call, timeout: float) -> object:
+        """The call's result (an error reply as an exception object); raises
+        ConnectionError when Redis could not be reached, TimeoutError past `timeout`."""
+        if not self._started:
+            with self._start_lock:
+                if not self._started:
+                    self._started = True
+                    self._thread.start()
+        waiting = _Waiting(call)
+        self._queue.append(waiting)
+        self._wakeup.set()
+        if not waiting.done.wait(timeout):
+            raise TimeoutError(f"no answer from redis within {timeout}s")
+        if isinstance(waiting.result, BaseException) and not isinstance(waiting.result, redis.ResponseError):
+            raise waiting.result
+        return waiting.result
+
+    def stop(self) -> None:
+        self._stopping = True
+        self._wakeup.set()
+
+    def _run(self) -> None:
+        while not self._stopping:
+            if not self._queue:
+                self._wakeup.wait()
+                self._wakeup.clear()
+                continue
+            batch = [self._queue.popleft() for _ in range(min(len(self._queue), self._max_batch))]
+            self.round_trips += 1
+            self.calls += len(batch)
+            try:
+                results = run_scripts(self._client, [w.call for w in batch])
+            except Exception as exc:  # every waiter learns it; the batcher itself goes on
+                if not isinstance(exc, redis.RedisError):
+                    log.exception("event=batch_failed calls=%d", len(batch))
+                results = [exc] * len(batch)
+            for waiting, result in zip(batch, results, strict=True):
+                waiting.result = result
+                waiting.done.set()

@@ -1,15 +1,21 @@
 -- Shared by the presence scripts (prepended when they are loaded).
 -- Every presence script takes the same KEYS and first ARGV, so these helpers can rely on them:
--- KEYS:  1 nodes, 2 this node's hash, 3 epoch, 4 seq, 5 hist, 6 dedup, 7 users, 8 leaving, 9 srv
+-- KEYS:  1 nodes, 2 this node's hash, 3 epoch, 4 seq, 5 hist, 6 dedup, 7 users, 8 leaving, 9 srv,
+--        10 names (zset, score 0: the users, in name order, for a page of them)
 -- ARGV:  1 node id, 2 node key prefix, 3 room name, 4 channel, 5 presence ttl ms,
---        6 room ttl ms, 7 leave grace ms, 8 candidate epoch; script-specific ARGV follow.
+--        6 room ttl ms, 7 leave grace ms, 8 candidate epoch, 9 the most members a room may
+--        have for its joins and leaves to be announced one by one; script-specific ARGV follow.
 local now_t = redis.call('TIME')
 local now = tonumber(now_t[1]) * 1000 + math.floor(tonumber(now_t[2]) / 1000)
 
+-- Above the threshold a room's members learn its size from the nodes' periodic counts: one
+-- event per join would cost every member a delivery, O(members) per join.
 local function announce(action, user)
+  local count = redis.call('HLEN', KEYS[7])
+  if count > tonumber(ARGV[9]) then return end
   redis.call(PUBLISH, ARGV[4], cjson.encode({
     v = 1, kind = 'presence', room = ARGV[3], action = action, user = user,
-    members_count = redis.call('HLEN', KEYS[7]), instance_id = ARGV[1],
+    members_count = count, instance_id = ARGV[1],
   }))
 end
 
@@ -21,6 +27,7 @@ local function apply(net, grace)
       local count = redis.call('HINCRBY', KEYS[7], user, delta)
       if count <= 0 then
         redis.call('HDEL', KEYS[7], user)
+        redis.call('ZREM', KEYS[10], user)
         if count - delta > 0 then
           if grace then
             redis.call('ZADD', KEYS[8], now + tonumber(ARGV[7]), user)
@@ -29,6 +36,7 @@ local function apply(net, grace)
           end
         end
       elseif count - delta <= 0 then
+        redis.call('ZADD', KEYS[10], 0, user)
         if redis.call('ZREM', KEYS[8], user) == 0 then announce('join', user) end
       end
     end
@@ -60,14 +68,14 @@ end
 -- When nobody is left on any live node and no departure is pending, the room is gone.
 local function delete_if_empty()
   if redis.call('ZCARD', KEYS[1]) == 0 and redis.call('ZCARD', KEYS[8]) == 0 then
-    redis.call('DEL', KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6], KEYS[7], KEYS[8], KEYS[9])
+    redis.call('DEL', KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6], KEYS[7], KEYS[8], KEYS[9], KEYS[10])
     return 1
   end
   return 0
 end
 
 local function keep_alive()
-  for i = 1, 9 do
+  for i = 1, 10 do
     if i ~= 2 then redis.call('PEXPIRE', KEYS[i], ARGV[6]) end
   end
 end

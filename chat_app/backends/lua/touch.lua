@@ -1,20 +1,21 @@
 -- Write this node's presence entries for a room (a join, or the heartbeat's full rewrite)
 -- and keep the room's keys alive. A room new to the store gets a new epoch.
--- ARGV after the common ones: 9 replace (0|1), then sid, user pairs.
--- Returns {epoch, seq}.
+-- ARGV after the common ones: 10 replace (0|1), 11 names (how many of the first member names
+-- to return), then sid, user pairs.
+-- Returns {epoch, seq, members_count, name, name, ...}.
 prune()
 local net = {}
-if ARGV[9] == '1' then
+if ARGV[10] == '1' then
   local old = redis.call('HGETALL', KEYS[2])
   for i = 2, #old, 2 do net[old[i]] = (net[old[i]] or 0) - 1 end
   redis.call('DEL', KEYS[2])
 else
-  for i = 10, #ARGV, 2 do
+  for i = 12, #ARGV, 2 do
     local old = redis.call('HGET', KEYS[2], ARGV[i])
     if old then net[old] = (net[old] or 0) - 1 end
   end
 end
-for i = 10, #ARGV, 2 do
+for i = 12, #ARGV, 2 do
   redis.call('HSET', KEYS[2], ARGV[i], ARGV[i + 1])
   net[ARGV[i + 1]] = (net[ARGV[i + 1]] or 0) + 1
 end
@@ -34,4 +35,9 @@ if not epoch then
   redis.call('DEL', KEYS[4], KEYS[5], KEYS[6], KEYS[9])
 end
 keep_alive()
-return {epoch, tonumber(redis.call('GET', KEYS[4]) or '0')}
+local result = {epoch, tonumber(redis.call('GET', KEYS[4]) or '0'), redis.call('HLEN', KEYS[7])}
+local wanted = tonumber(ARGV[11])
+if wanted > 0 then
+  for _, name in ipairs(redis.call('ZRANGE', KEYS[10], 0, wanted - 1)) do result[#result + 1] = name end
+end
+return result
