@@ -47,11 +47,11 @@ class Pin:
     sha256: dict[str, str]  # vendored file name -> hex sha256
 
     @classmethod
-    def load(cls, path: Path = PIN) -> Pin:
+    def load(cls, path: Path) -> Pin:
         data = json.loads(path.read_text())
         return cls(data["version"], data["integrity"], {name: f["sha256"] for name, f in data["files"].items()})
 
-    def dump(self, path: Path = PIN) -> None:
+    def dump(self, path: Path) -> None:
         files = {name: {"from": FILES[name], "sha256": self.sha256[name]} for name in FILES}
         body = {"package": PACKAGE, "version": self.version, "integrity": self.integrity, "files": files}
         path.write_text(json.dumps(body, indent=2) + "\n")
@@ -105,7 +105,7 @@ def sha256(data: bytes) -> str:
 
 
 def run(version: str | None, check: bool) -> int:
-    pinned = Pin.load() if PIN.exists() else None
+    pinned = Pin.load(PIN) if PIN.exists() else None
     if version is None:
         if pinned is None:
             raise VendorError(f"{PIN} is missing: pass --version")
@@ -130,7 +130,7 @@ def run(version: str | None, check: bool) -> int:
     VENDOR.mkdir(parents=True, exist_ok=True)
     for name, data in files.items():
         (VENDOR / name).write_bytes(data)
-    Pin(version, integrity, hashes).dump()
+    Pin(version, integrity, hashes).dump(PIN)
     log.info(
         "event=vendored version=%s changed=%s sha256=%s", version, ",".join(stale) or "-", hashes["socket.io.min.js"]
     )
