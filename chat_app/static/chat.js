@@ -22,10 +22,11 @@
     timeout: 10000,
   };
   // After the server ended the session itself (a node shutting down) the client does not
-  // reconnect on its own; the page does, after a growing pause, so a server that keeps
-  // closing sessions is not hammered.
-  const SERVER_CLOSE_BASE_MS = 500;
-  const SERVER_CLOSE_CAP_MS = 5000;
+  // reconnect on its own; the page does, after a growing pause: long enough for a stopping
+  // node to have closed its listener (gunicorn's worker checks about once a second), and
+  // growing so that a server that keeps closing sessions is not hammered.
+  const SERVER_CLOSE_BASE_MS = 2000;
+  const SERVER_CLOSE_CAP_MS = 10000;
   const STABLE_MS = 30000;
 
   const state = {
