@@ -34,6 +34,9 @@ def open_page(browser: Browser, url: str, viewport: dict | None = None) -> Page:
     errors: list[str] = []
     page.on("pageerror", lambda exc: errors.append(str(exc)))
     page.errors = errors  # type: ignore[attr-defined]
+    fetched: list[str] = []
+    page.on("request", lambda request: fetched.append(request.url))
+    page.fetched = fetched  # type: ignore[attr-defined]
     page.goto(url)
     return page
 
@@ -157,6 +160,10 @@ def test_two_pages_on_two_nodes_see_each_other(redis_server, nodes, browser, cap
     assert width <= PHONE["width"], f"the page scrolls sideways on a phone: {width}px"
     with capsys.disabled():
         print(f"\nscreenshots: {wide} {phone}")
+
+    for page in (alice, bob):  # nothing from a CDN: the page works without the internet
+        assert page.fetched, "no request recorded"  # type: ignore[attr-defined]
+        assert all(url.startswith(f"{a.url}/") or url.startswith(f"{b.url}/") for url in page.fetched)  # type: ignore[attr-defined]
 
     bob.click("#leave")  # presence events (or, from servers without them, a re-read) update alice
     expect(bob.locator("#join-form")).to_be_visible()
@@ -318,6 +325,44 @@ def test_a_refused_connection_is_explained_and_not_retried(nodes, browser) -> No
     expect(page.locator("#chat")).to_be_hidden()
     expect(page.locator("#status")).to_have_text("not connected")
     assert attempts == ["open"]
+
+
+def test_joining_while_the_server_is_down_and_the_browser_going_offline(redis_server, nodes, browser) -> None:
+    a = nodes.start(redis_server.url)
+    b = nodes.start(redis_server.url)
+    bob = ChatClient(b.url, "bob")
+    try:
+        bob.call("join_room", "later")
+        page = open_page(browser, a.url, viewport=PHONE)
+        nodes.signal(a, signal.SIGKILL)
+        a.process.wait(timeout=10)
+        page.fill("#name", "alice")
+        page.fill("#room", "later")
+        page.click("#join")  # the page opens, but its server is gone: it keeps trying
+        expect(page.locator("#status")).to_have_text(re.compile(r"^reconnecting \(attempt \d+\)…$"))
+        send(page, "typed before connecting")  # not in the room yet: the text stays in the box
+        expect(page.locator("#messages li")).to_have_count(0)
+        expect(page.locator("#message")).to_have_value("typed before connecting")
+        nodes.start(redis_server.url, PORT=str(a.port))
+        expect(page.locator("#status")).to_have_attribute("data-state", "connected")
+        expect(page.locator("#member-list li")).to_have_text(["alice", "bob"])
+        page.press("#message", "Enter")
+        expect(page.locator("#messages li.mine")).to_have_attribute("data-state", "sent")
+        assert bob.wait_for(1)[0]["message"] == "typed before connecting"
+
+        page.context.set_offline(True)  # the browser says it has no network
+        expect(page.locator("#status")).to_have_attribute("data-state", "offline")
+        expect(page.locator("#status")).to_have_text("offline")
+        bob.call("send_message", {"room": "later", "message": "while you were offline"})
+        page.context.set_offline(False)
+        expect(page.locator("#status")).to_have_attribute("data-state", "connected")
+        expect(page.locator("#messages li.msg .text")).to_have_text(
+            ["typed before connecting", "while you were offline"]
+        )
+        expect(page.locator("#notice")).to_have_text("Reconnected: 1 missed message recovered.")
+        assert page.errors == []  # type: ignore[attr-defined]
+    finally:
+        bob.close()
 
 
 # Every websocket the page opens fails before it opens, as behind a proxy that refuses the
