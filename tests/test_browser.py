@@ -571,3 +571,34 @@ def test_the_server_api_moves_a_page_in_and_out_of_rooms_and_disconnects_it(redi
         )
     finally:
         dora.close()
+
+
+def test_a_second_room_counts_unread_messages_until_it_is_shown(redis_server, nodes, browser) -> None:
+    node = nodes.start(redis_server.url)
+    dora = ChatClient(node.url, "dora")
+    try:
+        dora.call("join_room", "side")
+        page = open_page(browser, node.url)
+        join(page, "alice", "main")
+        page.fill("#another-room", "side")
+        page.press("#another-room", "Enter")
+        expect(page.locator("#room-title")).to_have_text("side")
+        expect(page.locator("#member-list li")).to_have_text(["alice", "dora"])
+        page.click("#room-list button[data-room=main]")
+        for text in ("m1", "m2"):
+            dora.call("send_message", {"room": "side", "message": text})
+        expect(page.locator("#room-list button[data-room=side] .unread")).to_have_text("2")
+        expect(page.locator("#messages li.msg")).to_have_count(0)  # main's own list
+        page.click("#room-list button[data-room=side]")
+        expect(page.locator("#messages li.msg .text")).to_have_text(["m1", "m2"])
+        expect(page.locator("#room-list .unread")).to_have_count(0)
+        page.click("#leave")  # leaves this room only; the other stays
+        expect(page.locator("#room-title")).to_have_text("main")
+        expect(page.locator("#room-list button .name")).to_have_text(["main"])
+        wait_until(
+            lambda: requests.get(f"{node.url}/api/rooms/side", timeout=5).json()["members"] == ["dora"],
+            what="alice left side on the server",
+        )
+        assert page.errors == []  # type: ignore[attr-defined]
+    finally:
+        dora.close()
