@@ -327,7 +327,7 @@ def test_a_refused_connection_is_explained_and_not_retried(nodes, browser) -> No
     assert attempts == ["open"]
 
 
-def test_joining_while_the_server_is_down_and_the_browser_going_offline(redis_server, nodes, browser) -> None:
+def test_joining_while_the_server_is_down_and_the_browser_going_offline(redis_server, nodes, browser, capsys) -> None:
     a = nodes.start(redis_server.url)
     b = nodes.start(redis_server.url)
     bob = ChatClient(b.url, "bob")
@@ -353,6 +353,9 @@ def test_joining_while_the_server_is_down_and_the_browser_going_offline(redis_se
         page.context.set_offline(True)  # the browser says it has no network
         expect(page.locator("#status")).to_have_attribute("data-state", "offline")
         expect(page.locator("#status")).to_have_text("offline")
+        expect(page.locator("#notice")).to_have_text("You are offline. The page reconnects when the network is back.")
+        with capsys.disabled():
+            print(f"\nscreenshot: {screenshot(page, 'browser-offline-phone')}")
         bob.call("send_message", {"room": "later", "message": "while you were offline"})
         page.context.set_offline(False)
         expect(page.locator("#status")).to_have_attribute("data-state", "connected")
@@ -469,7 +472,9 @@ def test_a_session_the_server_ended_is_reconnected_and_recovered(redis_server, n
         bob.close()
 
 
-def test_rooms_the_server_joins_and_leaves_and_a_disconnect_without_reconnection(redis_server, nodes, browser) -> None:
+def test_rooms_the_server_joins_and_leaves_and_a_disconnect_without_reconnection(
+    redis_server, nodes, browser, capsys
+) -> None:
     """Issue 13's server events, spoken by the test in the server's place on a real
     connection (the server API that sends them is not here yet; see the skipped test below)."""
     node = nodes.start(redis_server.url)
@@ -507,6 +512,7 @@ def test_rooms_the_server_joins_and_leaves_and_a_disconnect_without_reconnection
         expect(page.locator("#room-list li.left button")).to_have_attribute("data-room", "ops")
         expect(page.locator("#message")).to_be_disabled()
         expect(page.locator("#member-list li")).to_have_count(0)
+        shots = [screenshot(page, "server-removed-from-a-room")]
         page.click("#room-list button[data-room=lobby]")
         expect(page.locator("#message")).to_be_enabled()
 
@@ -517,6 +523,9 @@ def test_rooms_the_server_joins_and_leaves_and_a_disconnect_without_reconnection
         )
         expect(page.locator("#status")).to_have_attribute("data-state", "offline")
         expect(page.locator("#status")).to_have_text("disconnected by the server")
+        page.set_viewport_size(PHONE)
+        shots.append(screenshot(page, "server-disconnected-phone"))
+        page.set_viewport_size({"width": 1000, "height": 720})
         page.clock.run_for(120_000)  # far past every reconnection delay
         pump(page, lambda: True, "dispatch")
         assert len(relay.connections) == 2, "the page reconnected after disconnected_by_server"
@@ -526,6 +535,8 @@ def test_rooms_the_server_joins_and_leaves_and_a_disconnect_without_reconnection
         pump(page, lambda: relay.sent(2, "join_room"), "the rejoin")
         assert [p["room"] for p in relay.sent(2, "join_room")] == ["lobby"]
         assert page.errors == []  # type: ignore[attr-defined]
+        with capsys.disabled():
+            print(f"\nscreenshots: {' '.join(map(str, shots))}")
     finally:
         dora.close()
 
@@ -573,7 +584,7 @@ def test_the_server_api_moves_a_page_in_and_out_of_rooms_and_disconnects_it(redi
         dora.close()
 
 
-def test_a_second_room_counts_unread_messages_until_it_is_shown(redis_server, nodes, browser) -> None:
+def test_a_second_room_counts_unread_messages_until_it_is_shown(redis_server, nodes, browser, capsys) -> None:
     node = nodes.start(redis_server.url)
     dora = ChatClient(node.url, "dora")
     try:
@@ -588,6 +599,7 @@ def test_a_second_room_counts_unread_messages_until_it_is_shown(redis_server, no
         for text in ("m1", "m2"):
             dora.call("send_message", {"room": "side", "message": text})
         expect(page.locator("#room-list button[data-room=side] .unread")).to_have_text("2")
+        shot = screenshot(page, "unread-in-another-room")
         expect(page.locator("#messages li.msg")).to_have_count(0)  # main's own list
         page.click("#room-list button[data-room=side]")
         expect(page.locator("#messages li.msg .text")).to_have_text(["m1", "m2"])
@@ -600,5 +612,7 @@ def test_a_second_room_counts_unread_messages_until_it_is_shown(redis_server, no
             what="alice left side on the server",
         )
         assert page.errors == []  # type: ignore[attr-defined]
+        with capsys.disabled():
+            print(f"\nscreenshot: {shot}")
     finally:
         dora.close()

@@ -449,6 +449,7 @@
 
   function showOffline() {
     setStatus("offline", "offline");
+    notice("You are offline. The page reconnects when the network is back.");
   }
 
   function connect() {
@@ -476,9 +477,12 @@
       stopPolling();
       if (state.kicked || reason === "io client disconnect") return;
       state.reconnected = true;
-      notice("Connection lost. Reconnecting…");
-      if (navigator.onLine === false) showOffline();
-      else setStatus("reconnecting", "reconnecting…");
+      if (navigator.onLine === false) {
+        showOffline();
+      } else {
+        notice("Connection lost. Reconnecting…");
+        setStatus("reconnecting", "reconnecting…");
+      }
       if (reason === "io server disconnect") {
         const pause = Math.min(SERVER_CLOSE_CAP_MS, SERVER_CLOSE_BASE_MS * 2 ** state.serverCloses);
         state.serverCloses += 1;
@@ -619,8 +623,13 @@
   window.addEventListener("online", () => {
     const socket = state.socket;
     if (!socket || state.kicked) return;
-    if (socket.connected) setStatus("connected", "connected");
-    else setStatus("reconnecting", "reconnecting…");
+    if (socket.connected) {
+      setStatus("connected", "connected");
+      notice("");
+    } else {
+      setStatus("reconnecting", "reconnecting…");
+      notice("Connection lost. Reconnecting…");
+    }
   });
 
   // A reload (or a shared link with #room) comes straight back into the room.
