@@ -367,7 +367,7 @@
       ? { room: room.name, since: room.cursor.seq, epoch: room.cursor.epoch }
       : { room: room.name };
     const ack = await call("join_room", payload);
-    if (!state.rooms.has(room.name) || room.left) return null; // left (or removed) meanwhile
+    if (state.rooms.get(room.name) !== room || room.left) return null; // left (or removed) meanwhile
     if (ack && ack.ok) return admit(room, ack, recovering);
     const message = (ack && ack.error && ack.error.message) || "no answer";
     if (room.everJoined) {
@@ -460,17 +460,17 @@
       if (socket === state.socket) fn(...args);
     };
 
+    const showTransport = (name) => {
+      setStatus("connected", name === "polling" ? "connected (long-polling)" : "connected");
+      $("status").dataset.transport = name;
+    };
     socket.on("connect", mine(() => {
-      const transport = socket.io.engine.transport.name;
-      setStatus("connected", transport === "polling" ? "connected (long-polling)" : "connected");
-      $("status").dataset.transport = transport;
+      // A connection that fell back to long-polling stays on it (the client drops websocket
+      // from that connection's list); the next reconnection tries a websocket first again.
+      showTransport(socket.io.engine.transport.name);
       clearTimeout(state.stableTimer);
       state.stableTimer = setTimeout(() => (state.serverCloses = 0), STABLE_MS);
       rejoinAll();
-    }));
-    socket.io.on("upgrade", mine((transport) => {
-      if (socket.connected) setStatus("connected", "connected");
-      $("status").dataset.transport = transport.name;
     }));
     socket.on("disconnect", mine((reason) => {
       clearTimeout(state.stableTimer);
