@@ -410,7 +410,6 @@ def test_without_websockets_the_page_falls_back_to_long_polling(redis_server, no
         bob.call("send_message", {"room": "poll", "message": "back over the other node"})
         expect(page.locator("#messages li.msg .text")).to_have_text(["over long-polling", "back over the other node"])
         expect(page.locator("#member-list li")).to_have_text(["alice", "bob"])
-
     finally:
         bob.close()
 
