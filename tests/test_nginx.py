@@ -97,7 +97,7 @@ def test_websocket_and_polling_clients_through_nginx(nginx) -> None:
         wait_until(lambda: len(ws.got) == 6 and len(poll.got) == 6, what="both got all six")
         assert [m["message"] for m in poll.got] == [f"from polling {i}" for i in range(5)] + ["from websocket"]
         page = requests.get(f"{nginx}/", timeout=5)
-        assert page.status_code == 200 and "sio.js" in page.text
+        assert page.status_code == 200 and "socket.io.min.js" in page.text
     finally:
         ws.sio.disconnect()
         poll.sio.disconnect()

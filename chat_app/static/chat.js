@@ -1,22 +1,65 @@
-// The chat page: one room at a time over SioClient (sio.js). Every piece of text that came
-// from a user or the server is set with textContent, never parsed as HTML.
+// The chat page over the official socket.io-client (static/vendor/socket.io-client/, `io`).
+// A person picks a name and a room; the server may join them to more rooms (`room_joined`)
+// or take them out of one (`room_left`). Every room keeps its own messages, cursor and
+// members, and every joined room is rejoined with since/epoch after a reconnect. Every piece
+// of text that came from a user or the server is set with textContent, never parsed as HTML.
 "use strict";
 
 (() => {
   const $ = (id) => document.getElementById(id);
   const POLL_MS = 4000;
+  const ACK_TIMEOUT_MS = 10000;
+  // The client's own reconnection: websocket first; when a websocket cannot be opened at all
+  // (a proxy that refuses the upgrade), the same attempt falls back to long-polling.
+  const CLIENT_OPTIONS = {
+    autoConnect: false,
+    transports: ["websocket", "polling"],
+    tryAllTransports: true,
+    reconnection: true,
+    reconnectionDelay: 500,
+    reconnectionDelayMax: 5000,
+    randomizationFactor: 0.5,
+    timeout: 10000,
+  };
+  // After the server ended the session itself (a node shutting down) the client does not
+  // reconnect on its own; the page does, after a growing pause: long enough for a stopping
+  // node to have closed its listener (gunicorn's worker checks about once a second), and
+  // growing so that a server that keeps closing sessions is not hammered.
+  const SERVER_CLOSE_BASE_MS = 2000;
+  const SERVER_CLOSE_CAP_MS = 10000;
+  const STABLE_MS = 30000;
 
   const state = {
     name: "",
-    room: "",
     socket: null,
-    joined: false,
-    cursor: null, // {seq, epoch} of the last message this page has: sent as since/epoch on reconnect
-    members: [],
-    presenceSeen: false, // the server sends `presence` events: no need to poll the members
+    rooms: new Map(), // room name -> Room, in the order they appear in the list
+    current: null, // the Room on screen
+    kicked: false, // disconnected_by_server: no reconnection until the person asks
+    serverCloses: 0, // server-ended sessions in a row (the page's own backoff)
+    serverCloseTimer: null,
+    stableTimer: null,
     pollTimer: null,
-    byId: new Map(), // message id -> <li>
+    reconnected: false, // this connection follows a lost one: report what was recovered
   };
+
+  // One room as this page knows it. `joined`: a member (or about to rejoin after a drop);
+  // `left`: the server took us out (the room stays listed, read-only, until Leave).
+  function newRoom(name) {
+    const list = el("ol", "messages");
+    list.setAttribute("aria-live", "polite");
+    return {
+      name,
+      joined: false,
+      everJoined: false,
+      left: null,
+      cursor: null, // {seq, epoch} of the last message this page has: sent as since/epoch on reconnect
+      members: [],
+      presenceSeen: false, // the server sends `presence` events for it: no need to poll the members
+      unread: 0,
+      byId: new Map(), // message id -> <li>
+      list,
+    };
+  }
 
   function el(tag, cls, text) {
     const node = document.createElement(tag);
@@ -35,42 +78,100 @@
     n.hidden = !text;
     n.textContent = text || "";
     n.dataset.kind = kind;
+    if (!state.kicked) $("reconnect").hidden = true;
   }
 
   function clock(ms) {
     return new Date(ms).toLocaleTimeString([], { hour: "2-digit", minute: "2-digit" });
   }
 
-  function scrollDown() {
-    const list = $("messages");
-    list.scrollTop = list.scrollHeight;
+  function isText(value) {
+    return typeof value === "string" && value.length > 0;
   }
 
-  // -- members ----------------------------------------------------------------------
+  function scrollDown(room) {
+    room.list.scrollTop = room.list.scrollHeight;
+  }
 
-  function renderMembers() {
-    const list = $("member-list");
+  // -- the rooms list -----------------------------------------------------------------
+
+  function renderRooms() {
+    const list = $("room-list");
     list.replaceChildren();
-    const sorted = [...state.members].sort((a, b) => a.localeCompare(b));
-    for (const user of sorted) {
-      const item = el("li", user === state.name ? "me" : "", user);
+    for (const room of state.rooms.values()) {
+      const button = el("button", "room");
+      button.type = "button";
+      button.dataset.room = room.name;
+      button.append(el("span", "name", room.name));
+      if (room.left) button.append(el("span", "tag", "left"));
+      if (room.unread > 0) button.append(el("span", "unread", String(room.unread)));
+      if (room === state.current) button.setAttribute("aria-current", "true");
+      button.addEventListener("click", () => show(room));
+      const item = el("li", room.left ? "left" : "");
+      item.append(button);
       list.append(item);
     }
-    $("member-count").textContent = String(state.members.length);
   }
 
-  function setMembers(members) {
-    state.members = [...members];
+  function show(room) {
+    const previous = state.current;
+    state.current = room;
+    room.unread = 0;
+    if (previous !== room) {
+      const shown = $("messages");
+      shown.removeAttribute("id");
+      room.list.id = "messages";
+      shown.replaceWith(room.list);
+      scrollDown(room);
+    }
+    $("room-title").textContent = room.name;
+    document.title = `${room.name} · chat_app`;
+    history.replaceState(null, "", `#${encodeURIComponent(room.name)}`);
+    const open = !room.left;
+    $("message").disabled = !open;
+    $("send").disabled = !open;
+    $("message").placeholder = open ? "Write a message" : "You are no longer in this room";
     renderMembers();
+    renderRooms();
+    startPolling();
+  }
+
+  function forget(room) {
+    state.rooms.delete(room.name);
+    if (state.current === room) {
+      const next = state.rooms.values().next().value;
+      if (next) show(next);
+      else state.current = null;
+    }
+    renderRooms();
+  }
+
+  // -- members ------------------------------------------------------------------------
+
+  function renderMembers() {
+    const room = state.current;
+    const members = room && !room.left ? room.members : [];
+    const list = $("member-list");
+    list.replaceChildren();
+    for (const user of [...members].sort((a, b) => a.localeCompare(b))) {
+      list.append(el("li", user === state.name ? "me" : "", user));
+    }
+    $("member-count").textContent = String(members.length);
+  }
+
+  function setMembers(room, members) {
+    room.members = Array.isArray(members) ? members.filter(isText) : [];
+    if (room === state.current) renderMembers();
   }
 
   async function refreshMembers() {
-    if (!state.joined) return;
+    const room = state.current;
+    if (!room || !room.joined) return;
     try {
-      const response = await fetch(`/api/rooms/${encodeURIComponent(state.room)}`, { cache: "no-store" });
+      const response = await fetch(`/api/rooms/${encodeURIComponent(room.name)}`, { cache: "no-store" });
       if (response.ok) {
         const info = await response.json();
-        if (info.room === state.room) setMembers(info.members);
+        if (info.room === room.name && room.joined) setMembers(room, info.members);
       }
     } catch (err) {
       // offline: the next poll or the next join ack brings the list
@@ -81,27 +182,29 @@
   // server counts, so an event about ourselves that the join ack already counted is not
   // applied twice; when the counts still disagree the list is read again.
   function onPresence(event) {
-    if (!event || event.room !== state.room || !state.joined) return;
-    state.presenceSeen = true;
-    stopPolling();
+    const room = event && state.rooms.get(event.room);
+    if (!room || !room.joined) return;
+    room.presenceSeen = true;
+    if (room === state.current) stopPolling();
     if (Array.isArray(event.members)) {
-      setMembers(event.members);
+      setMembers(room, event.members);
       return;
     }
     const count = Number(event.members_count);
-    if (event.action === "join" && !(state.members.length >= count)) {
-      state.members.push(event.user);
-    } else if (event.action === "leave" && !(state.members.length <= count)) {
-      const at = state.members.indexOf(event.user);
-      if (at >= 0) state.members.splice(at, 1);
+    if (event.action === "join" && !(room.members.length >= count)) {
+      room.members.push(event.user);
+    } else if (event.action === "leave" && !(room.members.length <= count)) {
+      const at = room.members.indexOf(event.user);
+      if (at >= 0) room.members.splice(at, 1);
     }
-    renderMembers();
-    if (Number.isFinite(count) && state.members.length !== count) refreshMembers();
+    setMembers(room, room.members);
+    if (room === state.current && Number.isFinite(count) && room.members.length !== count) refreshMembers();
   }
 
   function startPolling() {
     stopPolling();
-    if (!state.presenceSeen) state.pollTimer = setInterval(refreshMembers, POLL_MS);
+    const room = state.current;
+    if (room && room.joined && !room.presenceSeen) state.pollTimer = setInterval(refreshMembers, POLL_MS);
   }
 
   function stopPolling() {
@@ -109,13 +212,14 @@
     state.pollTimer = null;
   }
 
-  // -- messages ---------------------------------------------------------------------
+  // -- messages -----------------------------------------------------------------------
 
-  function advance(seq, epoch) {
-    if (!state.cursor || state.cursor.epoch !== epoch) {
-      state.cursor = { seq, epoch };
-    } else if (seq > state.cursor.seq) {
-      state.cursor.seq = seq;
+  function advance(room, seq, epoch) {
+    if (!Number.isFinite(seq) || !isText(epoch)) return;
+    if (!room.cursor || room.cursor.epoch !== epoch) {
+      room.cursor = { seq, epoch };
+    } else if (seq > room.cursor.seq) {
+      room.cursor.seq = seq;
     }
   }
 
@@ -127,7 +231,7 @@
     return item;
   }
 
-  function fill(item, envelope, itemState) {
+  function fill(room, item, envelope, itemState) {
     item.dataset.id = envelope.id;
     item.dataset.seq = String(envelope.seq);
     item.dataset.epoch = envelope.epoch;
@@ -136,25 +240,36 @@
     time.textContent = clock(envelope.timestamp);
     time.dateTime = new Date(envelope.timestamp).toISOString();
     item.querySelector(".state").textContent = itemState === "sent" ? "✓ sent" : "";
-    state.byId.set(envelope.id, item);
+    room.byId.set(envelope.id, item);
   }
 
-  function showEnvelope(envelope) {
-    if (envelope.room !== state.room) return;
-    advance(envelope.seq, envelope.epoch);
-    if (state.byId.has(envelope.id)) return; // already shown (history overlap, own send)
-    const item = messageItem(envelope.sender, envelope.message, envelope.sender === state.name);
-    fill(item, envelope, "received");
-    $("messages").append(item);
-    scrollDown();
+  // Returns true when the envelope was new to this page.
+  function showEnvelope(room, envelope) {
+    if (!envelope || envelope.room !== room.name || !isText(envelope.id)) return false;
+    advance(room, envelope.seq, envelope.epoch);
+    if (room.byId.has(envelope.id)) return false; // already shown (history overlap, own send)
+    const item = messageItem(String(envelope.sender), String(envelope.message), envelope.sender === state.name);
+    fill(room, item, envelope, "received");
+    room.list.append(item);
+    scrollDown(room);
+    return true;
+  }
+
+  function onBroadcast(envelope) {
+    const room = envelope && state.rooms.get(envelope.room);
+    if (!room || !room.joined) return;
+    if (showEnvelope(room, envelope) && room !== state.current) {
+      room.unread += 1;
+      renderRooms();
+    }
   }
 
   // A confirmed send goes where the server put it: right after the last message of the same
   // epoch with a lower seq (others' messages may have arrived while it was pending).
-  function placeBySeq(item) {
+  function placeBySeq(room, item) {
     const seq = Number(item.dataset.seq);
     let after = null;
-    for (const other of $("messages").children) {
+    for (const other of room.list.children) {
       if (other !== item && other.dataset.epoch === item.dataset.epoch && Number(other.dataset.seq) < seq) {
         after = other;
       }
@@ -162,143 +277,318 @@
     if (after && after.nextElementSibling !== item) after.after(item);
   }
 
-  function separator(text) {
-    $("messages").append(el("li", "msg separator", text));
+  function separator(room, text) {
+    room.list.append(el("li", "msg separator", text));
   }
 
-  function send(text) {
+  // Emit with an ack; always resolves, with the server's answer or an {ok: false} of our own.
+  // Nothing is queued while disconnected (the client would send it on reconnect, unasked).
+  async function call(event, data) {
+    const socket = state.socket;
+    if (!socket || !socket.connected) return { ok: false, error: { code: "disconnected", message: "not connected" } };
+    try {
+      return await socket.timeout(ACK_TIMEOUT_MS).emitWithAck(event, data);
+    } catch (err) {
+      const lost = !socket.connected;
+      const message = lost ? "connection lost before the answer" : "no answer from the server";
+      return { ok: false, error: { code: lost ? "disconnected" : "timeout", message } };
+    }
+  }
+
+  function send(room, text) {
     const item = messageItem(state.name, text, true);
-    $("messages").append(item);
-    scrollDown();
+    room.list.append(item);
+    scrollDown(room);
     // One idempotency key per message: a retry of a send whose answer was lost is stored once.
     const key = `${Date.now().toString(36)}-${Math.random().toString(36).slice(2, 10)}`;
-    deliver(item, text, key);
+    deliver(room, item, text, key);
   }
 
-  async function deliver(item, text, key) {
+  async function deliver(room, item, text, key) {
     item.dataset.state = "pending";
     item.querySelector(".state").textContent = "sending…";
     const retry = item.querySelector("button.retry");
     if (retry) retry.remove();
-    const ack = await state.socket.call("send_message", { room: state.room, message: text, key });
+    const ack = await call("send_message", { room: room.name, message: text, key });
     if (!ack || !ack.ok) {
       item.dataset.state = "failed";
       item.querySelector(".state").textContent = `not sent: ${(ack && ack.error && ack.error.message) || "no answer"}`;
       const again = el("button", "retry", "Retry");
       again.type = "button";
-      again.addEventListener("click", () => deliver(item, text, key));
+      again.addEventListener("click", () => deliver(room, item, text, key));
       item.querySelector(".meta").append(again);
       return;
     }
-    const shown = state.byId.get(ack.id);
+    const shown = room.byId.get(ack.id);
     if (shown && shown !== item) {
-      item.remove(); // the broadcast came before the ack: keep that one, mark it confirmed
+      item.remove(); // the broadcast (or a rejoin's history) came first: keep it, mark it confirmed
       shown.dataset.state = "sent";
       shown.querySelector(".state").textContent = "✓ sent";
     } else {
-      fill(item, { ...ack, room: state.room }, "sent");
-      placeBySeq(item);
+      fill(room, item, { ...ack, room: room.name }, "sent");
+      placeBySeq(room, item);
     }
-    advance(ack.seq, ack.epoch);
+    advance(room, ack.seq, ack.epoch);
   }
 
-  // -- joining and reconnecting --------------------------------------------------------
+  // -- joining and rejoining ------------------------------------------------------------
 
-  async function join() {
-    const recovering = state.cursor !== null;
-    const payload = recovering
-      ? { room: state.room, since: state.cursor.seq, epoch: state.cursor.epoch }
-      : { room: state.room };
-    const ack = await state.socket.call("join_room", payload);
-    if (!ack || !ack.ok) {
-      const message = (ack && ack.error && ack.error.message) || "no answer";
-      if (!state.joined) {
-        leave();
-        $("join-error").hidden = false;
-        $("join-error").textContent = `Could not join: ${message}`;
-      } else {
-        notice(`Could not rejoin the room: ${message}`);
-      }
-      return;
-    }
-    state.joined = true;
-    setMembers(ack.members);
-    if (recovering && ack.recovered === false) {
-      separator("messages may be missing here");
-      notice("Reconnected, but the messages sent while you were away could not be recovered.");
-      state.cursor = null;
-      const fresh = await state.socket.call("join_room", { room: state.room });
-      if (fresh && fresh.ok) fresh.history.forEach(showEnvelope);
+  // The room's members and history, from a join ack or a room_joined event. Returns how the
+  // recovery went: null (not a recovery), {missed: n}, or {lost: true}.
+  async function admit(room, answer, recovering) {
+    room.joined = true;
+    room.everJoined = true;
+    room.left = null;
+    setMembers(room, answer.members);
+    let outcome = null;
+    if (recovering && answer.recovered === false) {
+      separator(room, "messages may be missing here");
+      room.cursor = null;
+      outcome = { lost: true };
+      const fresh = await call("join_room", { room: room.name });
+      if (fresh && fresh.ok) (fresh.history || []).forEach((e) => showEnvelope(room, e));
     } else {
-      ack.history.forEach(showEnvelope);
-      if (recovering) {
-        const n = ack.history.length;
-        notice(`Reconnected: ${n} missed message${n === 1 ? "" : "s"} recovered.`, "info");
-      }
+      const history = Array.isArray(answer.history) ? answer.history : [];
+      const added = history.filter((e) => showEnvelope(room, e)).length;
+      if (recovering) outcome = { missed: added };
     }
-    advance(ack.seq, ack.epoch);
-    startPolling();
+    advance(room, answer.seq, answer.epoch);
+    if (room === state.current) {
+      show(room);
+    } else {
+      renderRooms();
+    }
+    return outcome;
+  }
+
+  async function joinRoom(room) {
+    const recovering = room.cursor !== null;
+    const payload = recovering
+      ? { room: room.name, since: room.cursor.seq, epoch: room.cursor.epoch }
+      : { room: room.name };
+    const ack = await call("join_room", payload);
+    if (state.rooms.get(room.name) !== room || room.left) return null; // left (or removed) meanwhile
+    if (ack && ack.ok) return admit(room, ack, recovering);
+    const message = (ack && ack.error && ack.error.message) || "no answer";
+    if (room.everJoined) {
+      notice(`Could not rejoin ${room.name}: ${message}`);
+    } else if (state.rooms.size === 1) {
+      leave();
+      $("join-error").hidden = false;
+      $("join-error").textContent = `Could not join: ${message}`;
+    } else {
+      forget(room);
+      notice(`Could not join ${room.name}: ${message}`);
+    }
+    return null;
+  }
+
+  async function rejoinAll() {
+    const rooms = [...state.rooms.values()].filter((r) => !r.left);
+    const outcomes = await Promise.all(rooms.map(joinRoom));
+    if (!state.reconnected) return;
+    state.reconnected = false;
+    const lost = rooms.filter((room, i) => outcomes[i] && outcomes[i].lost).map((room) => room.name);
+    const missed = outcomes.reduce((n, o) => n + ((o && o.missed) || 0), 0);
+    if (lost.length) {
+      const where = state.rooms.size > 1 ? ` (in ${lost.join(", ")})` : "";
+      notice(`Reconnected, but the messages sent while you were away could not be recovered${where}.`);
+    } else if (outcomes.some((o) => o)) {
+      notice(`Reconnected: ${missed} missed message${missed === 1 ? "" : "s"} recovered.`, "info");
+    }
+  }
+
+  // -- events the server sends on its own (issue 13's server API) ---------------------
+
+  // The server joined this connection to a room: show it as a joined room with that history.
+  function onRoomJoined(event) {
+    if (!event || !isText(event.room)) return;
+    let room = state.rooms.get(event.room);
+    const known = room !== undefined && !room.left;
+    if (!room) {
+      room = newRoom(event.room);
+      state.rooms.set(room.name, room);
+    }
+    admit(room, event, false);
+    if (!known) notice(`You were added to ${room.name}.`, "info");
+  }
+
+  function onRoomLeft(event) {
+    const room = event && state.rooms.get(event.room);
+    if (!room) return;
+    room.joined = false;
+    room.left = isText(event.reason) ? event.reason : "removed";
+    room.members = [];
+    if (room === state.current) {
+      stopPolling();
+      show(room);
+    } else {
+      renderRooms();
+    }
+    const why = isText(event.reason) ? `: ${event.reason}` : "";
+    notice(`You were removed from ${room.name}${why}.`);
+  }
+
+  // The server is about to close this connection and means it: no automatic reconnection
+  // (the server's close follows; the page closes first so no attempt can slip in between).
+  function onDisconnectedByServer(event) {
+    const socket = state.socket;
+    if (!socket) return;
+    state.kicked = true;
+    socket.io.reconnection(false);
+    clearTimeout(state.serverCloseTimer);
+    const why = event && isText(event.reason) ? `: ${event.reason}` : "";
+    notice(`The server disconnected you${why}. You will not be reconnected automatically.`);
+    $("reconnect").hidden = false;
+    setStatus("offline", "disconnected by the server");
+    stopPolling();
+    socket.disconnect();
+  }
+
+  // -- the connection -------------------------------------------------------------------
+
+  function showOffline() {
+    setStatus("offline", "offline");
+    notice("You are offline. The page reconnects when the network is back.");
   }
 
   function connect() {
-    const socket = new SioClient(SioClient.urlFor(window.location), { auth: { username: state.name } });
+    const socket = io(CLIENT_OPTIONS);
+    socket.auth = { username: state.name };
     state.socket = socket;
-    socket.on("connect", () => {
-      setStatus("connected", "connected");
-      join();
-    });
-    socket.on("disconnect", () => {
-      setStatus("reconnecting", "reconnecting…");
-      notice("Connection lost. Reconnecting…");
+    const mine = (fn) => (...args) => {
+      if (socket === state.socket) fn(...args);
+    };
+
+    const showTransport = (name) => {
+      setStatus("connected", name === "polling" ? "connected (long-polling)" : "connected");
+      $("status").dataset.transport = name;
+    };
+    socket.on("connect", mine(() => {
+      // A connection that fell back to long-polling stays on it (the client drops websocket
+      // from that connection's list); the next reconnection tries a websocket first again.
+      showTransport(socket.io.engine.transport.name);
+      clearTimeout(state.stableTimer);
+      state.stableTimer = setTimeout(() => (state.serverCloses = 0), STABLE_MS);
+      rejoinAll();
+    }));
+    socket.on("disconnect", mine((reason) => {
+      clearTimeout(state.stableTimer);
       stopPolling();
-    });
-    socket.on("reconnecting", ({ attempt }) => setStatus("reconnecting", `reconnecting (try ${attempt})…`));
-    socket.on("connect_error", (error) => {
+      if (state.kicked || reason === "io client disconnect") return;
+      state.reconnected = true;
+      if (navigator.onLine === false) {
+        showOffline();
+      } else {
+        notice("Connection lost. Reconnecting…");
+        setStatus("reconnecting", "reconnecting…");
+      }
+      if (reason === "io server disconnect") {
+        const pause = Math.min(SERVER_CLOSE_CAP_MS, SERVER_CLOSE_BASE_MS * 2 ** state.serverCloses);
+        state.serverCloses += 1;
+        state.serverCloseTimer = setTimeout(mine(() => socket.connect()), pause * (0.5 + Math.random() / 2));
+      }
+    }));
+    socket.io.on("reconnect_attempt", mine((attempt) => {
+      if (navigator.onLine === false) showOffline();
+      else setStatus("reconnecting", `reconnecting (attempt ${attempt})…`);
+    }));
+    socket.on("connect_error", mine((error) => {
+      if (socket.active) return; // a network failure: the client tries again by itself
       // The server refused the connection itself (e.g. it requires a token): retrying won't help.
       leave();
       $("join-error").hidden = false;
       $("join-error").textContent = `The server refused the connection: ${(error && error.message) || "no reason given"}`;
-    });
-    socket.on("broadcast_message", showEnvelope);
-    socket.on("presence", onPresence);
-    socket.on("error", (error) => notice(`${error.event || "server"}: ${error.message}`));
-    socket.open();
+    }));
+    socket.on("broadcast_message", mine(onBroadcast));
+    socket.on("presence", mine(onPresence));
+    socket.on("room_joined", mine(onRoomJoined));
+    socket.on("room_left", mine(onRoomLeft));
+    socket.on("disconnected_by_server", mine(onDisconnectedByServer));
+    socket.on("error", mine((error) => notice(`${(error && error.event) || "server"}: ${(error && error.message) || "error"}`)));
+    socket.connect();
   }
 
-  function enter(name, room) {
+  function reconnectByHand() {
+    const socket = state.socket;
+    if (!socket || !state.kicked) return;
+    state.kicked = false;
+    state.reconnected = true;
+    state.serverCloses = 0;
+    $("reconnect").hidden = true;
+    notice("");
+    setStatus("connecting", "connecting…");
+    socket.io.reconnection(true);
+    socket.connect();
+  }
+
+  function enter(name, roomName) {
     state.name = name;
-    state.room = room;
-    state.cursor = null;
-    state.joined = false;
-    state.byId.clear();
-    $("messages").replaceChildren();
-    setMembers([]);
+    state.rooms.clear();
+    state.kicked = false;
+    state.reconnected = false;
+    state.serverCloses = 0;
+    const room = newRoom(roomName);
+    state.rooms.set(roomName, room);
     notice("");
     $("join-error").hidden = true;
-    $("room-title").textContent = room;
     $("join-form").hidden = true;
     $("chat").hidden = false;
+    show(room);
     localStorage.setItem("chat.name", name);
-    window.location.hash = encodeURIComponent(room);
-    document.title = `${room} · chat_app`;
     setStatus("connecting", "connecting…");
     connect();
     $("message").focus();
   }
 
-  function leave() {
+  function close() {
     stopPolling();
-    if (state.socket) {
-      if (state.joined) state.socket.emit("leave_room", { room: state.room });
-      state.socket.close();
-      state.socket = null;
-    }
-    state.joined = false;
+    clearTimeout(state.serverCloseTimer);
+    clearTimeout(state.stableTimer);
+    const socket = state.socket;
+    state.socket = null; // before disconnect(): its events are no longer ours
+    if (socket) socket.disconnect();
+  }
+
+  // Back to the form: the connection and every room are given up.
+  function leave() {
+    close();
+    state.rooms.clear();
+    state.current = null;
+    state.kicked = false;
+    $("reconnect").hidden = true;
     $("chat").hidden = true;
     $("join-form").hidden = false;
     setStatus("idle", "not connected");
     history.replaceState(null, "", window.location.pathname);
     document.title = "chat_app";
+  }
+
+  // Leave the room on screen; the last one takes the page back to the form.
+  function leaveCurrent() {
+    const room = state.current;
+    if (!room) return;
+    if (state.rooms.size <= 1) {
+      if (room.joined && state.socket && state.socket.connected) state.socket.emit("leave_room", { room: room.name });
+      leave();
+      return;
+    }
+    if (room.joined) call("leave_room", { room: room.name });
+    forget(room);
+  }
+
+  function joinAnother(name) {
+    const existing = state.rooms.get(name);
+    if (existing && !existing.left) {
+      show(existing);
+      return;
+    }
+    if (existing) forget(existing);
+    const room = newRoom(name);
+    state.rooms.set(name, room);
+    show(room);
+    if (state.socket && state.socket.connected) joinRoom(room);
+    // otherwise the next connect joins it with the others
   }
 
   $("join-form").addEventListener("submit", (event) => {
@@ -311,12 +601,36 @@
   $("composer").addEventListener("submit", (event) => {
     event.preventDefault();
     const text = $("message").value;
-    if (!text.trim() || !state.joined) return;
+    const room = state.current;
+    if (!text.trim() || !room || !room.joined) return;
     $("message").value = "";
-    send(text);
+    send(room, text);
   });
 
-  $("leave").addEventListener("click", leave);
+  $("join-another").addEventListener("submit", (event) => {
+    event.preventDefault();
+    const name = $("another-room").value.trim();
+    if (!name || !state.socket) return;
+    $("another-room").value = "";
+    joinAnother(name);
+  });
+
+  $("leave").addEventListener("click", leaveCurrent);
+  $("reconnect").addEventListener("click", reconnectByHand);
+  window.addEventListener("offline", () => {
+    if (state.socket && !state.kicked) showOffline();
+  });
+  window.addEventListener("online", () => {
+    const socket = state.socket;
+    if (!socket || state.kicked) return;
+    if (socket.connected) {
+      setStatus("connected", "connected");
+      notice("");
+    } else {
+      setStatus("reconnecting", "reconnecting…");
+      notice("Connection lost. Reconnecting…");
+    }
+  });
 
   // A reload (or a shared link with #room) comes straight back into the room.
   const savedName = localStorage.getItem("chat.name") || "";
