@@ -156,11 +156,15 @@
     for (const user of [...members].sort((a, b) => a.localeCompare(b))) {
       list.append(el("li", user === state.name ? "me" : "", user));
     }
-    $("member-count").textContent = String(members.length);
+    // A big room's ack and events name only a page of its members, and say how many there are.
+    const count = room && !room.left && Number.isFinite(room.count) ? Math.max(room.count, members.length) : members.length;
+    if (count > members.length) list.append(el("li", "more", `and ${count - members.length} more`));
+    $("member-count").textContent = String(count);
   }
 
-  function setMembers(room, members) {
+  function setMembers(room, members, count) {
     room.members = Array.isArray(members) ? members.filter(isText) : [];
+    room.count = Number.isFinite(count) ? count : null;
     if (room === state.current) renderMembers();
   }
 
@@ -168,10 +172,11 @@
     const room = state.current;
     if (!room || !room.joined) return;
     try {
-      const response = await fetch(`/api/rooms/${encodeURIComponent(room.name)}`, { cache: "no-store" });
+      const url = `/api/rooms/${encodeURIComponent(room.name)}/members?limit=100`;
+      const response = await fetch(url, { cache: "no-store" });
       if (response.ok) {
         const info = await response.json();
-        if (info.room === room.name && room.joined) setMembers(room, info.members);
+        if (info.room === room.name && room.joined) setMembers(room, info.members, Number(info.members_count));
       }
     } catch (err) {
       // offline: the next poll or the next join ack brings the list
@@ -186,19 +191,25 @@
     if (!room || !room.joined) return;
     room.presenceSeen = true;
     if (room === state.current) stopPolling();
+    const count = Number(event.members_count);
     if (Array.isArray(event.members)) {
-      setMembers(room, event.members);
+      setMembers(room, event.members, count);
       return;
     }
-    const count = Number(event.members_count);
+    if (event.action === "count") {
+      // a big room: its members are counted, not announced one by one
+      setMembers(room, room.members, count);
+      return;
+    }
     if (event.action === "join" && !(room.members.length >= count)) {
       room.members.push(event.user);
     } else if (event.action === "leave" && !(room.members.length <= count)) {
       const at = room.members.indexOf(event.user);
       if (at >= 0) room.members.splice(at, 1);
     }
-    setMembers(room, room.members);
-    if (room === state.current && Number.isFinite(count) && room.members.length !== count) refreshMembers();
+    setMembers(room, room.members, count);
+    const paged = Number.isFinite(room.pageSize) && count > room.pageSize;
+    if (room === state.current && Number.isFinite(count) && room.members.length !== count && !paged) refreshMembers();
   }
 
   function startPolling() {
@@ -339,7 +350,9 @@
     room.joined = true;
     room.everJoined = true;
     room.left = null;
-    setMembers(room, answer.members);
+    setMembers(room, answer.members, Number(answer.members_count));
+    // The ack named every member, or the first page of them: a shorter list is a big room.
+    room.pageSize = Number(answer.members_count) > room.members.length ? room.members.length : null;
     let outcome = null;
     if (recovering && answer.recovered === false) {
       separator(room, "messages may be missing here");
