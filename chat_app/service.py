@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import functools
 import logging
-import secrets
 import threading
 import time
 from collections.abc import Callable
@@ -336,15 +335,7 @@ class ChatService:
             self.counters.rate_limited += 1
             raise ChatError(ErrorCode.RATE_LIMITED, "too many messages: slow down")
         sender = conn.user or clean_sender(req.sender) or self._rooms_user(req.room, sid)
-        draft = Draft(
-            id=secrets.token_hex(16),
-            room=req.room,
-            sender=sender,
-            message=req.message,
-            timestamp=int(self._clock() * 1000),
-            instance_id=self.instance_id,
-            key=req.key,
-        )
+        draft = Draft.new(req.room, sender, req.message, self.instance_id, req.key, self._clock)
         started = time.perf_counter()
         try:
             envelope = self._broker.publish(draft)

@@ -51,7 +51,7 @@ class MemoryBroker:
 
     def publish(self, draft: Draft) -> Envelope:
         hub = self._hub
-        dedup_id = f"k:{draft.sender}:{draft.key}" if draft.key else f"i:{draft.id}"
+        dedup_id = draft.dedup_id
         with hub.lock:
             room = hub.rooms.setdefault(draft.room, _Room())
             if dedup_id in room.dedup:
