@@ -9,6 +9,7 @@ from flask import Flask
 from flask_socketio import SocketIO
 
 from . import fanout, json_codec, lean_websockets
+from .api import register_api
 from .backends.base import Broker, Presence
 from .backends.memory import MemoryBroker, MemoryHub, MemoryPresence
 from .events import SocketIOEmitter, register_events, watch_slow_clients
@@ -79,6 +80,7 @@ def create_app(settings: Settings | None = None, async_mode: str | None = None) 
     register_events(socketio, service)
     watch_slow_clients(socketio, settings.max_client_queue)
     register_routes(app, service)
+    register_api(app, service)
     app.extensions["chat_service"] = service
     app.extensions["chat_socketio"] = socketio
     register_metrics(app, service, broker, writer.counters if writer else None)

@@ -8,15 +8,41 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Protocol, TypeVar
 
 from ..protocol import Command, Envelope, PresenceEvent
 
 RECENT_HISTORY = 50  # envelopes in a join ack without `since`
+T = TypeVar("T")
 
 
 class BackendUnavailable(Exception):
     """The shared store could not be reached within the deadline; nothing was changed."""
+
+
+def within(seconds: float, call: Callable[[], T], what: str) -> T:
+    """`call()`, given up on after `seconds` (BackendUnavailable): a store that stopped
+    answering holds a read for its socket timeout, times its client's retries, and the
+    server API promises an answer within SEND_DEADLINE. The call runs in a thread of its
+    own (a greenlet under gevent) and, given up on, ends by itself at its socket timeout."""
+    done = threading.Event()
+    outcome: list[tuple[bool, object]] = []
+
+    def run() -> None:
+        try:
+            outcome.append((True, call()))
+        except BaseException as exc:
+            outcome.append((False, exc))
+        finally:
+            done.set()
+
+    threading.Thread(target=run, name=what, daemon=True).start()
+    if not done.wait(seconds):
+        raise BackendUnavailable(f"{what}: no answer within {seconds:g} s")
+    ok, value = outcome[0]
+    if not ok:
+        raise value  # type: ignore[misc]
+    return value  # type: ignore[return-value]
 
 
 class Banned(Exception):

@@ -1,7 +1,13 @@
 -- Write this node's presence entries for a room (a join, or the heartbeat's full rewrite)
 -- and keep the room's keys alive. A room new to the store gets a new epoch.
 -- ARGV after the common ones: 9 replace (0|1), then sid, user pairs.
+-- KEYS[10], a join's only: the user's ban from the room (server API); while it exists the
+-- join changes nothing and returns {'', milliseconds left}.
 -- Returns {epoch, seq}.
+if KEYS[10] then
+  local left = redis.call('PTTL', KEYS[10])
+  if left ~= -2 then return {'', math.max(left, 0)} end
+end
 prune()
 local net = {}
 if ARGV[9] == '1' then
