@@ -154,40 +154,51 @@ class ChatEmitter:
     def join_user(self, user: str, room: str) -> int:
         """Every connection of `user` joins `room` as if it had sent `join_room`; it is told
         with a `room_joined` event. Returns how many connections joined."""
-        req = _valid(UserRoomRequest, {"user": user, "room": room})
-        return self.command(CommandAction.JOIN, req.user, req.room).connections
+        return self.command(CommandAction.JOIN, user, room).connections
 
     def leave_user(self, user: str, room: str, ban_seconds: int | None = None) -> int:
         """Every connection of `user` leaves `room` (`room_left`); with `ban_seconds`, their
         `join_room` to it is refused with `forbidden_room` until then."""
-        req = _valid(UserLeaveRequest, {"user": user, "room": room, "ban_seconds": ban_seconds})
-        started = time.monotonic()
-        if req.ban_seconds is not None:
-            try:
-                store_ban(self._client, self.settings.key_prefix, req.room, req.user, req.ban_seconds)
-            except REDIS_ERRORS as exc:
-                raise EmitterUnavailable(f"ban not stored: {exc}") from None
-        reason = "banned" if req.ban_seconds is not None else "removed"
-        left = self._deadline - (time.monotonic() - started)
-        return self.command(CommandAction.LEAVE, req.user, req.room, reason, deadline=left).connections
+        return self.command(CommandAction.LEAVE, user, room, ban_seconds=ban_seconds).connections
 
     def disconnect_user(self, user: str, reason: str | None = None) -> int:
         """Every connection of `user` gets `disconnected_by_server` `{reason}` and is closed."""
-        req = _valid(UserDisconnectRequest, {"user": user, "reason": reason})
-        return self.command(CommandAction.DISCONNECT, req.user, reason=req.reason).connections
+        return self.command(CommandAction.DISCONNECT, user, reason=reason).connections
 
     def command(
         self,
-        action: CommandAction,
+        action: CommandAction | str,
         user: str,
         room: str | None = None,
         reason: str | None = None,
-        deadline: float | None = None,
+        ban_seconds: int | None = None,
     ) -> CommandResult:
-        """The nodes' answers in full: connections acted on, nodes that answered, nodes the
-        command reached. Arguments are taken as valid: the methods above check them."""
+        """As the three above, with the nodes' answers in full: connections acted on, nodes
+        that answered, nodes the command reached (`join`, `leave` or `disconnect`)."""
         try:
-            return self._control.send(Command("", action, user, room, reason), deadline or self._deadline)
+            action = CommandAction(action)
+        except ValueError:
+            raise EmitterInputError(ErrorCode.INVALID_PAYLOAD, f"no such command: {action!r}") from None
+        if action is CommandAction.DISCONNECT:
+            req = _valid(UserDisconnectRequest, {"user": user, "reason": reason})
+            return self._send_command(Command("", action, req.user, None, req.reason), self._deadline)
+        if action is CommandAction.JOIN:
+            req = _valid(UserRoomRequest, {"user": user, "room": room})
+            return self._send_command(Command("", action, req.user, req.room), self._deadline)
+        leave = _valid(UserLeaveRequest, {"user": user, "room": room, "ban_seconds": ban_seconds})
+        started = time.monotonic()
+        if leave.ban_seconds is not None:  # stored first: no node lets the user straight back
+            try:
+                store_ban(self._client, self.settings.key_prefix, leave.room, leave.user, leave.ban_seconds)
+            except REDIS_ERRORS as exc:
+                raise EmitterUnavailable(f"ban not stored: {exc}") from None
+        reason = "banned" if leave.ban_seconds is not None else "removed"
+        left = max(self._deadline - (time.monotonic() - started), 0.1)
+        return self._send_command(Command("", action, leave.user, leave.room, reason), left)
+
+    def _send_command(self, command: Command, deadline: float) -> CommandResult:
+        try:
+            return self._control.send(command, deadline)
         except BackendUnavailable as exc:
             raise EmitterUnavailable(f"command not sent: {exc}") from None
         except REDIS_ERRORS as exc:
