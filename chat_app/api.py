@@ -92,7 +92,9 @@ def register_api(app: Flask, service: ChatService) -> None:
             given = request.headers.get("Authorization", "").encode("latin-1")
             if not hmac.compare_digest(given, expected):
                 log.warning("event=api_unauthorized path=%s", request.path)
-                response, status = _error(ChatError(ErrorCode.UNAUTHORIZED, "a valid `Authorization: Bearer` key"))
+                response, status = _error(
+                    ChatError(ErrorCode.UNAUTHORIZED, "this call needs the header `Authorization: Bearer <API_KEY>`")
+                )
                 response.headers["WWW-Authenticate"] = "Bearer"
                 return response, status
             try:
