@@ -401,7 +401,7 @@ class ChatService:
         except BackendUnavailable as exc:
             raise ChatError(ErrorCode.UNAVAILABLE, f"message not sent: {exc}") from None
         self.counters.published += 1
-        log.info("event=api_publish room=%s seq=%d id=%s", req.room, envelope.seq, envelope.id)
+        log.debug("event=api_publish room=%s seq=%d id=%s", req.room, envelope.seq, envelope.id)
         return {"ok": True, **_ack(envelope)}
 
     def history_page(self, room: str, before: int | None, limit: int) -> dict[str, Any]:

@@ -18,6 +18,7 @@ from helpers import wait_until
 from processes import ROOT
 from streams import SendStream
 from test_cluster import cluster  # noqa: F401 (fixture)
+from test_sentinel import MASTER, sentinel_setup  # noqa: F401 (fixture)
 from test_server_api import ApiClient
 
 from chat_app.emitter import ChatEmitter, EmitterInputError, EmitterUnavailable
@@ -198,3 +199,23 @@ def test_emitter_on_a_redis_cluster(cluster, nodes) -> None:  # noqa: F811 (fixt
     assert sorted((m["room"], m["seq"]) for m in got) == sorted((r, 1) for r in rooms)
     assert [e["room"] for e in alice.wait_for(len(rooms), "room_joined")] == rooms
     assert {ack["id"] for ack in out["acks"]} == {m["id"] for m in got}
+
+
+def test_emitter_and_commands_through_sentinel(sentinel_setup, nodes) -> None:  # noqa: F811 (fixture)
+    _master, _replica, sentinels = sentinel_setup
+    env = {"REDIS_SENTINELS": sentinels.setting, "REDIS_SENTINEL_MASTER": MASTER}
+    a = nodes.start(None, **env)
+    b = nodes.start(None, **env)
+    alice_a, alice_b, bob = ApiClient(a.url, "alice"), ApiClient(b.url, "alice"), ApiClient(b.url, "bob")
+    bob.call("join_room", "lobby")
+    out = run_emitter(
+        """
+        joined = chat.join_user("alice", "lobby")
+        ack = chat.publish("lobby", "through the sentinels", sender="shop")
+        out = {"joined": joined, "ack": ack}
+        """,
+        **env,
+    )
+    assert out["joined"] == 2
+    for client in (alice_a, alice_b, bob):
+        assert [(m["id"], m["sender"]) for m in client.wait_for(1)] == [(out["ack"]["id"], "shop")]
