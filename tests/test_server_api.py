@@ -7,6 +7,7 @@ import threading
 import time
 from typing import Any
 
+import jwt
 import pytest
 import requests
 from helpers import ChatClient, scrape, wait_until
@@ -455,3 +456,23 @@ def test_many_commands_at_once_are_each_answered_in_full(redis_server, nodes) ->
         client.wait_for(1, "room_joined")
     members = requests.get(f"{a.url}/api/rooms/lobby", timeout=5).json()["members"]
     assert sorted(set(members)) == users and len(members) == 12
+
+
+def test_users_are_found_by_their_token_or_their_connect_time_name(redis_server, nodes) -> None:
+    secret = "s" * 32
+    signed = nodes.start(redis_server.url, API_KEY=KEY, AUTH_SECRET=secret)
+    named = nodes.start(redis_server.url, API_KEY=KEY, INSTANCE_ID="named")  # another deployment's way
+    token = jwt.encode({"sub": "alice", "exp": int(time.time()) + 60}, secret, algorithm="HS256")
+    # The token decides: the username it also sends is not her name.
+    by_token = ApiClient(signed.url, connect_auth={"token": token, "username": "mallory"})
+    by_query = ApiClient(f"{named.url}?username=alice")
+    nameless = ApiClient(named.url)  # no name at connect: its payloads' senders are not names
+    assert api("POST", signed.url, "/api/users/mallory/rooms/lobby").json()["connections"] == 0
+    assert api("POST", signed.url, "/api/users/alice/rooms/lobby").json() == {
+        "ok": True,
+        "connections": 2,
+        "nodes": 2,
+    }
+    for client in (by_token, by_query):
+        assert client.wait_for(1, "room_joined")[0]["room"] == "lobby"
+    assert nameless.received("room_joined") == []
