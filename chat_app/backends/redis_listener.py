@@ -80,7 +80,6 @@ class Listener:
         self.reconnects = 0
         self.received = 0  # room messages taken from Redis (the benchmark reads it at stop)
         self.bad_payloads = 0
-        self.commands = 0  # commands taken from the control channel
         self._last_bad_log = 0.0
 
     def start(self, hooks: BrokerHooks) -> None:
@@ -286,7 +285,6 @@ class Listener:
         except BadEnvelope as exc:
             self._bad(exc, "control")
             return
-        self.commands += 1
         self._hook("on_control", command)
 
     def _hook(self, name: str, *args: object) -> None:
