@@ -35,6 +35,9 @@ _after_answer: contextvars.ContextVar[list[Callable[[], None]] | None] = context
 )
 
 
+CLOSE_GRACE = 1.0  # seconds a client disconnected by the server has to close its transport
+
+
 def _socketio_room(room: str) -> str:
     """Socket.IO's own room for a chat room; '/' cannot occur in a chat room or a sid."""
     return "r/" + room
@@ -59,6 +62,23 @@ class SocketIOEmitter:
 
     def leave_room(self, sid: str, room: str) -> None:
         self._socketio.server.leave_room(sid, _socketio_room(room), namespace="/")
+
+    def disconnect(self, sid: str) -> None:
+        """Socket.IO's DISCONNECT goes out behind what was emitted to the socket, and a
+        client closes the transport on it; one that does not is cut after CLOSE_GRACE."""
+        server = self._socketio.server
+        eio_sid = server.manager.eio_sid_from_sid(sid, "/")
+        server.disconnect(sid, namespace="/")
+        if eio_sid is not None:
+            self._socketio.start_background_task(self._close_later, eio_sid)
+
+    def _close_later(self, eio_sid: str) -> None:
+        self._socketio.sleep(CLOSE_GRACE)
+        eio = self._socketio.server.eio
+        if eio_sid in eio.sockets:
+            log.info("event=transport_closed_by_server eio_sid=%s", eio_sid)
+            with contextlib.suppress(Exception):  # it may be going away by itself right now
+                eio.disconnect(eio_sid)
 
 
 def _track_answers(server: Any) -> None:

@@ -60,6 +60,11 @@ class ChatCollector(Collector):
         recoveries.add_metric([s.instance_id, "failed"], c.recoveries_failed)
         yield recoveries
         yield counter("chat_rate_limited", "Sends and joins refused by the rate limit.", c.rate_limited)
+        yield counter(
+            "chat_control_commands",
+            "Server API commands on users (join, leave, disconnect) this node acted on.",
+            c.commands,
+        )
 
         if self._writes is not None:  # gevent-websocket only
             frames = CounterMetricFamily(
@@ -101,7 +106,9 @@ class ChatCollector(Collector):
                 listener.received,
             )
             yield counter(
-                "chat_bad_payloads", "Payloads from Redis that were not envelopes, dropped.", listener.bad_payloads
+                "chat_bad_payloads",
+                "Payloads from Redis (room or control channel) that were not ours, dropped.",
+                listener.bad_payloads,
             )
             yield gauge("chat_redis_listener_connected", "1 while listening.", float(listener.connected))
 

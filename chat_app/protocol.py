@@ -28,6 +28,9 @@ from pydantic_core import PydanticCustomError
 ROOM_MAX_CHARS = 64
 SENDER_MAX_CHARS = 64
 KEY_MAX_CHARS = 64
+REASON_MAX_CHARS = 200
+PAGE_MAX = 100  # history messages or rooms in one page of the server API
+BAN_MAX_SECONDS = 366 * 24 * 3600
 ROOM_PUNCTUATION = frozenset("_-.:#@")
 WIRE_VERSION = 1
 
@@ -43,6 +46,9 @@ class ErrorCode(StrEnum):
     FORBIDDEN_ROOM = "forbidden_room"
     UNAVAILABLE = "unavailable"
     INTERNAL = "internal_error"
+    # The server API's own (HTTP and ChatEmitter); clients of the socket never see them.
+    INVALID_USER = "invalid_user"
+    NOT_FOUND = "not_found"
 
 
 class ChatError(Exception):
@@ -87,6 +93,28 @@ def clean_sender(value: Any) -> str | None:
 Room = Annotated[str, AfterValidator(check_room)]
 
 
+def check_user(value: str) -> str:
+    """A name a connection can have (what `clean_sender` makes of it is itself), so that a
+    command names users exactly as the nodes know them: no control characters, no padding."""
+    name = unicodedata.normalize("NFC", value)
+    if not name or clean_sender(name) != name:
+        raise PydanticCustomError(
+            "invalid_user",
+            f"a user name has 1 to {SENDER_MAX_CHARS} printable characters, single inner spaces",
+        )
+    return name
+
+
+def check_reason(value: str) -> str:
+    if not 1 <= len(value) <= REASON_MAX_CHARS or not value.isprintable():
+        raise PydanticCustomError("invalid_payload", f"a reason has 1 to {REASON_MAX_CHARS} printable characters")
+    return value
+
+
+User = Annotated[str, AfterValidator(check_user)]
+Reason = Annotated[str, AfterValidator(check_reason)]
+
+
 def check_room_name(value: str) -> str:
     """`check_room` for callers outside validation: a bad name is a ChatError."""
     try:
@@ -124,6 +152,43 @@ class SendRequest(_Payload):
         if len(value) * 4 > limit and len(value.encode("utf-8", "surrogatepass")) > limit:
             raise PydanticCustomError("message_too_large", f"message is over {limit} bytes of UTF-8")
         return value
+
+
+class PublishRequest(SendRequest):
+    """A post from outside the nodes (HTTP API, ChatEmitter): a member's send, under a name
+    the backend chooses."""
+
+    sender: User = "system"
+
+
+class _Query(BaseModel):
+    """Query-string parameters arrive as text: numbers are read from it (lax mode)."""
+
+    model_config = ConfigDict(extra="ignore", frozen=True)
+
+
+class HistoryQuery(_Query):
+    before: Annotated[int, Field(ge=1)] | None = None
+    limit: Annotated[int, Field(ge=1, le=PAGE_MAX)] = 50
+
+
+class RoomsQuery(_Query):
+    cursor: Annotated[str, Field(min_length=1, max_length=64)] | None = None
+    limit: Annotated[int, Field(ge=1, le=PAGE_MAX)] = 50
+
+
+class UserRoomRequest(_Payload):
+    user: User
+    room: Room
+
+
+class UserLeaveRequest(UserRoomRequest):
+    ban_seconds: Annotated[int, Field(ge=1, le=BAN_MAX_SECONDS)] | None = None
+
+
+class UserDisconnectRequest(_Payload):
+    user: User
+    reason: Reason | None = None
 
 
 _CODES = {c.value: c for c in ErrorCode}
@@ -259,3 +324,101 @@ def decode_envelope(raw: bytes | str, max_bytes: int) -> Envelope:
     if not isinstance(decoded, Envelope):
         raise BadEnvelope("expected a message envelope")
     return decoded
+
+
+class CommandAction(StrEnum):
+    JOIN = "join"
+    LEAVE = "leave"
+    DISCONNECT = "disconnect"
+
+
+@dataclass(frozen=True, slots=True)
+class Command:
+    """An act on every connection of one user, carried to every node by the control channel;
+    each node answers on `reply_to` with how many of its connections it acted on."""
+
+    id: str
+    action: CommandAction
+    user: str
+    room: str | None = None
+    reason: str | None = None  # disconnect: told to the client; leave: "removed" or "banned"
+    reply_to: str = ""
+
+    def encode(self) -> bytes:
+        return orjson.dumps(
+            {
+                "v": WIRE_VERSION,
+                "kind": "command",
+                "id": self.id,
+                "action": self.action.value,
+                "user": self.user,
+                "room": self.room,
+                "reason": self.reason,
+                "reply_to": self.reply_to,
+            }
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class CommandReply:
+    id: str
+    instance_id: str
+    connections: int
+
+    def encode(self) -> bytes:
+        return orjson.dumps(
+            {
+                "v": WIRE_VERSION,
+                "kind": "reply",
+                "id": self.id,
+                "instance_id": self.instance_id,
+                "connections": self.connections,
+            }
+        )
+
+
+class _CommandWire(BaseModel):
+    model_config = ConfigDict(strict=True, extra="ignore", frozen=True)
+    v: Literal[1]
+    kind: Literal["command"]
+    id: Annotated[str, Field(min_length=1, max_length=64)]
+    action: Literal["join", "leave", "disconnect"]
+    user: User
+    room: Room | None = None
+    reason: Reason | None = None
+    reply_to: Annotated[str, Field(min_length=1, max_length=256)]
+
+
+class _ReplyWire(BaseModel):
+    model_config = ConfigDict(strict=True, extra="ignore", frozen=True)
+    v: Literal[1]
+    kind: Literal["reply"]
+    id: Annotated[str, Field(min_length=1, max_length=64)]
+    instance_id: Annotated[str, Field(min_length=1, max_length=64)]
+    connections: Annotated[int, Field(ge=0)]
+
+
+COMMAND_MAX_BYTES = 4096
+
+
+def decode_command(raw: bytes | str) -> Command:
+    """Parse what arrived on the control channel; a command on a room needs its room."""
+    if len(raw) > COMMAND_MAX_BYTES:
+        raise BadEnvelope(f"command of {len(raw)} bytes is over the {COMMAND_MAX_BYTES} limit")
+    try:
+        w = _CommandWire.model_validate_json(raw)
+    except ValidationError as exc:
+        raise BadEnvelope(str(exc.errors(include_url=False, include_input=False)[:1])) from None
+    if (w.room is None) != (w.action == "disconnect"):
+        raise BadEnvelope(f"a {w.action} command {'needs' if w.room is None else 'takes no'} room")
+    return Command(w.id, CommandAction(w.action), w.user, w.room, w.reason, w.reply_to)
+
+
+def decode_reply(raw: bytes | str) -> CommandReply:
+    if len(raw) > COMMAND_MAX_BYTES:
+        raise BadEnvelope(f"reply of {len(raw)} bytes is over the {COMMAND_MAX_BYTES} limit")
+    try:
+        w = _ReplyWire.model_validate_json(raw)
+    except ValidationError as exc:
+        raise BadEnvelope(str(exc.errors(include_url=False, include_input=False)[:1])) from None
+    return CommandReply(w.id, w.instance_id, w.connections)

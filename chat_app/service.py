@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import functools
 import logging
-import secrets
 import threading
 import time
 from collections.abc import Callable, Collection
@@ -14,8 +13,30 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from .auth import Identity
-from .backends.base import BackendUnavailable, Broker, BrokerHooks, Draft, History, Joined, Position, Presence
-from .protocol import ChatError, Envelope, ErrorCode, JoinRequest, PresenceEvent, SendRequest, clean_sender
+from .backends.base import (
+    BackendUnavailable,
+    Banned,
+    Broker,
+    BrokerHooks,
+    Draft,
+    History,
+    Joined,
+    Position,
+    Presence,
+    within,
+)
+from .protocol import (
+    ChatError,
+    Command,
+    CommandAction,
+    Envelope,
+    ErrorCode,
+    JoinRequest,
+    PresenceEvent,
+    PublishRequest,
+    SendRequest,
+    clean_sender,
+)
 from .ratelimit import TokenBucket
 from .settings import Settings
 
@@ -29,6 +50,9 @@ class Emitter(Protocol):
     def emit_to(self, sid: str, event: str, data: dict[str, Any]) -> None: ...
     def enter_room(self, sid: str, room: str) -> None: ...
     def leave_room(self, sid: str, room: str) -> None: ...
+    def disconnect(self, sid: str) -> None:
+        """Close the socket after what was emitted to it so far."""
+        ...
 
 
 @dataclass
@@ -67,6 +91,7 @@ class Counters:
     recoveries_ok: int = 0
     recoveries_failed: int = 0
     rate_limited: int = 0
+    commands: int = 0  # server API commands on users this node acted on
 
 
 class ChatService:
@@ -87,6 +112,7 @@ class ChatService:
         self._lock = threading.RLock()
         self._connections: dict[str, Connection] = {}
         self._rooms: dict[str, LocalRoom] = {}
+        self._users: dict[str, set[str]] = {}  # user -> this node's sids of theirs (server API)
         self.counters = Counters()
         self._stopped = False
         self._stopping = threading.Event()
@@ -95,7 +121,9 @@ class ChatService:
     # -- lifecycle -------------------------------------------------------------------
 
     def start(self) -> None:
-        self._broker.start(BrokerHooks(self._on_envelope, self._on_presence, self._catch_up, self._on_reconnected))
+        self._broker.start(
+            BrokerHooks(self._on_envelope, self._on_presence, self._catch_up, self._on_reconnected, self._on_control)
+        )
         self._presence.start(self._snapshot)
         threading.Thread(target=self._count_rooms, name="room-counts", daemon=True).start()
 
@@ -111,6 +139,7 @@ class ChatService:
             sids = list(self._connections)
             self._rooms.clear()
             self._connections.clear()
+            self._users.clear()
         try:
             self._presence.remove_node(rooms, grace=True)
         except Exception:
@@ -132,12 +161,19 @@ class ChatService:
                 TokenBucket(s.join_rate, s.join_burst),
                 identity.rooms,
             )
+            if identity.user is not None:
+                self._users.setdefault(identity.user, set()).add(sid)
         log.info("event=connect sid=%s", sid)
 
     def disconnect(self, sid: str) -> None:
         """Leave every room, with grace: a client that reconnects at once causes no churn."""
         with self._lock:
             conn = self._connections.pop(sid, None)
+            if conn is not None and conn.user is not None:
+                sids = self._users.get(conn.user, set())
+                sids.discard(sid)
+                if not sids:
+                    self._users.pop(conn.user, None)
         if conn is None:
             return
         rooms = list(conn.rooms)
@@ -171,6 +207,7 @@ class ChatService:
         req: JoinRequest,
         sender: Any = None,
         after_ack: Callable[[Callable[[], None]], None] | None = None,
+        limited: bool = True,
     ) -> dict[str, Any]:
         """Join `req.room` and answer with its history up to a bound B; live messages then
         start after B. `after_ack` runs the hand-over once the caller has written the ack
@@ -179,11 +216,14 @@ class ChatService:
         Until then the member is joined (presence, subscription) but not yet in the
         emitter's room: everything delivered meanwhile is held for it, and whatever of
         that the ack's history covers (seq <= B) is dropped, so history and live messages
-        never overlap, never reorder and leave no gap, whatever the round trips let through."""
+        never overlap, never reorder and leave no gap, whatever the round trips let through.
+
+        `limited=False`: a join the server API asked for, which the connection's join rate
+        does not apply to (every other check does)."""
         conn = self._connection(sid)
         room = req.room
         user = conn.user or clean_sender(sender) or "anonymous"
-        local, held = self._start_joining(conn, room, user)
+        local, held = self._start_joining(conn, room, user, limited)
         # The channel is live before the presence write, so every presence event after the
         # names that write reads reaches this member (held until its ack). Re-asking is
         # cheap, and it makes the listener catch a hosted room up (or resynchronise an epoch).
@@ -194,6 +234,9 @@ class ChatService:
         except BackendUnavailable as exc:
             self._leave_locally(conn, room)
             raise ChatError(ErrorCode.UNAVAILABLE, f"could not join: {exc}") from None
+        except Banned as exc:
+            self._leave_locally(conn, room)
+            raise ChatError(ErrorCode.FORBIDDEN_ROOM, f"you may not join {room!r}: {exc}") from None
         started = self._place(local, room, sid, joined)
         if started is None:
             self._undo_presence(room, sid)  # left or disconnected meanwhile
@@ -216,7 +259,7 @@ class ChatService:
             after_ack(admit)
         return ack
 
-    def _start_joining(self, conn: Connection, room: str, user: str) -> tuple[LocalRoom, Held]:
+    def _start_joining(self, conn: Connection, room: str, user: str, limited: bool) -> tuple[LocalRoom, Held]:
         """Check the limits and make `conn` a member that receives nothing live yet."""
         with self._lock:
             if conn.allowed_rooms is not None and room not in conn.allowed_rooms:
@@ -227,7 +270,7 @@ class ChatService:
                         ErrorCode.TOO_MANY_ROOMS,
                         f"a connection may be in at most {self.settings.max_rooms_per_connection} rooms",
                     )
-                if not conn.join_bucket.take():
+                if limited and not conn.join_bucket.take():
                     self.counters.rate_limited += 1
                     raise ChatError(ErrorCode.RATE_LIMITED, "too many joins: slow down")
             local = self._rooms.setdefault(room, LocalRoom())
@@ -346,15 +389,7 @@ class ChatService:
             self.counters.rate_limited += 1
             raise ChatError(ErrorCode.RATE_LIMITED, "too many messages: slow down")
         sender = conn.user or clean_sender(req.sender) or self._rooms_user(req.room, sid)
-        draft = Draft(
-            id=secrets.token_hex(16),
-            room=req.room,
-            sender=sender,
-            message=req.message,
-            timestamp=int(self._clock() * 1000),
-            instance_id=self.instance_id,
-            key=req.key,
-        )
+        draft = Draft.new(req.room, sender, req.message, self.instance_id, req.key, self._clock)
         started = time.perf_counter()
         try:
             envelope = self._broker.publish(draft)
@@ -364,13 +399,110 @@ class ChatService:
             self.observe_publish(time.perf_counter() - started)
         self.counters.published += 1
         log.debug("event=send room=%s sid=%s seq=%d id=%s", req.room, sid, envelope.seq, envelope.id)
-        return {
-            "ok": True,
-            "id": envelope.id,
-            "seq": envelope.seq,
-            "epoch": envelope.epoch,
-            "timestamp": envelope.timestamp,
-        }
+        return {"ok": True, **_ack(envelope)}
+
+    # -- server API: posts and commands from outside the rooms ---------------------------
+
+    def publish(self, req: PublishRequest) -> dict[str, Any]:
+        """A post from a backend (HTTP): stored and delivered exactly as a member's send,
+        under the sender it names; `instance_id` says it came through this node's API."""
+        draft = Draft.new(req.room, req.sender, req.message, f"api:{self.instance_id}", req.key, self._clock)
+        try:
+            envelope = self._broker.publish(draft)
+        except BackendUnavailable as exc:
+            raise ChatError(ErrorCode.UNAVAILABLE, f"message not sent: {exc}") from None
+        self.counters.published += 1
+        log.debug("event=api_publish room=%s seq=%d id=%s", req.room, envelope.seq, envelope.id)
+        return {"ok": True, **_ack(envelope)}
+
+    def history_page(self, room: str, before: int | None, limit: int) -> dict[str, Any]:
+        """Up to `limit` messages with seq < `before` (the newest without it), oldest first,
+        of the room's current epoch only: "load older messages", within what it keeps."""
+        upto = None if before is None else before - 1
+        history = self._bounded(lambda: self._broker.history(room, after=None, upto=upto, limit=limit), "history")
+        epoch = history.position.epoch
+        messages = [e.to_client() for e in history.envelopes if e.epoch == epoch]
+        return {"ok": True, "room": room, "epoch": epoch or None, "messages": messages}
+
+    def rooms_page(self, cursor: str | None, limit: int) -> dict[str, Any]:
+        try:
+            page = self._bounded(lambda: self._presence.rooms(cursor, limit), "rooms")
+        except ValueError as exc:
+            raise ChatError(ErrorCode.INVALID_PAYLOAD, f"cursor: {exc}") from None
+        rooms = [{"room": r.room, "members": r.members, "connections": r.connections} for r in page.rooms]
+        return {"ok": True, "rooms": rooms, "cursor": page.cursor}
+
+    def command(
+        self,
+        action: CommandAction,
+        user: str,
+        room: str | None = None,
+        reason: str | None = None,
+        ban_seconds: int | None = None,
+    ) -> dict[str, Any]:
+        """Act on every connection of `user` on every node; within SEND_DEADLINE in all.
+        A ban is stored before the leave goes out, so no node lets the user straight back."""
+        started = time.monotonic()
+        if action is CommandAction.LEAVE:
+            assert room is not None
+            if ban_seconds is not None:
+                self._bounded(lambda: self._presence.ban(room, user, ban_seconds), "ban")
+            reason = "banned" if ban_seconds is not None else "removed"
+        left = self.settings.send_deadline - (time.monotonic() - started)
+        try:
+            result = self._broker.command(Command("", action, user, room, reason), left)
+        except BackendUnavailable as exc:
+            raise ChatError(ErrorCode.UNAVAILABLE, f"command not sent: {exc}") from None
+        return {"ok": True, "connections": result.connections, "nodes": result.nodes}
+
+    def _bounded(self, call: Callable[[], Any], what: str) -> Any:
+        try:
+            return within(self.settings.send_deadline, call, what)
+        except BackendUnavailable as exc:
+            raise ChatError(ErrorCode.UNAVAILABLE, f"{what} not read: {exc}") from None
+
+    def _on_control(self, command: Command) -> int:
+        """A command on a user, from this node's API, another node's or a ChatEmitter's: act
+        on this node's connections of that user, as if each had asked itself; the count is
+        this node's answer."""
+        with self._lock:
+            sids = sorted(self._users.get(command.user, ()))
+        acted = 0
+        for sid in sids:
+            try:
+                acted += self._act(command, sid)
+            except ChatError as exc:
+                log.info("event=command_refused action=%s sid=%s code=%s", command.action, sid, exc.code)
+        self.counters.commands += 1
+        log.info("event=command_done action=%s room=%s connections=%d", command.action, command.room, acted)
+        return acted
+
+    def _act(self, command: Command, sid: str) -> bool:
+        conn = self._connections.get(sid)
+        if conn is None:
+            return False  # disconnected meanwhile
+        if command.action is CommandAction.DISCONNECT:
+            self._emitter.emit_to(sid, "disconnected_by_server", {"reason": command.reason})
+            self._emitter.disconnect(sid)
+            return True
+        room = command.room
+        assert room is not None
+        if command.action is CommandAction.LEAVE:
+            if room not in conn.rooms:
+                return False
+            self._leave(conn, room)
+            self._emitter.emit_to(sid, "room_left", {"room": room, "reason": command.reason})
+            return True
+        if room in conn.rooms:
+            return False  # a member already (or joining): nothing to tell it
+        # The one join path, with its hand-over run after `room_joined` instead of the ack:
+        # the event comes first, then what the room sent past its bound, then live messages.
+        admit: list[Callable[[], None]] = []
+        ack = self.join(sid, JoinRequest(room=room), after_ack=admit.append, limited=False)
+        self._emitter.emit_to(sid, "room_joined", {k: ack[k] for k in ("room", "seq", "epoch", "history", "members")})
+        for call in admit:
+            call()
+        return True
 
     def _rooms_user(self, room: str, sid: str) -> str:
         local = self._rooms.get(room)
@@ -555,3 +687,8 @@ class ChatService:
     def _snapshot(self) -> dict[str, dict[str, str]]:
         with self._lock:
             return {room: dict(local.members) for room, local in self._rooms.items() if local.cursor is not None}
+
+
+def _ack(envelope: Envelope) -> dict[str, Any]:
+    """What a sender is told of its stored message."""
+    return {"id": envelope.id, "seq": envelope.seq, "epoch": envelope.epoch, "timestamp": envelope.timestamp}

@@ -139,12 +139,18 @@ class Settings:
     presence_events_max_members: int = 100
     presence_count_interval: float = 2.0
     auth_secret: str | None = None
+    api_key: str | None = None  # the server API (HTTP) is off without it
     cors_allowed_origins: list[str] | None = None
     log_level: str = _setting("INFO", _log_level)
 
     def __post_init__(self) -> None:
         if self.auth_secret is not None and len(self.auth_secret.encode()) < 32:
             raise SettingsError("AUTH_SECRET must be at least 32 bytes (HS256 keys shorter than the hash are weak)")
+        if self.api_key is not None and len(self.api_key.encode()) < 32:
+            raise SettingsError(
+                "API_KEY must be at least 32 bytes: make one with "
+                "`python -c 'import secrets; print(secrets.token_urlsafe(32))'`"
+            )
         if self.heartbeat_interval >= self.presence_ttl:
             raise SettingsError(
                 f"HEARTBEAT_INTERVAL ({self.heartbeat_interval}) must be shorter than "

@@ -16,7 +16,7 @@ from redis.cluster import ClusterNode, RedisCluster
 from streams import SendStream, assert_exactly_once_in_order
 from test_faults import record
 
-from chat_app.backends.redis_keys import RoomKeys
+from chat_app.backends.redis_keys import RoomKeys, commands_channel
 
 
 def free_cluster_port() -> int:
@@ -92,10 +92,11 @@ def test_cross_node_delivery_presence_and_history_on_every_shard(cluster, nodes)
     assert ack["ok"], ack
     assert [m["message"] for m in ack["history"]] == [f"to {rooms[-1]}"]
 
-    # Each shard carries only its own rooms' traffic: one channel per room, where it lives.
+    # Each shard carries only its own rooms' traffic: one channel per room, where it lives
+    # (and the server API's commands channel, on its own shard).
     for master in cluster:
         channels = {c.decode() for c in master.client().execute_command("PUBSUB SHARDCHANNELS")}
-        assert channels == {RoomKeys.of("chat", r).channel for r in by_port[master.port]}
+        assert channels - {commands_channel("chat")} == {RoomKeys.of("chat", r).channel for r in by_port[master.port]}
     time.sleep(2.5)  # idle past LISTENER_IDLE_PROBE: every shard connection is probed
     for node in (a, b):
         assert "listener_down" not in node.log(), "a healthy shard connection was taken for deaf"
@@ -137,10 +138,14 @@ def test_every_node_uses_only_the_shards_it_needs(cluster, nodes) -> None:
     env = {"REDIS_CLUSTER_NODES": f"127.0.0.1:{cluster[0].port}"}
     a = nodes.start(None, **env)
     by_port = rooms_on_every_shard(cluster, per_shard=1)
-    only = cluster[2]
+    rc = RedisCluster(startup_nodes=[ClusterNode("127.0.0.1", cluster[0].port)])
+    control = rc.get_node_from_key(commands_channel("chat")).port  # every node listens there
+    rc.close()
+    only = next(m for m in cluster if m.port != control)
     client = ChatClient(a.url, "x")
     client.call("join_room", by_port[only.port][0])
     wait_until(lambda: only.client().client_list(_type="pubsub"), what="a pub/sub connection on its shard")
-    for other in cluster[:2]:
-        assert other.client().client_list(_type="pubsub") == []
+    for other in cluster:
+        if other.port not in {only.port, control}:
+            assert other.client().client_list(_type="pubsub") == []
     client.close()

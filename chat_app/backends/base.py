@@ -3,18 +3,54 @@ nothing else from here, so it never learns whether Redis is behind them."""
 
 from __future__ import annotations
 
+import secrets
 import threading
+import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
-from typing import Protocol
+from dataclasses import dataclass, field
+from typing import Protocol, TypeVar
 
-from ..protocol import Envelope, PresenceEvent
+from ..protocol import Command, Envelope, PresenceEvent
 
 RECENT_HISTORY = 50  # envelopes in a join ack without `since`
+T = TypeVar("T")
 
 
 class BackendUnavailable(Exception):
     """The shared store could not be reached within the deadline; nothing was changed."""
+
+
+def within(seconds: float, call: Callable[[], T], what: str) -> T:
+    """`call()`, given up on after `seconds` (BackendUnavailable): a store that stopped
+    answering holds a read for its socket timeout, times its client's retries, and the
+    server API promises an answer within SEND_DEADLINE. The call runs in a thread of its
+    own (a greenlet under gevent) and, given up on, ends by itself at its socket timeout."""
+    done = threading.Event()
+    outcome: list[tuple[bool, object]] = []
+
+    def run() -> None:
+        try:
+            outcome.append((True, call()))
+        except BaseException as exc:
+            outcome.append((False, exc))
+        finally:
+            done.set()
+
+    threading.Thread(target=run, name=what, daemon=True).start()
+    if not done.wait(seconds):
+        raise BackendUnavailable(f"{what}: no answer within {seconds:g} s")
+    ok, value = outcome[0]
+    if not ok:
+        raise value  # type: ignore[misc]
+    return value  # type: ignore[return-value]
+
+
+class Banned(Exception):
+    """The user may not join this room until a ban set through the server API ends."""
+
+    def __init__(self, seconds_left: float) -> None:
+        super().__init__(f"banned for another {seconds_left:.0f} s")
+        self.seconds_left = seconds_left
 
 
 @dataclass(frozen=True, slots=True)
@@ -28,6 +64,24 @@ class Draft:
     timestamp: int
     instance_id: str
     key: str | None = None
+
+    @classmethod
+    def new(
+        cls,
+        room: str,
+        sender: str,
+        message: str,
+        instance_id: str,
+        key: str | None = None,
+        clock: Callable[[], float] = time.time,
+    ) -> Draft:
+        """A message from a member or from outside the nodes: both get their id here."""
+        return cls(secrets.token_hex(16), room, sender, message, int(clock() * 1000), instance_id[:64], key)
+
+    @property
+    def dedup_id(self) -> str:
+        """What makes a retry the same message: the sender's own key, else the id."""
+        return f"k:{self.sender}:{self.key}" if self.key else f"i:{self.id}"
 
 
 @dataclass(frozen=True, slots=True)
@@ -62,6 +116,32 @@ class Member:
 
 
 @dataclass(frozen=True, slots=True)
+class CommandResult:
+    """What the nodes answered to a command within its deadline."""
+
+    connections: int  # summed over the answers
+    nodes: int  # nodes that answered
+    expected: int  # nodes the command reached (a node that died meanwhile never answers)
+
+
+@dataclass(frozen=True, slots=True)
+class RoomCount:
+    room: str
+    members: int  # distinct users
+    connections: int
+
+
+@dataclass(frozen=True, slots=True)
+class RoomsPage:
+    rooms: list[RoomCount]
+    cursor: str | None  # None: this was the last page
+
+
+def _no_control(command: Command) -> int:
+    return 0
+
+
+@dataclass(frozen=True, slots=True)
 class BrokerHooks:
     """Called from the broker's listener, the only place envelopes are delivered from."""
 
@@ -69,6 +149,9 @@ class BrokerHooks:
     on_presence: Callable[[PresenceEvent], None]
     on_subscribed: Callable[[str], None]  # room's channel is live: catch up from history
     on_reconnected: Callable[[], None]
+    # A command for every node: act on this node's connections of the user, answer how many.
+    # Run off the listener (it may join rooms, which waits for the listener), by the broker.
+    on_control: Callable[[Command], int] = field(default=_no_control)
 
 
 class Broker(Protocol):
@@ -83,7 +166,15 @@ class Broker(Protocol):
         ...
 
     def unsubscribe(self, room: str) -> None: ...
-    def history(self, room: str, after: int | None, upto: int | None = None) -> History: ...
+    def history(self, room: str, after: int | None, upto: int | None = None, limit: int = RECENT_HISTORY) -> History:
+        """Envelopes with after < seq <= upto; with `after` None, the newest `limit` of them."""
+        ...
+
+    def command(self, command: Command, deadline: float) -> CommandResult:
+        """Send to every node (this one included) and sum the answers that arrive within
+        `deadline` seconds; BackendUnavailable when the store does not take it in time."""
+        ...
+
     def healthy(self) -> dict[str, bool]: ...
     def stop(self) -> None: ...
 
@@ -102,7 +193,18 @@ class Presence(Protocol):
         ...
 
     def stop(self) -> None: ...
-    def join(self, room: str, sid: str, user: str) -> Joined: ...
+    def join(self, room: str, sid: str, user: str) -> Joined:
+        """Raises Banned (and changes nothing) while the user is banned from the room."""
+        ...
+
+    def ban(self, room: str, user: str, seconds: int) -> None:
+        """Refuse the user's joins of the room on every node for `seconds`."""
+        ...
+
+    def rooms(self, cursor: str | None, limit: int) -> RoomsPage:
+        """Rooms with live members, about `limit` per page, resumed from `cursor`."""
+        ...
+
     def leave(self, room: str, sid: str, grace: bool = False) -> bool:
         """Remove one member; True when the room had nobody left anywhere and was deleted.
         With `grace`, the user's departure is announced only if they are not back in time."""

@@ -6,12 +6,25 @@ from __future__ import annotations
 
 import secrets
 import threading
+import time
 from collections import Counter, deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
-from ..protocol import Envelope, PresenceEvent
-from .base import RECENT_HISTORY, BrokerHooks, Draft, History, Joined, Member, Position
+from ..protocol import Command, Envelope, PresenceEvent
+from .base import (
+    RECENT_HISTORY,
+    Banned,
+    BrokerHooks,
+    CommandResult,
+    Draft,
+    History,
+    Joined,
+    Member,
+    Position,
+    RoomCount,
+    RoomsPage,
+)
 
 
 @dataclass
@@ -32,6 +45,7 @@ class MemoryHub:
         self.rooms: dict[str, _Room] = {}
         self.lock = threading.RLock()
         self.listeners: dict[str, tuple[set[str], BrokerHooks]] = {}
+        self.bans: dict[tuple[str, str], float] = {}  # (room, user) -> end (monotonic)
 
     def hooks_for(self, room: str) -> list[BrokerHooks]:
         return [hooks for rooms, hooks in self.listeners.values() if room in rooms]
@@ -51,7 +65,7 @@ class MemoryBroker:
 
     def publish(self, draft: Draft) -> Envelope:
         hub = self._hub
-        dedup_id = f"k:{draft.sender}:{draft.key}" if draft.key else f"i:{draft.id}"
+        dedup_id = draft.dedup_id
         with hub.lock:
             room = hub.rooms.setdefault(draft.room, _Room())
             if dedup_id in room.dedup:
@@ -78,7 +92,12 @@ class MemoryBroker:
     def unsubscribe(self, room: str) -> None:
         self._rooms.discard(room)
 
-    def history(self, room: str, after: int | None, upto: int | None = None) -> History:
+    def command(self, command: Command, deadline: float) -> CommandResult:
+        """Every service on the hub is a node: each acts at once, in the caller's thread."""
+        answers = [hooks.on_control(command) for _rooms, hooks in list(self._hub.listeners.values())]
+        return CommandResult(sum(answers), len(answers), len(answers))
+
+    def history(self, room: str, after: int | None, upto: int | None = None, limit: int = RECENT_HISTORY) -> History:
         with self._hub.lock:
             state = self._hub.rooms.get(room)
             if state is None:
@@ -86,7 +105,7 @@ class MemoryBroker:
             last = state.seq if upto is None else min(upto, state.seq)
             kept = [e for e in state.history if e.seq <= last]
             if after is None:
-                return History(Position(state.epoch, state.seq), kept[-RECENT_HISTORY:], True)
+                return History(Position(state.epoch, state.seq), kept[-limit:], True)
             wanted = [e for e in kept if e.seq > after]
             complete = len(wanted) == max(0, last - after)
             return History(Position(state.epoch, state.seq), wanted, complete)
@@ -125,6 +144,10 @@ class MemoryPresence:
 
     def join(self, room: str, sid: str, user: str) -> Joined:
         with self._hub.lock:
+            left = self._hub.bans.get((room, user), 0.0) - time.monotonic()
+            if left > 0:
+                raise Banned(left)
+            self._hub.bans.pop((room, user), None)
             state = self._hub.rooms.setdefault(room, _Room())
             self._change(room, state, lambda: state.members.setdefault(self._id, {}).__setitem__(sid, user))
             users = state.users()
@@ -179,6 +202,26 @@ class MemoryPresence:
         with self._hub.lock:
             state = self._hub.rooms.get(room)
             return (Position(state.epoch, state.seq) if state else None), self.members(room)
+
+    def ban(self, room: str, user: str, seconds: int) -> None:
+        now = time.monotonic()
+        with self._hub.lock:
+            self._hub.bans = {k: end for k, end in self._hub.bans.items() if end > now}  # ended ones go
+            self._hub.bans[(room, user)] = now + seconds
+
+    def rooms(self, cursor: str | None, limit: int) -> RoomsPage:
+        """Sorted by name; the cursor is the last room of the previous page."""
+        with self._hub.lock:
+            names = sorted(r for r in self._hub.rooms if cursor is None or r > cursor)
+            page = []
+            for name in names:
+                users = [u for sids in self._hub.rooms[name].members.values() for u in sids.values()]
+                if users:
+                    page.append(RoomCount(name, len(set(users)), len(users)))
+                if len(page) == limit:
+                    break
+        last = page[-1].room if len(page) == limit else None
+        return RoomsPage(page, last if last is not None and any(r > last for r in names) else None)
 
     def remove_node(self, rooms: Sequence[str], grace: bool = False) -> None:
         for room in rooms:

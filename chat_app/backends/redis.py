@@ -3,6 +3,7 @@ RedisPresence (per-node entries with TTLs, heartbeat, atomic last-leave cleanup)
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import secrets
 import threading
@@ -17,17 +18,74 @@ from redis.cluster import ClusterNode, RedisCluster
 from redis.retry import Retry
 from redis.sentinel import Sentinel
 
-from ..protocol import BadEnvelope, Envelope, decode_envelope, max_wire_bytes
+from ..protocol import BadEnvelope, Command, CommandReply, Envelope, decode_envelope, max_wire_bytes
 from ..settings import Settings
-from .base import RECENT_HISTORY, BackendUnavailable, BrokerHooks, Draft, History, Joined, Member, Position
+from .base import (
+    RECENT_HISTORY,
+    BackendUnavailable,
+    Banned,
+    BrokerHooks,
+    CommandResult,
+    Draft,
+    History,
+    Joined,
+    Member,
+    Position,
+    RoomCount,
+    RoomsPage,
+)
 from .redis_cluster_listener import ShardedListener
 from .redis_connection import CONNECTION_ERRORS
-from .redis_keys import RoomKeys, escape
+from .redis_control import ControlClient, publish, store_ban
+from .redis_keys import RoomKeys, escape, room_nodes_pattern, room_of_nodes_key
 from .redis_listener import Listener
 from .redis_publisher import Publisher
 from .redis_scripts import AnyRedis, Call, LuaScript, ScriptBatcher, run_scripts
 
 log = logging.getLogger(__name__)
+
+
+def connection_options(settings: Settings, socket_timeout: float | None = None) -> dict[str, Any]:
+    timeout = settings.redis_socket_timeout if socket_timeout is None else socket_timeout
+    return {
+        "socket_timeout": timeout,
+        "socket_connect_timeout": timeout,
+        "socket_keepalive": True,
+        "health_check_interval": max(1, int(settings.heartbeat_interval)),
+    }
+
+
+def redis_client(
+    settings: Settings, retry: Retry, pool_size: int | None = None, socket_timeout: float | None = None
+) -> AnyRedis:
+    """One client of the deployment's topology: a Cluster (REDIS_CLUSTER_NODES), Sentinel
+    (REDIS_SENTINELS: its managed connections find the new master by themselves after a
+    failover), or one REDIS_URL. `pool_size`: a bounded pool whose waiters give up after
+    SEND_DEADLINE (commands shared by many greenlets)."""
+    common = connection_options(settings, socket_timeout)
+    sized: dict[str, Any] = {"max_connections": pool_size} if pool_size else {}
+    if settings.redis_cluster_nodes:
+        startup = [ClusterNode(host, port) for host, port in _host_ports(settings.redis_cluster_nodes)]
+        return RedisCluster(startup_nodes=startup, retry=retry, **sized, **common)
+    if settings.redis_sentinels:
+        sentinel = Sentinel(
+            _host_ports(settings.redis_sentinels),
+            sentinel_kwargs={"socket_timeout": settings.redis_socket_timeout},
+            **common,
+        )
+        return sentinel.master_for(settings.redis_sentinel_master, retry=retry, **sized)
+    url = effective_redis_url(settings)
+    if pool_size:
+        pool = redis.BlockingConnectionPool.from_url(
+            url, timeout=settings.send_deadline, retry=retry, **sized, **common
+        )
+        return redis.Redis(connection_pool=pool)
+    return redis.Redis.from_url(url, retry=retry, **common)
+
+
+def no_retry() -> Retry:
+    """For connections whose owner has a retry loop (and a deadline) of its own."""
+    return Retry(ExponentialWithJitterBackoff(), 0)
 
 
 @dataclass(frozen=True)
@@ -41,45 +99,15 @@ class RedisClients:
 
     @classmethod
     def from_settings(cls, settings: Settings) -> RedisClients:
-        """A Cluster (REDIS_CLUSTER_NODES), Sentinel (REDIS_SENTINELS: its managed connections
-        find the new master by themselves after a failover), or one REDIS_URL."""
-        common: dict[str, Any] = {
-            "socket_timeout": settings.redis_socket_timeout,
-            "socket_connect_timeout": settings.redis_socket_timeout,
-            "socket_keepalive": True,
-            "health_check_interval": max(1, int(settings.heartbeat_interval)),
-        }
         commands_retry = Retry(ExponentialWithJitterBackoff(cap=0.5, base=0.05), retries=3)
-        no_retry = Retry(ExponentialWithJitterBackoff(), 0)  # these two have loops of their own
-        if settings.redis_cluster_nodes:
-            startup = [ClusterNode(host, port) for host, port in _host_ports(settings.redis_cluster_nodes)]
-            return cls(
-                commands=RedisCluster(startup_nodes=startup, max_connections=16, retry=commands_retry, **common),
-                publisher=RedisCluster(startup_nodes=startup, retry=no_retry, **common),
-                subscriber=RedisCluster(startup_nodes=startup, retry=no_retry, **common),
-                shard_kwargs={**common, "retry": no_retry},
-            )
-        if settings.redis_sentinels:
-            sentinel = Sentinel(
-                _host_ports(settings.redis_sentinels),
-                sentinel_kwargs={"socket_timeout": settings.redis_socket_timeout},
-                **common,
-            )
-            name = settings.redis_sentinel_master
-            return cls(
-                commands=sentinel.master_for(name, max_connections=16, retry=commands_retry),
-                publisher=sentinel.master_for(name, retry=no_retry),
-                subscriber=sentinel.master_for(name, retry=no_retry),
-            )
-        url = effective_redis_url(settings)
-        pool = redis.BlockingConnectionPool.from_url(
-            url, max_connections=16, timeout=settings.send_deadline, retry=commands_retry, **common
+        clients = cls(
+            commands=redis_client(settings, commands_retry, pool_size=16),
+            publisher=redis_client(settings, no_retry()),  # these two have loops of their own
+            subscriber=redis_client(settings, no_retry()),
         )
-        return cls(
-            commands=redis.Redis(connection_pool=pool),
-            publisher=redis.Redis.from_url(url, retry=no_retry, **common),
-            subscriber=redis.Redis.from_url(url, retry=no_retry, **common),
-        )
+        if not settings.redis_cluster_nodes:
+            return clients
+        return dataclasses.replace(clients, shard_kwargs={**connection_options(settings), "retry": no_retry()})
 
 
 def _host_ports(addresses: list[str]) -> list[tuple[str, int]]:
@@ -102,20 +130,45 @@ class RedisBroker:
         self._commands = clients.commands
         self._prefix = settings.key_prefix
         self._deadline = settings.send_deadline
+        self._instance_id = settings.instance_id
         self._envelope_limit = max_wire_bytes(settings.max_message_bytes)
         self._history = LuaScript.load("history.lua", sharded=isinstance(clients.commands, RedisCluster))
         # Joins, leaves and history reads of many members share round trips (RedisPresence too).
         self.batcher = ScriptBatcher(clients.commands, "redis-batcher")
         self.publisher = Publisher(clients.publisher, settings)
+        self.control = ControlClient(clients.commands, settings.key_prefix)
         self.listener: Listener
         if isinstance(clients.subscriber, RedisCluster):
             self.listener = ShardedListener(clients.subscriber, clients.shard_kwargs or {}, settings)
         else:
             self.listener = Listener(clients.subscriber, self._publish_probe, settings)
+        self._hooks: BrokerHooks | None = None
 
     def start(self, hooks: BrokerHooks) -> None:
+        self._hooks = hooks
         self.publisher.start()
-        self.listener.start(hooks)
+        # The listener hands each command over and goes back to reading at once.
+        self.listener.start(dataclasses.replace(hooks, on_control=self._command_received))
+
+    def command(self, command: Command, deadline: float) -> CommandResult:
+        return self.control.send(command, deadline)
+
+    def _command_received(self, command: Command) -> int:
+        """Off the listener: acting may join rooms, and a join waits for the listener."""
+        threading.Thread(target=self._act, args=(command,), name="command", daemon=True).start()
+        return 0
+
+    def _act(self, command: Command) -> None:
+        assert self._hooks is not None
+        try:
+            count = self._hooks.on_control(command)
+        except Exception:  # answer anyway: the caller then learns this node is alive
+            log.exception("event=command_failed action=%s", command.action)
+            count = 0
+        try:
+            publish(self._commands, command.reply_to, CommandReply(command.id, self._instance_id, count).encode())
+        except CONNECTION_ERRORS as exc:
+            log.warning("event=command_reply_failed action=%s error=%r", command.action, exc)
 
     def stop(self) -> None:
         self.listener.stop()
@@ -143,9 +196,9 @@ class RedisBroker:
 
         threading.Thread(target=send, name="probe", daemon=True).start()
 
-    def history(self, room: str, after: int | None, upto: int | None = None) -> History:
+    def history(self, room: str, after: int | None, upto: int | None = None, limit: int = RECENT_HISTORY) -> History:
         keys = RoomKeys.of(self._prefix, room)
-        args = ["" if after is None else after, "" if upto is None else upto, RECENT_HISTORY]
+        args = ["" if after is None else after, "" if upto is None else upto, limit]
         try:
             reply = self.batcher.run((self._history, [keys.epoch, keys.seq, keys.hist], args), self._deadline)
         except CONNECTION_ERRORS as exc:
@@ -234,8 +287,53 @@ class RedisPresence:
 
     def join(self, room: str, sid: str, user: str) -> Joined:
         names = self._settings.presence_events_max_members
-        epoch, seq, count, *first = self._run_one(self._call(self._touch, room, "0", names, sid, user))
+        script, keys, args = self._call(self._touch, room, "0", names, sid, user)
+        epoch, seq, *rest = self._run_one((script, [*keys, self._keys(room).ban(user)], args))
+        if not epoch:
+            raise Banned(int(seq) / 1000)
+        count, *first = rest
         return Joined(Position(epoch.decode(), int(seq)), int(count), [n.decode() for n in first])
+
+    def ban(self, room: str, user: str, seconds: int) -> None:
+        try:
+            store_ban(self._redis, self._settings.key_prefix, room, user, seconds)
+        except CONNECTION_ERRORS as exc:
+            raise BackendUnavailable(f"redis unreachable: {exc}") from exc
+
+    def rooms(self, cursor: str | None, limit: int) -> RoomsPage:
+        """SCAN (never KEYS) for rooms' `nodes` keys, server by server on a Cluster; the
+        cursor is `<server index>-<SCAN cursor>`. The live members are then read per room."""
+        shard, position = _parse_cursor(cursor)
+        servers = self._servers()
+        prefix = self._settings.key_prefix
+        found: list[str] = []
+        try:
+            while shard < len(servers) and len(found) < limit:
+                position, keys = servers[shard].scan(position, match=room_nodes_pattern(prefix), count=limit)
+                found += [r for k in keys if (r := room_of_nodes_key(prefix, k.decode())) is not None]
+                if position == 0:
+                    shard += 1
+        except CONNECTION_ERRORS as exc:
+            raise BackendUnavailable(f"redis unreachable: {exc}") from exc
+        found = list(dict.fromkeys(found))  # SCAN may return a key twice
+        calls = [self._members_call(room) for room in found]
+        rooms = []
+        for room, (_epoch, _seq, *flat) in zip(found, self._run(calls) if calls else [], strict=True):
+            users = [flat[i + 2] for i in range(0, len(flat), 3)]
+            if users:
+                rooms.append(RoomCount(room, len(set(users)), len(users)))
+        return RoomsPage(rooms, f"{shard}-{position}" if shard < len(servers) else None)
+
+    def _servers(self) -> list[redis.Redis]:
+        if isinstance(self._redis, RedisCluster):
+            return [
+                self._redis.get_redis_connection(n) for n in sorted(self._redis.get_primaries(), key=lambda n: n.name)
+            ]
+        return [self._redis]
+
+    def _members_call(self, room: str) -> Call:
+        keys = self._keys(room)
+        return (self._members, [keys.nodes, keys.epoch, keys.seq], [keys.node_prefix])
 
     def leave(self, room: str, sid: str, grace: bool = False) -> bool:
         return bool(self._run_one(self._call(self._leave, room, "sid", sid, "1" if grace else "0")))
@@ -259,8 +357,7 @@ class RedisPresence:
             raise BackendUnavailable(f"redis unreachable: {exc}") from exc
 
     def room_state(self, room: str) -> tuple[Position | None, list[Member]]:
-        keys = self._keys(room)
-        epoch, seq, *flat = self._run([(self._members, [keys.nodes, keys.epoch, keys.seq], [keys.node_prefix])])[0]
+        epoch, seq, *flat = self._run([self._members_call(room)])[0]
         members = [Member(flat[i].decode(), flat[i + 1].decode(), flat[i + 2].decode()) for i in range(0, len(flat), 3)]
         return (Position(epoch.decode(), int(seq)) if epoch else None), members
 
@@ -302,3 +399,13 @@ class RedisPresence:
     def _heartbeat(self) -> None:
         while not self._stopping.wait(self._settings.heartbeat_interval):
             self.beat()
+
+
+def _parse_cursor(cursor: str | None) -> tuple[int, int]:
+    """ValueError for a cursor this API did not give."""
+    if cursor is None:
+        return 0, 0
+    shard, _, position = cursor.partition("-")
+    if not (shard.isdigit() and position.isdigit()):
+        raise ValueError(f"not a cursor of this API: {cursor!r}")
+    return int(shard), int(position)

@@ -52,7 +52,7 @@ class ShardedListener(Listener):
     def all_subscribed(self) -> bool:
         with self._lock:
             live = {c for s in self._shards.values() if s.pubsub is not None for c in s.confirmed}
-            return self.connected and live >= set(self._wanted)
+            return self.connected and live >= {self._commands, *self._wanted}
 
     def _run(self) -> None:
         self.connected = True
@@ -93,7 +93,7 @@ class ShardedListener(Listener):
             for channel in catch_up:
                 self._ready[channel].set()
         by_shard: dict[str, set[bytes]] = {name: set() for name in self._shards}
-        for channel in wanted:
+        for channel in [self._commands, *wanted]:
             by_shard.setdefault(self._shard_for(channel).name, set()).add(channel)
         now = time.monotonic()
         for name, channels in by_shard.items():
@@ -146,7 +146,10 @@ class ShardedListener(Listener):
                 log.info("event=listener_up shard=%s reconnects=%d", shard.name, self.reconnects)
                 self._hook("on_reconnected")
         elif kind == "smessage":
-            self._dispatch(message["data"])
+            if channel == self._commands:
+                self._dispatch_command(message["data"])
+            else:
+                self._dispatch(message["data"])
         elif kind == "ssubscribe":
             with self._lock:
                 shard.confirmed.add(channel)

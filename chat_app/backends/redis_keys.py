@@ -4,6 +4,7 @@ can reach another room's keys, and wrapped in a hash tag so one room lives on on
 from __future__ import annotations
 
 from dataclasses import dataclass
+from urllib.parse import unquote
 
 _SAFE = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789_.-")
 
@@ -11,6 +12,10 @@ _SAFE = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz012345678
 def escape(name: str) -> str:
     """Percent-encode every UTF-8 byte outside [A-Za-z0-9_.-]: injective and glob-free."""
     return "".join(c if c in _SAFE else "".join(f"%{b:02X}" for b in c.encode()) for c in name)
+
+
+def unescape(escaped: str) -> str:
+    return unquote(escaped, errors="strict")
 
 
 @dataclass(frozen=True, slots=True)
@@ -26,6 +31,7 @@ class RoomKeys:
     leaving: str  # zset: user -> deadline (ms) of a departure still within its grace period
     names: str  # zset, every score 0: the users of `users`, in name order (pages of members)
     channel: str
+    tag: str  # KEY_PREFIX:{room:<escaped>}, shared by every key of the room
 
     @classmethod
     def of(cls, prefix: str, room: str) -> RoomKeys:
@@ -42,7 +48,13 @@ class RoomKeys:
             leaving=f"{tag}:leaving",
             names=f"{tag}:names",
             channel=f"{tag}:ch",
+            tag=tag,
         )
+
+    def ban(self, user: str) -> str:
+        """string with a TTL: while it exists the user's joins of the room are refused. It is
+        not one of the room's presence keys: a ban outlives the room emptying."""
+        return f"{self.tag}:ban:{escape(user)}"
 
     def script_keys(self, node_id: str) -> list[str]:
         """KEYS for the presence scripts, in their order; `node_id` is already escaped."""
@@ -63,3 +75,36 @@ class RoomKeys:
 def control_channel(prefix: str, instance_id: str) -> str:
     """A node's own channel: its listener's liveness probes come back on it."""
     return f"{prefix}:node:{escape(instance_id)}:ctl"
+
+
+def room_nodes_pattern(prefix: str) -> str:
+    """SCAN pattern of every room's `nodes` key (a room with presence); no glob character
+    can come from a room name (escaped) or the prefix (refused by the settings)."""
+    return f"{prefix}:{{room:*}}:nodes"
+
+
+def room_of_nodes_key(prefix: str, key: str) -> str | None:
+    """The room whose `nodes` key this is; None for anything else the pattern let through."""
+    head, tail = f"{prefix}:{{room:", "}:nodes"
+    if not (key.startswith(head) and key.endswith(tail)):
+        return None
+    escaped = key[len(head) : -len(tail)]
+    try:
+        return unescape(escaped) if escape(unescape(escaped)) == escaped else None
+    except UnicodeDecodeError:
+        return None
+
+
+def commands_channel(prefix: str) -> str:
+    """Every node listens here for commands on users (server API). The `{control}` hash tag
+    puts it and every reply channel on one Cluster shard (SPUBLISH/SSUBSCRIBE)."""
+    return f"{prefix}:{{control}}:commands"
+
+
+def reply_prefix(prefix: str) -> str:
+    return f"{prefix}:{{control}}:reply:"
+
+
+def reply_channel(prefix: str, token: str) -> str:
+    """Where the nodes answer one command; only its sender listens there, for its deadline."""
+    return reply_prefix(prefix) + token

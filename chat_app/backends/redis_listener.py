@@ -23,11 +23,11 @@ from typing import Any
 
 import redis
 
-from ..protocol import BadEnvelope, Envelope, decode_wire, max_wire_bytes
+from ..protocol import BadEnvelope, Envelope, decode_command, decode_wire, max_wire_bytes
 from ..settings import Settings
 from .base import BrokerHooks
 from .redis_connection import CONNECTION_ERRORS, reconnect_backoff
-from .redis_keys import RoomKeys, control_channel
+from .redis_keys import RoomKeys, commands_channel, control_channel, reply_prefix
 
 log = logging.getLogger(__name__)
 
@@ -56,6 +56,8 @@ class Listener:
         self._publish = publish
         self._prefix = settings.key_prefix
         self._control = control_channel(settings.key_prefix, settings.instance_id).encode()
+        self._commands = commands_channel(settings.key_prefix).encode()  # the server API's, for every node
+        self._reply_prefix = reply_prefix(settings.key_prefix)
         self._backoff = reconnect_backoff(settings)
         self._idle_probe = settings.listener_idle_probe
         self._probe_timeout = settings.probe_timeout
@@ -111,7 +113,7 @@ class Listener:
 
     def all_subscribed(self) -> bool:
         with self._lock:
-            return self.connected and self._control in self.subscribed and self.subscribed >= set(self._wanted)
+            return self.connected and self.subscribed >= {self._control, self._commands, *self._wanted}
 
     def _wake(self) -> None:
         with contextlib.suppress(BlockingIOError):  # a wake-up is already pending
@@ -147,7 +149,7 @@ class Listener:
                 ready.clear()
 
     def _serve(self, pubsub: redis.client.PubSub) -> None:
-        pubsub.subscribe(self._control)
+        pubsub.subscribe(self._control, self._commands)
         probe: bytes | None = None
         probe_sent = last_rx = time.monotonic()
         readable = False
@@ -170,6 +172,8 @@ class Listener:
                 if channel == self._control:
                     if message["data"] == probe:
                         probe = None
+                elif channel == self._commands:
+                    self._dispatch_command(message["data"])
                 else:
                     self._dispatch(message["data"])
             elif kind == "subscribe":
@@ -253,21 +257,35 @@ class Listener:
         for channel in catch_up:
             self._hook("on_subscribed", wanted[channel])
 
+    def _bad(self, exc: BadEnvelope, channel: str) -> None:
+        """Counted, logged at most once per 10 s, dropped."""
+        self.bad_payloads += 1
+        now = time.monotonic()
+        if now - self._last_bad_log > 10:
+            self._last_bad_log = now
+            log.warning("event=bad_payload channel=%s dropped=%d error=%s", channel, self.bad_payloads, exc)
+
     def _dispatch(self, data: bytes) -> None:
         try:
             decoded = decode_wire(data, self._max_envelope_bytes)
         except BadEnvelope as exc:
-            self.bad_payloads += 1
-            now = time.monotonic()
-            if now - self._last_bad_log > 10:
-                self._last_bad_log = now
-                log.warning("event=bad_payload dropped=%d error=%s", self.bad_payloads, exc)
+            self._bad(exc, "room")
             return
         self.received += 1
         if isinstance(decoded, Envelope):
             self._hook("on_envelope", decoded)
         else:
             self._hook("on_presence", decoded)
+
+    def _dispatch_command(self, data: bytes) -> None:
+        try:
+            command = decode_command(data)
+            if not command.reply_to.startswith(self._reply_prefix):
+                raise BadEnvelope("a reply channel outside this deployment's control namespace")
+        except BadEnvelope as exc:
+            self._bad(exc, "control")
+            return
+        self._hook("on_control", command)
 
     def _hook(self, name: str, *args: object) -> None:
         """A failing handler is logged; it must never take the listener down."""

@@ -22,12 +22,13 @@ from functools import lru_cache, partial
 import redis
 from redis.cluster import RedisCluster
 
-from ..protocol import BadEnvelope, Envelope, decode_envelope, envelope_head
+from ..protocol import Envelope
 from ..settings import Settings
 from .base import BackendUnavailable, Draft
 from .redis_connection import CONNECTION_ERRORS, reconnect_backoff
 from .redis_keys import RoomKeys
-from .redis_scripts import AnyRedis, Call, HeldConnection, LuaScript, run_scripts
+from .redis_scripts import AnyRedis, Call, HeldConnection, run_scripts
+from .redis_send import SendScript, ServerIds
 
 log = logging.getLogger(__name__)
 
@@ -68,15 +69,13 @@ class _Pending:
 class Publisher:
     def __init__(self, client: AnyRedis, settings: Settings, max_queue: int = 10_000) -> None:
         self._client = client
-        self._script = LuaScript.load("send.lua", sharded=isinstance(client, RedisCluster))
+        self._send = SendScript(client, settings)
         # A cluster spreads a batch over shards, and its MOVED/ASK handling lives in
         # run_scripts' per-shard pipelines; one server is served through one held connection.
         self._held = None if isinstance(client, RedisCluster) else HeldConnection(client)
         # Escaping a room name and formatting its ten keys cost more than the rest of a send's
         # bookkeeping; a node's busy rooms are few enough to keep.
         self._room_keys = lru_cache(maxsize=1024)(partial(RoomKeys.of, settings.key_prefix))
-        self._history_length = settings.history_length
-        self._room_ttl_ms = settings.redis_room_ttl_ms
         self._deadline = settings.send_deadline
         self._linger = settings.publish_linger
         self._last_batch = 0.0
@@ -93,7 +92,7 @@ class Publisher:
         self._stopping = threading.Event()
         self.last_ok = 0.0
         self.last_error: str | None = None
-        self._server_ids: dict[str, str] = {}  # per server; read again after a connection failure
+        self._server_ids = ServerIds(client, self._held)
 
     def start(self) -> None:
         self._thread.start()
@@ -185,7 +184,7 @@ class Publisher:
                 return
             except CONNECTION_ERRORS as exc:
                 failures += 1
-                self._server_ids.clear()
+                self._server_ids.forget()
                 if self.last_error is None:
                     log.warning("event=publish_failed error=%r", exc)
                 self.last_error = f"redis unreachable: {exc}"
@@ -205,67 +204,21 @@ class Publisher:
             p.settle(BackendUnavailable("the node is shutting down"))
 
     def _execute(self, batch: list[_Pending]) -> list[object]:
-        calls: list[Call] = []
         epochs = secrets.token_hex(8 * len(batch))  # a candidate epoch per send, one read of randomness
-        for i, p in enumerate(batch):
-            d, k = p.draft, p.keys
-            head = envelope_head(d.id, d.room, d.sender, d.message, d.timestamp, d.instance_id)
-            dedup_id = f"k:{d.sender}:{d.key}" if d.key else f"i:{d.id}"
-            args = [
-                head,
-                dedup_id,
-                epochs[16 * i : 16 * i + 16],
-                self._history_length,
-                self._room_ttl_ms,
-                k.channel,
-                self._server_id(k.seq),
-            ]
-            calls.append((self._script, [k.seq, k.hist, k.epoch, k.dedup, k.srv], args))
+        calls: list[Call] = [
+            self._send.call(p.draft, p.keys, epochs[16 * i : 16 * i + 16], self._server_ids.of(p.keys.seq))
+            for i, p in enumerate(batch)
+        ]
         if self._held is not None:
             return self._held.run_scripts(calls)
         return run_scripts(self._client, calls)
 
-    def _server_id(self, key: str) -> str:
-        """The replication id of the server holding `key`: it changes when a replica is
-        promoted, which the send script turns into a new epoch."""
-        if isinstance(self._client, RedisCluster):
-            node = self._client.get_node_from_key(key)
-            name, target = node.name, {"target_nodes": node}
-        else:
-            name, target = "", {}
-        if name not in self._server_ids:
-            self._server_ids[name] = self._read_server_id(**target)
-        return self._server_ids[name]
-
-    def _read_server_id(self, **target: object) -> str:
-        """Through the held connection when there is one: the id then names the very server
-        the scripts run on."""
+    @staticmethod
+    def _resolve(p: _Pending, result: object) -> None:
         try:
-            if self._held is not None:
-                info = self._held.execute("INFO", "replication")
-            else:
-                info = self._client.info("replication", **target)
-            return str(info.get("master_replid", ""))
-        except redis.ResponseError as exc:  # INFO disabled (some managed Redis): no failover guard
-            log.warning("event=no_server_id error=%r", exc)
-            return ""
-
-    def _resolve(self, p: _Pending, result: object) -> None:
-        if isinstance(result, Exception):
-            log.error("event=publish_error room=%s error=%r", p.draft.room, result)
-            p.settle(BackendUnavailable(f"redis refused the send: {result}"))
-            return
-        seq, epoch, stored, duplicate = result  # type: ignore[misc]
-        d = p.draft
-        if duplicate:
-            try:
-                envelope = decode_envelope(stored, max_bytes=len(stored))
-            except BadEnvelope as exc:
-                p.settle(BackendUnavailable(f"stored message unreadable: {exc}"))
-                return
-        else:
-            envelope = Envelope(d.id, d.room, d.sender, d.message, d.timestamp, int(seq), epoch.decode(), d.instance_id)
-        p.settle(envelope)
+            p.settle(SendScript.envelope(p.draft, result))
+        except BackendUnavailable as exc:
+            p.settle(exc)
 
     def _fail_queued(self) -> None:
         while self._queue:

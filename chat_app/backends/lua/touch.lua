@@ -2,7 +2,13 @@
 -- and keep the room's keys alive. A room new to the store gets a new epoch.
 -- ARGV after the common ones: 10 replace (0|1), 11 names (how many of the first member names
 -- to return), then sid, user pairs.
+-- KEYS[11], a join's only: the user's ban from the room (server API); while it exists the
+-- join changes nothing and returns {'', milliseconds left}.
 -- Returns {epoch, seq, members_count, name, name, ...}.
+if KEYS[11] then
+  local left = redis.call('PTTL', KEYS[11])
+  if left ~= -2 then return {'', math.max(left, 0)} end
+end
 prune()
 local net = {}
 if ARGV[10] == '1' then

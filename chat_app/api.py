@@ -1,0 +1,156 @@
+"""The server API over HTTP, for backends that are not Python (ChatEmitter is the same from
+Python): post into rooms, read a room's history, list rooms, act on users on every node.
+
+Off unless API_KEY is set; every call must then carry `Authorization: Bearer <API_KEY>`,
+compared in constant time, before anything else is looked at. JSON in and out; an error
+is `{ok: false, error: {code, message}}` with the socket protocol's codes, and the status
+says its kind (400 bad input, 401 key, 404 off or no such route, 503 Redis not answering
+within SEND_DEADLINE). Views are thin: validate (protocol.py), call ChatService, answer."""
+
+from __future__ import annotations
+
+import functools
+import hmac
+import logging
+from collections.abc import Callable
+from typing import Any
+
+import orjson
+from flask import Flask, Response, jsonify, request
+from werkzeug.exceptions import HTTPException
+from werkzeug.routing import PathConverter
+
+from .protocol import (
+    ChatError,
+    CommandAction,
+    ErrorCode,
+    HistoryQuery,
+    LeaveRequest,
+    PublishRequest,
+    RoomsQuery,
+    UserDisconnectRequest,
+    UserLeaveRequest,
+    UserRoomRequest,
+    parse,
+)
+from .service import ChatService
+
+log = logging.getLogger(__name__)
+
+STATUS = {
+    ErrorCode.UNAUTHORIZED: 401,
+    ErrorCode.FORBIDDEN_ROOM: 403,
+    ErrorCode.NOT_FOUND: 404,
+    ErrorCode.UNAVAILABLE: 503,
+    ErrorCode.INTERNAL: 500,
+}  # every other code is bad input: 400
+
+View = Callable[..., dict[str, Any]]
+
+
+class AnyText(PathConverter):
+    """A path part that may hold anything, slashes and control characters included, so that
+    a bad room or user name reaches the view and is answered with a 400 and its code."""
+
+    regex = r"[^/][\s\S]*?"
+
+
+def _error(error: ChatError, status: int | None = None) -> tuple[Response, int]:
+    return jsonify({"ok": False, "error": error.to_wire()}), status or STATUS.get(error.code, 400)
+
+
+def register_api(app: Flask, service: ChatService) -> None:
+    settings = service.settings
+    expected = f"Bearer {settings.api_key}".encode() if settings.api_key else None
+    body_limit = 8 * settings.max_message_bytes + 4096  # a full message, JSON-escaped, and the rest
+    app.url_map.converters["text"] = AnyText
+
+    def body() -> dict[str, Any]:
+        """The JSON object sent, {} for none; read only up to a bound."""
+        if (request.content_length or 0) > body_limit:
+            raise ChatError(ErrorCode.MESSAGE_TOO_LARGE, f"the body is over {body_limit} bytes")
+        raw = request.stream.read(body_limit + 1)
+        if len(raw) > body_limit:
+            raise ChatError(ErrorCode.MESSAGE_TOO_LARGE, f"the body is over {body_limit} bytes")
+        if not raw.strip():
+            return {}
+        try:
+            data = orjson.loads(raw)
+        except orjson.JSONDecodeError:
+            raise ChatError(ErrorCode.INVALID_PAYLOAD, "the body is not JSON") from None
+        if not isinstance(data, dict):
+            raise ChatError(ErrorCode.INVALID_PAYLOAD, "the body must be a JSON object")
+        return data
+
+    def keyed(view: View) -> Callable[..., Any]:
+        """The key first: a call without it learns nothing and changes nothing."""
+
+        @functools.wraps(view)
+        def guarded(**kwargs: Any) -> Any:
+            if expected is None:
+                return _error(ChatError(ErrorCode.NOT_FOUND, "the server API is off: set API_KEY to turn it on"))
+            given = request.headers.get("Authorization", "").encode("latin-1")
+            if not hmac.compare_digest(given, expected):
+                log.warning("event=api_unauthorized path=%s", request.path)
+                response, status = _error(
+                    ChatError(ErrorCode.UNAUTHORIZED, "this call needs the header `Authorization: Bearer <API_KEY>`")
+                )
+                response.headers["WWW-Authenticate"] = "Bearer"
+                return response, status
+            try:
+                return jsonify(view(**kwargs))
+            except ChatError as exc:
+                return _error(exc)
+            except Exception:
+                log.exception("event=api_failed path=%s", request.path)
+                return _error(ChatError(ErrorCode.INTERNAL, "the server failed to handle this call"))
+
+        return guarded
+
+    def room_of(name: str) -> str:
+        return parse(LeaveRequest, {"room": name}).room
+
+    @app.post("/api/rooms/<text:room>/messages")
+    @keyed
+    def post_message(room: str) -> dict[str, Any]:
+        req = parse(PublishRequest, {**body(), "room": room}, max_message_bytes=settings.max_message_bytes)
+        return service.publish(req)
+
+    @app.get("/api/rooms/<text:room>/history")
+    @keyed
+    def room_history(room: str) -> dict[str, Any]:
+        name = room_of(room)
+        query = parse(HistoryQuery, request.args.to_dict())
+        return service.history_page(name, query.before, query.limit)
+
+    @app.get("/api/rooms")
+    @keyed
+    def rooms() -> dict[str, Any]:
+        query = parse(RoomsQuery, request.args.to_dict())
+        return service.rooms_page(query.cursor, query.limit)
+
+    @app.post("/api/users/<text:user>/rooms/<text:room>")
+    @keyed
+    def join_user(user: str, room: str) -> dict[str, Any]:
+        req = parse(UserRoomRequest, {**body(), "user": user, "room": room})
+        return service.command(CommandAction.JOIN, req.user, req.room)
+
+    @app.delete("/api/users/<text:user>/rooms/<text:room>")
+    @keyed
+    def leave_user(user: str, room: str) -> dict[str, Any]:
+        req = parse(UserLeaveRequest, {**body(), "user": user, "room": room})
+        return service.command(CommandAction.LEAVE, req.user, req.room, ban_seconds=req.ban_seconds)
+
+    @app.post("/api/users/<text:user>/disconnect")
+    @keyed
+    def disconnect_user(user: str) -> dict[str, Any]:
+        req = parse(UserDisconnectRequest, {**body(), "user": user})
+        return service.command(CommandAction.DISCONNECT, req.user, reason=req.reason)
+
+    @app.errorhandler(HTTPException)
+    def api_http_error(exc: HTTPException) -> Any:
+        """No route, wrong method: JSON under /api/ too; elsewhere Flask's own answer."""
+        if not request.path.startswith("/api/"):
+            return exc
+        code = ErrorCode.NOT_FOUND if exc.code in {404, 405} else ErrorCode.INVALID_PAYLOAD
+        return _error(ChatError(code, exc.description or exc.name), exc.code)

@@ -1,0 +1,103 @@
+"""The app: Flask + SocketIO + ChatService, wired (chat_app.create_app)."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+
+from flask import Flask
+from flask_socketio import SocketIO
+
+from . import fanout, json_codec, lean_websockets
+from .api import register_api
+from .backends.base import Broker, Presence
+from .backends.memory import MemoryBroker, MemoryHub, MemoryPresence
+from .events import SocketIOEmitter, register_events, watch_slow_clients
+from .http import register_routes
+from .metrics import register_metrics
+from .service import ChatService
+from .settings import Settings
+
+log = logging.getLogger("chat_app")  # the lines it logged before it moved here
+
+# Socket.IO frames may be this large so that an oversized paste is answered with
+# `message_too_large` instead of the transport dropping the connection.
+TRANSPORT_MAX_BYTES = 2 * 1024 * 1024
+
+
+class _InstanceFilter(logging.Filter):
+    def __init__(self, instance_id: str) -> None:
+        super().__init__()
+        self.instance_id = instance_id
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        record.instance = self.instance_id
+        return True
+
+
+def configure_logging(settings: Settings) -> None:
+    handler = logging.StreamHandler()
+    handler.addFilter(_InstanceFilter(settings.instance_id))
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s instance=%(instance)s %(name)s %(message)s"))
+    root = logging.getLogger("chat_app")
+    root.handlers[:] = [handler]
+    root.setLevel(settings.log_level)
+    root.propagate = False
+
+
+def build_backends(settings: Settings) -> tuple[Broker, Presence]:
+    if not settings.uses_redis:
+        log.warning("event=backend backend=memory REDIS_URL is unset: single node, rooms are not shared")
+        hub = MemoryHub(settings.history_length)
+        presence = MemoryPresence(hub, settings.instance_id, settings.presence_events_max_members)
+        return MemoryBroker(hub, settings.instance_id), presence
+    from .backends.redis import RedisBroker, RedisClients, RedisPresence
+
+    clients = RedisClients.from_settings(settings)
+    log.info("event=backend backend=redis sentinel=%s", settings.redis_sentinels is not None)
+    broker = RedisBroker(clients, settings)
+    return broker, RedisPresence(clients, settings, broker.batcher)
+
+
+def create_app(settings: Settings | None = None, async_mode: str | None = None) -> Flask:
+    settings = settings or Settings.from_env()
+    configure_logging(settings)
+    app = Flask(__name__)
+    socketio = SocketIO(
+        app,
+        async_mode=async_mode,
+        cors_allowed_origins=settings.cors_allowed_origins,
+        max_http_buffer_size=max(TRANSPORT_MAX_BYTES, 8 * settings.max_message_bytes),
+        ping_interval=settings.ping_interval,
+        ping_timeout=settings.ping_timeout,
+        logger=False,
+        engineio_logger=False,
+        json=json_codec,
+    )
+    writer = fanout.install(socketio.server)
+    if lean_websockets.install(socketio.server):
+        log.info("event=lean_websockets")
+    broker, presence = build_backends(settings)
+    service = ChatService(settings, broker, presence, SocketIOEmitter(socketio, writer))
+    register_events(socketio, service)
+    watch_slow_clients(socketio, settings.max_client_queue)
+    register_routes(app, service)
+    register_api(app, service)
+    app.extensions["chat_service"] = service
+    app.extensions["chat_socketio"] = socketio
+    register_metrics(app, service, broker, writer.counters if writer else None)
+    service.start()
+    log.info("event=started")
+    return app
+
+
+def shutdown(app: Flask) -> None:
+    """Leave every room at once, close Redis, then disconnect the clients (SIGTERM)."""
+    service: ChatService = app.extensions["chat_service"]
+    socketio: SocketIO = app.extensions["chat_socketio"]
+    for sid in service.stop():
+        with contextlib.suppress(Exception):  # the client may already be gone
+            socketio.server.disconnect(sid, namespace="/")
+
+
+__all__ = ["Settings", "create_app", "shutdown"]

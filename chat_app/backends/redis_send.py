@@ -1,0 +1,95 @@
+"""One send, whoever sends it: a node's publisher for its members, or ChatEmitter from any
+process. Both run the same script with the same keys and arguments, build the same
+envelope and read the script's answer the same way, so a message posted from outside the
+nodes gets the room's next seq, lands in history and is deduplicated exactly like a
+member's."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+
+import redis
+from redis.cluster import RedisCluster
+
+from ..protocol import BadEnvelope, Envelope, decode_envelope, envelope_head
+from ..settings import Settings
+from .base import BackendUnavailable, Draft
+from .redis_keys import RoomKeys
+from .redis_scripts import AnyRedis, Call, HeldConnection, LuaScript
+
+log = logging.getLogger(__name__)
+
+
+class SendScript:
+    """send.lua (seq + history + PUBLISH) for one deployment's settings."""
+
+    def __init__(self, client: AnyRedis, settings: Settings) -> None:
+        self.script = LuaScript.load("send.lua", sharded=isinstance(client, RedisCluster))
+        self._history_length = settings.history_length
+        self._room_ttl_ms = settings.redis_room_ttl_ms
+
+    def call(self, draft: Draft, keys: RoomKeys, candidate_epoch: str, server_id: str) -> Call:
+        """The script's KEYS and ARGV (see send.lua's header) for one draft."""
+        d = draft
+        args: Sequence[object] = [
+            envelope_head(d.id, d.room, d.sender, d.message, d.timestamp, d.instance_id),
+            d.dedup_id,
+            candidate_epoch,
+            self._history_length,
+            self._room_ttl_ms,
+            keys.channel,
+            server_id,
+        ]
+        return (self.script, [keys.seq, keys.hist, keys.epoch, keys.dedup, keys.srv], args)
+
+    @staticmethod
+    def envelope(draft: Draft, result: object) -> Envelope:
+        """The stored message from the script's answer: the first one stored under the
+        draft's dedup id when this was a retry. BackendUnavailable when Redis refused it."""
+        if isinstance(result, Exception):
+            log.error("event=publish_error room=%s error=%r", draft.room, result)
+            raise BackendUnavailable(f"redis refused the send: {result}")
+        seq, epoch, stored, duplicate = result  # type: ignore[misc]
+        if duplicate:
+            try:
+                return decode_envelope(stored, max_bytes=len(stored))
+            except BadEnvelope as exc:
+                raise BackendUnavailable(f"stored message unreadable: {exc}") from None
+        d = draft
+        return Envelope(d.id, d.room, d.sender, d.message, d.timestamp, int(seq), epoch.decode(), d.instance_id)
+
+
+class ServerIds:
+    """The replication id of the server holding a key, per server: it changes when a replica
+    is promoted, which the send script turns into a new epoch. Forget them after a
+    connection failure: the next server may be another one."""
+
+    def __init__(self, client: AnyRedis, held: HeldConnection | None = None) -> None:
+        self._client = client
+        self._held = held  # through the held connection the id names the very server the scripts run on
+        self._ids: dict[str, str] = {}
+
+    def of(self, key: str) -> str:
+        if isinstance(self._client, RedisCluster):
+            node = self._client.get_node_from_key(key)
+            name, target = node.name, {"target_nodes": node}
+        else:
+            name, target = "", {}
+        if name not in self._ids:
+            self._ids[name] = self._read(**target)
+        return self._ids[name]
+
+    def forget(self) -> None:
+        self._ids.clear()
+
+    def _read(self, **target: object) -> str:
+        try:
+            if self._held is not None:
+                info = self._held.execute("INFO", "replication")
+            else:
+                info = self._client.info("replication", **target)
+            return str(info.get("master_replid", ""))
+        except redis.ResponseError as exc:  # INFO disabled (some managed Redis): no failover guard
+            log.warning("event=no_server_id error=%r", exc)
+            return ""
