@@ -64,32 +64,11 @@ class ControlClient:
         end = time.monotonic() + window
         token = secrets.token_hex(8)
         command = dataclasses.replace(command, id=token, reply_to=reply_channel(self._prefix, token))
-        # Subscribed (and confirmed) before the command goes out: no answer can come first.
         pubsub = shard_client(self._client, command.reply_to).pubsub()
         try:
-            if self._sharded:
-                pubsub.ssubscribe(command.reply_to)
-            else:
-                pubsub.subscribe(command.reply_to)
-            while True:
-                message = pubsub.get_message(timeout=max(end - time.monotonic(), 0.0))
-                if message is not None and message["type"] in {"subscribe", "ssubscribe"}:
-                    break
-                if time.monotonic() >= end:
-                    raise redis.TimeoutError("the reply channel's subscription was not confirmed in time")
+            self._subscribe(pubsub, command.reply_to, end)
             expected = publish(self._client, self._commands, command.encode())
-            answers: dict[str, int] = {}
-            while len(answers) < expected and (left := end - time.monotonic()) > 0:
-                message = pubsub.get_message(timeout=left)
-                if message is None or message["type"] not in {"message", "smessage"}:
-                    continue
-                try:
-                    reply = decode_reply(message["data"])
-                except BadEnvelope as exc:
-                    log.warning("event=bad_reply error=%s", exc)
-                    continue
-                if reply.id == token:
-                    answers[reply.instance_id] = reply.connections
+            answers = self._answers(pubsub, token, expected, end)
         except CONNECTION_ERRORS as exc:
             raise BackendUnavailable(f"redis unreachable: {exc}") from exc
         finally:
@@ -105,3 +84,35 @@ class ControlClient:
             sum(answers.values()),
         )
         return CommandResult(sum(answers.values()), len(answers), expected)
+
+    def _subscribe(self, pubsub: redis.client.PubSub, channel: str, end: float) -> None:
+        """Subscribed (and confirmed) before the command goes out: no answer can come first.
+        Confirmed past `end`, the caller may have been told `unavailable` already (a Redis
+        that stalled and came back): a command given up on is never sent late."""
+        if self._sharded:
+            pubsub.ssubscribe(channel)
+        else:
+            pubsub.subscribe(channel)
+        while True:
+            message = pubsub.get_message(timeout=max(end - time.monotonic(), 0.0))
+            if time.monotonic() >= end:
+                raise redis.TimeoutError("the reply channel's subscription was not confirmed in time")
+            if message is not None and message["type"] in {"subscribe", "ssubscribe"}:
+                return
+
+    @staticmethod
+    def _answers(pubsub: redis.client.PubSub, token: str, expected: int, end: float) -> dict[str, int]:
+        """instance id -> connections, until every node that heard the command answered."""
+        answers: dict[str, int] = {}
+        while len(answers) < expected and (left := end - time.monotonic()) > 0:
+            message = pubsub.get_message(timeout=left)
+            if message is None or message["type"] not in {"message", "smessage"}:
+                continue
+            try:
+                reply = decode_reply(message["data"])
+            except BadEnvelope as exc:
+                log.warning("event=bad_reply error=%s", exc)
+                continue
+            if reply.id == token:
+                answers[reply.instance_id] = reply.connections
+        return answers
