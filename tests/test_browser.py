@@ -544,9 +544,8 @@ def test_rooms_the_server_joins_and_leaves_and_a_disconnect_without_reconnection
 API_KEY = "k" * 40
 
 
-@pytest.mark.skip(reason="needs the server API (issue 13)")
 def test_the_server_api_moves_a_page_in_and_out_of_rooms_and_disconnects_it(redis_server, nodes, browser) -> None:
-    """For the integrator: the same as above, driven through the real HTTP API."""
+    """The same as above, driven through the real HTTP API."""
     a = nodes.start(redis_server.url, API_KEY=API_KEY)
     b = nodes.start(redis_server.url, API_KEY=API_KEY)
     headers = {"Authorization": f"Bearer {API_KEY}"}
@@ -557,7 +556,7 @@ def test_the_server_api_moves_a_page_in_and_out_of_rooms_and_disconnects_it(redi
         page = open_page(browser, a.url, viewport=PHONE)
         join(page, "alice", "lobby")
         answer = requests.post(f"{b.url}/api/users/alice/rooms/ops", headers=headers, timeout=10).json()
-        assert answer == {"ok": True, "connections": 1}
+        assert answer == {"ok": True, "connections": 1, "nodes": 2}
         expect(page.locator("#notice")).to_have_text("You were added to ops.")
         page.click("#room-list button[data-room=ops]")
         expect(page.locator("#messages li.msg .text")).to_have_text(["before you came"])
@@ -566,13 +565,13 @@ def test_the_server_api_moves_a_page_in_and_out_of_rooms_and_disconnects_it(redi
         assert dora.wait_for(2)[-1]["message"] == "hello ops"
 
         answer = requests.delete(f"{b.url}/api/users/alice/rooms/ops", headers=headers, timeout=10).json()
-        assert answer == {"ok": True, "connections": 1}
+        assert answer == {"ok": True, "connections": 1, "nodes": 2}
         expect(page.locator("#notice")).to_contain_text("You were removed from ops")
         expect(page.locator("#message")).to_be_disabled()
 
         body = {"reason": "banned for spam"}
         answer = requests.post(f"{b.url}/api/users/alice/disconnect", json=body, headers=headers, timeout=10).json()
-        assert answer == {"ok": True, "connections": 1}
+        assert answer == {"ok": True, "connections": 1, "nodes": 2}
         expect(page.locator("#notice")).to_contain_text("The server disconnected you: banned for spam.")
         expect(page.locator("#status")).to_have_attribute("data-state", "offline")
         expect(page.locator("#reconnect")).to_be_visible()
