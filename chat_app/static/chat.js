@@ -259,11 +259,28 @@
     if (!envelope || envelope.room !== room.name || !isText(envelope.id)) return false;
     advance(room, envelope.seq, envelope.epoch);
     if (room.byId.has(envelope.id)) return false; // already shown (history overlap, own send)
+    const pending = envelope.sender === state.name && pendingWithText(room, String(envelope.message));
+    if (pending) {
+      // Our own send, delivered before its answer: the bubble that is waiting becomes it
+      // (its answer then finds it by id), rather than showing the message twice meanwhile.
+      fill(room, pending, envelope, "sent");
+      placeBySeq(room, pending);
+      return false;
+    }
     const item = messageItem(String(envelope.sender), String(envelope.message), envelope.sender === state.name);
     fill(room, item, envelope, "received");
     room.list.append(item);
     scrollDown(room);
     return true;
+  }
+
+  function pendingWithText(room, text) {
+    for (const item of room.list.children) {
+      if (item.dataset.state === "pending" && !item.dataset.id && item.querySelector(".text").textContent === text) {
+        return item;
+      }
+    }
+    return null;
   }
 
   function onBroadcast(envelope) {
@@ -321,6 +338,7 @@
     const retry = item.querySelector("button.retry");
     if (retry) retry.remove();
     const ack = await call("send_message", { room: room.name, message: text, key });
+    if ((!ack || !ack.ok) && item.dataset.id) return; // its broadcast came: it was stored
     if (!ack || !ack.ok) {
       item.dataset.state = "failed";
       item.querySelector(".state").textContent = `not sent: ${(ack && ack.error && ack.error.message) || "no answer"}`;
