@@ -180,7 +180,7 @@ def markdown(results: dict[str, Any]) -> str:
         for label in labels:
             r = results[label]["routing"]
             channels = f"{r['channels']}" + (
-                f" (+{r['pattern_subscriptions']} patterns)" if r.get("pattern_subscriptions") else ""
+                f" ({r['pattern_subscriptions']} pattern)" if r.get("pattern_subscriptions") else ""
             )
             lines.append(
                 f"| {label} | {r['published']:,} | {', '.join(f'{x:,}' for x in r['received_per_node'])} "
