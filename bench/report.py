@@ -117,6 +117,8 @@ def ladder_table(results: dict[str, Any], labels: list[str]) -> list[str]:
             refused = ", ".join(f"{k} {v}" for k, v in s["refused"].items()) or "0"
             if s["unacked"]:
                 refused += f"; unacked {s['unacked']}"
+            if s.get("delivered_after_refusal"):
+                refused += f" ({s['delivered_after_refusal']:,} deliveries of refused sends)"
             cpu = " / ".join(f"{x:.1f}" for x in s["node_cpu_s"])
             cells = [
                 f"{rate:,.0f}",

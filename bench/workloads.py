@@ -244,6 +244,15 @@ class FanOut:
             missing += sum(members - counts[n] for n in range(self.capacity) if acks[n] == 1)
         return missing
 
+    def delivered_after_refusal(self) -> int:
+        """Deliveries of sends the server answered with an error: a client would retry them."""
+        return sum(
+            counts[n]
+            for acks, counts in zip(self.acks, self.counts, strict=True)
+            for n in range(self.capacity)
+            if acks[n] == 2
+        )
+
     def acks_pending(self) -> int:
         return self.sent - self.acked_ok - sum(self.errors.values())
 
@@ -256,7 +265,8 @@ class FanOut:
         seen = (-1, -1)
         while time.perf_counter() - start < cap:
             state = (self.delivered, self.sent - self.acks_pending())
-            if self.acks_pending() == 0 and self.delivered >= self.expected():
+            # The count alone is not enough: a server may deliver sends it answered as refused.
+            if self.acks_pending() == 0 and self.delivered >= self.expected() and self.lost() == 0:
                 return True
             if state != seen:
                 seen, last_move = state, time.perf_counter()
@@ -279,6 +289,7 @@ def fanout_result(f: FanOut, t0: float, wall: float, gen_cpu: float) -> dict[str
         "lost": f.lost(),
         "loss_pct": 100.0 * f.lost() / expected if expected else 0.0,
         "duplicates": f.duplicates,
+        "delivered_after_refusal": f.delivered_after_refusal(),
         "deliveries_per_s": f.delivered / span,
         "p50_ms": 1000 * percentile(f.latencies, 50),
         "p99_ms": 1000 * percentile(f.latencies, 99),

@@ -154,12 +154,22 @@ class FanOut {
     return total;
   }
 
+  lost(members) {
+    let missing = 0;
+    for (let i = 0; i < this.acks.length; i++) {
+      if (this.acks[i] === 1) missing += members[Math.floor(i / this.capacity)] - this.counts[i];
+    }
+    return missing;
+  }
+
   async drain(members, quiet, cap) {
     const start = now();
     let lastMove = start;
     let seen = "";
     while (now() - start < cap) {
-      if (this.pending() === 0 && this.delivered >= this.expected(members)) return true;
+      // The count alone is not enough: a server may deliver sends it answered as refused.
+      const done = this.pending() === 0 && this.delivered >= this.expected(members) && this.lost(members) === 0;
+      if (done) return true;
       const state = `${this.delivered}/${this.sent - this.pending()}`;
       if (state !== seen) [seen, lastMove] = [state, now()];
       else if (now() - lastMove > quiet) return true;
