@@ -39,7 +39,7 @@ def draw_w2(results: dict[str, Any], path: Path) -> Path | None:
     panels = (
         ("p50_ms", "p50 latency (ms, log)", True),
         ("p99_ms", "p99 latency (ms, log)", True),
-        ("node_cpu_us_per_delivery", "node CPU per delivery (µs)", False),
+        ("node_cpu_us_per_delivery", "node CPU per delivery (µs, log)", True),
     )
     fig, axes = plt.subplots(1, len(panels), figsize=(13, 4.2), layout="constrained")
     for ax, (key, name, log) in zip(axes, panels, strict=True):
