@@ -1,6 +1,6 @@
 """Run every workload against chat_app, the Node peer and the baseline in one invocation; print Markdown.
 
-    python -m bench                        # the full run (~15 minutes on 2 cores)
+    python -m bench                        # the full run (~12 minutes on 2 cores)
     python -m bench --quick                # a shorter ladder and runs, to try things out
     python -m bench --generator official   # driven by socket.io-client in Node instead
 
