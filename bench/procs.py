@@ -1,5 +1,6 @@
-"""Processes the benchmark owns: one redis-server in a temp dir and gunicorn nodes started
-from the Procfile's web line. Every process gets its own group so that stopping kills all."""
+"""Processes the benchmark owns: one redis-server in a temp dir and nodes, gunicorn's started
+from the Procfile's web line, the peer's as its own command. Every process gets its own
+group so that stopping kills all."""
 
 from __future__ import annotations
 
@@ -146,8 +147,10 @@ def start_redis(directory: Path) -> Proc:
 class NodeSpec:
     """Which app a node runs and what it is told through its environment."""
 
-    app: str  # "wsgi:app" (chat_app) or "bench.baseline_server:app"
+    app: str  # "wsgi:app" (chat_app) or "bench.baseline_server:app"; unused with `command`
     env: dict[str, str] = field(default_factory=dict)
+    command: tuple[str, ...] = ()  # a node that is no WSGI app (the Node peer), run as it is
+    cwd: Path = ROOT
 
 
 def start_node(spec: NodeSpec, redis_url: str, directory: Path, name: str) -> Proc:
@@ -155,8 +158,8 @@ def start_node(spec: NodeSpec, redis_url: str, directory: Path, name: str) -> Pr
     port = free_port()
     env = {k: v for k, v in os.environ.items() if k not in {"REDIS_URL", "PORT", "INSTANCE_ID"}}
     env.update({"PORT": str(port), "REDIS_URL": redis_url, "INSTANCE_ID": name, **spec.env})
-    args = ["sh", "-c", f"exec {procfile_web_command(spec.app)}"]
-    return _spawn(name, args, directory, port, cwd=ROOT, env=env)
+    args = list(spec.command) or ["sh", "-c", f"exec {procfile_web_command(spec.app)}"]
+    return _spawn(name, args, directory, port, cwd=spec.cwd, env=env)
 
 
 def wait_healthy(node: Proc, timeout: float = 30.0) -> None:

@@ -1,11 +1,15 @@
-"""Markdown tables from one run's results: chat_app beside the baseline, with ratios."""
+"""Markdown tables from one run's results: every server side by side, with ratios against the
+reference (the Node peer when it ran, else the baseline)."""
 
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from typing import Any
 
 SUSTAINED_P99_MS = 250.0
+ORDER = ("chat_app", "peer", "baseline")
+NAMES = {"chat_app": "chat_app", "peer": "peer (socket.io)", "baseline": "baseline (Flask-SocketIO)"}
 
 
 def _num(x: Any, digits: int = 1) -> str:
@@ -22,6 +26,14 @@ def _ratio(ours: Any, base: Any) -> str:
     if isinstance(ours, float) and math.isnan(ours):
         return "-"
     return f"{ours / base:.2f}x"
+
+
+def servers_of(results: dict[str, Any]) -> list[str]:
+    return [label for label in ORDER if label in results]
+
+
+def reference_of(labels: list[str]) -> str:
+    return "peer" if "peer" in labels else "baseline" if "baseline" in labels else labels[-1]
 
 
 def sustained(step: dict[str, Any]) -> bool:
@@ -44,73 +56,72 @@ def at(steps: list[dict[str, Any]], rate: float) -> dict[str, Any]:
     return next((s for s in steps if s["rate"] == rate), {})
 
 
-def summary_rows(ours: dict[str, Any], base: dict[str, Any]) -> list[tuple[str, Any, Any, str]]:
-    rows: list[tuple[str, Any, Any, str]] = []
-    if "w1" in ours and "w1" in base:
-        for key, name in (("p50_ms", "p50"), ("p99_ms", "p99"), ("max_ms", "max")):
-            rows.append((f"W1 cross-node latency {name} (ms) ↓", ours["w1"][key], base["w1"][key], ""))
-    if ours.get("w2") and base.get("w2"):
-        o, b = ours["w2"], base["w2"]
-        rows.append(("W2 highest sustained rate (msg/s) ↑", best_rate(o), best_rate(b), ""))
+def _acked_pct(s: dict[str, Any]) -> float:
+    return 100.0 * s["accepted"] / s["sent"] if s["sent"] else 0.0
+
+
+def _mean_share(r: dict[str, Any]) -> float:
+    return sum(r["share_per_node"]) / len(r["share_per_node"])
+
+
+Row = tuple[str, list[Any]]
+
+
+def summary_rows(servers: list[dict[str, Any]]) -> list[Row]:
+    """(metric, one value per server) for what every server in `servers` ran."""
+    rows: list[Row] = []
+
+    def each(part: str, value: Callable[[Any], Any]) -> list[Any] | None:
+        if not all(s.get(part) for s in servers):
+            return None
+        return [value(s[part]) for s in servers]
+
+    for key, name in (("p50_ms", "p50"), ("p99_ms", "p99"), ("max_ms", "max")):
+        if (values := each("w1", lambda w, key=key: w[key])) is not None:
+            rows.append((f"W1 cross-node latency {name} (ms) ↓", values))
+    if (values := each("w2", best_rate)) is not None:
+        rows.append(("W2 highest sustained rate (msg/s) ↑", values))
         for rate in (1000, 3000, 5000, 10000):
-            so, sb = at(o, rate), at(b, rate)
-            if not so or not sb:
+            steps = [at(s["w2"], rate) for s in servers]
+            if not all(steps):
                 continue
-            rows.append((f"W2 @{rate}: p99 (ms) ↓", so["p99_ms"], sb["p99_ms"], ""))
-            rows.append((f"W2 @{rate}: loss of accepted sends (%) ↓", so["loss_pct"], sb["loss_pct"], ""))
-            acked = lambda s: 100.0 * s["accepted"] / s["sent"] if s["sent"] else 0.0  # noqa: E731
-            rows.append((f"W2 @{rate}: sends acked ok by the end of the drain (%) ↑", acked(so), acked(sb), ""))
-            rows.append((f"W2 @{rate}: deliveries/s ↑", so["deliveries_per_s"], sb["deliveries_per_s"], ""))
-            rows.append(
-                (
-                    f"W2 @{rate}: node CPU µs per delivery ↓",
-                    so["node_cpu_us_per_delivery"],
-                    sb["node_cpu_us_per_delivery"],
-                    "",
-                )
-            )
-    if "w3" in ours and "w3" in base:
-        rows.append(
-            (
-                "W3 RSS per idle joined connection (KiB) ↓",
-                ours["w3"]["rss_kib_per_connection"],
-                base["w3"]["rss_kib_per_connection"],
-                "",
-            )
-        )
-        rows.append(
-            (
-                "W3 connect+join of all (s) ↓",
-                ours["w3"]["connect_and_join_total_s"],
-                base["w3"]["connect_and_join_total_s"],
-                "",
-            )
-        )
-        rows.append(("W3 connect p99 (ms) ↓", ours["w3"]["connect_p99_ms"], base["w3"]["connect_p99_ms"], ""))
-    if "routing" in ours and "routing" in base:
-        ro, rb = ours["routing"], base["routing"]
-        mean = lambda r: sum(r["share_per_node"]) / len(r["share_per_node"])  # noqa: E731
-        rows.append(("Routing: mean share of messages each node takes from Redis ↓", mean(ro), mean(rb), ""))
+            rows.append((f"W2 @{rate}: p50 (ms) ↓", [s["p50_ms"] for s in steps]))
+            rows.append((f"W2 @{rate}: p99 (ms) ↓", [s["p99_ms"] for s in steps]))
+            rows.append((f"W2 @{rate}: loss of accepted sends (%) ↓", [s["loss_pct"] for s in steps]))
+            rows.append((f"W2 @{rate}: sends acked ok by the end of the drain (%) ↑", [_acked_pct(s) for s in steps]))
+            rows.append((f"W2 @{rate}: deliveries/s ↑", [s["deliveries_per_s"] for s in steps]))
+            rows.append((f"W2 @{rate}: node CPU µs per delivery ↓", [s["node_cpu_us_per_delivery"] for s in steps]))
+            rows.append((f"W2 @{rate}: Redis CPU s ↓", [s["redis_cpu_s"] for s in steps]))
+    if (values := each("w3", lambda w: w["rss_kib_per_connection"])) is not None:
+        rows.append(("W3 RSS per idle joined connection (KiB) ↓", values))
+        rows.append(("W3 connect+join of all (s) ↓", each("w3", lambda w: w["connect_and_join_total_s"]) or []))
+        rows.append(("W3 connect p99 (ms) ↓", each("w3", lambda w: w["connect_p99_ms"]) or []))
+        rows.append(("W3 join p99 (ms) ↓", each("w3", lambda w: w["join_p99_ms"]) or []))
+    if (values := each("routing", _mean_share)) is not None:
+        rows.append(("Routing: mean share of messages each node takes from Redis ↓", values))
     return rows
 
 
-def ladder_table(results: dict[str, Any]) -> list[str]:
+def ladder_table(results: dict[str, Any], labels: list[str]) -> list[str]:
     head = (
         "| rate (msg/s) | server | deliveries/s | loss % | refused | p50 ms | p99 ms | max ms | ack p99 ms "
         "| node CPU s (A / B) | Redis CPU s | node µs/delivery | generator CPU % |"
     )
     lines = [head, "|" + "---|" * 13]
-    for i, step in enumerate(results["chat_app"]["w2"]):
-        for label in ("chat_app", "baseline"):
-            s = results[label]["w2"][i] if i < len(results[label]["w2"]) else None
-            if s is None:
+    rates = sorted({s["rate"] for label in labels for s in results[label]["w2"]})
+    for rate in rates:
+        for label in labels:
+            s = at(results[label]["w2"], rate)
+            if not s:
                 continue
             refused = ", ".join(f"{k} {v}" for k, v in s["refused"].items()) or "0"
             if s["unacked"]:
                 refused += f"; unacked {s['unacked']}"
+            if s.get("delivered_after_refusal"):
+                refused += f" ({s['delivered_after_refusal']:,} deliveries of refused sends)"
             cpu = " / ".join(f"{x:.1f}" for x in s["node_cpu_s"])
             cells = [
-                f"{step['rate']:,}",
+                f"{rate:,.0f}",
                 label,
                 _num(s["deliveries_per_s"], 0),
                 _num(s["loss_pct"], 2) + (" (cut off)" if s.get("cut_off") else ""),
@@ -129,32 +140,52 @@ def ladder_table(results: dict[str, Any]) -> list[str]:
 
 
 def markdown(results: dict[str, Any]) -> str:
-    ours, base = results["chat_app"], results["baseline"]
+    labels = servers_of(results)
+    ref = reference_of(labels) if labels else ""
+    others = [label for label in labels if label != ref]
     lines = [
         f"Run {results['started']} on {results['machine']}; load average before {results['load_before']}, "
         f"after {results.get('load_after', '?')}.",
         "",
-        "| metric (↓ lower is better, ↑ higher) | chat_app | baseline | chat_app / baseline |",
-        "|---|---:|---:|---:|",
+        f"Generator: {results.get('generator_detail', results.get('generator', 'lean'))}.",
     ]
-    for name, o, b, _ in summary_rows(ours, base):
+    if "peer_detail" in results:
+        lines += ["", f"Peer: {results['peer_detail']}."]
+    for label, reason in results.get("skipped", {}).items():
+        lines += ["", f"Skipped {label}: {reason}."]
+    if not labels:
+        return "\n".join(lines) + "\n"
+    lines += [
+        "",
+        "| metric (↓ lower is better, ↑ higher) | "
+        + " | ".join(NAMES[x] for x in labels)
+        + "".join(f" | {x} / {ref}" for x in others)
+        + " |",
+        "|---|" + "---:|" * (len(labels) + len(others)),
+    ]
+    for name, values in summary_rows([results[x] for x in labels]):
         digits = 3 if name.startswith("Routing") else 1
-        lines.append(f"| {name} | {_num(o, digits)} | {_num(b, digits)} | {_ratio(o, b)} |")
-    for label, server in (("chat_app", ours), ("baseline", base)):
-        steps = server.get("w2") or []
+        by = dict(zip(labels, values, strict=True))
+        cells = [_num(v, digits) for v in values] + [_ratio(by[x], by[ref]) for x in others]
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    for label in labels:
+        steps = results[label].get("w2") or []
         if steps and best_rate(steps) == max(s["rate"] for s in steps):
             lines += ["", f"{label} sustained the ladder's top rate: its limit lies higher."]
-    if ours.get("w2"):
+    if any(results[x].get("w2") for x in labels):
         lines += ["", f"W2 ladder ({results['w2_duration_s']:.0f} s per rate, 20 rooms x 10 members, 5 per node):", ""]
-        lines += ladder_table(results)
-    if "routing" in ours and "routing" in base:
+        lines += ladder_table(results, labels)
+    if all("routing" in results[x] for x in labels):
         lines += ["", "Interest routing (4 nodes, 40 rooms, each room's members on one node):", ""]
         lines += ["| server | published | received from Redis per node | room channels | subscribers per channel |"]
         lines += ["|---|---:|---|---:|---|"]
-        for label in ("chat_app", "baseline"):
+        for label in labels:
             r = results[label]["routing"]
+            channels = f"{r['channels']}" + (
+                f" ({r['pattern_subscriptions']} pattern)" if r.get("pattern_subscriptions") else ""
+            )
             lines.append(
                 f"| {label} | {r['published']:,} | {', '.join(f'{x:,}' for x in r['received_per_node'])} "
-                f"| {r['channels']} | {r['subscribers_per_channel']} |"
+                f"| {channels} | {r['subscribers_per_channel']} |"
             )
     return "\n".join(lines) + "\n"

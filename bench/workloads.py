@@ -6,6 +6,11 @@ the rooms. Senders are open loop: they never wait for acks, so a slow server can
 them down. Latency runs from the moment a message is written to its socket (the
 generator's ~1 ms timer would otherwise count as server latency); how far the generator
 fell behind its schedule is reported as `generator_max_lag_ms`.
+
+Every workload is driven by a generator: the lean asyncio one here (bench/sioclient.py) or
+the official socket.io-client in Node (bench/official.py). A workload says who connects
+where and what is sent; the generator does it and fills the same FanOut, from which one
+function computes the figures.
 """
 
 from __future__ import annotations
@@ -22,11 +27,11 @@ import time
 import urllib.request
 from array import array
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import orjson
 
@@ -35,6 +40,8 @@ from .sioclient import SioClient, connect
 
 PAD = "x" * 40  # a chat-sized message: ~64 bytes with its header
 CONNECT_CONCURRENCY = 50
+DRAIN_QUIET_S = 3.0  # the drain ends when nothing moved for this long
+DRAIN_CAP_S = 20.0  # ... or when this much passed
 
 
 @dataclass(frozen=True)
@@ -237,10 +244,19 @@ class FanOut:
             missing += sum(members - counts[n] for n in range(self.capacity) if acks[n] == 1)
         return missing
 
+    def delivered_after_refusal(self) -> int:
+        """Deliveries of sends the server answered with an error: a client would retry them."""
+        return sum(
+            counts[n]
+            for acks, counts in zip(self.acks, self.counts, strict=True)
+            for n in range(self.capacity)
+            if acks[n] == 2
+        )
+
     def acks_pending(self) -> int:
         return self.sent - self.acked_ok - sum(self.errors.values())
 
-    async def drain(self, quiet: float = 3.0, cap: float = 20.0) -> bool:
+    async def drain(self, quiet: float = DRAIN_QUIET_S, cap: float = DRAIN_CAP_S) -> bool:
         """Wait until every accepted send is delivered everywhere, or nothing moves for `quiet` s.
 
         False when `cap` cut the wait short while deliveries were still arriving: what is
@@ -249,7 +265,8 @@ class FanOut:
         seen = (-1, -1)
         while time.perf_counter() - start < cap:
             state = (self.delivered, self.sent - self.acks_pending())
-            if self.acks_pending() == 0 and self.delivered >= self.expected():
+            # The count alone is not enough: a server may deliver sends it answered as refused.
+            if self.acks_pending() == 0 and self.delivered >= self.expected() and self.lost() == 0:
                 return True
             if state != seen:
                 seen, last_move = state, time.perf_counter()
@@ -272,6 +289,7 @@ def fanout_result(f: FanOut, t0: float, wall: float, gen_cpu: float) -> dict[str
         "lost": f.lost(),
         "loss_pct": 100.0 * f.lost() / expected if expected else 0.0,
         "duplicates": f.duplicates,
+        "delivered_after_refusal": f.delivered_after_refusal(),
         "deliveries_per_s": f.delivered / span,
         "p50_ms": 1000 * percentile(f.latencies, 50),
         "p99_ms": 1000 * percentile(f.latencies, 99),
@@ -285,11 +303,120 @@ def fanout_result(f: FanOut, t0: float, wall: float, gen_cpu: float) -> dict[str
     }
 
 
+# -- generators: who drives the clients --------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Member:
+    """One client of a fan-out: where it connects, which room it joins, what it records."""
+
+    port: int
+    user: str
+    room: int  # joins f"room{room}"
+    measure: bool = True  # its latencies count
+    remote: bool = False  # on another node than its room's sender
+    sender: bool = False  # sends its room's messages (one per room)
+
+
+@dataclass
+class Sent:
+    """What one send phase left: the filled FanOut and what the generator spent on it."""
+
+    fanout: FanOut
+    t0: float  # when the schedule started, on the clock of the FanOut's times
+    settled: bool  # False when the drain's cap cut it short
+    generator_cpu_s: float
+    wall_s: float
+
+
+class FanOutSession(Protocol):
+    async def send(self, rate: float, duration: float) -> Sent: ...
+
+
+@dataclass
+class Joined:
+    """Idle clients, connected and joined (W3)."""
+
+    total_s: float
+    connect_times: list[float]
+    join_times: list[float]
+
+
+class Generator(Protocol):
+    name: str
+
+    def fanout(self, members: list[Member], f: FanOut) -> contextlib.AbstractAsyncContextManager[FanOutSession]:
+        """Connect and join every member; the session sends; leaving it closes every client."""
+        ...
+
+    def idle(self, members: list[Member]) -> contextlib.AbstractAsyncContextManager[Joined]:
+        """Connect and join every member, hold them until the block ends."""
+        ...
+
+    def describe(self) -> str: ...
+
+
+@dataclass
+class _LeanSession:
+    f: FanOut
+    senders: list[SioClient]
+
+    async def send(self, rate: float, duration: float) -> Sent:
+        gen0, wall0 = self_cpu(), time.perf_counter()
+        sampler = asyncio.ensure_future(self.f.sample())
+        t0 = await self.f.run(self.senders, rate, duration)
+        settled = await self.f.drain()
+        sampler.cancel()
+        return Sent(self.f, t0, settled, self_cpu() - gen0, time.perf_counter() - wall0)
+
+
+class LeanGenerator:
+    """The hand-rolled asyncio client (bench/sioclient.py), in the bench's own process."""
+
+    name = "lean"
+
+    def describe(self) -> str:
+        return "lean: bench/sioclient.py, asyncio" + (" + uvloop" if _uvloop_running() else "") + ", one process"
+
+    @contextlib.asynccontextmanager
+    async def fanout(self, members: list[Member], f: FanOut) -> AsyncIterator[FanOutSession]:
+        specs = [(m.port, m.user, f.receiver(m.room, m.measure, m.remote)) for m in members]
+        clients, _ = await connect_all(specs)
+        try:
+            await join_all([(cl, f"room{m.room}") for cl, m in zip(clients, members, strict=True)])
+            by_room = {m.room: cl for cl, m in zip(clients, members, strict=True) if m.sender}
+            yield _LeanSession(f, [by_room[r] for r in range(f.rooms)])
+        finally:
+            close_all(clients)
+            await asyncio.sleep(0.2)
+
+    @contextlib.asynccontextmanager
+    async def idle(self, members: list[Member]) -> AsyncIterator[Joined]:
+        t = time.perf_counter()
+        clients, connect_times = await connect_all([(m.port, m.user, None) for m in members])
+        try:
+            join_times = await join_all([(cl, f"room{m.room}") for cl, m in zip(clients, members, strict=True)])
+            yield Joined(time.perf_counter() - t, connect_times, join_times)
+        finally:
+            close_all(clients)
+            await asyncio.sleep(0.5)
+
+
+def _uvloop_running() -> bool:
+    return type(asyncio.get_running_loop()).__module__.startswith("uvloop")
+
+
+LEAN = LeanGenerator()
+
+
+# -- fan-out workloads: W1, W2 --------------------------------------------------------------
+
 OnSending = Callable[[Cluster, float], Any]
 
 
 async def _fanout(
     server: Server,
+    generator: Generator,
     nodes: int,
     rooms: int,
     per_node: int,
@@ -301,38 +428,27 @@ async def _fanout(
     """`rooms` rooms with `per_node` members on each of `nodes` nodes; room r's sender is on node r % nodes."""
     with cluster(server, nodes) as c:
         f = FanOut(rooms, int(rate * duration / rooms) + 2)
-        specs, where = [], []
+        members = []
         for r in range(rooms):
             for i, node in enumerate(c.nodes):
                 for j in range(per_node):
                     remote = i != r % nodes
-                    specs.append((node.port, f"u{r}-{i}-{j}", f.receiver(r, remote or not remote_only, remote)))
-                    where.append((r, i, j))
-        clients, _ = await connect_all(specs)
-        try:
-            await join_all([(cl, f"room{r}") for cl, (r, _, _) in zip(clients, where, strict=True)])
-            senders = [
-                next(cl for cl, w in zip(clients, where, strict=True) if w == (r, r % nodes, 0)) for r in range(rooms)
-            ]
+                    sender = (i, j) == (r % nodes, 0)
+                    members.append(Member(node.port, f"u{r}-{i}-{j}", r, remote or not remote_only, remote, sender))
+        async with generator.fanout(members, f) as session:
             await asyncio.sleep(0.5)
             nodes_cpu0, redis_cpu0 = c.cpu()
-            gen0, wall0 = self_cpu(), time.perf_counter()
             watcher = on_sending(c, duration) if on_sending else None
-            sampler = asyncio.ensure_future(f.sample())
-            t0 = await f.run(senders, rate, duration)
-            settled = await f.drain()
-            sampler.cancel()
+            sent = await session.send(rate, duration)
             nodes_cpu1, redis_cpu1 = c.cpu()
-            result = fanout_result(f, t0, time.perf_counter() - wall0, self_cpu() - gen0)
-            result["cut_off"] = not settled
+            result = fanout_result(sent.fanout, sent.t0, sent.wall_s, sent.generator_cpu_s)
+            result["cut_off"] = not sent.settled
             if watcher is not None:
                 watcher.wait(timeout=60)
-        finally:
-            close_all(clients)
-            await asyncio.sleep(0.2)
     node_cpu = [b - a for a, b in zip(nodes_cpu0, nodes_cpu1, strict=True)]
     result.update(
         rate=rate,
+        generator=generator.name,
         node_cpu_s=node_cpu,
         redis_cpu_s=redis_cpu1 - redis_cpu0,
         node_cpu_us_per_delivery=1e6 * sum(node_cpu) / max(result["delivered"], 1),
@@ -340,42 +456,46 @@ async def _fanout(
     return result
 
 
-async def w1(server: Server, rate: float = 100, duration: float = 10) -> dict[str, Any]:
+async def w1(server: Server, rate: float = 100, duration: float = 10, generator: Generator = LEAN) -> dict[str, Any]:
     """One room, sender on node A, the measured receiver on node B."""
-    return await _fanout(server, nodes=2, rooms=1, per_node=1, rate=rate, duration=duration, remote_only=True)
+    return await _fanout(
+        server, generator, nodes=2, rooms=1, per_node=1, rate=rate, duration=duration, remote_only=True
+    )
 
 
-async def w2(server: Server, rate: float, duration: float = 10, on_sending: OnSending | None = None) -> dict[str, Any]:
+async def w2(
+    server: Server,
+    rate: float,
+    duration: float = 10,
+    on_sending: OnSending | None = None,
+    generator: Generator = LEAN,
+) -> dict[str, Any]:
     """20 rooms x 10 members (5 per node), one sender per room, open loop."""
-    return await _fanout(server, nodes=2, rooms=20, per_node=5, rate=rate, duration=duration, on_sending=on_sending)
+    return await _fanout(
+        server, generator, nodes=2, rooms=20, per_node=5, rate=rate, duration=duration, on_sending=on_sending
+    )
 
 
 # -- W3: idle joined connections --------------------------------------------------------
 
 
-async def w3(server: Server, connections: int = 2000, rooms: int = 100) -> dict[str, Any]:
+async def w3(server: Server, connections: int = 2000, rooms: int = 100, generator: Generator = LEAN) -> dict[str, Any]:
     with cluster(server, 2) as c:
         await asyncio.sleep(1.0)
         rss0 = [n.rss() for n in c.nodes]
-        specs = [(c.nodes[i % 2].port, f"idle{i}", None) for i in range(connections)]
-        t = time.perf_counter()
-        clients, connect_times = await connect_all(specs)
-        try:
-            join_times = await join_all([(cl, f"room{i % rooms}") for i, cl in enumerate(clients)])
-            total = time.perf_counter() - t
+        members = [Member(c.nodes[i % 2].port, f"idle{i}", i % rooms) for i in range(connections)]
+        async with generator.idle(members) as joined:
             await asyncio.sleep(3.0)
             rss1 = [n.rss() for n in c.nodes]
-        finally:
-            close_all(clients)
-            await asyncio.sleep(0.5)
     per_conn = (sum(rss1) - sum(rss0)) / connections
     return {
+        "generator": generator.name,
         "connections": connections,
         "rooms": rooms,
-        "connect_and_join_total_s": total,
-        "connect_p50_ms": 1000 * percentile(connect_times, 50),
-        "connect_p99_ms": 1000 * percentile(connect_times, 99),
-        "join_p99_ms": 1000 * percentile(join_times, 99),
+        "connect_and_join_total_s": joined.total_s,
+        "connect_p50_ms": 1000 * percentile(joined.connect_times, 50),
+        "connect_p99_ms": 1000 * percentile(joined.connect_times, 99),
+        "join_p99_ms": 1000 * percentile(joined.join_times, 99),
         "rss_before_mib": [x / 2**20 for x in rss0],
         "rss_after_mib": [x / 2**20 for x in rss1],
         "rss_kib_per_connection": per_conn / 1024,
@@ -400,27 +520,34 @@ def _numsub(redis_port: int, channels: list[str]) -> list[int]:
     return [int(x) for x in reply[1::2]]
 
 
+def _control_channel(name: str) -> bool:
+    """chat_app's per-node control channel, the redis-adapter's request/response channels."""
+    return ":ctl" in name or name.startswith(("socket.io-request#", "socket.io-response#"))
+
+
 async def routing(
-    server: Server, nodes: int = 4, rooms: int = 40, rate: float = 400, duration: float = 5
+    server: Server,
+    nodes: int = 4,
+    rooms: int = 40,
+    rate: float = 400,
+    duration: float = 5,
+    generator: Generator = LEAN,
 ) -> dict[str, Any]:
     """Each room's members live on one node only (room r on node r % nodes)."""
     with cluster(server, nodes) as c:
         f = FanOut(rooms, int(rate * duration / rooms) + 2)
-        specs = [(c.nodes[r % nodes].port, f"u{r}-{j}", f.receiver(r)) for r in range(rooms) for j in range(2)]
-        clients, _ = await connect_all(specs)
-        try:
-            await join_all([(cl, f"room{i // 2}") for i, cl in enumerate(clients)])
+        members = [
+            Member(c.nodes[r % nodes].port, f"u{r}-{j}", r, sender=j == 0) for r in range(rooms) for j in range(2)
+        ]
+        async with generator.fanout(members, f) as session:
             await asyncio.sleep(0.5)
-            t0 = await f.run(clients[::2], rate, duration)
-            await f.drain()
+            sent = await session.send(rate, duration)
             assert c.redis is not None
             channels = [ch.decode() for ch in procs.redis_call(c.redis.port, "PUBSUB", "CHANNELS")]  # type: ignore[union-attr]
             numsub = dict(zip(channels, _numsub(c.redis.port, channels), strict=True))
+            patterns = int(procs.redis_call(c.redis.port, "PUBSUB", "NUMPAT"))  # type: ignore[arg-type]
             if server.routing_counter == "http":
                 received = [_http_json(n.port, "/stats")["received"] for n in c.nodes]
-        finally:
-            close_all(clients)
-            await asyncio.sleep(0.3)
         if server.routing_counter == "log":
             for n in c.nodes:
                 n.stop(signal.SIGTERM)
@@ -428,9 +555,10 @@ async def routing(
             for n in c.nodes:
                 m = _RECEIVED.search(n.log_path.read_bytes())
                 received.append(int(m.group(1)) if m else -1)
-    published = fanout_result(f, t0, 1.0, 0.0)["accepted"]
-    room_channels = {ch: k for ch, k in numsub.items() if ":ctl" not in ch}
+    published = sent.fanout.acked_ok
+    room_channels = {ch: k for ch, k in numsub.items() if not _control_channel(ch)}
     return {
+        "generator": generator.name,
         "nodes": nodes,
         "rooms": rooms,
         "published": published,
@@ -438,5 +566,6 @@ async def routing(
         "share_per_node": [x / published if published else 0.0 for x in received],
         "channels": len(room_channels),
         "subscribers_per_channel": sorted(set(room_channels.values())),
-        "lost": f.lost(),
+        "pattern_subscriptions": patterns,  # the redis-adapter's nodes each take every room by pattern
+        "lost": sent.fanout.lost(),
     }
