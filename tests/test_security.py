@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 
 from chat_app import create_app
 from chat_app.backends.redis_keys import RoomKeys, escape
-from chat_app.protocol import ErrorCode, SendRequest, check_room_name, parse
+from chat_app.protocol import ChatError, ErrorCode, SendRequest, check_room_name, parse
 from chat_app.settings import Settings
 
 CODES = {c.value for c in ErrorCode}
@@ -119,8 +119,9 @@ def test_room_rule(room: str, ok: bool) -> None:
     if ok:
         assert check_room_name(room)
     else:
-        with pytest.raises(Exception, match="room"):
+        with pytest.raises(ChatError, match="room") as refused:
             check_room_name(room)
+        assert refused.value.code is ErrorCode.INVALID_ROOM
 
 
 def test_rooms_that_differ_only_in_escaped_characters_never_share_keys() -> None:
