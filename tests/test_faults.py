@@ -29,6 +29,10 @@ def record(name: str, **figures: object) -> None:
     RESULTS.write_text(json.dumps(data, indent=2))
 
 
+def arrived(client: ChatClient) -> set[str]:
+    return {m["id"] for m in client.received()}
+
+
 def two_nodes_one_room(redis_url: str, nodes, **env: str) -> tuple[ChatClient, ChatClient, ChatClient]:
     a = nodes.start(redis_url, **env)
     b = nodes.start(redis_url, **env)
@@ -83,16 +87,27 @@ def test_redis_restarted_empty_resumes_with_a_new_epoch(redis_server, nodes, cap
         redis_server.kill()
         redis_server.restart()
         restarted = time.monotonic()
-        seen = len(far.received())
+        probes: list[dict] = []
         # Probe with sends until one crosses; each send is acked (ok or unavailable).
-        while len(far.received()) == seen:
+        while not {p["id"] for p in probes if p["ok"]} & arrived(far):
             assert time.monotonic() - restarted < 20, "no cross-node delivery within 20 s of the restart"
-            sender.call("send_message", {"room": "lobby", "message": f"after {run}"}, timeout=15)
+            probes.append(sender.call("send_message", {"room": "lobby", "message": f"after {run}"}, timeout=15))
             time.sleep(0.05)
         recoveries.append(time.monotonic() - restarted)
-        got = far.received()[-1]
-        assert got["epoch"] != old_epoch and got["seq"] >= 1
-        old_epoch = got["epoch"]
+        assert all(p["error"]["code"] == "unavailable" for p in probes if not p["ok"]), probes
+        ok = [p for p in probes if p["ok"]]
+        wait_until(
+            lambda ok=ok: {p["id"] for p in ok} <= arrived(far),
+            timeout=5,
+            what="every probe acked ok to reach the other node",
+        )
+        epoch = ok[0]["epoch"]
+        assert epoch != old_epoch and {p["epoch"] for p in ok} == {epoch}, probes
+        # The empty Redis gives the room a new epoch whose seqs start over at 1, and the
+        # other node delivers that epoch from its start, in order.
+        seqs = [m["seq"] for m in far.received() if m["epoch"] == epoch]
+        assert seqs == list(range(1, len(seqs) + 1)), seqs
+        old_epoch = epoch
         # Presence of existing members is back within two heartbeats (1 s each here).
         wait_until(
             lambda: requests.get(f"{a.url}/api/rooms/lobby", timeout=5).json()["members"] == ["far", "sender"],
