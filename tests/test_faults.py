@@ -66,10 +66,14 @@ def test_redis_paused_for_three_seconds_loses_nothing(redis_server, nodes) -> No
     redis_server.pause()
     time.sleep(3.0)
     redis_server.resume()
+    resumed = time.monotonic()
     time.sleep(2.0)
     stream.stop()
     figures = [assert_exactly_once_in_order(stream, c, settle=15) for c in (far, near)]
-    assert len(stream.ok_ids()) >= stream.sent * 0.5, "sends after the pause must succeed again"
+    # The publisher is back at once: every send made after the resume is stored (the margin
+    # covers a reconnect whose backoff was under way). Sends made during the pause may fail.
+    after = stream.acks_of_sends_after(resumed + 0.5)
+    assert len(after) >= 10 and all(a["ok"] for a in after), after
     record("redis_sigstop_3s", **figures[0])
 
 
