@@ -132,7 +132,7 @@ def test_silent_network_is_noticed_and_recovered(redis_server, nodes) -> None:
     try:
         url = f"redis://127.0.0.1:{proxy.port}/0"
         sender, _near, far = two_nodes_one_room(url, nodes)
-        b = nodes.nodes[1]
+        a, b = nodes.nodes
         stream = SendStream(sender, "lobby", rate=10).start()
         time.sleep(1.0)
         proxy.go_silent()
@@ -148,9 +148,17 @@ def test_silent_network_is_noticed_and_recovered(redis_server, nodes) -> None:
         back_at = time.monotonic()
         wait_until(lambda: requests.get(f"{b.url}/healthz", timeout=5).status_code == 200, timeout=15)
         recovered = time.monotonic() - back_at
+        # Recovered means sending works again, not only /healthz: the sender's node too.
+        wait_until(lambda: requests.get(f"{a.url}/healthz", timeout=5).status_code == 200, timeout=15)
+        healthy_at = time.monotonic()
         time.sleep(1.0)
         stream.stop()
         figures = assert_exactly_once_in_order(stream, far, settle=15)
+        after = stream.acks_of_sends_after(healthy_at + 0.5)
+        assert after and all(a["ok"] for a in after), after
+        ack = sender.call("send_message", {"room": "lobby", "message": "after the outage"})
+        assert ack["ok"], ack
+        wait_until(lambda: ack["id"] in arrived(far), timeout=5, what="the send after recovery to cross")
         assert noticed < 5.0, noticed
         record("half_open_proxy", noticed_s=round(noticed, 3), recovered_s=round(recovered, 3), **figures)
     finally:
