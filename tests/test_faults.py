@@ -228,10 +228,10 @@ def test_resend_with_idempotency_key_delivers_once(redis_server, nodes, key: str
     first = sender.call("send_message", {"room": "lobby", "message": "once", "key": key})
     again = sender.call("send_message", {"room": "lobby", "message": "once", "key": key})
     assert (again["id"], again["seq"], again["timestamp"]) == (first["id"], first["seq"], first["timestamp"])
-    sender.call("send_message", {"room": "lobby", "message": "next"})
-    got = far.wait_for(2)
-    time.sleep(0.3)  # a duplicate would arrive right behind
-    assert [m["message"] for m in far.received()] == ["once", "next"], got
+    following = sender.call("send_message", {"room": "lobby", "message": "next"})
+    # A duplicate of "once" would come before "next": the room's messages arrive in order.
+    wait_until(lambda: following["id"] in arrived(far), what="the next message")
+    assert [m["message"] for m in far.received()] == ["once", "next"], far.received()
 
 
 def stuck_reader(port: int, name: str) -> websocket.WebSocket:

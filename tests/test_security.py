@@ -178,16 +178,21 @@ def test_rooms_a_and_ab_and_escaped_names_do_not_leak(redis_server, nodes) -> No
     for room, client in listeners.items():
         client.call("join_room", room)
     sender = ChatClient(a.url, "s")
-    outsider = ChatClient(b.url, "outsider")
+    outsider = ChatClient(b.url, "outsider")  # in a room of its own only
+    outsider.call("join_room", "elsewhere")
     for room in rooms:
         sender.call("join_room", room)
         assert sender.call("send_message", {"room": room, "message": f"for {room}"})["ok"]
-    for client in listeners.values():
-        wait_until(lambda client=client: client.received())
-    time.sleep(0.3)  # a leaked message would arrive within this window
+    # Then one more message per room: B reads them all from one subscription in the order
+    # they were published, so a leaked message would reach a listener before its last one.
+    sender.call("join_room", "elsewhere")
+    for room in [*rooms, "elsewhere"]:
+        assert sender.call("send_message", {"room": room, "message": "last"})["ok"]
+    for client in [*listeners.values(), outsider]:
+        wait_until(lambda client=client: [m["message"] for m in client.received()][-1:] == ["last"])
     for room, client in listeners.items():
-        assert [(m["room"], m["message"]) for m in client.received()] == [(room, f"for {room}")]
-    assert outsider.received() == []
+        assert [(m["room"], m["message"]) for m in client.received()] == [(room, f"for {room}"), (room, "last")]
+    assert [(m["room"], m["message"]) for m in outsider.received()] == [("elsewhere", "last")]
 
 
 def test_a_one_megabyte_message_is_refused_and_the_connection_stays(redis_server, nodes) -> None:
