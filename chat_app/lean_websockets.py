@@ -207,6 +207,7 @@ class _Writer:
 
     def wake(self) -> None:
         if self.task is None and not self.finished:
+            log.debug("event=writer_started sid=%s", self.sock.sid)
             self.task = self.sock.server.start_background_task(self._run)
 
     def join(self) -> None:

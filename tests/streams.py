@@ -17,6 +17,7 @@ class SendStream:
     room: str
     rate: float
     acks: dict[int, dict[str, Any]] = field(default_factory=dict)
+    sent_at: dict[int, float] = field(default_factory=dict)  # time.monotonic() of each send
     sent: int = 0
     _stop: threading.Event = field(default_factory=threading.Event)
     _thread: threading.Thread | None = None
@@ -32,6 +33,7 @@ class SendStream:
         next_at = time.monotonic()
         while not self._stop.is_set():
             i = self.sent
+            self.sent_at[i] = time.monotonic()
             try:
                 self.client.sio.emit(
                     "send_message", {"room": self.room, "message": f"n{i}"}, callback=lambda ack, i=i: self._ack(i, ack)
@@ -60,6 +62,10 @@ class SendStream:
 
     def failed(self) -> list[dict[str, Any]]:
         return [a for a in self.acks.values() if not a.get("ok")]
+
+    def acks_of_sends_after(self, moment: float) -> list[dict[str, Any]]:
+        """The answers to the sends made after `moment` (time.monotonic()), in send order."""
+        return [self.acks[i] for i, at in sorted(self.sent_at.items()) if at > moment]
 
 
 def assert_exactly_once_in_order(stream: SendStream, receiver: ChatClient, settle: float = 10.0) -> dict[str, int]:

@@ -16,6 +16,7 @@ from helpers import ChatClient, wait_until
 from playwright.sync_api import Browser, Page, WebSocketRoute, expect
 
 TIMEOUT_MS = 15_000
+RECONNECT_BASE_MS = 500  # chat_app/static/sio.js: the first reconnect waits 250-500 ms
 PHONE = {"width": 390, "height": 844}
 ROOM = "hist #1 café"
 
@@ -323,6 +324,10 @@ def test_a_refused_connection_is_explained_and_not_retried(nodes, browser) -> No
     expect(page.locator("#join-error")).to_have_text("The server refused the connection: a valid token is required")
     expect(page.locator("#join-form")).to_be_visible()
     expect(page.locator("#chat")).to_be_hidden()
+    expect(page.locator("#status")).to_have_text("not connected")
+    # A retry would come within the reconnect delay (sio.js: 500 ms at most at first); only
+    # waiting past it shows there is none. Playwright serves routes during the wait.
+    page.wait_for_timeout(2 * RECONNECT_BASE_MS)
     expect(page.locator("#status")).to_have_text("not connected")
     assert attempts == ["open"]
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 import socket
 import subprocess
 import time
+from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -71,6 +72,29 @@ def rooms_on_every_shard(masters: list[RedisServer], per_shard: int = 2) -> dict
     return by_port
 
 
+class ShardProbes:
+    """The listener's probes on one shard, seen from Redis. Its slow log, set to keep every
+    command, tells a bare PING (the probe) from redis-py's own `PING redis-py-health-check`
+    and names the connection that sent it."""
+
+    def __init__(self, server: RedisServer) -> None:
+        self.redis = server.client()
+        self.redis.config_set("slowlog-max-len", 10_000)
+        self.redis.config_set("slowlog-log-slower-than", 0)
+        self.redis.slowlog_reset()
+        self.connections = {c["addr"] for c in self.redis.client_list(_type="pubsub")}
+
+    def answered(self) -> bool:
+        """Two probes from each connection, and the same connections still there: the
+        second is sent only after the first came back, and one that does not come back
+        costs its connection within PROBE_TIMEOUT."""
+        probes = Counter(
+            e["client_address"].decode() for e in self.redis.slowlog_get(10_000) if e["command"] == b"PING"
+        )
+        live = {c["addr"] for c in self.redis.client_list(_type="pubsub")}
+        return live == self.connections and all(probes[addr] >= 2 for addr in self.connections)
+
+
 def test_cross_node_delivery_presence_and_history_on_every_shard(cluster, nodes) -> None:
     env = {"REDIS_CLUSTER_NODES": f"127.0.0.1:{cluster[0].port},127.0.0.1:{cluster[1].port}"}
     a = nodes.start(None, **env)
@@ -97,7 +121,10 @@ def test_cross_node_delivery_presence_and_history_on_every_shard(cluster, nodes)
     for master in cluster:
         channels = {c.decode() for c in master.client().execute_command("PUBSUB SHARDCHANNELS")}
         assert channels - {commands_channel("chat")} == {RoomKeys.of("chat", r).channel for r in by_port[master.port]}
-    time.sleep(2.5)  # idle past LISTENER_IDLE_PROBE: every shard connection is probed
+    # Idle past LISTENER_IDLE_PROBE, every shard connection of both nodes is probed, and answered.
+    probes = {m.port: ShardProbes(m) for m in cluster}
+    assert all(len(p.connections) == 2 for p in probes.values()), {k: p.connections for k, p in probes.items()}
+    wait_until(lambda: all(p.answered() for p in probes.values()), timeout=10, what="two probes per shard connection")
     for node in (a, b):
         assert "listener_down" not in node.log(), "a healthy shard connection was taken for deaf"
     for room in rooms:

@@ -4,6 +4,7 @@ dead-client detection on real nodes (gunicorn's gevent-websocket worker)."""
 from __future__ import annotations
 
 import json
+import socket
 import time
 from typing import Any
 
@@ -12,7 +13,7 @@ import gevent.queue
 import pytest
 import requests
 import websocket
-from helpers import ChatClient, wait_until
+from helpers import ChatClient, scrape, wait_until
 
 from chat_app import create_app, lean_websockets
 from chat_app.lean_websockets import PacketQueue, PingScheduler, _Writer
@@ -290,26 +291,65 @@ def members(node) -> list[str]:
     return requests.get(f"{node.url}/api/rooms/lobby", timeout=5).json()["members"]
 
 
+class SlowReader:
+    """A raw websocket client with a 4 KiB receive buffer that reads only when told to, so
+    that what the node sends it backs up in its queue and takes its writer."""
+
+    def __init__(self, port: int, username: str) -> None:
+        small = [(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)]  # before connect: a small window
+        url = f"ws://127.0.0.1:{port}/socket.io/?EIO=4&transport=websocket"
+        self.ws = websocket.create_connection(url, timeout=10, sockopt=small)
+        self.sid = json.loads(self.ws.recv()[1:])["sid"]  # engine.io's: the writer's socket
+        self.ws.send("40" + json.dumps({"username": username}))
+        assert self.ws.recv().startswith("40")
+        self.messages: list[dict[str, Any]] = []
+
+    def read_messages(self, count: int) -> None:
+        while len(self.messages) < count:
+            frame = self.ws.recv()
+            if frame == "2":
+                self.ws.send("3")
+            elif frame.startswith('42["broadcast_message"'):
+                self.messages.append(json.loads(frame[2:])[1])
+
+
 def test_bursts_with_idle_gaps_arrive_in_order(redis_server, nodes) -> None:
-    """Between the bursts each receiver's writer ends (idle > WRITER_LINGER); the next
-    burst starts a new one. Nothing is lost or reordered across that."""
-    node = nodes.start(redis_server.url, SEND_RATE="1000", SEND_BURST="1000")
-    sender, receiver = ChatClient(node.url, "sender"), ChatClient(node.url, "receiver")
+    """A receiver that reads each burst late: the frames it has not taken wait in its queue
+    and its writer sends them; between the bursts the writer ends (idle > WRITER_LINGER) and
+    the next burst starts a new one. Nothing is lost or reordered across that."""
+    # 40 x 100 KB a burst: more than the kernel takes for a client that is not reading (the
+    # node's send buffer grows to 4 MiB by itself), so part of each burst must be queued.
+    node = nodes.start(redis_server.url, SEND_RATE="1000", SEND_BURST="1000", MAX_MESSAGE_BYTES="131072")
+    sender = ChatClient(node.url, "sender")
+    receiver = SlowReader(node.port, "receiver")
+    text = "x" * 100_000
+
+    def writer_starts() -> int:
+        return node.log().count(f"event=writer_started sid={receiver.sid}")
+
     try:
-        for c in (sender, receiver):
-            assert c.call("join_room", "lobby")["ok"]
-        expected = []
+        receiver.ws.send('420["join_room","lobby"]')
+        assert sender.call("join_room", "lobby")["ok"]
+        wait_until(lambda: "receiver" in members(node), what="the receiver in the room")
+        queued = scrape(node.url)["chat_websocket_frames_total{path=queued}"]
         for burst in range(3):
+            time.sleep(lean_websockets.WRITER_LINGER + 0.5)  # the idle gap under test
+            starts = writer_starts()
             for i in range(40):
-                sender.sio.emit("send_message", {"room": "lobby", "message": f"{burst}-{i}"})
-                expected.append(f"{burst}-{i}")
-            time.sleep(lean_websockets.WRITER_LINGER + 0.5)
-        got = receiver.wait_for(len(expected))
-        assert [m["message"] for m in got] == expected
-        assert [m["seq"] for m in got] == list(range(1, len(expected) + 1))
+                sender.sio.emit("send_message", {"room": "lobby", "message": f"{burst}-{i} {text}"})
+            sender.wait_for(40 * (burst + 1))  # the node has handed every frame on
+            receiver.read_messages(40 * (burst + 1))
+            # Part of the burst waited in the queue, and a new writer (the last one ended in
+            # the gap) sent it.
+            queued, before = scrape(node.url)["chat_websocket_frames_total{path=queued}"], queued
+            assert queued > before, f"burst {burst} never queued"
+            assert writer_starts() > starts, f"burst {burst} started no writer"
+        got = receiver.messages
+        assert [m["message"].split()[0] for m in got] == [f"{b}-{i}" for b in range(3) for i in range(40)]
+        assert [m["seq"] for m in got] == list(range(1, 121))
     finally:
         sender.close()
-        receiver.close()
+        receiver.ws.close()
 
 
 @pytest.mark.parametrize("transports", [["polling"], ["polling", "websocket"]])

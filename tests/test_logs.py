@@ -7,6 +7,8 @@ import re
 
 from helpers import ChatClient, wait_until
 
+from chat_app.backends.redis_keys import RoomKeys
+
 SECRET = "the-text-of-a-private-message"
 
 
@@ -59,7 +61,13 @@ def test_log_level_warning_silences_info(redis_server, nodes) -> None:
     client = ChatClient(node.url, "bob")
     client.call("join_room", "lobby")
     client.call("send_message", {"room": "lobby", "message": "hello"})
+    # Something worth a WARNING: a payload on the room's channel that is not an envelope.
+    redis_server.client().publish(RoomKeys.of("chat", "lobby").channel, b"not an envelope")
+    warned = wait_until(lambda: event(chat_lines(node.log()), "bad_payload"), what="the WARNING line")
+    assert " WARNING " in warned[0] and f"instance={node.instance_id} " in warned[0], warned
     client.close()
     node.process.terminate()
     node.process.wait(timeout=15)
-    assert not [line for line in chat_lines(node.log()) if " INFO " in line or " DEBUG " in line], node.log()
+    lines = chat_lines(node.log())
+    assert event(lines, "bad_payload") == warned
+    assert not [line for line in lines if " INFO " in line or " DEBUG " in line], node.log()

@@ -1,19 +1,23 @@
 """deploy/nginx.conf run for real (Debian's nginx; .ci/run installs it) in front of two
-nodes: websocket and long-polling clients both get through, the browser-style Origin check
-passes, and a message crosses between them."""
+nodes: websocket and long-polling clients both get through, each to a node of its own, the
+browser-style Origin check passes, and a message crosses between them."""
 
 from __future__ import annotations
 
 import re
 import shutil
+import socket
 import subprocess
 from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
 
 import pytest
 import requests
 import socketio
-from helpers import require_program, wait_until
+from helpers import require_program, scrape, wait_until
 from processes import ROOT, free_port
+from requests.adapters import HTTPAdapter
 
 NGINX = shutil.which("nginx") or "/usr/sbin/nginx"
 
@@ -70,9 +74,44 @@ def nginx(tmp_path: Path, redis_server, nodes):
         process.wait(timeout=10)
 
 
+class SourceAddressAdapter(HTTPAdapter):
+    """HTTP from one local address: nginx's ip_hash then sees a client of its own."""
+
+    def __init__(self, address: str) -> None:
+        self.address = address
+        super().__init__()
+
+    def init_poolmanager(self, *args: Any, **kwargs: Any) -> None:
+        super().init_poolmanager(*args, source_address=(self.address, 0), **kwargs)
+
+
+def session_from(address: str) -> requests.Session:
+    session = requests.Session()
+    session.mount("http://", SourceAddressAdapter(address))
+    return session
+
+
+def addresses_per_node(url: str, instance_ids: set[str]) -> dict[str, str]:
+    """A loopback address that nginx sends to each node. ip_hash keys on the first three
+    octets of an IPv4 address, so 127.0.0.x are all one client: these differ in the third."""
+    found: dict[str, str] = {}
+    for k in range(1, 33):
+        address = f"127.0.{k}.1"
+        found.setdefault(session_from(address).get(f"{url}/healthz", timeout=5).json()["instance_id"], address)
+        if set(found) == instance_ids:
+            return found
+    raise AssertionError(f"ip_hash sent 32 client addresses to {set(found)} only")
+
+
 class Recorder:
-    def __init__(self, url: str, name: str, transport: str) -> None:
-        self.sio = socketio.Client(reconnection=False)
+    def __init__(self, url: str, name: str, transport: str, source: str) -> None:
+        if transport == "polling":
+            options: dict[str, Any] = {"http_session": session_from(source)}
+        else:  # the websocket transport connects by itself: hand it a socket from `source`
+            parts = urlsplit(url)
+            sock = socket.create_connection((parts.hostname, parts.port), timeout=10, source_address=(source, 0))
+            options = {"websocket_extra_options": {"socket": sock}}
+        self.sio = socketio.Client(reconnection=False, **options)
         self.got: list[dict] = []
         self.sio.on("broadcast_message", self.got.append)
         # A browser on the page served through nginx sends Origin: <nginx's address>, and the
@@ -84,18 +123,27 @@ class Recorder:
         return self.sio.call(event, data, timeout=10)
 
 
-def test_websocket_and_polling_clients_through_nginx(nginx) -> None:
-    ws = Recorder(nginx, "wendy", "websocket")
-    poll = Recorder(nginx, "paul", "polling")  # needs every request on one node: ip_hash
+def test_websocket_and_polling_clients_through_nginx(nginx, nodes) -> None:
+    """Each client on a node of its own (clients from two addresses), so the message also
+    crosses between the two nodes behind nginx."""
+    by_node = addresses_per_node(nginx, {n.instance_id for n in nodes.nodes})
+    ws_node, poll_node = nodes.nodes
+    ws = Recorder(nginx, "wendy", "websocket", by_node[ws_node.instance_id])
+    poll = Recorder(nginx, "paul", "polling", by_node[poll_node.instance_id])  # many requests, one node: ip_hash
     try:
         assert ws.sio.transport() == "websocket" and poll.sio.transport() == "polling"
+        for node in nodes.nodes:  # asked directly: one client on each
+            assert scrape(node.url)["chat_connected_clients"] == 1, node.instance_id
         assert ws.call("join_room", "lobby")["ok"]
         assert poll.call("join_room", "lobby")["members"] == ["paul", "wendy"]
         for i in range(5):  # several polling round trips, each must reach the same node
             assert poll.call("send_message", {"room": "lobby", "message": f"from polling {i}"})["ok"]
         assert ws.call("send_message", {"room": "lobby", "message": "from websocket"})["ok"]
         wait_until(lambda: len(ws.got) == 6 and len(poll.got) == 6, what="both got all six")
-        assert [m["message"] for m in poll.got] == [f"from polling {i}" for i in range(5)] + ["from websocket"]
+        expected = [(f"from polling {i}", poll_node.instance_id) for i in range(5)]
+        expected.append(("from websocket", ws_node.instance_id))
+        for client in (ws, poll):
+            assert [(m["message"], m["instance_id"]) for m in client.got] == expected
         page = requests.get(f"{nginx}/", timeout=5)
         assert page.status_code == 200 and "socket.io.min.js" in page.text
     finally:

@@ -127,7 +127,8 @@ class Listener:
                 self._serve(pubsub)
             except (*CONNECTION_ERRORS, Deaf) as exc:
                 if self.connected or failures == 0:
-                    log.warning("event=listener_down error=%r", exc)
+                    # redis-py 8's repr of its errors drops the message ("network:ConnectionError")
+                    log.warning("event=listener_down error=%s(%r)", type(exc).__name__, str(exc))
             except Exception:
                 log.exception("event=listener_error")
             finally:
