@@ -120,7 +120,6 @@ class DirectWriter:
 
     def __init__(self, eio: Any) -> None:
         self._eio = eio
-        self._queue_send = eio.send_packet
         self._at_yield = gevent.get_hub().loop.run_callback  # runs once the greenlet yields
         self._pending: dict[Any, list[bytes]] = {}  # engine.io socket -> frames, in order
         self.counters = WriteCounters()
@@ -129,10 +128,16 @@ class DirectWriter:
         """`frame`, when given, is `pkt` already framed (built once for a whole room)."""
         sock = self._eio.sockets.get(eio_sid)
         if getattr(sock, "chat_ws", None) is None or not sock.upgraded or sock.upgrading or pkt.binary:
-            frames = self._pending.pop(sock, None) if sock is not None else None
+            if sock is None or sock.closed:
+                return
+            frames = self._pending.pop(sock, None)
             if frames:  # frames waiting for the flush go first: this packet must not overtake them
                 sock.queue.put(FramedPacket(b"".join(frames)))
-            self._queue_send(eio_sid, pkt)
+            # Into the queue, not through Socket.send: its ping-timeout check may close the
+            # socket, and so run the disconnect handler and its Redis calls, on the caller's
+            # greenlet (the listener, under the service lock). engine.io's service task
+            # checks ping timeouts for every socket anyway.
+            sock.queue.put(pkt)
             return
         if sock.closed or sock.closing:
             return

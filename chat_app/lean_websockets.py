@@ -14,8 +14,9 @@ gevent's queue three deques per socket. Under gevent, `install` changes that:
   of (due, socket), due times being `now + ping_interval` in scheduling order, served by one
   greenlet. Same protocol as `Socket._send_ping`: after `ping_interval` the server sends
   PING and stamps `last_ping`; the client's PONG schedules the next one
-  (`Socket.schedule_ping`); engine.io's service task and every send still close a socket
-  whose PONG is more than `ping_timeout` late (`Socket.check_ping_timeout`).
+  (`Socket.schedule_ping`); engine.io's service task still closes a socket whose PONG is
+  more than `ping_timeout` late (`Socket.check_ping_timeout`). (chat_app.fanout's writes do
+  not check it on the way, so a close never runs on the greenlet that was sending.)
 - a socket's writer runs only while its queue has packets: a put starts it, and it ends
   after `WRITER_LINGER` seconds with nothing to send. One writer at a time per socket and a
   FIFO queue: packet order is kept. A client that stops reading still grows

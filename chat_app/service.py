@@ -82,6 +82,9 @@ class LocalRoom:
 
 @dataclass
 class Counters:
+    """Updated under the service's lock: the listener updates them too (real threads in the
+    tests' threading mode)."""
+
     published: int = 0
     delivered: int = 0
     duplicates_dropped: int = 0
@@ -116,6 +119,8 @@ class ChatService:
         self.counters = Counters()
         self._stopped = False
         self._stopping = threading.Event()
+        self._sweeps: dict[str, float] = {}  # room -> when its departures' grace has run out
+        self._sweep_wake = threading.Event()
         self.observe_publish: Callable[[float], None] = lambda seconds: None  # metrics hook
 
     # -- lifecycle -------------------------------------------------------------------
@@ -126,6 +131,7 @@ class ChatService:
         )
         self._presence.start(self._snapshot)
         threading.Thread(target=self._count_rooms, name="room-counts", daemon=True).start()
+        threading.Thread(target=self._sweep_departures, name="departures", daemon=True).start()
 
     def stop(self) -> list[str]:
         """Leave every room at once and close the backends; returns the sids to disconnect.
@@ -135,6 +141,7 @@ class ChatService:
                 return []
             self._stopped = True
             self._stopping.set()
+            self._sweep_wake.set()
             rooms = list(self._rooms)
             sids = list(self._connections)
             self._rooms.clear()
@@ -180,18 +187,33 @@ class ChatService:
         for room in rooms:
             self._leave(conn, room, grace=True)
         if rooms:
-            timer = threading.Timer(self.settings.presence_grace + 0.05, self._sweep, args=(rooms,))
-            timer.daemon = True
-            timer.start()
+            due = time.monotonic() + self.settings.presence_grace + 0.05
+            with self._lock:
+                for room in rooms:
+                    self._sweeps.setdefault(room, due)  # an earlier due one covers this one too
+            self._sweep_wake.set()
         log.info("event=disconnect sid=%s rooms=%d", sid, len(rooms))
 
-    def _sweep(self, rooms: list[str]) -> None:
-        """Announce the departures whose grace ran out (another node's heartbeat would too)."""
-        for room in rooms:
-            try:
-                self._presence.sweep(room)
-            except BackendUnavailable as exc:
-                log.warning("event=sweep_failed room=%s error=%s", room, exc)
+    def _sweep_departures(self) -> None:
+        """One greenlet for every node's grace expiries (was a timer per disconnect): settle
+        and announce the departures whose grace ran out, once per room however many left
+        (another node's heartbeat would too, later)."""
+        while not self._stopping.is_set():
+            with self._lock:
+                now = time.monotonic()
+                due = [room for room, at in self._sweeps.items() if at <= now]
+                for room in due:
+                    del self._sweeps[room]
+                nearest = min(self._sweeps.values(), default=None)
+            for room in due:
+                try:
+                    self._presence.sweep(room)
+                except BackendUnavailable as exc:
+                    log.warning("event=sweep_failed room=%s error=%s", room, exc)
+                except Exception:
+                    log.exception("event=sweep_error room=%s", room)
+            self._sweep_wake.wait(None if nearest is None else max(0.0, nearest - time.monotonic()))
+            self._sweep_wake.clear()
 
     def _connection(self, sid: str) -> Connection:
         conn = self._connections.get(sid)
@@ -238,8 +260,11 @@ class ChatService:
             self._leave_locally(conn, room)
             raise ChatError(ErrorCode.FORBIDDEN_ROOM, f"you may not join {room!r}: {exc}") from None
         started = self._place(local, room, sid, joined)
-        if started is None:
-            self._undo_presence(room, sid)  # left or disconnected meanwhile
+        if started is None:  # left or disconnected meanwhile: undo, keep no subscription
+            with self._lock:
+                if room not in self._rooms:
+                    self._broker.unsubscribe(room)
+            self._undo_presence(room, sid)
             raise ChatError(ErrorCode.NOT_IN_ROOM, f"left {room!r} while joining it")
         if started:  # what the channel brought before the room had a cursor here was dropped
             self._broker.subscribe(room)
@@ -340,9 +365,11 @@ class ChatService:
         if recovering:
             ack["recovered"] = recovered
             if recovered:
-                self.counters.recoveries_ok += 1
+                with self._lock:
+                    self.counters.recoveries_ok += 1
             else:
-                self.counters.recoveries_failed += 1
+                with self._lock:
+                    self.counters.recoveries_failed += 1
         return ack
 
     def leave(self, sid: str, room: str) -> dict[str, Any]:
@@ -386,7 +413,8 @@ class ChatService:
         if req.room not in conn.rooms:
             raise ChatError(ErrorCode.NOT_IN_ROOM, f"join {req.room!r} before sending to it")
         if not conn.send_bucket.take():
-            self.counters.rate_limited += 1
+            with self._lock:
+                self.counters.rate_limited += 1
             raise ChatError(ErrorCode.RATE_LIMITED, "too many messages: slow down")
         sender = conn.user or clean_sender(req.sender) or self._rooms_user(req.room, sid)
         draft = Draft.new(req.room, sender, req.message, self.instance_id, req.key, self._clock)
@@ -397,7 +425,8 @@ class ChatService:
             raise ChatError(ErrorCode.UNAVAILABLE, f"message not sent: {exc}") from None
         finally:
             self.observe_publish(time.perf_counter() - started)
-        self.counters.published += 1
+        with self._lock:
+            self.counters.published += 1
         log.debug("event=send room=%s sid=%s seq=%d id=%s", req.room, sid, envelope.seq, envelope.id)
         return {"ok": True, **_ack(envelope)}
 
@@ -411,7 +440,8 @@ class ChatService:
             envelope = self._broker.publish(draft)
         except BackendUnavailable as exc:
             raise ChatError(ErrorCode.UNAVAILABLE, f"message not sent: {exc}") from None
-        self.counters.published += 1
+        with self._lock:
+            self.counters.published += 1
         log.debug("event=api_publish room=%s seq=%d id=%s", req.room, envelope.seq, envelope.id)
         return {"ok": True, **_ack(envelope)}
 
@@ -473,7 +503,8 @@ class ChatService:
                 acted += self._act(command, sid)
             except ChatError as exc:
                 log.info("event=command_refused action=%s sid=%s code=%s", command.action, sid, exc.code)
-        self.counters.commands += 1
+        with self._lock:
+            self.counters.commands += 1
         log.info("event=command_done action=%s room=%s connections=%d", command.action, command.room, acted)
         return acted
 

@@ -4,6 +4,7 @@ FakeServer (the mocked Redis), and the same tests again on a real redis-server."
 from __future__ import annotations
 
 import dataclasses
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -210,3 +211,28 @@ def test_a_burst_read_in_one_go_is_handled_at_once(server) -> None:
         wait_until(lambda: listener.bad_payloads == 50, timeout=3, what="all 50 read")
     finally:
         node.stop()
+
+
+def test_departures_are_swept_by_one_greenlet_that_ends_with_the_node(server) -> None:
+    """Many disconnects start no timer or thread each (one sweeper per node settles expired
+    grace periods), every departure is still announced, and the sweeper ends with stop()."""
+    a, _ = make_node(server, "A", presence_grace=0.3)
+    b, eb = make_node(server, "B", presence_grace=0.3)
+    b.connect("watcher", Identity("watcher"))
+    b.join("watcher", JoinRequest(room="lobby"))
+    threads_before = threading.active_count()
+    for i in range(40):
+        a.connect(f"s{i}", Identity(f"user{i}"))
+        a.join(f"s{i}", JoinRequest(room="lobby"))
+    for i in range(40):
+        a.disconnect(f"s{i}")
+    assert threading.active_count() <= threads_before + 2  # no thread or timer per disconnect
+
+    def left() -> set[str]:
+        return {e["user"] for e in eb.messages("watcher", "presence") if e["action"] == "leave"}
+
+    wait_until(lambda: len(left()) == 40, timeout=5, what="every departure announced after its grace")
+    assert [t for t in threading.enumerate() if t.name == "departures"]
+    a.stop()
+    b.stop()
+    wait_until(lambda: not [t for t in threading.enumerate() if t.name == "departures"], what="the sweepers end")
