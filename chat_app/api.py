@@ -42,6 +42,7 @@ STATUS = {
     ErrorCode.FORBIDDEN_ROOM: 403,
     ErrorCode.NOT_FOUND: 404,
     ErrorCode.UNAVAILABLE: 503,
+    ErrorCode.OVERLOADED: 503,
     ErrorCode.INTERNAL: 500,
 }  # every other code is bad input: 400
 

@@ -45,6 +45,7 @@ class ErrorCode(StrEnum):
     UNAUTHORIZED = "unauthorized"
     FORBIDDEN_ROOM = "forbidden_room"
     UNAVAILABLE = "unavailable"
+    OVERLOADED = "overloaded"
     INTERNAL = "internal_error"
     # The server API's own (HTTP and ChatEmitter); clients of the socket never see them.
     INVALID_USER = "invalid_user"

@@ -21,6 +21,7 @@ from .backends.base import (
     Draft,
     History,
     Joined,
+    Overloaded,
     Position,
     Presence,
     within,
@@ -421,6 +422,8 @@ class ChatService:
         started = time.perf_counter()
         try:
             envelope = self._broker.publish(draft)
+        except Overloaded as exc:
+            raise ChatError(ErrorCode.OVERLOADED, f"message not sent, the node is overloaded: {exc}") from None
         except BackendUnavailable as exc:
             raise ChatError(ErrorCode.UNAVAILABLE, f"message not sent: {exc}") from None
         finally:
@@ -438,6 +441,8 @@ class ChatService:
         draft = Draft.new(req.room, req.sender, req.message, f"api:{self.instance_id}", req.key, self._clock)
         try:
             envelope = self._broker.publish(draft)
+        except Overloaded as exc:
+            raise ChatError(ErrorCode.OVERLOADED, f"message not sent, the node is overloaded: {exc}") from None
         except BackendUnavailable as exc:
             raise ChatError(ErrorCode.UNAVAILABLE, f"message not sent: {exc}") from None
         with self._lock:

@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+import threading
+import time
+
 import fakeredis
 import pytest
+from helpers import wait_until
 
 from chat_app.backends import redis_publisher
+from chat_app.backends.base import Draft, Overloaded
 from chat_app.backends.redis_publisher import Publisher
 from chat_app.settings import Settings
 
@@ -65,3 +70,39 @@ def test_linger_zero_never_waits(monkeypatch: pytest.MonkeyPatch) -> None:
         pub._linger_if_busy()
         pub._last_size = 256
     assert waits == []
+
+
+def test_past_capacity_sends_are_refused_at_once_unstored_and_accepted_again_after(redis_server) -> None:
+    """While Redis is stalled the queue ages: once its oldest send has waited longer than
+    PUBLISH_QUEUE_MAX_WAIT a new send is refused at once (Overloaded, nothing stored); the
+    waiting sends still land when Redis resumes, and sends are accepted again."""
+    settings = Settings.from_env({}, publish_queue_max_wait=0.3, send_deadline=10.0)
+    pub = Publisher(redis_server.client(), settings)
+    pub.start()
+
+    def send(text: str) -> int:
+        return pub.publish(Draft.new("lobby", "alice", text, "test", None)).seq
+
+    try:
+        assert send("warm-up") == 1
+        redis_server.pause()
+        landed: list[int] = []
+        waiting = [threading.Thread(target=lambda t=t: landed.append(send(t))) for t in ("in flight", "queued")]
+        for thread in waiting:
+            thread.start()
+
+        def oldest_wait() -> float:
+            queue = list(pub._queue)
+            return time.monotonic() - (queue[0].deadline - settings.send_deadline) if queue else 0.0
+
+        wait_until(lambda: oldest_wait() > 0.35, timeout=5, what="a queued send older than the bound")
+        with pytest.raises(Overloaded):
+            send("refused")
+        redis_server.resume()
+        for thread in waiting:
+            thread.join(timeout=10)
+        assert sorted(landed) == [2, 3]  # the waiting sends landed; the refused one took no seq
+        assert send("after") == 4
+    finally:
+        redis_server.resume()
+        pub.stop()

@@ -20,6 +20,11 @@ class BackendUnavailable(Exception):
     """The shared store could not be reached within the deadline; nothing was changed."""
 
 
+class Overloaded(BackendUnavailable):
+    """More sends are waiting than the node serves promptly: this one was refused at once
+    and not stored."""
+
+
 def within(seconds: float, call: Callable[[], T], what: str) -> T:
     """`call()`, given up on after `seconds` (BackendUnavailable): a store that stopped
     answering holds a read for its socket timeout, times its client's retries, and the

@@ -24,7 +24,7 @@ from redis.cluster import RedisCluster
 
 from ..protocol import Envelope
 from ..settings import Settings
-from .base import BackendUnavailable, Draft
+from .base import BackendUnavailable, Draft, Overloaded
 from .redis_connection import CONNECTION_ERRORS, reconnect_backoff
 from .redis_keys import RoomKeys
 from .redis_scripts import AnyRedis, Call, HeldConnection, run_scripts
@@ -77,6 +77,7 @@ class Publisher:
         # bookkeeping; a node's busy rooms are few enough to keep.
         self._room_keys = lru_cache(maxsize=1024)(partial(RoomKeys.of, settings.key_prefix))
         self._deadline = settings.send_deadline
+        self._max_wait = settings.publish_queue_max_wait
         self._linger = settings.publish_linger
         self._last_batch = 0.0
         self._last_size = 0
@@ -103,8 +104,14 @@ class Publisher:
         self._thread.join(timeout=self._deadline)
 
     def publish(self, draft: Draft) -> Envelope:
-        if len(self._queue) >= self._max_queue:
-            raise BackendUnavailable("the publish queue is full")
+        """Refused at once, unstored, when the queue is full or its oldest send has waited
+        longer than PUBLISH_QUEUE_MAX_WAIT: past capacity a node answers the excess instead
+        of accepting everything and delivering it seconds late."""
+        queue = self._queue
+        if len(queue) >= self._max_queue:
+            raise Overloaded("the publish queue is full")
+        if queue and time.monotonic() - (queue[0].deadline - self._deadline) > self._max_wait:
+            raise Overloaded(f"sends have waited more than {self._max_wait}s here")
         pending = _Pending(draft, self._room_keys(draft.room), time.monotonic() + self._deadline)
         self._queue.append(pending)
         if not self._wakeup.is_set():
