@@ -421,24 +421,14 @@ class ChatService:
         draft = Draft.new(req.room, sender, req.message, self.instance_id, req.key, self._clock)
         started = time.perf_counter()
         try:
-            envelope = self._broker.publish(draft)
-        except Overloaded as exc:
-            raise ChatError(ErrorCode.OVERLOADED, f"message not sent, the node is overloaded: {exc}") from None
-        except BackendUnavailable as exc:
-            raise ChatError(ErrorCode.UNAVAILABLE, f"message not sent: {exc}") from None
+            envelope = self._publish(draft)
         finally:
             self.observe_publish(time.perf_counter() - started)
-        with self._lock:
-            self.counters.published += 1
         log.debug("event=send room=%s sid=%s seq=%d id=%s", req.room, sid, envelope.seq, envelope.id)
         return {"ok": True, **_ack(envelope)}
 
-    # -- server API: posts and commands from outside the rooms ---------------------------
-
-    def publish(self, req: PublishRequest) -> dict[str, Any]:
-        """A post from a backend (HTTP): stored and delivered exactly as a member's send,
-        under the sender it names; `instance_id` says it came through this node's API."""
-        draft = Draft.new(req.room, req.sender, req.message, f"api:{self.instance_id}", req.key, self._clock)
+    def _publish(self, draft: Draft) -> Envelope:
+        """Store and publish, with the protocol's answer when the node cannot."""
         try:
             envelope = self._broker.publish(draft)
         except Overloaded as exc:
@@ -447,6 +437,15 @@ class ChatService:
             raise ChatError(ErrorCode.UNAVAILABLE, f"message not sent: {exc}") from None
         with self._lock:
             self.counters.published += 1
+        return envelope
+
+    # -- server API: posts and commands from outside the rooms ---------------------------
+
+    def publish(self, req: PublishRequest) -> dict[str, Any]:
+        """A post from a backend (HTTP): stored and delivered exactly as a member's send,
+        under the sender it names; `instance_id` says it came through this node's API."""
+        draft = Draft.new(req.room, req.sender, req.message, f"api:{self.instance_id}", req.key, self._clock)
+        envelope = self._publish(draft)
         log.debug("event=api_publish room=%s seq=%d id=%s", req.room, envelope.seq, envelope.id)
         return {"ok": True, **_ack(envelope)}
 
