@@ -119,7 +119,6 @@ class Settings:
     history_length: int = 100
     send_deadline: float = 5.0
     publish_linger: float = _setting(0.0, _linger)
-    publish_queue_max_wait: float = 0.5
     max_message_bytes: int = 4096
     max_rooms_per_connection: int = 50
     max_client_queue: int = 1000

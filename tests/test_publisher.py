@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import threading
-import time
 
 import fakeredis
 import pytest
@@ -72,12 +71,10 @@ def test_linger_zero_never_waits(monkeypatch: pytest.MonkeyPatch) -> None:
     assert waits == []
 
 
-def test_past_capacity_sends_are_refused_at_once_unstored_and_accepted_again_after(redis_server) -> None:
-    """While Redis is stalled the queue ages: once its oldest send has waited longer than
-    PUBLISH_QUEUE_MAX_WAIT a new send is refused at once (Overloaded, nothing stored); the
-    waiting sends still land when Redis resumes, and sends are accepted again."""
-    settings = Settings.from_env({}, publish_queue_max_wait=0.3, send_deadline=10.0)
-    pub = Publisher(redis_server.client(), settings)
+def test_a_full_queue_refuses_at_once_unstored_and_sends_are_accepted_again_after(redis_server) -> None:
+    """While Redis is stalled sends wait; once the queue is full a new send is refused at
+    once (Overloaded: nothing stored); the waiting sends still land when Redis resumes."""
+    pub = Publisher(redis_server.client(), Settings.from_env({}, send_deadline=10.0), max_queue=1)
     pub.start()
 
     def send(text: str) -> int:
@@ -87,19 +84,16 @@ def test_past_capacity_sends_are_refused_at_once_unstored_and_accepted_again_aft
         assert send("warm-up") == 1
         redis_server.pause()
         landed: list[int] = []
-        waiting = [threading.Thread(target=lambda t=t: landed.append(send(t))) for t in ("in flight", "queued")]
-        for thread in waiting:
-            thread.start()
-
-        def oldest_wait() -> float:
-            queue = list(pub._queue)
-            return time.monotonic() - (queue[0].deadline - settings.send_deadline) if queue else 0.0
-
-        wait_until(lambda: oldest_wait() > 0.35, timeout=5, what="a queued send older than the bound")
+        in_flight = threading.Thread(target=lambda: landed.append(send("in flight")))
+        in_flight.start()
+        wait_until(lambda: pub.batches >= 2 and not pub._queue, what="the first send in flight")
+        queued = threading.Thread(target=lambda: landed.append(send("queued")))
+        queued.start()
+        wait_until(lambda: len(pub._queue) == 1, what="the second send queued")
         with pytest.raises(Overloaded):
             send("refused")
         redis_server.resume()
-        for thread in waiting:
+        for thread in (in_flight, queued):
             thread.join(timeout=10)
         assert sorted(landed) == [2, 3]  # the waiting sends landed; the refused one took no seq
         assert send("after") == 4

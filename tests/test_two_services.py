@@ -216,8 +216,15 @@ def test_a_burst_read_in_one_go_is_handled_at_once(server) -> None:
 def test_departures_are_swept_by_one_greenlet_that_ends_with_the_node(server) -> None:
     """Many disconnects start no timer or thread each (one sweeper per node settles expired
     grace periods), every departure is still announced, and the sweeper ends with stop()."""
+
+    def sweepers() -> set[threading.Thread]:
+        return {t for t in threading.enumerate() if t.name == "departures"}
+
+    others = sweepers()  # other tests' services may still run theirs
     a, _ = make_node(server, "A", presence_grace=0.3)
     b, eb = make_node(server, "B", presence_grace=0.3)
+    ours = sweepers() - others
+    assert len(ours) == 2
     b.connect("watcher", Identity("watcher"))
     b.join("watcher", JoinRequest(room="lobby"))
     threads_before = threading.active_count()
@@ -232,7 +239,6 @@ def test_departures_are_swept_by_one_greenlet_that_ends_with_the_node(server) ->
         return {e["user"] for e in eb.messages("watcher", "presence") if e["action"] == "leave"}
 
     wait_until(lambda: len(left()) == 40, timeout=5, what="every departure announced after its grace")
-    assert [t for t in threading.enumerate() if t.name == "departures"]
     a.stop()
     b.stop()
-    wait_until(lambda: not [t for t in threading.enumerate() if t.name == "departures"], what="the sweepers end")
+    wait_until(lambda: not any(t.is_alive() for t in ours), what="the two sweepers end")

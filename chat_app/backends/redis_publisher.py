@@ -77,7 +77,6 @@ class Publisher:
         # bookkeeping; a node's busy rooms are few enough to keep.
         self._room_keys = lru_cache(maxsize=1024)(partial(RoomKeys.of, settings.key_prefix))
         self._deadline = settings.send_deadline
-        self._max_wait = settings.publish_queue_max_wait
         self._linger = settings.publish_linger
         self._last_batch = 0.0
         self._last_size = 0
@@ -104,14 +103,9 @@ class Publisher:
         self._thread.join(timeout=self._deadline)
 
     def publish(self, draft: Draft) -> Envelope:
-        """Refused at once, unstored, when the queue is full or its oldest send has waited
-        longer than PUBLISH_QUEUE_MAX_WAIT: past capacity a node answers the excess instead
-        of accepting everything and delivering it seconds late."""
-        queue = self._queue
-        if len(queue) >= self._max_queue:
+        """Refused at once, unstored (`overloaded`), when the queue is full."""
+        if len(self._queue) >= self._max_queue:
             raise Overloaded("the publish queue is full")
-        if queue and time.monotonic() - (queue[0].deadline - self._deadline) > self._max_wait:
-            raise Overloaded(f"sends have waited more than {self._max_wait}s here")
         pending = _Pending(draft, self._room_keys(draft.room), time.monotonic() + self._deadline)
         self._queue.append(pending)
         if not self._wakeup.is_set():
