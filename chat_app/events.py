@@ -23,7 +23,7 @@ from socketio.exceptions import ConnectionRefusedError as Refused
 
 from .auth import identify
 from .fanout import DirectWriter, RoomFanout, tcp_socket
-from .protocol import ChatError, ErrorCode, JoinRequest, LeaveRequest, SendRequest, parse
+from .protocol import ChatError, ErrorCode, JoinRequest, LeaveRequest, SendRequest, TypingRequest, parse
 from .service import ChatService
 
 log = logging.getLogger(__name__)
@@ -174,6 +174,18 @@ def register_events(socketio: SocketIO, service: ChatService) -> None:
             "send_message",
             lambda: service.send(sid, parse(SendRequest, payload, max_message_bytes=max_bytes)),
         )
+
+    @sio.on("typing")
+    def on_typing(sid: str, payload: Any = None, *_: Any) -> None:
+        """Never answered: a bad or refused typing event is dropped (it is a hint, not a request)."""
+        try:
+            room = parse(TypingRequest, payload).room
+        except ChatError:
+            return
+        try:
+            service.typing(sid, room)
+        except Exception:
+            log.exception("event=handler_failed handler=typing sid=%s", sid)
 
 
 STUCK_UNSENT_BYTES = 16 * 1024

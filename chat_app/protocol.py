@@ -137,6 +137,10 @@ class LeaveRequest(_Payload):
     room: Room
 
 
+class TypingRequest(_Payload):
+    room: Room
+
+
 class SendRequest(_Payload):
     room: Room
     message: str
@@ -292,8 +296,34 @@ class PresenceEvent:
         return {"room": self.room, "action": self.action, "user": self.user, "members_count": self.members_count}
 
 
-_WIRE: TypeAdapter[_EnvelopeWire | _PresenceWire] = TypeAdapter(
-    Annotated[_EnvelopeWire | _PresenceWire, Field(discriminator="kind")]
+class _TypingWire(BaseModel):
+    model_config = ConfigDict(strict=True, extra="ignore", frozen=True)
+    v: Literal[1]
+    kind: Literal["typing"]
+    room: Room
+    user: Annotated[str, Field(min_length=1, max_length=SENDER_MAX_CHARS)]
+    instance_id: Annotated[str, Field(min_length=1, max_length=64)]
+
+
+@dataclass(frozen=True, slots=True)
+class TypingEvent:
+    """A member is typing in a room: ephemeral, never stored, no seq."""
+
+    room: str
+    user: str
+    instance_id: str
+
+    def encode(self) -> bytes:
+        return orjson.dumps(
+            {"v": WIRE_VERSION, "kind": "typing", "room": self.room, "user": self.user, "instance_id": self.instance_id}
+        )
+
+    def to_client(self) -> dict[str, Any]:
+        return {"room": self.room, "user": self.user}
+
+
+_WIRE: TypeAdapter[_EnvelopeWire | _PresenceWire | _TypingWire] = TypeAdapter(
+    Annotated[_EnvelopeWire | _PresenceWire | _TypingWire, Field(discriminator="kind")]
 )
 
 
@@ -306,7 +336,7 @@ class BadEnvelope(ValueError):
     """A payload from Redis that is not one of ours: dropped and counted."""
 
 
-def decode_wire(raw: bytes | str, max_bytes: int) -> Envelope | PresenceEvent:
+def decode_wire(raw: bytes | str, max_bytes: int) -> Envelope | PresenceEvent | TypingEvent:
     """Parse what arrived on a room channel; never evaluates or unpickles anything."""
     if len(raw) > max_bytes:
         raise BadEnvelope(f"payload of {len(raw)} bytes is over the {max_bytes} limit")
@@ -316,6 +346,8 @@ def decode_wire(raw: bytes | str, max_bytes: int) -> Envelope | PresenceEvent:
         raise BadEnvelope(str(exc.errors(include_url=False, include_input=False)[:1])) from None
     if isinstance(w, _PresenceWire):
         return PresenceEvent(w.room, w.action, w.user, w.members_count, w.instance_id)
+    if isinstance(w, _TypingWire):
+        return TypingEvent(w.room, w.user, w.instance_id)
     return Envelope(w.id, w.room, w.sender, w.message, w.timestamp, w.seq, w.epoch, w.instance_id)
 
 

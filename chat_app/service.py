@@ -35,6 +35,7 @@ from .protocol import (
     PresenceEvent,
     PublishRequest,
     SendRequest,
+    TypingEvent,
     clean_sender,
 )
 from .ratelimit import TokenBucket
@@ -63,6 +64,10 @@ class Connection:
     join_bucket: TokenBucket
     allowed_rooms: frozenset[str] | None = None  # from the token's rooms claim
     rooms: set[str] = field(default_factory=set)
+    typed: dict[str, float] = field(default_factory=dict)  # room -> monotonic time of the last typing sent
+
+
+TYPING_INTERVAL = 2.0  # seconds: at most one typing event per connection per room
 
 
 # What a room emitted while a member's join was in flight: (event, data, position of a message).
@@ -401,6 +406,23 @@ class ChatService:
         log.debug("event=send room=%s sid=%s seq=%d id=%s", req.room, sid, envelope.seq, envelope.id)
         return {"ok": True, **_ack(envelope)}
 
+    def typing(self, sid: str, room: str) -> None:
+        """Tell the room's other members that this one is typing. Quiet by design: from a
+        non-member, too soon after the last one, or in a big room it is dropped unanswered."""
+        conn = self._connections.get(sid)
+        now = time.monotonic()
+        with self._lock:
+            local = self._rooms.get(room)
+            if conn is None or room not in conn.rooms or local is None or sid in local.joining:
+                return
+            if local.members_count > self.settings.presence_events_max_members:
+                return
+            if now - conn.typed.get(room, -TYPING_INTERVAL) < TYPING_INTERVAL:
+                return
+            conn.typed[room] = now
+            user = local.members.get(sid) or "anonymous"
+        self._broker.signal(TypingEvent(room, user, self.instance_id))
+
     # -- server API: posts and commands from outside the rooms ---------------------------
 
     def publish(self, req: PublishRequest) -> dict[str, Any]:
@@ -635,7 +657,10 @@ class ChatService:
             if sid not in skip:
                 held.append((event, data, position))
 
-    def _on_presence(self, event: PresenceEvent) -> None:
+    def _on_presence(self, event: PresenceEvent | TypingEvent) -> None:
+        if isinstance(event, TypingEvent):
+            self._on_typing(event)
+            return
         with self._lock:
             local = self._rooms.get(event.room)
             if local is not None:
@@ -643,6 +668,16 @@ class ChatService:
                 # A member is never told of its own arrival or departure: it knows.
                 own = [sid for sid, user in local.members.items() if user == event.user]
                 self._emit(local, event.room, "presence", event.to_client(), None, own)
+
+    def _on_typing(self, event: TypingEvent) -> None:
+        """To the room's admitted members here, less the typer's own connections; never
+        held for a join in flight (it is not recovered either)."""
+        with self._lock:
+            local = self._rooms.get(event.room)
+            if local is None:
+                return
+            own = [sid for sid, user in local.members.items() if user == event.user]
+            self._emitter.emit_room("typing", event.to_client(), event.room, own)
 
     def _count_rooms(self) -> None:
         """Every PRESENCE_COUNT_INTERVAL, tell the members of big rooms how many they are, if
