@@ -23,7 +23,16 @@ from socketio.exceptions import ConnectionRefusedError as Refused
 
 from .auth import identify
 from .fanout import DirectWriter, RoomFanout, tcp_socket
-from .protocol import ChatError, ErrorCode, JoinRequest, LeaveRequest, SendRequest, TypingRequest, parse
+from .protocol import (
+    ChatError,
+    ErrorCode,
+    JoinRequest,
+    LeaveRequest,
+    OpenDirectRequest,
+    SendRequest,
+    TypingRequest,
+    parse,
+)
 from .service import ChatService
 
 log = logging.getLogger(__name__)
@@ -155,12 +164,18 @@ def register_events(socketio: SocketIO, service: ChatService) -> None:
         return answer(
             sid,
             "join_room",
-            lambda: service.join(
+            lambda: service.join_room(
                 sid,
                 parse(JoinRequest, payload),
                 sender=payload.get("sender") if isinstance(payload, dict) else None,
                 after_ack=after_answer,
             ),
+        )
+
+    @sio.on("open_direct")
+    def on_open_direct(sid: str, payload: Any = None, *_: Any) -> dict[str, Any] | None:
+        return answer(
+            sid, "open_direct", lambda: service.open_direct(sid, parse(OpenDirectRequest, payload), after_answer)
         )
 
     @sio.on("leave_room")
