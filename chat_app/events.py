@@ -23,7 +23,16 @@ from socketio.exceptions import ConnectionRefusedError as Refused
 
 from .auth import identify
 from .fanout import DirectWriter, RoomFanout, tcp_socket
-from .protocol import ChatError, ErrorCode, JoinRequest, LeaveRequest, SendRequest, parse
+from .protocol import (
+    ChatError,
+    ErrorCode,
+    JoinRequest,
+    LeaveRequest,
+    OpenDirectRequest,
+    SendRequest,
+    TypingRequest,
+    parse,
+)
 from .service import ChatService
 
 log = logging.getLogger(__name__)
@@ -155,12 +164,18 @@ def register_events(socketio: SocketIO, service: ChatService) -> None:
         return answer(
             sid,
             "join_room",
-            lambda: service.join(
+            lambda: service.join_room(
                 sid,
                 parse(JoinRequest, payload),
                 sender=payload.get("sender") if isinstance(payload, dict) else None,
                 after_ack=after_answer,
             ),
+        )
+
+    @sio.on("open_direct")
+    def on_open_direct(sid: str, payload: Any = None, *_: Any) -> dict[str, Any] | None:
+        return answer(
+            sid, "open_direct", lambda: service.open_direct(sid, parse(OpenDirectRequest, payload), after_answer)
         )
 
     @sio.on("leave_room")
@@ -174,6 +189,18 @@ def register_events(socketio: SocketIO, service: ChatService) -> None:
             "send_message",
             lambda: service.send(sid, parse(SendRequest, payload, max_message_bytes=max_bytes)),
         )
+
+    @sio.on("typing")
+    def on_typing(sid: str, payload: Any = None, *_: Any) -> None:
+        """Never answered: a bad or refused typing event is dropped (it is a hint, not a request)."""
+        try:
+            room = parse(TypingRequest, payload).room
+        except ChatError:
+            return
+        try:
+            service.typing(sid, room)
+        except Exception:
+            log.exception("event=handler_failed handler=typing sid=%s", sid)
 
 
 STUCK_UNSENT_BYTES = 16 * 1024

@@ -11,6 +11,7 @@ import unicodedata
 from dataclasses import dataclass
 from enum import StrEnum
 from typing import Annotated, Any, Literal, TypeVar
+from urllib.parse import unquote
 
 import orjson
 from pydantic import (
@@ -72,6 +73,10 @@ def _room_char_ok(c: str) -> bool:
 def check_room(value: str) -> str:
     """Apply DESIGN.md's room rule to an NFC-normalised name (one spelling, one room)."""
     room = unicodedata.normalize("NFC", value)
+    if "+" in room:  # only a direct conversation's name, which only the server derives
+        if direct_members(room) is None:
+            raise PydanticCustomError("invalid_room", "a room name with '+' is a direct conversation's, @<a>+<b>")
+        return room
     if not 1 <= len(room) <= ROOM_MAX_CHARS:
         raise PydanticCustomError("invalid_room", f"a room name has 1 to {ROOM_MAX_CHARS} characters")
     if room[0] == " " or room[-1] == " " or not all(map(_room_char_ok, room)):
@@ -92,6 +97,34 @@ def clean_sender(value: Any) -> str | None:
 
 
 Room = Annotated[str, AfterValidator(check_room)]
+
+
+def _direct_part(name: str) -> str:
+    """A user name as room characters: every UTF-8 byte of a character outside the room rule
+    (so '+' and '%' too) becomes %XX, which keeps the two halves apart and is injective."""
+    return "".join(c if _room_char_ok(c) else "".join(f"%{b:02X}" for b in c.encode()) for c in name)
+
+
+def direct_room(a: str, b: str) -> str:
+    """The direct conversation of two user names, the same whoever asks: `@<a>+<b>`, the
+    names in code point order. No `join_room` name has a '+', so none can be one."""
+    first, second = sorted((a, b))
+    return f"@{_direct_part(first)}+{_direct_part(second)}"
+
+
+def direct_members(room: str) -> tuple[str, str] | None:
+    """The two users of a direct conversation's name; None for any other name."""
+    if not room.startswith("@") or room.count("+") != 1:
+        return None
+    try:
+        first, second = (unquote(part, errors="strict") for part in room[1:].split("+"))
+        check_user(first)
+        check_user(second)
+    except (UnicodeDecodeError, PydanticCustomError):
+        return None
+    if first >= second or direct_room(first, second) != room:
+        return None  # only the canonical spelling names the conversation
+    return first, second
 
 
 def check_user(value: str) -> str:
@@ -135,6 +168,16 @@ class JoinRequest(_Payload):
 
 
 class LeaveRequest(_Payload):
+    room: Room
+
+
+class OpenDirectRequest(_Payload):
+    peer: User = Field(alias="with")
+    since: Annotated[int, Field(ge=0)] | None = None
+    epoch: Annotated[str, Field(min_length=1, max_length=64)] | None = None
+
+
+class TypingRequest(_Payload):
     room: Room
 
 
@@ -293,8 +336,34 @@ class PresenceEvent:
         return {"room": self.room, "action": self.action, "user": self.user, "members_count": self.members_count}
 
 
-_WIRE: TypeAdapter[_EnvelopeWire | _PresenceWire] = TypeAdapter(
-    Annotated[_EnvelopeWire | _PresenceWire, Field(discriminator="kind")]
+class _TypingWire(BaseModel):
+    model_config = ConfigDict(strict=True, extra="ignore", frozen=True)
+    v: Literal[1]
+    kind: Literal["typing"]
+    room: Room
+    user: Annotated[str, Field(min_length=1, max_length=SENDER_MAX_CHARS)]
+    instance_id: Annotated[str, Field(min_length=1, max_length=64)]
+
+
+@dataclass(frozen=True, slots=True)
+class TypingEvent:
+    """A member is typing in a room: ephemeral, never stored, no seq."""
+
+    room: str
+    user: str
+    instance_id: str
+
+    def encode(self) -> bytes:
+        return orjson.dumps(
+            {"v": WIRE_VERSION, "kind": "typing", "room": self.room, "user": self.user, "instance_id": self.instance_id}
+        )
+
+    def to_client(self) -> dict[str, Any]:
+        return {"room": self.room, "user": self.user}
+
+
+_WIRE: TypeAdapter[_EnvelopeWire | _PresenceWire | _TypingWire] = TypeAdapter(
+    Annotated[_EnvelopeWire | _PresenceWire | _TypingWire, Field(discriminator="kind")]
 )
 
 
@@ -307,7 +376,7 @@ class BadEnvelope(ValueError):
     """A payload from Redis that is not one of ours: dropped and counted."""
 
 
-def decode_wire(raw: bytes | str, max_bytes: int) -> Envelope | PresenceEvent:
+def decode_wire(raw: bytes | str, max_bytes: int) -> Envelope | PresenceEvent | TypingEvent:
     """Parse what arrived on a room channel; never evaluates or unpickles anything."""
     if len(raw) > max_bytes:
         raise BadEnvelope(f"payload of {len(raw)} bytes is over the {max_bytes} limit")
@@ -317,6 +386,8 @@ def decode_wire(raw: bytes | str, max_bytes: int) -> Envelope | PresenceEvent:
         raise BadEnvelope(str(exc.errors(include_url=False, include_input=False)[:1])) from None
     if isinstance(w, _PresenceWire):
         return PresenceEvent(w.room, w.action, w.user, w.members_count, w.instance_id)
+    if isinstance(w, _TypingWire):
+        return TypingEvent(w.room, w.user, w.instance_id)
     return Envelope(w.id, w.room, w.sender, w.message, w.timestamp, w.seq, w.epoch, w.instance_id)
 
 

@@ -33,10 +33,14 @@ from .protocol import (
     Envelope,
     ErrorCode,
     JoinRequest,
+    OpenDirectRequest,
     PresenceEvent,
     PublishRequest,
     SendRequest,
+    TypingEvent,
     clean_sender,
+    direct_members,
+    direct_room,
 )
 from .ratelimit import TokenBucket
 from .settings import Settings
@@ -64,6 +68,10 @@ class Connection:
     join_bucket: TokenBucket
     allowed_rooms: frozenset[str] | None = None  # from the token's rooms claim
     rooms: set[str] = field(default_factory=set)
+    typed: dict[str, float] = field(default_factory=dict)  # room -> monotonic time of the last typing sent
+
+
+TYPING_INTERVAL = 2.0  # seconds: at most one typing event per connection per room
 
 
 # What a room emitted while a member's join was in flight: (event, data, position of a message).
@@ -246,6 +254,9 @@ class ChatService:
         conn = self._connection(sid)
         room = req.room
         user = conn.user or clean_sender(sender) or "anonymous"
+        pair = direct_members(room)
+        if pair is not None and conn.user not in pair:
+            raise ChatError(ErrorCode.FORBIDDEN_ROOM, f"{room!r} is a direct conversation of others")
         local, held = self._start_joining(conn, room, user, limited)
         # The channel is live before the presence write, so every presence event after the
         # names that write reads reaches this member (held until its ack). Re-asking is
@@ -285,10 +296,36 @@ class ChatService:
             after_ack(admit)
         return ack
 
+    def join_room(
+        self,
+        sid: str,
+        req: JoinRequest,
+        sender: Any = None,
+        after_ack: Callable[[Callable[[], None]], None] | None = None,
+    ) -> dict[str, Any]:
+        """A client's `join_room`: never of a direct conversation (its members use open_direct)."""
+        if direct_members(req.room) is not None:
+            raise ChatError(ErrorCode.FORBIDDEN_ROOM, "a direct conversation is entered with open_direct")
+        return self.join(sid, req, sender, after_ack)
+
+    def open_direct(
+        self, sid: str, req: OpenDirectRequest, after_ack: Callable[[Callable[[], None]], None] | None = None
+    ) -> dict[str, Any]:
+        """Join the caller's conversation with `req.peer` through the one join path; its ack
+        plus `with`. The peer learns of it with the first message (see `send`)."""
+        conn = self._connection(sid)
+        if conn.user is None:
+            raise ChatError(ErrorCode.UNAUTHORIZED, "a direct conversation needs a name given at connect")
+        if req.peer == conn.user:
+            raise ChatError(ErrorCode.INVALID_PAYLOAD, "with: a direct conversation is with someone else")
+        room = direct_room(conn.user, req.peer)
+        ack = self.join(sid, JoinRequest(room=room, since=req.since, epoch=req.epoch), after_ack=after_ack)
+        return {**ack, "with": req.peer}
+
     def _start_joining(self, conn: Connection, room: str, user: str, limited: bool) -> tuple[LocalRoom, Held]:
         """Check the limits and make `conn` a member that receives nothing live yet."""
         with self._lock:
-            if conn.allowed_rooms is not None and room not in conn.allowed_rooms:
+            if conn.allowed_rooms is not None and room not in conn.allowed_rooms and direct_members(room) is None:
                 raise ChatError(ErrorCode.FORBIDDEN_ROOM, f"your token does not allow {room!r}")
             if room not in conn.rooms:
                 if len(conn.rooms) >= self.settings.max_rooms_per_connection:
@@ -425,6 +462,9 @@ class ChatService:
         finally:
             self.observe_publish(time.perf_counter() - started)
         log.debug("event=send room=%s sid=%s seq=%d id=%s", req.room, sid, envelope.seq, envelope.id)
+        pair = direct_members(req.room)
+        if pair is not None:
+            threading.Thread(target=self._join_everywhere, args=(req.room, pair), name="direct", daemon=True).start()
         return {"ok": True, **_ack(envelope)}
 
     def _publish(self, draft: Draft) -> Envelope:
@@ -438,6 +478,33 @@ class ChatService:
         with self._lock:
             self.counters.published += 1
         return envelope
+
+    def _join_everywhere(self, room: str, users: tuple[str, str]) -> None:
+        """Every connection of both users, on every node, joins the conversation (the server
+        API's join command; members already in it are skipped), so it reaches someone who
+        never opened it. Off the sender's ack: `room_joined`'s history carries the message."""
+        for user in users:
+            try:
+                self.command(CommandAction.JOIN, user, room)
+            except ChatError as exc:
+                log.warning("event=direct_join_failed room=%s user=%s code=%s", room, user, exc.code)
+
+    def typing(self, sid: str, room: str) -> None:
+        """Tell the room's other members that this one is typing. Quiet by design: from a
+        non-member, too soon after the last one, or in a big room it is dropped unanswered."""
+        conn = self._connections.get(sid)
+        now = time.monotonic()
+        with self._lock:
+            local = self._rooms.get(room)
+            if conn is None or room not in conn.rooms or local is None or sid in local.joining:
+                return
+            if local.members_count > self.settings.presence_events_max_members:
+                return
+            if now - conn.typed.get(room, -TYPING_INTERVAL) < TYPING_INTERVAL:
+                return
+            conn.typed[room] = now
+            user = local.members.get(sid) or "anonymous"
+        self._broker.signal(TypingEvent(room, user, self.instance_id))
 
     # -- server API: posts and commands from outside the rooms ---------------------------
 
@@ -670,7 +737,10 @@ class ChatService:
             if sid not in skip:
                 held.append((event, data, position))
 
-    def _on_presence(self, event: PresenceEvent) -> None:
+    def _on_presence(self, event: PresenceEvent | TypingEvent) -> None:
+        if isinstance(event, TypingEvent):
+            self._on_typing(event)
+            return
         with self._lock:
             local = self._rooms.get(event.room)
             if local is not None:
@@ -678,6 +748,16 @@ class ChatService:
                 # A member is never told of its own arrival or departure: it knows.
                 own = [sid for sid, user in local.members.items() if user == event.user]
                 self._emit(local, event.room, "presence", event.to_client(), None, own)
+
+    def _on_typing(self, event: TypingEvent) -> None:
+        """To the room's admitted members here, less the typer's own connections; never
+        held for a join in flight (it is not recovered either)."""
+        with self._lock:
+            local = self._rooms.get(event.room)
+            if local is None:
+                return
+            own = [sid for sid, user in local.members.items() if user == event.user]
+            self._emitter.emit_room("typing", event.to_client(), event.room, own)
 
     def _count_rooms(self) -> None:
         """Every PRESENCE_COUNT_INTERVAL, tell the members of big rooms how many they are, if

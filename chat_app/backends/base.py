@@ -10,7 +10,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol, TypeVar
 
-from ..protocol import Command, Envelope, PresenceEvent
+from ..protocol import Command, Envelope, PresenceEvent, TypingEvent
 
 RECENT_HISTORY = 50  # envelopes in a join ack without `since`
 T = TypeVar("T")
@@ -151,7 +151,7 @@ class BrokerHooks:
     """Called from the broker's listener, the only place envelopes are delivered from."""
 
     on_envelope: Callable[[Envelope], None]
-    on_presence: Callable[[PresenceEvent], None]
+    on_presence: Callable[[PresenceEvent | TypingEvent], None]  # the room's ephemeral events
     on_subscribed: Callable[[str], None]  # room's channel is live: catch up from history
     on_reconnected: Callable[[], None]
     # A command for every node: act on this node's connections of the user, answer how many.
@@ -171,6 +171,11 @@ class Broker(Protocol):
         ...
 
     def unsubscribe(self, room: str) -> None: ...
+    def signal(self, event: TypingEvent) -> None:
+        """Publish an ephemeral event on its room's channel: not stored, best effort (a
+        store that cannot take it drops it)."""
+        ...
+
     def history(self, room: str, after: int | None, upto: int | None = None, limit: int = RECENT_HISTORY) -> History:
         """Envelopes with after < seq <= upto; with `after` None, the newest `limit` of them."""
         ...

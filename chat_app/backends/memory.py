@@ -11,7 +11,7 @@ from collections import Counter, deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
-from ..protocol import Command, Envelope, PresenceEvent
+from ..protocol import Command, Envelope, PresenceEvent, TypingEvent
 from .base import (
     RECENT_HISTORY,
     Banned,
@@ -91,6 +91,10 @@ class MemoryBroker:
 
     def unsubscribe(self, room: str) -> None:
         self._rooms.discard(room)
+
+    def signal(self, event: TypingEvent) -> None:
+        for hooks in self._hub.hooks_for(event.room):
+            hooks.on_presence(event)
 
     def command(self, command: Command, deadline: float) -> CommandResult:
         """Every service on the hub is a node: each acts at once, in the caller's thread."""

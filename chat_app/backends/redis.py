@@ -18,7 +18,7 @@ from redis.cluster import ClusterNode, RedisCluster
 from redis.retry import Retry
 from redis.sentinel import Sentinel
 
-from ..protocol import BadEnvelope, Command, CommandReply, Envelope, decode_envelope, max_wire_bytes
+from ..protocol import BadEnvelope, Command, CommandReply, Envelope, TypingEvent, decode_envelope, max_wire_bytes
 from ..settings import Settings
 from .base import (
     RECENT_HISTORY,
@@ -183,6 +183,12 @@ class RedisBroker:
 
     def unsubscribe(self, room: str) -> None:
         self.listener.unwant(room)
+
+    def signal(self, event: TypingEvent) -> None:
+        try:
+            publish(self._commands, RoomKeys.of(self._prefix, event.room).channel, event.encode())
+        except CONNECTION_ERRORS as exc:
+            log.debug("event=signal_dropped room=%s error=%r", event.room, exc)
 
     def _publish_probe(self, channel: str, data: bytes) -> None:
         """Off the listener's greenlet: a stalled Redis must not stall the listener, whose

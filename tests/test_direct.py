@@ -1,0 +1,141 @@
+"""Direct conversations: private rooms of two users, reaching someone who never opened one
+(real Redis, real nodes, real clients)."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import jwt
+import pytest
+import requests
+from helpers import ChatClient, wait_until
+
+from chat_app.protocol import check_room_name, direct_members, direct_room
+
+
+class DirectClient(ChatClient):
+    RECORDED = ChatClient.RECORDED | {"room_joined"}
+
+    def seen(self, room: str) -> list[str]:
+        """Every message of the room this connection got: from room_joined's history, then live."""
+        joined = [m["message"] for j in self.received("room_joined") if j["room"] == room for m in j["history"]]
+        return joined + [m["message"] for m in self.received() if m["room"] == room]
+
+
+def test_the_name_is_one_per_pair_and_injective() -> None:
+    assert direct_room("alice", "bob") == direct_room("bob", "alice") == "@alice+bob"
+    pairs = [("a+b", "c"), ("a", "b+c"), ("a%2B", "b"), ("@x", "y"), ("x", "@y"), ("dana 🙂", "élodie"), ("a/b", "{c}")]
+    names = {direct_room(a, b) for a, b in pairs}
+    assert len(names) == len(pairs)
+    for a, b in pairs:
+        room = direct_room(a, b)
+        assert check_room_name(room) == room
+        assert direct_members(room) == tuple(sorted((a, b)))
+        assert "/" not in room and "{" not in room
+    for other in ("@bob+alice", "@alice+alice", "@a+b+c", "alice+bob", "@al%zzice+bob", "@+bob"):
+        assert direct_members(other) is None
+        with pytest.raises(Exception, match="direct conversation"):
+            check_room_name(other)
+    assert direct_members("@alice") is None
+
+
+def test_a_conversation_reaches_both_connections_of_who_never_opened_it(redis_server, nodes) -> None:
+    a = nodes.start(redis_server.url)
+    b = nodes.start(redis_server.url)
+    alice = DirectClient(a.url, "alice")
+    bob_a = DirectClient(a.url, "bob")
+    bob_b = DirectClient(b.url, "bob")
+    carol = DirectClient(b.url, "carol")
+    ack = alice.call("open_direct", {"with": "bob"})
+    assert ack["ok"] and ack["room"] == "@alice+bob" and ack["with"] == "bob" and ack["history"] == []
+    assert alice.call("send_message", {"room": "@alice+bob", "message": "hi bob"})["seq"] == 1
+    for bob in (bob_a, bob_b):
+        wait_until(lambda bob=bob: bob.seen("@alice+bob") == ["hi bob"], what="bob's connection gets the message")
+    assert bob_b.call("send_message", {"room": "@alice+bob", "message": "hi alice"})["seq"] == 2
+    for c, expected in (
+        (alice, ["hi bob", "hi alice"]),
+        (bob_a, ["hi bob", "hi alice"]),
+        (bob_b, ["hi bob", "hi alice"]),
+    ):
+        wait_until(lambda c=c, e=expected: c.seen("@alice+bob") == e, what="both sides get the reply once")
+    # Nobody enters by name, not even a member; the other person's name makes another room.
+    for c in (carol, bob_a):
+        assert c.call("join_room", "@alice+bob")["error"]["code"] == "forbidden_room"
+    assert carol.call("open_direct", {"with": "alice"})["room"] == "@alice+carol"
+    time.sleep(0.3)  # the quiet period being asserted: carol got nothing of alice+bob
+    assert carol.seen("@alice+bob") == [] and carol.received("room_joined") == []
+    for c in (alice, bob_a, bob_b, carol):
+        c.close()
+
+
+def test_with_auth_secret_a_token_for_carol_cannot_enter(redis_server, nodes) -> None:
+    secret = "s" * 32
+    node = nodes.start(redis_server.url, AUTH_SECRET=secret)
+
+    def client(sub: str, **claims: Any) -> DirectClient:
+        token = jwt.encode({"sub": sub, "exp": int(time.time()) + 60, **claims}, secret, algorithm="HS256")
+        return DirectClient(node.url, connect_auth={"token": token})
+
+    alice = client("alice")
+    carol = client("carol", rooms=["lobby"])
+    assert alice.call("open_direct", {"with": "bob"})["ok"]
+    assert carol.call("join_room", "@alice+bob")["error"]["code"] == "forbidden_room"
+    # Her own conversations are hers whatever her token's rooms claim says.
+    assert carol.call("open_direct", {"with": "alice"})["room"] == "@alice+carol"
+    alice.close()
+    carol.close()
+
+
+@pytest.mark.parametrize(
+    ("payload", "code"),
+    [
+        ({"with": "alice"}, "invalid_payload"),
+        ({"with": ""}, "invalid_user"),
+        ({"with": " bob"}, "invalid_user"),
+        ({"with": "b\x00ob"}, "invalid_user"),
+        ({"with": "x" * 10_000}, "invalid_user"),
+        ({"with": 42}, "invalid_payload"),
+        ({}, "invalid_payload"),
+        ("bob", "invalid_payload"),
+        ({"with": "bob", "since": -1}, "invalid_payload"),
+    ],
+)
+def test_bad_open_direct_gets_its_code_and_changes_nothing(redis_server, nodes, payload: Any, code: str) -> None:
+    node = nodes.start(redis_server.url)
+    alice = DirectClient(node.url, "alice")
+    assert alice.call("open_direct", payload)["error"]["code"] == code
+    assert alice.call("send_message", {"room": "@alice+bob", "message": "x"})["error"]["code"] == "not_in_room"
+    alice.close()
+
+
+def test_without_a_name_there_is_no_conversation(nodes) -> None:
+    node = nodes.start()
+    nameless = DirectClient(node.url)
+    assert nameless.call("open_direct", {"with": "bob"})["error"]["code"] == "unauthorized"
+    nameless.close()
+
+
+def test_memory_backend_reaches_the_peer(nodes) -> None:
+    node = nodes.start()
+    alice = DirectClient(node.url, "alice")
+    bob = DirectClient(node.url, "bob")
+    assert alice.call("open_direct", {"with": "bob"})["ok"]
+    assert alice.call("send_message", {"room": "@alice+bob", "message": "hello"})["ok"]
+    wait_until(lambda: bob.seen("@alice+bob") == ["hello"], what="bob gets it")
+    alice.close()
+    bob.close()
+
+
+def test_not_even_the_server_api_puts_a_third_user_in(redis_server, nodes) -> None:
+    key = "test-api-key-0123456789abcdef0123456789"
+    node = nodes.start(redis_server.url, API_KEY=key)
+    carol = DirectClient(node.url, "carol")
+    bob = DirectClient(node.url, "bob")
+    url = f"{node.url}/api/users/{{}}/rooms/%40alice%2Bbob"
+    headers = {"Authorization": f"Bearer {key}"}
+    assert requests.post(url.format("carol"), headers=headers, timeout=10).json()["connections"] == 0
+    assert requests.post(url.format("bob"), headers=headers, timeout=10).json()["connections"] == 1
+    assert carol.received("room_joined") == []
+    carol.close()
+    bob.close()
