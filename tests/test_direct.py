@@ -11,7 +11,7 @@ import pytest
 import requests
 from helpers import ChatClient, wait_until
 
-from chat_app.protocol import check_room_name, direct_members, direct_room
+from chat_app.protocol import ChatError, ErrorCode, check_room_name, direct_members, direct_room
 
 
 class DirectClient(ChatClient):
@@ -35,8 +35,9 @@ def test_the_name_is_one_per_pair_and_injective() -> None:
         assert "/" not in room and "{" not in room
     for other in ("@bob+alice", "@alice+alice", "@a+b+c", "alice+bob", "@al%zzice+bob", "@+bob"):
         assert direct_members(other) is None
-        with pytest.raises(Exception, match="direct conversation"):
+        with pytest.raises(ChatError, match="direct conversation") as refused:
             check_room_name(other)
+        assert refused.value.code == ErrorCode.INVALID_ROOM
     assert direct_members("@alice") is None
 
 

@@ -48,7 +48,10 @@ class WireClient:
         """Every seq this connection was handed for `room`: acks' history and live, in order."""
         out: list[int] = []
         for kind, data in self.room_wire(room):
-            out.extend(m["seq"] for m in data["history"]) if kind == "ack" else out.append(data["seq"])
+            if kind == "ack":
+                out.extend(m["seq"] for m in data["history"])
+            else:
+                out.append(data["seq"])
         return out
 
     def close(self) -> None:
