@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import select
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -86,12 +85,7 @@ class ShardedListener(Listener):
         return shard
 
     def _reconcile_shards(self) -> None:
-        with self._lock:
-            wanted = dict(self._wanted)
-            catch_up = self._catch_up & self.subscribed & set(wanted)
-            self._catch_up -= catch_up
-            for channel in catch_up:
-                self._ready[channel].set()
+        wanted, catch_up = self._take_catch_up()
         by_shard: dict[str, set[bytes]] = {name: set() for name in self._shards}
         for channel in [self._commands, *wanted]:
             by_shard.setdefault(self._shard_for(channel).name, set()).add(channel)
@@ -151,16 +145,9 @@ class ShardedListener(Listener):
             else:
                 self._dispatch(message["data"])
         elif kind == "ssubscribe":
-            with self._lock:
+            with self._lock:  # all_subscribed reads it from other greenlets
                 shard.confirmed.add(channel)
-                self.subscribed.add(channel)
-                room = self._wanted.get(channel)
-                self._catch_up.discard(channel)
-                ready = self._ready.get(channel)
-            if ready is not None:
-                ready.set()
-            if room is not None:
-                self._hook("on_subscribed", room)
+            self._live(channel)
         elif kind == "sunsubscribe":
             with self._lock:
                 shard.confirmed.discard(channel)
@@ -181,11 +168,7 @@ class ShardedListener(Listener):
         shard.failures += 1
         shard.retry_at = time.monotonic() + self._backoff.compute(shard.failures)
         self._close(shard)
-        with self._lock:
-            self.subscribed -= shard.confirmed
-            for channel in shard.confirmed:
-                if channel in self._ready:
-                    self._ready[channel].clear()
+        self._lost(shard.confirmed)
         shard.asked, shard.confirmed = set(), set()
         with contextlib.suppress(Exception):  # the topology may have changed (failover, resharding)
             self._cluster.nodes_manager.initialize()
@@ -198,7 +181,7 @@ class ShardedListener(Listener):
         shard.pubsub = None
 
     def _wait_any(self) -> None:
-        sockets: list[Any] = [self._wake_r]
+        sockets: list[Any] = []
         for shard in self._shards.values():
             conn = shard.pubsub.connection if shard.pubsub is not None else None
             if conn is not None and conn._sock is not None:
@@ -207,7 +190,4 @@ class ShardedListener(Listener):
         retries = [s.retry_at for s in self._shards.values() if s.pubsub is None]
         if retries:
             timeout = max(0.0, min(timeout, min(retries) - time.monotonic()))
-        readable, _, _ = select.select(sockets, [], [], timeout)
-        if self._wake_r in readable:
-            with contextlib.suppress(BlockingIOError):
-                self._wake_r.recv(4096)
+        self._select(sockets, timeout)

@@ -18,7 +18,7 @@ import select
 import socket
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from typing import Any
 
 import redis
@@ -143,11 +143,51 @@ class Listener:
     def _disconnected(self) -> None:
         self.connected = False
         with self._lock:
-            self.subscribed = set()
             self._asked = set()
+        self._lost(self.subscribed)
+
+    def _lost(self, channels: Collection[bytes]) -> None:
+        """These subscriptions went with their connection: not live until confirmed again."""
+        with self._lock:
+            for channel in list(channels):
+                self.subscribed.discard(channel)
+                if (ready := self._ready.get(channel)) is not None:
+                    ready.clear()
             self._dirty = True
-            for ready in self._ready.values():
-                ready.clear()
+
+    def _live(self, channel: bytes) -> None:
+        """A subscription is confirmed: its room catches up on what it may have missed."""
+        with self._lock:
+            self.subscribed.add(channel)
+            room = self._wanted.get(channel)
+            self._catch_up.discard(channel)
+            ready = self._ready.get(channel)
+        if ready is not None:
+            ready.set()
+        if room is not None:
+            self._hook("on_subscribed", room)
+
+    def _take_catch_up(self) -> tuple[dict[bytes, str], set[bytes]]:
+        """The wanted channels, and those wanted again while they stayed live: no new
+        confirmation will come for them, so they catch up once this reconcile has run."""
+        with self._lock:
+            wanted = dict(self._wanted)
+            catch_up = self._catch_up & self.subscribed & set(wanted)
+            self._catch_up -= catch_up
+            for channel in catch_up:
+                self._ready[channel].set()
+        return wanted, catch_up
+
+    def _select(self, sockets: list[Any], timeout: float) -> list[Any]:
+        """Sleep until one of `sockets` is readable, a greenlet wakes us, or `timeout` passes."""
+        readable, _, _ = select.select([*sockets, self._wake_r], [], [], timeout)
+        if self._wake_r in readable:
+            self._drain_wake()
+        return readable
+
+    def _drain_wake(self) -> None:
+        with contextlib.suppress(BlockingIOError):
+            self._wake_r.recv(4096)
 
     def _serve(self, pubsub: redis.client.PubSub) -> None:
         pubsub.subscribe(self._control, self._commands)
@@ -180,7 +220,8 @@ class Listener:
             elif kind == "subscribe":
                 self._confirmed(channel)
             elif kind == "unsubscribe":
-                self.subscribed.discard(channel)
+                with self._lock:
+                    self.subscribed.discard(channel)
 
     def _next_message(self, pubsub: redis.client.PubSub, readable: bool) -> dict[str, Any] | None:
         """The next message Redis has sent, or None without waiting. `get_message(timeout=0)`
@@ -205,21 +246,13 @@ class Listener:
         if sock is None:
             raise redis.ConnectionError("the pub/sub connection is closed")
         if isinstance(sock, socket.socket):
-            readable, _, _ = select.select([sock, self._wake_r], [], [], timeout)
-            ready, woken = sock in readable, self._wake_r in readable
-        else:  # fakeredis: no descriptor; its can_read waits in-process
-            ready, woken = bool(conn.can_read(timeout=min(timeout, FAKE_POLL))), True
-        if woken:
-            with contextlib.suppress(BlockingIOError):
-                self._wake_r.recv(4096)
+            return sock in self._select([sock], timeout)
+        ready = bool(conn.can_read(timeout=min(timeout, FAKE_POLL)))  # fakeredis: no descriptor
+        self._drain_wake()
         return ready
 
     def _confirmed(self, channel: bytes) -> None:
-        with self._lock:
-            self.subscribed.add(channel)
-            room = self._wanted.get(channel)
-            self._catch_up.discard(channel)
-            ready = self._ready.get(channel)
+        self._live(channel)
         if channel == self._control:
             with self._lock:
                 self.connected = True
@@ -229,11 +262,6 @@ class Listener:
                 log.info("event=listener_up reconnects=%d rooms=%d", self.reconnects, len(self._wanted))
                 self._hook("on_reconnected")
             self._connected_once = True
-            return
-        if ready is not None:
-            ready.set()
-        if room is not None:
-            self._hook("on_subscribed", room)
 
     def _reconcile(self, pubsub: redis.client.PubSub) -> None:
         """Subscribe what is wanted and not yet asked for, and the reverse, in batches.
@@ -242,11 +270,7 @@ class Listener:
             if not (self.connected and self._dirty):
                 return
             self._dirty = False
-            wanted = dict(self._wanted)
-            catch_up = self._catch_up & self.subscribed & set(wanted)
-            self._catch_up -= catch_up
-            for channel in catch_up:
-                self._ready[channel].set()
+        wanted, catch_up = self._take_catch_up()
         join = [c for c in wanted if c not in self._asked]
         drop = [c for c in self._asked if c not in wanted]
         for i in range(0, len(join), SUBSCRIBE_BATCH):

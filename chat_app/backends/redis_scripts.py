@@ -8,7 +8,7 @@ import logging
 import threading
 import time
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -36,10 +36,10 @@ class LuaScript:
 
     @classmethod
     def load(cls, *names: str, sharded: bool) -> LuaScript:
-        """Concatenate the named files; `PUBLISH` is SPUBLISH on a cluster, so a room's
+        """common.lua, then the named files; `PUBLISH` is SPUBLISH on a cluster, so a room's
         traffic stays on its shard instead of being copied to every cluster node."""
         header = f"local PUBLISH = '{'SPUBLISH' if sharded else 'PUBLISH'}'\n"
-        source = header + "".join((_LUA / name).read_text() for name in names)
+        source = header + "".join((_LUA / name).read_text() for name in ("common.lua", *names))
         return cls(source, hashlib.sha1(source.encode()).hexdigest())
 
 
@@ -48,16 +48,28 @@ AnyRedis = redis.Redis | RedisCluster
 
 
 def run_scripts(client: AnyRedis, calls: Sequence[Call]) -> list[object]:
-    """EVALSHA every call, one pipeline per server; a server that lost its script cache gets
-    the script loaded and those calls run again. Errors come back in place, not raised."""
-    results = _pipelined(client, calls)
+    """EVALSHA every call, one pipeline per server. Errors come back in place, not raised."""
+
+    def rerun(scripts: list[LuaScript], again: list[Call]) -> list[object]:
+        if isinstance(client, RedisCluster):
+            client.nodes_manager.initialize()  # a slot may have moved, or a failover happened
+        for script in scripts:
+            client.script_load(script.source)
+        return _pipelined(client, again)
+
+    return _rerun_missing(calls, _pipelined(client, calls), rerun)
+
+
+def _rerun_missing(
+    calls: Sequence[Call], results: list[object], rerun: Callable[[list[LuaScript], list[Call]], list[object]]
+) -> list[object]:
+    """The calls a server answered NOSCRIPT (its script cache went: a restart, a failover,
+    SCRIPT FLUSH) or MOVED/ASK (a Cluster slot moved) go once more through `rerun`, which
+    loads their scripts first; the other results stay in place."""
     missing = [i for i, r in enumerate(results) if isinstance(r, NoScriptError) or _moved(r)]
     if missing:
-        if isinstance(client, RedisCluster) and any(_moved(results[i]) for i in missing):
-            client.nodes_manager.initialize()  # a slot moved: learn the topology again
-        for script in {calls[i][0] for i in missing}:
-            client.script_load(script.source)
-        for i, result in zip(missing, _pipelined(client, [calls[i] for i in missing]), strict=True):
+        scripts = list(dict.fromkeys(calls[i][0] for i in missing))
+        for i, result in zip(missing, rerun(scripts, [calls[i] for i in missing]), strict=True):
             results[i] = result
     return results
 
@@ -112,18 +124,17 @@ class HeldConnection:
         """As `run_scripts`, in one round trip; a server that lost its script cache costs a
         second one, which loads the scripts and runs those calls again."""
         conn = self._checkout()
+
+        def rerun(scripts: list[LuaScript], again: list[Call]) -> list[object]:
+            loads: list[tuple[object, ...]] = [("SCRIPT", "LOAD", script.source) for script in scripts]
+            replies = self._round_trip(conn, loads + [_evalsha(call) for call in again])
+            for loaded in replies[: len(scripts)]:
+                if isinstance(loaded, redis.ResponseError):
+                    raise loaded
+            return replies[len(scripts) :]
+
         try:
-            results = self._round_trip(conn, [_evalsha(call) for call in calls])
-            missing = [i for i, r in enumerate(results) if isinstance(r, NoScriptError)]
-            if missing:
-                scripts = list({calls[i][0] for i in missing})
-                loads: list[tuple[object, ...]] = [("SCRIPT", "LOAD", script.source) for script in scripts]
-                again = self._round_trip(conn, loads + [_evalsha(calls[i]) for i in missing])
-                for loaded in again[: len(scripts)]:
-                    if isinstance(loaded, redis.ResponseError):
-                        raise loaded
-                for i, result in zip(missing, again[len(scripts) :], strict=True):
-                    results[i] = result
+            results = _rerun_missing(calls, self._round_trip(conn, [_evalsha(call) for call in calls]), rerun)
         except redis.ResponseError:
             raise  # every reply was read: the connection is still in step
         except BaseException:

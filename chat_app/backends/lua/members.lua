@@ -2,8 +2,7 @@
 -- KEYS: nodes, epoch, seq
 -- ARGV: node key prefix
 -- Returns {epoch or false, seq, node, sid, user, node, sid, user, ...}
-local now_t = redis.call('TIME')
-local now = tonumber(now_t[1]) * 1000 + math.floor(tonumber(now_t[2]) / 1000)
+local now = now_ms()
 local result = {redis.call('GET', KEYS[2]), tonumber(redis.call('GET', KEYS[3]) or '0')}
 for _, node in ipairs(redis.call('ZRANGEBYSCORE', KEYS[1], now, '+inf')) do
   local entries = redis.call('HGETALL', ARGV[1] .. node)

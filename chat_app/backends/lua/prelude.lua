@@ -5,8 +5,7 @@
 -- ARGV:  1 node id, 2 node key prefix, 3 room name, 4 channel, 5 presence ttl ms,
 --        6 room ttl ms, 7 leave grace ms, 8 candidate epoch, 9 the most members a room may
 --        have for its joins and leaves to be announced one by one; script-specific ARGV follow.
-local now_t = redis.call('TIME')
-local now = tonumber(now_t[1]) * 1000 + math.floor(tonumber(now_t[2]) / 1000)
+local now = now_ms()
 
 -- Above the threshold a room's members learn its size from the nodes' periodic counts: one
 -- event per join would cost every member a delivery, O(members) per join.
@@ -74,8 +73,7 @@ local function delete_if_empty()
   return 0
 end
 
+-- Every room key but this node's own entry, which expires with the node (touch.lua).
 local function keep_alive()
-  for i = 1, 10 do
-    if i ~= 2 then redis.call('PEXPIRE', KEYS[i], ARGV[6]) end
-  end
+  pexpire(ARGV[6], KEYS[1], KEYS[3], KEYS[4], KEYS[5], KEYS[6], KEYS[7], KEYS[8], KEYS[9], KEYS[10])
 end

@@ -14,33 +14,26 @@ if seen and epoch then
   end
 end
 
--- A room last written through another server (a replica promoted by a failover) may have
--- lost its newest messages to asynchronous replication, so its seqs could repeat: a new
--- epoch tells every node and client to follow the stream afresh.
 local srv = redis.call('GET', KEYS[5])
-if ARGV[7] ~= '' and srv ~= ARGV[7] then
-  if srv and epoch then
+if not epoch or (redis.call('EXISTS', KEYS[1]) == 0 and redis.call('EXISTS', KEYS[2]) == 1) then
+  epoch = start_epoch(KEYS[3], KEYS[1], KEYS[2], KEYS[4], KEYS[5], ARGV[3], ARGV[7])
+elseif ARGV[7] ~= '' and srv ~= ARGV[7] then
+  -- Last written through another server (a replica promoted by a failover), the room may
+  -- have lost its newest messages to asynchronous replication, so its seqs could repeat:
+  -- a new epoch tells every node and client to follow the stream afresh. The stream itself
+  -- stays, so a send retried across the failover is still found by its dedup id.
+  if srv then
     epoch = ARGV[3]
     redis.call('SET', KEYS[3], epoch)
   end
   redis.call('SET', KEYS[5], ARGV[7])
 end
-
 local seq = redis.call('INCR', KEYS[1])
-if not epoch or (seq == 1 and redis.call('EXISTS', KEYS[2]) == 1) then
-  -- The store lost this room's position: start a new epoch rather than reuse seqs.
-  epoch = ARGV[3]
-  redis.call('SET', KEYS[3], epoch)
-  redis.call('DEL', KEYS[2], KEYS[4])
-  redis.call('SET', KEYS[1], 1)
-  redis.call('SET', KEYS[5], ARGV[7])
-  seq = 1
-end
 
 local envelope = ARGV[1] .. ',"seq":' .. seq .. ',"epoch":"' .. epoch .. '"}'
 redis.call('XADD', KEYS[2], 'MAXLEN', ARGV[4], seq .. '-0', 'e', envelope)
 redis.call('ZADD', KEYS[4], seq, ARGV[2])
 redis.call('ZREMRANGEBYSCORE', KEYS[4], '-inf', seq - tonumber(ARGV[4]))
-for i = 1, 5 do redis.call('PEXPIRE', KEYS[i], ARGV[5]) end
+pexpire(ARGV[5], KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5])
 redis.call(PUBLISH, ARGV[6], envelope)
 return {seq, epoch, envelope, 0}

@@ -35,11 +35,7 @@ else
 end
 
 local epoch = redis.call('GET', KEYS[3])
-if not epoch then
-  epoch = ARGV[8]
-  redis.call('SET', KEYS[3], epoch)
-  redis.call('DEL', KEYS[4], KEYS[5], KEYS[6], KEYS[9])
-end
+if not epoch then epoch = start_epoch(KEYS[3], KEYS[4], KEYS[5], KEYS[6], KEYS[9], ARGV[8], '') end
 keep_alive()
 local result = {epoch, tonumber(redis.call('GET', KEYS[4]) or '0'), redis.call('HLEN', KEYS[7])}
 local wanted = tonumber(ARGV[11])

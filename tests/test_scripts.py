@@ -1,0 +1,78 @@
+"""The Lua scripts against a real redis-server: a flushed script cache costs a reload on
+both ways scripts run (pipelined, and on the publisher's held connection), and a room whose
+position the store lost starts afresh, in a new epoch, whichever script meets it first."""
+
+from __future__ import annotations
+
+import hashlib
+
+import pytest
+import redis
+
+from chat_app.backends.base import Draft
+from chat_app.backends.redis import RedisClients, RedisPresence
+from chat_app.backends.redis_keys import RoomKeys
+from chat_app.backends.redis_scripts import HeldConnection, LuaScript, run_scripts
+from chat_app.backends.redis_send import SendScript
+from chat_app.settings import Settings
+
+pytestmark = pytest.mark.timeout(30)
+
+
+def inline(source: str) -> LuaScript:
+    return LuaScript(source, hashlib.sha1(source.encode()).hexdigest())
+
+
+@pytest.mark.parametrize("way", ["pipelined", "held"])
+def test_a_flushed_script_cache_is_reloaded_and_every_call_runs_once(redis_server, way: str) -> None:
+    client = redis.Redis.from_url(redis_server.url)
+    script = inline("return redis.call('INCR', KEYS[1])")
+    held = HeldConnection(client, idle_recheck=60)
+
+    def run(keys: list[str]) -> list[object]:
+        calls = [(script, [key], []) for key in keys]
+        return run_scripts(client, calls) if way == "pipelined" else held.run_scripts(calls)
+
+    assert run(["a", "b"]) == [1, 1]
+    client.script_flush()
+    assert run(["a", "b", "a"]) == [2, 2, 3]  # each ran exactly once, after one reload
+    assert client.script_exists(script.sha) == [True]
+    held.release()
+
+
+class Room:
+    def __init__(self, url: str) -> None:
+        self.settings = Settings.from_env({}, redis_url=url, instance_id="n1")
+        self.client = redis.Redis.from_url(url)
+        self.keys = RoomKeys.of(self.settings.key_prefix, "lobby")
+        self._send = SendScript(self.client, self.settings)
+        self.presence = RedisPresence(RedisClients.from_settings(self.settings), self.settings)
+
+    def send(self, text: str, epoch: str) -> tuple[int, str]:
+        draft = Draft.new("lobby", "ann", text, "n1")
+        [result] = run_scripts(self.client, [self._send.call(draft, self.keys, epoch, "")])
+        envelope = SendScript.envelope(draft, result)
+        return envelope.seq, envelope.epoch
+
+    def history(self) -> list[bytes]:
+        return [fields[b"e"] for _, fields in self.client.xrange(self.keys.hist)]
+
+
+@pytest.mark.parametrize("lost", ["epoch", "seq"])
+def test_a_send_into_a_room_that_lost_its_position_starts_a_new_epoch_from_seq_1(redis_server, lost: str) -> None:
+    room = Room(redis_server.url)
+    assert [room.send(t, "e1") for t in ("a", "b")] == [(1, "e1"), (2, "e1")]
+    room.client.delete(getattr(room.keys, lost))  # evicted, or a partial restore
+    assert room.send("c", "e2") == (1, "e2")
+    assert len(room.history()) == 1 and b'"message":"c"' in room.history()[0]
+    assert room.send("d", "e3") == (2, "e2")
+
+
+def test_a_join_into_a_room_that_lost_its_epoch_starts_it_afresh(redis_server) -> None:
+    room = Room(redis_server.url)
+    room.send("a", "e1")
+    room.client.delete(room.keys.epoch)
+    joined = room.presence.join("lobby", "sid1", "bob")
+    assert joined.position.seq == 0 and joined.position.epoch != "e1"
+    assert room.history() == [] and not room.client.exists(room.keys.seq, room.keys.dedup, room.keys.srv)
+    assert room.send("b", "e9") == (1, joined.position.epoch)
