@@ -8,15 +8,16 @@ import logging
 from flask import Flask
 from flask_socketio import SocketIO
 
-from . import fanout, json_codec, lean_websockets
+from . import json_codec
 from .api import register_api
 from .backends.base import Broker, Presence
 from .backends.memory import MemoryBroker, MemoryHub, MemoryPresence
-from .events import SocketIOEmitter, register_events, watch_slow_clients
+from .events import SocketIOEmitter, register_events
 from .http import register_routes
 from .metrics import register_metrics
 from .service import ChatService
 from .settings import Settings
+from .transport import install_transport
 
 log = logging.getLogger("chat_app")  # the lines it logged before it moved here
 
@@ -74,18 +75,15 @@ def create_app(settings: Settings | None = None, async_mode: str | None = None) 
         engineio_logger=False,
         json=json_codec,
     )
-    writer = fanout.install(socketio.server)
-    if lean_websockets.install(socketio.server):
-        log.info("event=lean_websockets")
+    transport = install_transport(socketio.server, settings.max_client_queue)
     broker, presence = build_backends(settings)
-    service = ChatService(settings, broker, presence, SocketIOEmitter(socketio, writer))
-    register_events(socketio, service)
-    watch_slow_clients(socketio, settings.max_client_queue)
+    service = ChatService(settings, broker, presence, SocketIOEmitter(socketio, transport))
+    register_events(socketio, service, transport)
     register_routes(app, service)
     register_api(app, service)
     app.extensions["chat_service"] = service
     app.extensions["chat_socketio"] = socketio
-    register_metrics(app, service, broker, writer.counters if writer else None)
+    register_metrics(app, service, broker, transport.writer.counters if transport.writer else None)
     service.start()
     log.info("event=started")
     return app

@@ -8,12 +8,7 @@ learns why nothing happened.
 from __future__ import annotations
 
 import contextlib
-import contextvars
-import fcntl
 import logging
-import socket
-import struct
-import termios
 from collections.abc import Callable, Collection
 from typing import Any
 from urllib.parse import parse_qs
@@ -22,7 +17,6 @@ from flask_socketio import SocketIO
 from socketio.exceptions import ConnectionRefusedError as Refused
 
 from .auth import identify
-from .fanout import DirectWriter, RoomFanout, tcp_socket
 from .protocol import (
     ChatError,
     ErrorCode,
@@ -34,15 +28,9 @@ from .protocol import (
     parse,
 )
 from .service import ChatService
+from .transport import Transport
 
 log = logging.getLogger(__name__)
-
-_wants_ack: contextvars.ContextVar[bool] = contextvars.ContextVar("wants_ack", default=True)
-# Work an event's handler leaves for after its answer is on its way (a join's hand-over).
-_after_answer: contextvars.ContextVar[list[Callable[[], None]] | None] = contextvars.ContextVar(
-    "after_answer", default=None
-)
-
 
 CLOSE_GRACE = 1.0  # seconds a client disconnected by the server has to close its transport
 
@@ -56,9 +44,9 @@ class SocketIOEmitter:
     """ChatService's Emitter over python-socketio's rooms on this node, sent through the
     fan-out (framed once, written directly)."""
 
-    def __init__(self, socketio: SocketIO, writer: DirectWriter | None) -> None:
+    def __init__(self, socketio: SocketIO, transport: Transport) -> None:
         self._socketio = socketio
-        self._fanout = RoomFanout(socketio.server, writer)
+        self._fanout = transport.fanout
 
     def emit_room(self, event: str, data: dict[str, Any], room: str, skip: Collection[str] = ()) -> None:
         self._fanout.emit(event, data, _socketio_room(room), skip)
@@ -90,43 +78,11 @@ class SocketIOEmitter:
                 eio.disconnect(eio_sid)
 
 
-def _track_answers(server: Any) -> None:
-    """Record per event whether the client sent an ack id (python-socketio keeps it
-    private), and run what the handler left for after its answer: python-socketio hands
-    the ACK packet to engine.io before `original` returns, so what runs then is sent after it."""
-    original = server._handle_event_internal
-
-    def handle(srv: Any, sid: str, eio_sid: str, data: Any, namespace: str, id: int | None) -> Any:
-        after: list[Callable[[], None]] = []
-        tokens = _wants_ack.set(id is not None), _after_answer.set(after)
-        try:
-            return original(srv, sid, eio_sid, data, namespace, id)
-        finally:
-            _wants_ack.reset(tokens[0])
-            _after_answer.reset(tokens[1])
-            for call in after:
-                try:
-                    call()
-                except Exception:
-                    log.exception("event=after_answer_failed sid=%s", sid)
-
-    server._handle_event_internal = handle
-
-
-def after_answer(call: Callable[[], None]) -> None:
-    """Run `call` once the current event's answer has been handed to the transport."""
-    pending = _after_answer.get()
-    if pending is None:  # not inside an event (never the case for registered handlers)
-        call()
-    else:
-        pending.append(call)
-
-
-def register_events(socketio: SocketIO, service: ChatService) -> None:
+def register_events(socketio: SocketIO, service: ChatService, transport: Transport) -> None:
     """Handlers go on python-socketio's server itself: Flask-SocketIO's wrapper would build a
     Flask request context and session for every event, and none of them reads either."""
     sio = socketio.server
-    _track_answers(sio)
+    answers = transport.answers
     max_bytes = service.settings.max_message_bytes
 
     def answer(sid: str, event: str, call: Callable[[], dict[str, Any]]) -> dict[str, Any] | None:
@@ -137,7 +93,7 @@ def register_events(socketio: SocketIO, service: ChatService) -> None:
         except Exception:
             log.exception("event=handler_failed handler=%s sid=%s", event, sid)
             error = ChatError(ErrorCode.INTERNAL, "the server failed to handle this event")
-        if _wants_ack.get():
+        if answers.wants_ack():
             return {"ok": False, "error": error.to_wire()}
         sio.emit("error", {**error.to_wire(), "event": event}, to=sid)
         return None
@@ -168,14 +124,16 @@ def register_events(socketio: SocketIO, service: ChatService) -> None:
                 sid,
                 parse(JoinRequest, payload),
                 sender=payload.get("sender") if isinstance(payload, dict) else None,
-                after_ack=after_answer,
+                after_ack=answers.after_answer,
             ),
         )
 
     @sio.on("open_direct")
     def on_open_direct(sid: str, payload: Any = None, *_: Any) -> dict[str, Any] | None:
         return answer(
-            sid, "open_direct", lambda: service.open_direct(sid, parse(OpenDirectRequest, payload), after_answer)
+            sid,
+            "open_direct",
+            lambda: service.open_direct(sid, parse(OpenDirectRequest, payload), answers.after_answer),
         )
 
     @sio.on("leave_room")
@@ -201,54 +159,3 @@ def register_events(socketio: SocketIO, service: ChatService) -> None:
             service.typing(sid, room)
         except Exception:
             log.exception("event=handler_failed handler=typing sid=%s", sid)
-
-
-STUCK_UNSENT_BYTES = 16 * 1024
-
-
-def _unsent_bytes(sock: Any) -> int | None:
-    """Bytes the kernel still holds for a client: they pile up only when the client stops
-    reading (its TCP window is closed)."""
-    try:
-        return struct.unpack("i", fcntl.ioctl(sock.fileno(), termios.TIOCOUTQ, b"\0\0\0\0"))[0]
-    except OSError:
-        return None
-
-
-def watch_slow_clients(socketio: SocketIO, limit: int, interval: float = 1.0) -> None:
-    """Disconnect a client that stopped reading once its outgoing queue passed `limit`
-    packets, so it cannot grow the node's memory; it reconnects and recovers with `since`.
-
-    A long queue alone is not enough: when the node itself is behind (CPU-bound), every
-    queue grows while every client reads. Cutting those would turn late messages into lost
-    ones, so a client is cut only if, at two checks in a row, the kernel is also holding
-    unsent bytes for it: it is the reader that is slow.
-
-    The cut shuts the TCP connection down rather than closing the engine.io socket, which
-    would wait for the stuck queue to drain (forever, and this watch with it). The
-    connection's own greenlets then see it end and clean up as for any disconnect."""
-    server = socketio.server
-    eio = server.eio
-
-    def watch() -> None:
-        suspects: set[str] = set()
-        while True:
-            socketio.sleep(interval)
-            try:
-                suspects = check(suspects)
-            except Exception:  # a surprise in one round must not end the watch
-                log.exception("event=slow_client_watch_failed")
-
-    def check(suspects: set[str]) -> set[str]:
-        stuck: dict[str, Any] = {}
-        for eio_sid, sock in list(eio.sockets.items()):
-            tcp = tcp_socket(server.environ.get(eio_sid)) if sock.queue.qsize() > limit else None
-            if tcp is not None and (_unsent_bytes(tcp) or 0) > STUCK_UNSENT_BYTES:
-                stuck[eio_sid] = tcp
-        for eio_sid in suspects & stuck.keys():
-            log.warning("event=slow_client_disconnected eio_sid=%s", eio_sid)
-            with contextlib.suppress(OSError):  # it may be gone already
-                stuck[eio_sid].shutdown(socket.SHUT_RDWR)
-        return stuck.keys() - suspects
-
-    socketio.start_background_task(watch)

@@ -98,7 +98,14 @@ class ChatClient:
 
     RECORDED = frozenset({"broadcast_message", "error", "presence"})
 
-    def __init__(self, url: str, username: str | None = None, connect_auth: Any = None, **connect: Any) -> None:
+    def __init__(
+        self,
+        url: str,
+        username: str | None = None,
+        connect_auth: Any = None,
+        transports: tuple[str, ...] = ("websocket",),
+        **connect: Any,
+    ) -> None:
         import socketio
 
         self.sio = socketio.Client(reconnection=False)
@@ -106,7 +113,7 @@ class ChatClient:
         self._lock = threading.Lock()
         on_wire(self.sio, self._record)
         auth = connect_auth if connect_auth is not None else ({"username": username} if username else None)
-        self.sio.connect(url, transports=["websocket"], auth=auth, wait_timeout=10, **connect)
+        self.sio.connect(url, transports=list(transports), auth=auth, wait_timeout=10, **connect)
 
     def _record(self, kind: str, data: Any) -> None:
         if kind in self.RECORDED:

@@ -7,7 +7,7 @@ from typing import ClassVar
 import pytest
 from geventwebsocket.websocket import Header
 
-from chat_app.fanout import _unmask, text_frame
+from chat_app.transport.fanout import _unmask, text_frame
 
 original_mask_payload = Header.mask_payload  # before an app installs the C one
 
@@ -46,7 +46,7 @@ class FakeSocket:
 def test_a_packet_taking_engineios_path_does_not_overtake_frames_waiting_for_the_flush() -> None:
     from engineio import packet as eio_packet
 
-    from chat_app.fanout import DirectWriter, FramedPacket
+    from chat_app.transport.fanout import DirectWriter, FramedPacket
 
     sock = FakeSocket()
 

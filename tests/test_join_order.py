@@ -24,6 +24,7 @@ from chat_app.backends.memory import MemoryBroker, MemoryHub, MemoryPresence
 from chat_app.events import SocketIOEmitter, register_events
 from chat_app.service import ChatService
 from chat_app.settings import Settings
+from chat_app.transport import install_transport
 
 
 class RacingPresence(MemoryPresence):
@@ -94,8 +95,9 @@ def make_node(hub: MemoryHub, instance_id: str) -> Node:
     wire = Wire()
     server.eio.send_packet = wire.send_packet
     presence = RacingPresence(hub, instance_id)
-    service = ChatService(settings, MemoryBroker(hub, instance_id), presence, SocketIOEmitter(socketio, None))
-    register_events(socketio, service)
+    transport = install_transport(server, settings.max_client_queue)
+    service = ChatService(settings, MemoryBroker(hub, instance_id), presence, SocketIOEmitter(socketio, transport))
+    register_events(socketio, service, transport)
     service.start()
     return Node(service, server, presence, wire)
 

@@ -15,9 +15,10 @@ import requests
 import websocket
 from helpers import ChatClient, scrape, wait_until
 
-from chat_app import create_app, lean_websockets
-from chat_app.lean_websockets import PacketQueue, PingScheduler, _Writer
+from chat_app import create_app, versions
 from chat_app.settings import Settings
+from chat_app.transport import install_transport, lean_websockets
+from chat_app.transport.lean_websockets import PacketQueue, PingScheduler, _Writer
 
 # -- PacketQueue ------------------------------------------------------------------------
 # This process is not monkey-patched: waits in the parts' tests must be gevent's.
@@ -212,14 +213,18 @@ def test_threading_mode_is_left_alone() -> None:
     client.disconnect()
 
 
-def test_other_versions_are_left_alone(monkeypatch) -> None:
+@pytest.mark.parametrize("other", ["python-engineio", "python-socketio", "gevent-websocket"])
+def test_other_versions_are_left_alone(monkeypatch, other: str) -> None:
     import socketio
 
     server = socketio.Server(async_mode="gevent")
-    monkeypatch.setitem(lean_websockets.PINNED, "python-engineio", "0.0")
-    assert not lean_websockets.install(server)
+    monkeypatch.setitem(versions.PINNED, other, "0.0")
+    transport = install_transport(server, max_client_queue=10)
+    assert transport.writer is None and not transport.lean
     assert getattr(server.eio, lean_websockets._ATTR, None) is None
-    assert "_handle_connect" not in vars(server)
+    assert "_handle_connect" not in vars(server) and "send_packet" not in vars(server.eio)
+    assert transport.answers.tracked == (other != "python-socketio")
+    assert ("_handle_event_internal" in vars(server)) == transport.answers.tracked
 
 
 # -- real nodes ----------------------------------------------------------------------------
@@ -263,7 +268,7 @@ class RawClient:
 
 def test_pings_keep_a_live_client_and_cut_a_silent_one(redis_server, nodes) -> None:
     node = nodes.start(redis_server.url, **FAST_PINGS)
-    assert "event=lean_websockets" in node.log()
+    assert "lean_websockets=True" in node.log()
     raw = RawClient(node.port, "ghost")
     assert (raw.open["pingInterval"], raw.open["pingTimeout"]) == (1000, 1000)
     raw.ws.send('42["join_room","lobby"]')

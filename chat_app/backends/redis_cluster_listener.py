@@ -20,7 +20,7 @@ from redis.cluster import RedisCluster
 
 from ..settings import Settings
 from .redis_connection import CONNECTION_ERRORS
-from .redis_listener import Deaf, Listener
+from .redis_listener import POLL, Deaf, Listener, _socket
 
 log = logging.getLogger(__name__)
 
@@ -184,9 +184,11 @@ class ShardedListener(Listener):
         sockets: list[Any] = []
         for shard in self._shards.values():
             conn = shard.pubsub.connection if shard.pubsub is not None else None
-            if conn is not None and conn._sock is not None:
-                sockets.append(conn._sock)
+            if conn is not None and (sock := _socket(conn, self._known)) is not None:
+                sockets.append(sock)
         timeout = min(self._idle_probe, self._probe_timeout) / 2
+        if not self._known:
+            timeout = min(timeout, POLL)
         retries = [s.retry_at for s in self._shards.values() if s.pubsub is None]
         if retries:
             timeout = max(0.0, min(timeout, min(retries) - time.monotonic()))

@@ -23,6 +23,7 @@ from typing import Any
 
 import redis
 
+from .. import versions
 from ..protocol import BadEnvelope, Envelope, decode_command, decode_wire, max_wire_bytes
 from ..settings import Settings
 from .base import BrokerHooks
@@ -32,16 +33,24 @@ from .redis_keys import RoomKeys, commands_channel, control_channel, reply_prefi
 log = logging.getLogger(__name__)
 
 SUBSCRIBE_BATCH = 500
-FAKE_POLL = 0.05  # seconds between looks at an in-process fake Redis (tests), which has no fd
+# Seconds between looks at a connection whose socket cannot be selected: an in-process fake
+# Redis (tests), or a redis-py whose private state this was not written for.
+POLL = 0.05
 
 
-def _buffered(conn: Any) -> bool:
+def _socket(conn: Any, known: bool) -> socket.socket | None:
+    """The connection's socket, where redis-py's private `_sock` is one we know."""
+    sock = getattr(conn, "_sock", None) if known else None
+    return sock if isinstance(sock, socket.socket) else None
+
+
+def _buffered(conn: Any, known: bool) -> bool:
     """Replies received but not yet read: in hiredis's buffer, or decrypted by TLS, where
-    select() cannot see them. redis-py's own parser, or an in-process fake (fakeredis, in
-    tests), is asked through can_read, which polls only when nothing is buffered."""
-    sock = conn._sock
-    reader = getattr(conn._parser, "_reader", None)
-    if reader is None or not isinstance(sock, socket.socket):
+    select() cannot see them. Otherwise (redis-py's own parser, a fake, other versions) the
+    public can_read answers, polling only when nothing is buffered."""
+    sock = _socket(conn, known)
+    reader = getattr(conn._parser, "_reader", None) if sock is not None else None
+    if reader is None:
         return bool(conn.can_read(timeout=0))
     return bool(reader.has_data()) or (hasattr(sock, "pending") and sock.pending() > 0)
 
@@ -62,6 +71,7 @@ class Listener:
         self._idle_probe = settings.listener_idle_probe
         self._probe_timeout = settings.probe_timeout
         self._max_envelope_bytes = max_wire_bytes(settings.max_message_bytes)
+        self._known = versions.matches("listener", "redis", "hiredis")  # may read redis-py's private state
         self._lock = threading.Lock()
         self._wanted: dict[bytes, str] = {}  # channel -> room
         self._ready: dict[bytes, threading.Event] = {}  # set while the channel is live
@@ -231,7 +241,7 @@ class Listener:
         conn = pubsub.connection
         if conn is None:
             raise redis.ConnectionError("the pub/sub connection is closed")
-        while readable or _buffered(conn):
+        while readable or _buffered(conn, self._known):
             readable = False
             response = conn.read_response(disconnect_on_error=False, push_request=True, timeout=self._probe_timeout)
             message = pubsub.handle_message(response)
@@ -242,12 +252,12 @@ class Listener:
     def _wait(self, pubsub: redis.client.PubSub, timeout: float) -> bool:
         """Sleep until Redis sends something (True), a greenlet wakes us, or `timeout` passes."""
         conn = pubsub.connection
-        sock = conn._sock if conn else None
-        if sock is None:
+        if conn is None:
             raise redis.ConnectionError("the pub/sub connection is closed")
-        if isinstance(sock, socket.socket):
+        sock = _socket(conn, self._known)
+        if sock is not None:
             return sock in self._select([sock], timeout)
-        ready = bool(conn.can_read(timeout=min(timeout, FAKE_POLL)))  # fakeredis: no descriptor
+        ready = bool(conn.can_read(timeout=min(timeout, POLL)))
         self._drain_wake()
         return ready
 

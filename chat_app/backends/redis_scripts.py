@@ -18,6 +18,8 @@ from redis.cluster import RedisCluster
 from redis.connection import ConnectionInterface
 from redis.exceptions import NoScriptError
 
+from .. import versions
+
 try:  # redis-py's packer wraps this one in per-argument checks that cost more than packing
     from hiredis import pack_command
 except ImportError:  # requirements.txt pins hiredis; without it redis-py's packer does
@@ -117,12 +119,17 @@ class HeldConnection:
         self._idle_recheck = idle_recheck
         self._conn: ConnectionInterface | None = None
         self._last_used = 0.0
+        # Sending and reading on a checked-out connection is written for this redis-py; on
+        # another, every call goes through the client's public pipeline instead.
+        self._direct = versions.matches("held_connection", "redis", "hiredis")
         # hiredis encodes str as UTF-8, which is redis-py's default (and only sane) encoding.
         self._hiredis = pack_command is not None and codecs.lookup(client.get_encoder().encoding).name == "utf-8"
 
     def run_scripts(self, calls: Sequence[Call]) -> list[object]:
         """As `run_scripts`, in one round trip; a server that lost its script cache costs a
         second one, which loads the scripts and runs those calls again."""
+        if not self._direct:
+            return run_scripts(self._client, calls)
         conn = self._checkout()
 
         def rerun(scripts: list[LuaScript], again: list[Call]) -> list[object]:
@@ -145,6 +152,8 @@ class HeldConnection:
 
     def execute(self, *args: object) -> Any:
         """One command, its reply parsed as the client parses it (INFO as a dict, PING as a bool)."""
+        if not self._direct:
+            return self._client.execute_command(*args)
         conn = self._checkout()
         try:
             conn.send_command(*args)

@@ -178,7 +178,7 @@ def _unmask(header: Header, payload: bytes) -> bytes:
 
 def install(socketio_server: Any) -> DirectWriter | None:
     """Route this server's engine.io sends through a DirectWriter, and unmask what clients
-    send in C (gevent-websocket only)."""
+    send in C (gevent-websocket only; chat_app.transport checks the versions first)."""
     eio = socketio_server.eio
     if eio.async_mode != "gevent" or eio._async["websocket"] is not eio_gevent.WebSocketWSGI:
         return None
@@ -197,15 +197,14 @@ class RoomFanout:
         self._writer = writer
 
     def emit(self, event: str, data: Any, room: str, skip: Collection[str] = ()) -> None:
+        if self._writer is None:
+            self._server.emit(event, data, to=room, skip_sid=list(skip) or None, namespace=NAMESPACE)
+            return
         text = self._server.packet_class(sio_packet.EVENT, namespace=NAMESPACE, data=[event, data]).encode()
         pkt = eio_packet.Packet(eio_packet.MESSAGE, text)
         members = self._server.manager.get_participants(NAMESPACE, room)
         if skip:
             members = [(sid, eio_sid) for sid, eio_sid in members if sid not in skip]
-        if self._writer is None:
-            for _sid, eio_sid in members:
-                self._server._send_eio_packet(eio_sid, pkt)
-            return
         frame = text_frame(pkt.encode().encode())
         for _sid, eio_sid in members:
             self._writer.send_packet(eio_sid, pkt, frame)

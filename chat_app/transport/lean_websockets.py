@@ -37,7 +37,7 @@ gevent's queue three deques per socket. Under gevent, `install` changes that:
   gunicorn log format prints the thread.
 
 Other async modes (the tests' threading mode) are left alone, and so is everything on
-versions other than the pinned ones this copies from and was measured with:
+versions other than the pinned ones (chat_app.versions) this copies from and was measured with:
 `_websocket_handler` is `Socket._websocket_handler` of python-engineio 4.15.1 with the
 writer changed.
 """
@@ -45,7 +45,6 @@ writer changed.
 from __future__ import annotations
 
 import collections
-import importlib.metadata
 import io
 import logging
 import time
@@ -61,8 +60,6 @@ from engineio.socket import Socket
 
 log = logging.getLogger(__name__)
 
-# What this was written against and measured with (requirements.txt pins them).
-PINNED = {"python-engineio": "4.15.1", "python-socketio": "5.18.1", "gevent": "26.9.0", "gevent-websocket": "0.10.1"}
 WRITER_LINGER = 1.0  # seconds an idle writer waits for more before it ends
 READ_BUFFER = 512  # bytes; one recv still takes a chat message's whole frame
 
@@ -408,22 +405,11 @@ def _connect_in_own_greenlet(sio: Any) -> None:
     sio.start_background_task = gevent.spawn
 
 
-def _version(distribution: str) -> str | None:
-    try:
-        return importlib.metadata.version(distribution)
-    except importlib.metadata.PackageNotFoundError:
-        return None
-
-
 def install(sio: Any, writer_linger: float = WRITER_LINGER) -> bool:
-    """Apply all of the above to a python-socketio server and its engine.io server, if
-    they run under gevent on the pinned versions. True when installed."""
+    """Apply all of the above to a python-socketio server and its engine.io server under
+    gevent (chat_app.transport checks the versions first). True when installed."""
     eio = sio.eio
     if eio.async_mode != "gevent":
-        return False
-    versions = {name: _version(name) for name in PINNED}
-    if versions != PINNED:
-        log.warning("event=lean_websockets_skipped versions=%s expected=%s", versions, PINNED)
         return False
     if getattr(eio, _ATTR, None) is not None:
         return True

@@ -1,0 +1,56 @@
+"""Everything chat_app changes under python-socketio, python-engineio and gevent-websocket.
+
+- answers: run a join's hand-over after its ack; know whether an event wants an ack (any mode);
+- fanout: room emits framed once, written straight to the member websockets (gevent-websocket);
+- lean_websockets: fewer greenlets and smaller buffers per idle connection (gevent);
+- slow_clients: cut a client whose queue grows because it stopped reading (engine.io queues).
+
+Each part asks chat_app.versions first: on versions other than the pinned ones it steps
+aside and python-socketio's public path runs, slower and never wrong.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import Any
+
+from .. import versions
+from . import fanout, lean_websockets
+from .answers import Answers
+from .fanout import DirectWriter, RoomFanout
+from .slow_clients import watch_slow_clients
+
+log = logging.getLogger(__name__)
+
+ENGINE = ("python-socketio", "python-engineio", "gevent", "gevent-websocket")
+
+
+@dataclass
+class Transport:
+    answers: Answers
+    fanout: RoomFanout
+    writer: DirectWriter | None  # None: python-socketio's own sends
+    lean: bool
+
+
+def install_transport(sio: Any, max_client_queue: int) -> Transport:
+    """Apply every part that fits this server's mode and the installed versions."""
+    gevent_mode = sio.eio.async_mode == "gevent"
+    pinned = versions.matches("transport", *ENGINE)
+    writer = fanout.install(sio) if gevent_mode and pinned else None
+    lean = gevent_mode and pinned and lean_websockets.install(sio)
+    if pinned:
+        watch_slow_clients(sio, max_client_queue)
+    transport = Transport(Answers(sio), RoomFanout(sio, writer), writer, lean)
+    log.info(
+        "event=transport direct_writes=%s lean_websockets=%s answers_tracked=%s slow_client_watch=%s",
+        writer is not None,
+        lean,
+        transport.answers.tracked,
+        pinned,
+    )
+    return transport
+
+
+__all__ = ["Transport", "install_transport"]
