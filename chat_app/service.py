@@ -325,7 +325,7 @@ class ChatService:
     def list_directs(self, sid: str) -> dict[str, Any]:
         """The caller's conversations, newest message first, each with its room's last seq
         and epoch, so a fresh client can open each with `since` (seq 0 and epoch None: the
-        room's stream is gone, its history with it)."""
+        room's stream is gone, its history with it), and `at`, its last message (ms)."""
         conn = self._connection(sid)
         user = conn.user
         if user is None:
@@ -343,6 +343,7 @@ class ChatService:
                     "with": pair[1] if pair[0] == user else pair[0],
                     "seq": d.position.seq if d.position else 0,
                     "epoch": d.position.epoch if d.position else None,
+                    "at": d.at,
                 }
             )
         return {"ok": True, "directs": directs}

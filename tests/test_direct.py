@@ -158,11 +158,19 @@ def test_a_fresh_client_finds_its_conversations_and_recovers_what_it_missed(redi
         assert alice.call("send_message", {"room": "@alice+bob", "message": f"m{i}"})["seq"] == i
     bob = DirectClient(b.url, "bob")
     expected = [{"room": "@alice+bob", "with": "alice", "seq": 6, "epoch": epoch}]
-    wait_until(lambda: bob.call("list_directs", {})["directs"] == expected, what="bob's list has the conversation")
+
+    def listed(client: DirectClient) -> list[dict[str, Any]]:
+        return [{k: v for k, v in d.items() if k != "at"} for d in client.call("list_directs", {})["directs"]]
+
+    wait_until(lambda: listed(bob) == expected, what="bob's list has the conversation")
     ack = bob.call("open_direct", {"with": "alice", "since": last_seen, "epoch": epoch})
     assert ack["recovered"] is True
     assert [m["message"] for m in ack["history"]] == ["m2", "m3", "m4", "m5", "m6"]
-    assert alice.call("list_directs", {})["directs"] == [{**expected[0], "with": "bob"}]
+    assert listed(alice) == [{**expected[0], "with": "bob"}]
+    last = alice.call("send_message", {"room": "@alice+bob", "message": "m7"})
+    wait_until(
+        lambda: bob.call("list_directs", {})["directs"][0]["at"] == last["timestamp"], what="at: the last message"
+    )
     # The list's key lives as the room's keys do: a TTL, refreshed by the heartbeat while the
     # conversation is hosted (PRESENCE_TTL 3 in the tests: rooms' keys live 6 s).
     key = user_directs("chat", "bob")
@@ -205,7 +213,9 @@ def test_memory_backend_lists_conversations_too(nodes) -> None:
         assert alice.call("send_message", {"room": "@alice+bob", "message": f"m{i}"})["ok"]
     bob = DirectClient(node.url, "bob")
     listed = bob.call("list_directs", {})["directs"]
-    assert listed == [{"room": "@alice+bob", "with": "alice", "seq": 6, "epoch": joined["epoch"]}]
+    assert listed == [
+        {"room": "@alice+bob", "with": "alice", "seq": 6, "epoch": joined["epoch"], "at": listed[0]["at"]}
+    ]
     ack = bob.call("open_direct", {"with": "alice", "since": 1, "epoch": joined["epoch"]})
     assert ack["recovered"] is True and [m["seq"] for m in ack["history"]] == [2, 3, 4, 5, 6]
     alice.close()
