@@ -85,6 +85,15 @@ def test_with_auth_secret_a_token_for_carol_cannot_enter(redis_server, nodes) ->
     assert carol.call("join_room", "@alice+bob")["error"]["code"] == "forbidden_room"
     # Her own conversations are hers whatever her token's rooms claim says.
     assert carol.call("open_direct", {"with": "alice"})["room"] == "@alice+carol"
+    # Each list is its token's user's own.
+    assert alice.call("send_message", {"room": "@alice+bob", "message": "for bob"})["ok"]
+    assert carol.call("send_message", {"room": "@alice+carol", "message": "for alice"})["ok"]
+
+    def rooms(client: DirectClient) -> list[str]:
+        return [d["room"] for d in client.call("list_directs", {})["directs"]]
+
+    wait_until(lambda: rooms(alice) == ["@alice+carol", "@alice+bob"], what="alice's two conversations")
+    assert rooms(carol) == ["@alice+carol"]
     alice.close()
     carol.close()
 
