@@ -22,6 +22,7 @@ from .protocol import (
     ErrorCode,
     JoinRequest,
     LeaveRequest,
+    ListDirectsRequest,
     OpenDirectRequest,
     SendRequest,
     TypingRequest,
@@ -135,6 +136,14 @@ def register_events(socketio: SocketIO, service: ChatService, transport: Transpo
             "open_direct",
             lambda: service.open_direct(sid, parse(OpenDirectRequest, payload), answers.after_answer),
         )
+
+    @sio.on("list_directs")
+    def on_list_directs(sid: str, payload: Any = None, *_: Any) -> dict[str, Any] | None:
+        def run() -> dict[str, Any]:
+            parse(ListDirectsRequest, payload)
+            return service.list_directs(sid)
+
+        return answer(sid, "list_directs", run)
 
     @sio.on("leave_room")
     def on_leave(sid: str, payload: Any = None, *_: Any) -> dict[str, Any] | None:

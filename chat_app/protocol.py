@@ -177,6 +177,10 @@ class OpenDirectRequest(_Payload):
     epoch: Annotated[str, Field(min_length=1, max_length=64)] | None = None
 
 
+class ListDirectsRequest(_Payload):
+    """`list_directs {}`: no fields yet, but an object, so one can be added later."""
+
+
 class TypingRequest(_Payload):
     room: Room
 

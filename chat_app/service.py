@@ -322,6 +322,32 @@ class ChatService:
         ack = self.join(sid, JoinRequest(room=room, since=req.since, epoch=req.epoch), after_ack=after_ack)
         return {**ack, "with": req.peer}
 
+    def list_directs(self, sid: str) -> dict[str, Any]:
+        """The caller's conversations, newest message first, each with its room's last seq
+        and epoch, so a fresh client can open each with `since` (seq 0 and epoch None: the
+        room's stream is gone, its history with it), and `at`, its last message (ms)."""
+        conn = self._connection(sid)
+        user = conn.user
+        if user is None:
+            raise ChatError(ErrorCode.UNAUTHORIZED, "direct conversations need a name given at connect")
+        limit = self.settings.max_directs_per_user
+        found = self._bounded(lambda: self._presence.directs(user, limit), "directs")
+        directs = []
+        for d in found:
+            pair = direct_members(d.room)
+            if pair is None or user not in pair:
+                continue  # not a name this server writes; never shown
+            directs.append(
+                {
+                    "room": d.room,
+                    "with": pair[1] if pair[0] == user else pair[0],
+                    "seq": d.position.seq if d.position else 0,
+                    "epoch": d.position.epoch if d.position else None,
+                    "at": d.at,
+                }
+            )
+        return {"ok": True, "directs": directs}
+
     def _start_joining(self, conn: Connection, room: str, user: str, limited: bool) -> tuple[LocalRoom, Held]:
         """Check the limits and make `conn` a member that receives nothing live yet."""
         with self._lock:
@@ -464,7 +490,8 @@ class ChatService:
         log.debug("event=send room=%s sid=%s seq=%d id=%s", req.room, sid, envelope.seq, envelope.id)
         pair = direct_members(req.room)
         if pair is not None:
-            threading.Thread(target=self._join_everywhere, args=(req.room, pair), name="direct", daemon=True).start()
+            args = (req.room, pair, envelope.timestamp)
+            threading.Thread(target=self._join_everywhere, args=args, name="direct", daemon=True).start()
         return {"ok": True, **_ack(envelope)}
 
     def _publish(self, draft: Draft) -> Envelope:
@@ -479,10 +506,18 @@ class ChatService:
             self.counters.published += 1
         return envelope
 
-    def _join_everywhere(self, room: str, users: tuple[str, str]) -> None:
-        """Every connection of both users, on every node, joins the conversation (the server
-        API's join command; members already in it are skipped), so it reaches someone who
-        never opened it. Off the sender's ack: `room_joined`'s history carries the message."""
+    def _join_everywhere(self, room: str, users: tuple[str, str], at: int) -> None:
+        """Note the message in both users' lists of conversations, then every connection of
+        both, on every node, joins the conversation (the server API's join command; members
+        already in it are skipped), so it reaches someone who never opened it. Off the
+        sender's ack: `room_joined`'s history carries the message. The list goes first, so a
+        client that reads it on `room_joined` finds the conversation there."""
+        try:
+            self._presence.record_direct(room, users, at, self.settings.max_directs_per_user)
+        except BackendUnavailable as exc:
+            log.warning("event=direct_list_failed room=%s error=%s", room, exc)
+        except Exception:
+            log.exception("event=direct_list_error room=%s", room)
         for user in users:
             try:
                 self.command(CommandAction.JOIN, user, room)

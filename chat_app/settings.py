@@ -121,6 +121,7 @@ class Settings:
     publish_linger: float = _setting(0.0, _linger)
     max_message_bytes: int = 4096
     max_rooms_per_connection: int = 50
+    max_directs_per_user: int = 100  # a user's list of direct conversations keeps the newest
     max_client_queue: int = 1000
     ping_interval: int = 25  # whole seconds: Engine.IO announces int(ping_interval) * 1000 ms
     ping_timeout: int = 20

@@ -17,7 +17,7 @@ from redis.cluster import ClusterNode, RedisCluster
 from streams import SendStream, assert_exactly_once_in_order
 from test_faults import record
 
-from chat_app.backends.redis_keys import RoomKeys, commands_channel
+from chat_app.backends.redis_keys import RoomKeys, commands_channel, user_directs
 
 
 def free_cluster_port() -> int:
@@ -176,3 +176,30 @@ def test_every_node_uses_only_the_shards_it_needs(cluster, nodes) -> None:
         if other.port not in {only.port, control}:
             assert other.client().client_list(_type="pubsub") == []
     client.close()
+
+
+def test_direct_lists_live_on_their_users_slots(cluster, nodes) -> None:
+    """list_directs reads keys of several slots (each user's list, each room's seq): a
+    pipeline the cluster client splits by shard, never one cross-slot script."""
+    env = {"REDIS_CLUSTER_NODES": f"127.0.0.1:{cluster[0].port}"}
+    a = nodes.start(None, **env)
+    b = nodes.start(None, **env)
+    alice, bob = ChatClient(a.url, "alice"), ChatClient(b.url, "bob")
+    peers = ["bob", "carol", "dave", "erin"]
+    for peer in peers:
+        room = alice.call("open_direct", {"with": peer})["room"]
+        for i in range(2):
+            assert alice.call("send_message", {"room": room, "message": f"{i}"})["ok"]
+    rc = RedisCluster(startup_nodes=[ClusterNode("127.0.0.1", cluster[0].port)])
+    slots = {rc.keyslot(user_directs("chat", u)) for u in ["alice", *peers]}
+    slots |= {rc.keyslot(RoomKeys.of("chat", f"@alice+{p}").seq) for p in peers}
+    assert len(slots) > 2  # the lists and rooms are spread: the read crosses shards
+    expected = [{"with": p, "seq": 2} for p in reversed(peers)]
+    wait_until(
+        lambda: [{"with": d["with"], "seq": d["seq"]} for d in alice.call("list_directs", {})["directs"]] == expected,
+        what="alice's list across shards",
+    )
+    assert [(d["with"], d["seq"]) for d in bob.call("list_directs", {})["directs"]] == [("alice", 2)]
+    rc.close()
+    alice.close()
+    bob.close()

@@ -11,6 +11,7 @@ import pytest
 import requests
 from helpers import ChatClient, wait_until
 
+from chat_app.backends.redis_keys import user_directs
 from chat_app.protocol import ChatError, ErrorCode, check_room_name, direct_members, direct_room
 
 
@@ -84,6 +85,15 @@ def test_with_auth_secret_a_token_for_carol_cannot_enter(redis_server, nodes) ->
     assert carol.call("join_room", "@alice+bob")["error"]["code"] == "forbidden_room"
     # Her own conversations are hers whatever her token's rooms claim says.
     assert carol.call("open_direct", {"with": "alice"})["room"] == "@alice+carol"
+    # Each list is its token's user's own.
+    assert alice.call("send_message", {"room": "@alice+bob", "message": "for bob"})["ok"]
+    assert carol.call("send_message", {"room": "@alice+carol", "message": "for alice"})["ok"]
+
+    def rooms(client: DirectClient) -> list[str]:
+        return [d["room"] for d in client.call("list_directs", {})["directs"]]
+
+    wait_until(lambda: rooms(alice) == ["@alice+carol", "@alice+bob"], what="alice's two conversations")
+    assert rooms(carol) == ["@alice+carol"]
     alice.close()
     carol.close()
 
@@ -140,3 +150,94 @@ def test_not_even_the_server_api_puts_a_third_user_in(redis_server, nodes) -> No
     assert carol.received("room_joined") == []
     carol.close()
     bob.close()
+
+
+def test_a_fresh_client_finds_its_conversations_and_recovers_what_it_missed(redis_server, nodes) -> None:
+    a = nodes.start(redis_server.url)
+    b = nodes.start(redis_server.url)
+    alice = DirectClient(a.url, "alice")
+    bob = DirectClient(b.url, "bob")
+    assert alice.call("open_direct", {"with": "bob"})["ok"]
+    assert alice.call("send_message", {"room": "@alice+bob", "message": "m1"})["ok"]
+    joined = wait_until(lambda: bob.received("room_joined"), what="bob is joined by the first message")[0]
+    last_seen, epoch = joined["seq"], joined["epoch"]
+    assert last_seen == 1
+    bob.close()
+    for i in range(2, 7):
+        assert alice.call("send_message", {"room": "@alice+bob", "message": f"m{i}"})["seq"] == i
+    bob = DirectClient(b.url, "bob")
+    expected = [{"room": "@alice+bob", "with": "alice", "seq": 6, "epoch": epoch}]
+
+    def listed(client: DirectClient) -> list[dict[str, Any]]:
+        return [{k: v for k, v in d.items() if k != "at"} for d in client.call("list_directs", {})["directs"]]
+
+    wait_until(lambda: listed(bob) == expected, what="bob's list has the conversation")
+    ack = bob.call("open_direct", {"with": "alice", "since": last_seen, "epoch": epoch})
+    assert ack["recovered"] is True
+    assert [m["message"] for m in ack["history"]] == ["m2", "m3", "m4", "m5", "m6"]
+    assert listed(alice) == [{**expected[0], "with": "bob"}]
+    last = alice.call("send_message", {"room": "@alice+bob", "message": "m7"})
+    wait_until(
+        lambda: bob.call("list_directs", {})["directs"][0]["at"] == last["timestamp"], what="at: the last message"
+    )
+    # The list's key lives as the room's keys do: a TTL, refreshed by the heartbeat while the
+    # conversation is hosted (PRESENCE_TTL 3 in the tests: rooms' keys live 6 s).
+    key = user_directs("chat", "bob")
+    ttl = redis_server.client().pttl(key)
+    assert 0 < ttl <= 6000
+    wait_until(lambda: redis_server.client().pttl(key) > ttl, what="the heartbeat refreshes the list's TTL")
+    alice.close()
+    bob.close()
+
+
+def test_the_list_keeps_the_newest_conversations_only(redis_server, nodes) -> None:
+    node = nodes.start(redis_server.url, MAX_DIRECTS_PER_USER="3")
+    alice = DirectClient(node.url, "alice")
+    peers = [f"p{i}" for i in range(1, 5)]
+    for peer in peers:
+        room = alice.call("open_direct", {"with": peer})["room"]
+        assert alice.call("send_message", {"room": room, "message": f"to {peer}"})["ok"]
+    newest = [{"with": p, "seq": 1} for p in reversed(peers[1:])]
+    wait_until(
+        lambda: [{"with": d["with"], "seq": d["seq"]} for d in alice.call("list_directs", {})["directs"]] == newest,
+        what="alice's list holds her 3 newest conversations, newest first",
+    )
+    assert redis_server.client().zcard(user_directs("chat", "alice")) == 3
+    # p1's list is p1's own: it still has alice.
+    p1 = DirectClient(node.url, "p1")
+    assert [d["with"] for d in p1.call("list_directs", {})["directs"]] == ["alice"]
+    alice.close()
+    p1.close()
+
+
+def test_memory_backend_lists_conversations_too(nodes) -> None:
+    node = nodes.start()
+    alice = DirectClient(node.url, "alice")
+    bob = DirectClient(node.url, "bob")
+    assert alice.call("open_direct", {"with": "bob"})["ok"]
+    assert alice.call("send_message", {"room": "@alice+bob", "message": "m1"})["ok"]
+    joined = wait_until(lambda: bob.received("room_joined"), what="bob is joined")[0]
+    bob.close()
+    for i in range(2, 7):
+        assert alice.call("send_message", {"room": "@alice+bob", "message": f"m{i}"})["ok"]
+    bob = DirectClient(node.url, "bob")
+    listed = bob.call("list_directs", {})["directs"]
+    assert listed == [
+        {"room": "@alice+bob", "with": "alice", "seq": 6, "epoch": joined["epoch"], "at": listed[0]["at"]}
+    ]
+    ack = bob.call("open_direct", {"with": "alice", "since": 1, "epoch": joined["epoch"]})
+    assert ack["recovered"] is True and [m["seq"] for m in ack["history"]] == [2, 3, 4, 5, 6]
+    alice.close()
+    bob.close()
+
+
+@pytest.mark.parametrize("payload", ["x", 42, ["a"], None])
+def test_list_directs_wants_an_object_and_a_name(nodes, payload: Any) -> None:
+    node = nodes.start()
+    alice = DirectClient(node.url, "alice")
+    assert alice.call("list_directs", payload)["error"]["code"] == "invalid_payload"
+    assert alice.call("list_directs", {}) == {"ok": True, "directs": []}
+    nameless = DirectClient(node.url)
+    assert nameless.call("list_directs", {})["error"]["code"] == "unauthorized"
+    alice.close()
+    nameless.close()

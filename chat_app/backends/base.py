@@ -121,6 +121,15 @@ class Member:
 
 
 @dataclass(frozen=True, slots=True)
+class Direct:
+    """One of a user's direct conversations, as their list holds it."""
+
+    room: str
+    at: int  # ms: its last message
+    position: Position | None  # the room's stream now; None: the store no longer has it
+
+
+@dataclass(frozen=True, slots=True)
 class CommandResult:
     """What the nodes answered to a command within its deadline."""
 
@@ -240,4 +249,13 @@ class Presence(Protocol):
 
     def remove_node(self, rooms: Sequence[str], grace: bool = False) -> None:
         """Drop this node's entries at once (graceful shutdown)."""
+        ...
+
+    def record_direct(self, room: str, users: Sequence[str], at: int, keep: int) -> None:
+        """Note a message of the direct conversation at `at` (ms) in each user's list, which
+        keeps its `keep` newest conversations."""
+        ...
+
+    def directs(self, user: str, limit: int) -> list[Direct]:
+        """The user's conversations, newest activity first, each with its room's position."""
         ...

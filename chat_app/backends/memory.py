@@ -17,6 +17,7 @@ from .base import (
     Banned,
     BrokerHooks,
     CommandResult,
+    Direct,
     Draft,
     History,
     Joined,
@@ -46,6 +47,7 @@ class MemoryHub:
         self.lock = threading.RLock()
         self.listeners: dict[str, tuple[set[str], BrokerHooks]] = {}
         self.bans: dict[tuple[str, str], float] = {}  # (room, user) -> end (monotonic)
+        self.directs: dict[str, dict[str, int]] = {}  # user -> direct room -> its last message (ms)
 
     def hooks_for(self, room: str) -> list[BrokerHooks]:
         return [hooks for rooms, hooks in self.listeners.values() if room in rooms]
@@ -230,3 +232,21 @@ class MemoryPresence:
     def remove_node(self, rooms: Sequence[str], grace: bool = False) -> None:
         for room in rooms:
             self._remove(room, None)
+
+    def record_direct(self, room: str, users: Sequence[str], at: int, keep: int) -> None:
+        """Kept for the process's life, `keep` per user (one node: no TTLs to follow)."""
+        with self._hub.lock:
+            for user in users:
+                mine = self._hub.directs.setdefault(user, {})
+                mine[room] = max(at, mine.get(room, at))
+                for old in sorted(mine, key=lambda r: (mine[r], r))[: max(0, len(mine) - keep)]:
+                    del mine[old]
+
+    def directs(self, user: str, limit: int) -> list[Direct]:
+        with self._hub.lock:
+            mine = self._hub.directs.get(user, {})
+            out = []
+            for room in sorted(mine, key=lambda r: (mine[r], r), reverse=True)[:limit]:
+                state = self._hub.rooms.get(room)
+                out.append(Direct(room, mine[room], Position(state.epoch, state.seq) if state else None))
+            return out

@@ -18,7 +18,16 @@ from redis.cluster import ClusterNode, RedisCluster
 from redis.retry import Retry
 from redis.sentinel import Sentinel
 
-from ..protocol import BadEnvelope, Command, CommandReply, Envelope, TypingEvent, decode_envelope, max_wire_bytes
+from ..protocol import (
+    BadEnvelope,
+    Command,
+    CommandReply,
+    Envelope,
+    TypingEvent,
+    decode_envelope,
+    direct_members,
+    max_wire_bytes,
+)
 from ..settings import Settings
 from .base import (
     RECENT_HISTORY,
@@ -26,6 +35,7 @@ from .base import (
     Banned,
     BrokerHooks,
     CommandResult,
+    Direct,
     Draft,
     History,
     Joined,
@@ -37,6 +47,7 @@ from .base import (
 from .redis_cluster_listener import ShardedListener
 from .redis_connection import CONNECTION_ERRORS
 from .redis_control import ControlClient, publish, store_ban
+from .redis_directs import DirectLists
 from .redis_keys import RoomKeys, escape, room_nodes_pattern, room_of_nodes_key
 from .redis_listener import Listener
 from .redis_publisher import Publisher
@@ -245,6 +256,7 @@ class RedisPresence:
         self._names = LuaScript.load("prelude.lua", "names.lua", sharded=sharded)
         self._members = LuaScript.load("members.lua", sharded=sharded)
         self._calls = batcher or ScriptBatcher(self._redis, "presence-calls")
+        self._directs = DirectLists(self._redis, settings.key_prefix, settings.redis_room_ttl_ms)
         self._snapshot: Callable[[], dict[str, dict[str, str]]] = dict
         self._stopping = threading.Event()
         self._thread = threading.Thread(target=self._heartbeat, name="heartbeat", daemon=True)
@@ -376,6 +388,12 @@ class RedisPresence:
     def remove_node(self, rooms: Sequence[str], grace: bool = False) -> None:
         self._run([self._call(self._leave, room, "node", "", "1" if grace else "0") for room in rooms])
 
+    def record_direct(self, room: str, users: Sequence[str], at: int, keep: int) -> None:
+        self._directs.record(room, users, at, keep)
+
+    def directs(self, user: str, limit: int) -> list[Direct]:
+        return self._directs.read(user, limit)
+
     def start(self, snapshot: Callable[[], dict[str, dict[str, str]]]) -> None:
         self._snapshot = snapshot
         self._thread.start()
@@ -397,6 +415,8 @@ class RedisPresence:
         ]
         try:
             self._run(calls)
+            # Both users' lists live as long as a conversation hosted here does, as its keys do.
+            self._directs.refresh(u for room in rooms for u in direct_members(room) or ())
         except BackendUnavailable as exc:
             log.warning("event=heartbeat_failed rooms=%d error=%r", len(rooms), exc)
         except Exception:

@@ -72,6 +72,12 @@ class RoomKeys:
         ]
 
 
+def user_directs(prefix: str, user: str) -> str:
+    """zset of the user's direct conversations (room -> last message, ms). A hash tag of its
+    own: on a Cluster each user's list is on its own slot, written by a call of its own."""
+    return f"{prefix}:{{user:{escape(user)}}}:directs"
+
+
 def control_channel(prefix: str, instance_id: str) -> str:
     """A node's own channel: its listener's liveness probes come back on it."""
     return f"{prefix}:node:{escape(instance_id)}:ctl"

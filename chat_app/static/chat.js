@@ -1,8 +1,10 @@
 // The chat page over the official socket.io-client (static/vendor/socket.io-client/, `io`).
 // A person picks a name and a room; the server may join them to more rooms (`room_joined`)
-// or take them out of one (`room_left`). Every room keeps its own messages, cursor and
-// members, and every joined room is rejoined with since/epoch after a reconnect. Every piece
-// of text that came from a user or the server is set with textContent, never parsed as HTML.
+// or take them out of one (`room_left`). Direct conversations (open_direct, list_directs)
+// are rooms too, listed apart under the other person's name. Every room keeps its own
+// messages, cursor and members, and every joined room is rejoined with since/epoch after a
+// reconnect. Every piece of text that came from a user or the server is set with
+// textContent, never parsed as HTML.
 "use strict";
 
 (() => {
@@ -28,6 +30,11 @@
   const SERVER_CLOSE_BASE_MS = 2000;
   const SERVER_CLOSE_CAP_MS = 10000;
   const STABLE_MS = 30000;
+  // Typing: the server passes on at most one per connection per room every 2 s; the page
+  // sends no more than that, and shows "<user> is typing" for a while after the last one.
+  const TYPING_EVERY_MS = 2000;
+  const TYPING_SHOWN_MS = 5000;
+  const SEEN_KEPT = 200; // direct conversations whose last seen seq this browser remembers
 
   const state = {
     name: "",
@@ -40,11 +47,13 @@
     stableTimer: null,
     pollTimer: null,
     reconnected: false, // this connection follows a lost one: report what was recovered
+    typingTimer: null,
   };
 
   // One room as this page knows it. `joined`: a member (or about to rejoin after a drop);
   // `left`: the server took us out (the room stays listed, read-only, until Leave).
-  function newRoom(name) {
+  // `direct`: the other person's name in a direct conversation (entered with open_direct).
+  function newRoom(name, direct = null) {
     const list = el("ol", "messages");
     list.setAttribute("aria-live", "polite");
     return {
@@ -58,7 +67,60 @@
       unread: 0,
       byId: new Map(), // message id -> <li>
       list,
+      direct,
+      opening: false, // an open_direct is on its way
+      activity: 0, // ms of its newest message: conversations are listed newest first
+      typing: new Map(), // user -> until when (ms) "<user> is typing" is shown
+      typedAt: 0, // when this page last told the room we are typing
     };
+  }
+
+  // The two names of a direct conversation's room, `@<a>+<b>` with %XX escapes (the server
+  // derives it); null for any other room. Only used to name the other person.
+  function directPeer(name) {
+    if (!name.startsWith("@") || name.split("+").length !== 2) return null;
+    try {
+      const [a, b] = name.slice(1).split("+").map(decodeURIComponent);
+      if (a === state.name) return b;
+      if (b === state.name) return a;
+    } catch (err) {
+      // not percent-encoding: not a conversation's name
+    }
+    return null;
+  }
+
+  function directWith(peer) {
+    for (const room of state.rooms.values()) if (room.direct === peer) return room;
+    return null;
+  }
+
+  // The last seq seen of each conversation, per name, so unread counts survive a reload.
+  function seenAll() {
+    try {
+      const saved = JSON.parse(localStorage.getItem(`chat.seen.${state.name}`) || "{}");
+      return saved && typeof saved === "object" ? saved : {};
+    } catch (err) {
+      return {};
+    }
+  }
+
+  function seenSeq(roomName, epoch) {
+    const saved = seenAll()[roomName];
+    return saved && saved.epoch === epoch && Number.isFinite(saved.seq) ? saved.seq : 0;
+  }
+
+  function markSeen(room) {
+    if (!room.direct || !room.cursor) return;
+    const all = seenAll();
+    delete all[room.name]; // re-added last: the oldest go first when there are too many
+    all[room.name] = { seq: room.cursor.seq, epoch: room.cursor.epoch };
+    const names = Object.keys(all);
+    for (const old of names.slice(0, Math.max(0, names.length - SEEN_KEPT))) delete all[old];
+    try {
+      localStorage.setItem(`chat.seen.${state.name}`, JSON.stringify(all));
+    } catch (err) {
+      // storage full or refused: unread counts start afresh after a reload
+    }
   }
 
   function el(tag, cls, text) {
@@ -97,19 +159,24 @@
 
   function renderRooms() {
     const list = $("room-list");
+    const directs = $("direct-list");
     list.replaceChildren();
-    for (const room of state.rooms.values()) {
+    directs.replaceChildren();
+    const rooms = [...state.rooms.values()];
+    const conversations = rooms.filter((r) => r.direct).sort((x, y) => y.activity - x.activity);
+    for (const room of [...rooms.filter((r) => !r.direct), ...conversations]) {
       const button = el("button", "room");
       button.type = "button";
       button.dataset.room = room.name;
-      button.append(el("span", "name", room.name));
+      if (room.direct) button.dataset.with = room.direct;
+      button.append(el("span", "name", room.direct || room.name));
       if (room.left) button.append(el("span", "tag", "left"));
       if (room.unread > 0) button.append(el("span", "unread", String(room.unread)));
       if (room === state.current) button.setAttribute("aria-current", "true");
       button.addEventListener("click", () => show(room));
       const item = el("li", room.left ? "left" : "");
       item.append(button);
-      list.append(item);
+      (room.direct ? directs : list).append(item);
     }
   }
 
@@ -124,16 +191,26 @@
       shown.replaceWith(room.list);
       scrollDown(room);
     }
-    $("room-title").textContent = room.name;
-    document.title = `${room.name} · chat_app`;
-    history.replaceState(null, "", `#${encodeURIComponent(room.name)}`);
+    const title = room.direct ? `Conversation with ${room.direct}` : room.name;
+    $("room-title").textContent = title;
+    document.title = `${title} · chat_app`;
+    // A reload comes back to the room in the link; conversations come back from list_directs.
+    if (!room.direct) history.replaceState(null, "", `#${encodeURIComponent(room.name)}`);
     const open = !room.left;
     $("message").disabled = !open;
     $("send").disabled = !open;
-    $("message").placeholder = open ? "Write a message" : "You are no longer in this room";
+    $("message").placeholder = !open
+      ? "You are no longer in this room"
+      : room.direct
+        ? `Write to ${room.direct}`
+        : "Write a message";
+    markSeen(room);
     renderMembers();
     renderRooms();
+    renderTyping();
     startPolling();
+    // A conversation listed by list_directs is entered when it is first shown.
+    if (room.direct && !room.joined && !room.left && !room.opening) openDirect(room.direct);
   }
 
   function forget(room) {
@@ -258,6 +335,8 @@
   function showEnvelope(room, envelope) {
     if (!envelope || envelope.room !== room.name || !isText(envelope.id)) return false;
     advance(room, envelope.seq, envelope.epoch);
+    if (Number.isFinite(envelope.timestamp)) room.activity = Math.max(room.activity, envelope.timestamp);
+    if (room.typing.delete(envelope.sender) && room === state.current) renderTyping(); // it was sent
     if (room.byId.has(envelope.id)) return false; // already shown (history overlap, own send)
     const pending = envelope.sender === state.name && pendingWithText(room, String(envelope.message));
     if (pending) {
@@ -286,10 +365,65 @@
   function onBroadcast(envelope) {
     const room = envelope && state.rooms.get(envelope.room);
     if (!room || !room.joined) return;
-    if (showEnvelope(room, envelope) && room !== state.current) {
+    const added = showEnvelope(room, envelope);
+    if (room === state.current) {
+      markSeen(room);
+    } else if (added) {
       room.unread += 1;
-      renderRooms();
     }
+    if (added && (room !== state.current || room.direct)) renderRooms(); // count, or the order of conversations
+  }
+
+  // -- typing -------------------------------------------------------------------------
+
+  function onTyping(event) {
+    const room = event && isText(event.room) && state.rooms.get(event.room);
+    if (!room || !room.joined || !isText(event.user) || event.user === state.name) return;
+    room.typing.set(event.user, Date.now() + TYPING_SHOWN_MS);
+    if (room === state.current) renderTyping();
+  }
+
+  // "<user> is typing" under the room on screen, until TYPING_SHOWN_MS after the last event.
+  function renderTyping() {
+    clearTimeout(state.typingTimer);
+    const room = state.current;
+    const line = $("typing");
+    const now = Date.now();
+    const users = [];
+    let next = Infinity;
+    if (room && room.joined) {
+      for (const [user, until] of room.typing) {
+        if (until <= now) {
+          room.typing.delete(user);
+        } else {
+          users.push(user);
+          next = Math.min(next, until);
+        }
+      }
+    }
+    users.sort((a, b) => a.localeCompare(b));
+    line.hidden = users.length === 0;
+    line.textContent =
+      users.length === 1
+        ? `${users[0]} is typing…`
+        : users.length === 2
+          ? `${users[0]} and ${users[1]} are typing…`
+          : users.length > 2
+            ? "Several people are typing…"
+            : "";
+    if (next !== Infinity) state.typingTimer = setTimeout(renderTyping, next - now + 20);
+  }
+
+  // Tell the room on screen we are typing: at most once every TYPING_EVERY_MS, never queued
+  // while disconnected (it would be stale by the time it went out).
+  function typed() {
+    const room = state.current;
+    const socket = state.socket;
+    if (!room || !room.joined || room.left || !socket || !socket.connected || !$("message").value.trim()) return;
+    const now = Date.now();
+    if (now - room.typedAt < TYPING_EVERY_MS) return;
+    room.typedAt = now;
+    socket.emit("typing", { room: room.name });
   }
 
   // A confirmed send goes where the server put it: right after the last message of the same
@@ -376,7 +510,7 @@
       separator(room, "messages may be missing here");
       room.cursor = null;
       outcome = { lost: true };
-      const fresh = await call("join_room", { room: room.name });
+      const fresh = await enterCall(room, false);
       if (fresh && fresh.ok) (fresh.history || []).forEach((e) => showEnvelope(room, e));
     } else {
       const history = Array.isArray(answer.history) ? answer.history : [];
@@ -392,12 +526,17 @@
     return outcome;
   }
 
+  // join_room, or open_direct for a conversation (join_room of one is refused), from the
+  // room's cursor when `recovering`.
+  function enterCall(room, recovering) {
+    const since = recovering && room.cursor ? { since: room.cursor.seq, epoch: room.cursor.epoch } : {};
+    if (room.direct) return call("open_direct", { with: room.direct, ...since });
+    return call("join_room", { room: room.name, ...since });
+  }
+
   async function joinRoom(room) {
     const recovering = room.cursor !== null;
-    const payload = recovering
-      ? { room: room.name, since: room.cursor.seq, epoch: room.cursor.epoch }
-      : { room: room.name };
-    const ack = await call("join_room", payload);
+    const ack = await enterCall(room, recovering);
     if (state.rooms.get(room.name) !== room || room.left) return null; // left (or removed) meanwhile
     if (ack && ack.ok) return admit(room, ack, recovering);
     const message = (ack && ack.error && ack.error.message) || "no answer";
@@ -415,7 +554,8 @@
   }
 
   async function rejoinAll() {
-    const rooms = [...state.rooms.values()].filter((r) => !r.left);
+    // Conversations only listed (never opened, never joined by the server) stay unopened.
+    const rooms = [...state.rooms.values()].filter((r) => !r.left && (!r.direct || r.everJoined));
     const outcomes = await Promise.all(rooms.map(joinRoom));
     if (!state.reconnected) return;
     state.reconnected = false;
@@ -432,16 +572,76 @@
   // -- events the server sends on its own (issue 13's server API) ---------------------
 
   // The server joined this connection to a room: show it as a joined room with that history.
+  // A direct conversation (someone wrote to us) goes to the conversations list, its new
+  // messages counted as unread.
   function onRoomJoined(event) {
     if (!event || !isText(event.room)) return;
     let room = state.rooms.get(event.room);
     const known = room !== undefined && !room.left;
     if (!room) {
-      room = newRoom(event.room);
+      room = newRoom(event.room, directPeer(event.room));
       state.rooms.set(room.name, room);
     }
+    const history = Array.isArray(event.history) ? event.history : [];
+    const unseen = history.filter(
+      (e) => e && !room.byId.has(e.id) && e.sender !== state.name && e.seq > seenSeq(room.name, e.epoch),
+    ).length;
     admit(room, event, false);
-    if (!known) notice(`You were added to ${room.name}.`, "info");
+    if (room !== state.current && room.direct) {
+      room.unread += unseen;
+      renderRooms();
+    }
+    if (!known) notice(room.direct ? `New conversation with ${room.direct}.` : `You were added to ${room.name}.`, "info");
+  }
+
+  // -- direct conversations -----------------------------------------------------------
+
+  // Start (or enter) the conversation with `peer` and show it.
+  async function openDirect(peer) {
+    const existing = directWith(peer);
+    if (existing && existing.joined && !existing.left) {
+      if (existing !== state.current) show(existing);
+      return;
+    }
+    if (!state.socket || !state.socket.connected) {
+      notice(`Not connected: the conversation with ${peer} opens when you are back online.`);
+      return;
+    }
+    if (existing) existing.opening = true;
+    const recovering = Boolean(existing && existing.cursor);
+    const ack = await (existing ? enterCall(existing, recovering) : call("open_direct", { with: peer }));
+    if (existing) existing.opening = false;
+    if (!ack || !ack.ok) {
+      notice(`Could not open a conversation with ${peer}: ${(ack && ack.error && ack.error.message) || "no answer"}`);
+      return;
+    }
+    let room = state.rooms.get(ack.room);
+    if (!room) {
+      room = newRoom(ack.room, isText(ack.with) ? ack.with : peer);
+      state.rooms.set(room.name, room);
+    }
+    await admit(room, ack, recovering && room === existing);
+    show(room);
+  }
+
+  // The conversations the server keeps for this name: listed, not entered until shown (or
+  // until the server joins us on a new message). Unread: what came since this browser last
+  // looked, when it remembers.
+  async function listDirects() {
+    const ack = await call("list_directs", {});
+    if (!ack || !ack.ok || !Array.isArray(ack.directs)) return;
+    for (const d of ack.directs) {
+      if (!d || !isText(d.room) || !isText(d.with)) continue;
+      let room = state.rooms.get(d.room);
+      if (!room) {
+        room = newRoom(d.room, d.with);
+        state.rooms.set(room.name, room);
+        const seen = seenAll()[d.room];
+        if (seen && seen.epoch === d.epoch && Number.isFinite(d.seq)) room.unread = Math.max(0, d.seq - seen.seq);
+      }
+      if (Number.isFinite(d.at)) room.activity = Math.max(room.activity, d.at);
+    }
+    renderRooms();
   }
 
   function onRoomLeft(event) {
@@ -502,6 +702,7 @@
       clearTimeout(state.stableTimer);
       state.stableTimer = setTimeout(() => (state.serverCloses = 0), STABLE_MS);
       rejoinAll();
+      listDirects();
     }));
     socket.on("disconnect", mine((reason) => {
       clearTimeout(state.stableTimer);
@@ -535,6 +736,7 @@
     socket.on("presence", mine(onPresence));
     socket.on("room_joined", mine(onRoomJoined));
     socket.on("room_left", mine(onRoomLeft));
+    socket.on("typing", mine(onTyping));
     socket.on("disconnected_by_server", mine(onDisconnectedByServer));
     socket.on("error", mine((error) => notice(`${(error && error.event) || "server"}: ${(error && error.message) || "error"}`)));
     socket.connect();
@@ -646,6 +848,19 @@
     joinAnother(name);
   });
 
+  $("open-direct").addEventListener("submit", (event) => {
+    event.preventDefault();
+    const peer = $("direct-with").value.trim();
+    if (!peer || !state.socket) return;
+    if (peer === state.name) {
+      notice("A conversation is with someone else: pick another name.");
+      return;
+    }
+    $("direct-with").value = "";
+    openDirect(peer);
+  });
+
+  $("message").addEventListener("input", typed);
   $("leave").addEventListener("click", leaveCurrent);
   $("reconnect").addEventListener("click", reconnectByHand);
   window.addEventListener("offline", () => {
