@@ -52,7 +52,9 @@ def build_backends(settings: Settings) -> tuple[Broker, Presence]:
         hub = MemoryHub(settings.history_length)
         presence = MemoryPresence(hub, settings.instance_id, settings.presence_events_max_members)
         return MemoryBroker(hub, settings.instance_id), presence
-    from .backends.redis import RedisBroker, RedisClients, RedisPresence
+    from .backends.redis.broker import RedisBroker
+    from .backends.redis.clients import RedisClients
+    from .backends.redis.presence import RedisPresence
 
     clients = RedisClients.from_settings(settings)
     log.info("event=backend backend=redis sentinel=%s", settings.redis_sentinels is not None)

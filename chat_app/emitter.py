@@ -7,9 +7,9 @@ view, a cron script), without a node, Flask or gevent: plain blocking redis-py.
     chat.publish("orders", "Your order shipped", sender="shop")
     chat.disconnect_user("mallory", reason="banned")
 
-A post runs the nodes' own send script (backends/redis_send.py): it gets the room's next
+A post runs the nodes' own send script (backends/redis/send.py): it gets the room's next
 seq, lands in history and reaches every member on every node, deduplicated by `key` like a
-member's send. Commands on users go over the control path (backends/redis_control.py) and
+member's send. Commands on users go over the control path (backends/redis/control.py) and
 return how many connections the nodes acted on within the deadline. Errors are
 ChatEmitterError with the socket protocol's codes, never a bare redis error.
 
@@ -28,12 +28,12 @@ from typing import Any
 import redis
 
 from .backends.base import BackendUnavailable, CommandResult, Draft
-from .backends.redis import no_retry, redis_client
-from .backends.redis_connection import reconnect_backoff
-from .backends.redis_control import ControlClient, store_ban
-from .backends.redis_keys import RoomKeys
-from .backends.redis_scripts import run_scripts
-from .backends.redis_send import SendScript, ServerIds
+from .backends.redis.clients import no_retry, redis_client
+from .backends.redis.connection import reconnect_backoff
+from .backends.redis.control import ControlClient, store_ban
+from .backends.redis.keys import RoomKeys
+from .backends.redis.scripts import run_scripts
+from .backends.redis.send import SendScript, ServerIds
 from .protocol import (
     ChatError,
     Command,

@@ -17,7 +17,7 @@ from redis.cluster import ClusterNode, RedisCluster
 from streams import SendStream, assert_exactly_once_in_order
 from test_faults import record
 
-from chat_app.backends.redis_keys import RoomKeys, commands_channel, user_directs
+from chat_app.backends.redis.keys import RoomKeys, commands_channel, user_directs
 
 
 def free_cluster_port() -> int:

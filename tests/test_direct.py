@@ -11,7 +11,7 @@ import pytest
 import requests
 from helpers import ChatClient, wait_until
 
-from chat_app.backends.redis_keys import user_directs
+from chat_app.backends.redis.keys import user_directs
 from chat_app.protocol import ChatError, ErrorCode, check_room_name, direct_members, direct_room
 
 

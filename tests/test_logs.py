@@ -7,7 +7,7 @@ import re
 
 from helpers import ChatClient, wait_until
 
-from chat_app.backends.redis_keys import RoomKeys
+from chat_app.backends.redis.keys import RoomKeys
 
 SECRET = "the-text-of-a-private-message"
 

@@ -6,7 +6,7 @@ import requests
 from helpers import ChatClient, scrape, wait_until
 from prometheus_client.parser import text_string_to_metric_families
 
-from chat_app.backends.redis_keys import RoomKeys
+from chat_app.backends.redis.keys import RoomKeys
 
 
 def test_metrics_count_a_cross_node_message(redis_server, nodes) -> None:

@@ -8,9 +8,9 @@ import fakeredis
 import pytest
 from helpers import wait_until
 
-from chat_app.backends import redis_publisher
 from chat_app.backends.base import Draft, Overloaded
-from chat_app.backends.redis_publisher import Publisher
+from chat_app.backends.redis import publisher as redis_publisher
+from chat_app.backends.redis.publisher import Publisher
 from chat_app.settings import Settings
 
 

@@ -10,10 +10,11 @@ import pytest
 import redis
 
 from chat_app.backends.base import Draft
-from chat_app.backends.redis import RedisClients, RedisPresence
-from chat_app.backends.redis_keys import RoomKeys
-from chat_app.backends.redis_scripts import HeldConnection, LuaScript, run_scripts
-from chat_app.backends.redis_send import SendScript
+from chat_app.backends.redis.clients import RedisClients
+from chat_app.backends.redis.keys import RoomKeys
+from chat_app.backends.redis.presence import RedisPresence
+from chat_app.backends.redis.scripts import HeldConnection, LuaScript, run_scripts
+from chat_app.backends.redis.send import SendScript
 from chat_app.settings import Settings
 
 pytestmark = pytest.mark.timeout(30)

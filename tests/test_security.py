@@ -14,7 +14,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from chat_app import create_app, json_codec
-from chat_app.backends.redis_keys import RoomKeys, escape
+from chat_app.backends.redis.keys import RoomKeys, escape
 from chat_app.protocol import ChatError, ErrorCode, SendRequest, check_room_name, parse
 from chat_app.settings import Settings
 

@@ -14,7 +14,7 @@ from helpers import ChatClient, scrape, wait_until
 from streams import SendStream
 from test_cluster import cluster  # noqa: F401 (fixture)
 
-from chat_app.backends.redis_keys import RoomKeys, commands_channel
+from chat_app.backends.redis.keys import RoomKeys, commands_channel
 from chat_app.protocol import Command, CommandAction
 
 KEY = "test-api-key-0123456789abcdef0123456789"

@@ -161,7 +161,7 @@ def _healthz(url: str) -> tuple[int, dict] | None:
 
 def test_redis_ssl_cert_reqs_only_touches_rediss_urls_without_their_own() -> None:
     from chat_app import Settings
-    from chat_app.backends.redis import effective_redis_url
+    from chat_app.backends.redis.clients import effective_redis_url
 
     def url(raw: str, reqs: str | None = "none") -> str:
         return effective_redis_url(Settings(redis_url=raw, redis_ssl_cert_reqs=reqs))

@@ -15,8 +15,10 @@ from helpers import RecordingEmitter, wait_until
 from processes import RedisServer, free_port
 
 from chat_app.auth import Identity
-from chat_app.backends.redis import RedisBroker, RedisClients, RedisPresence
-from chat_app.backends.redis_keys import RoomKeys
+from chat_app.backends.redis.broker import RedisBroker
+from chat_app.backends.redis.clients import RedisClients
+from chat_app.backends.redis.keys import RoomKeys
+from chat_app.backends.redis.presence import RedisPresence
 from chat_app.protocol import ChatError, ErrorCode, JoinRequest, SendRequest
 from chat_app.service import ChatService
 from chat_app.settings import Settings

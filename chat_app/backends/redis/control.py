@@ -17,11 +17,11 @@ import time
 import redis
 from redis.cluster import RedisCluster
 
-from ..protocol import BadEnvelope, Command, decode_reply
-from .base import BackendUnavailable, CommandResult, within
-from .redis_connection import CONNECTION_ERRORS
-from .redis_keys import RoomKeys, commands_channel, reply_channel
-from .redis_scripts import AnyRedis
+from ...protocol import BadEnvelope, Command, decode_reply
+from ..base import BackendUnavailable, CommandResult, within
+from .connection import CONNECTION_ERRORS
+from .keys import RoomKeys, commands_channel, reply_channel
+from .scripts import AnyRedis
 
 log = logging.getLogger(__name__)
 

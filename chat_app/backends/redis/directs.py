@@ -10,10 +10,10 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 
-from .base import BackendUnavailable, Direct, Position
-from .redis_connection import CONNECTION_ERRORS
-from .redis_keys import RoomKeys, user_directs
-from .redis_scripts import AnyRedis
+from ..base import BackendUnavailable, Direct, Position
+from .connection import CONNECTION_ERRORS
+from .keys import RoomKeys, user_directs
+from .scripts import AnyRedis
 
 
 class DirectLists:

@@ -6,7 +6,7 @@ from __future__ import annotations
 import redis
 from redis.backoff import ExponentialWithJitterBackoff
 
-from ..settings import Settings
+from ...settings import Settings
 
 CONNECTION_ERRORS = (redis.ConnectionError, redis.TimeoutError, OSError)
 

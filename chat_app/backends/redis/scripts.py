@@ -18,7 +18,7 @@ from redis.cluster import RedisCluster
 from redis.connection import ConnectionInterface
 from redis.exceptions import NoScriptError
 
-from .. import versions
+from ... import versions
 
 try:  # redis-py's packer wraps this one in per-argument checks that cost more than packing
     from hiredis import pack_command

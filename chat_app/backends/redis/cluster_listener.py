@@ -18,9 +18,9 @@ from typing import Any
 import redis
 from redis.cluster import RedisCluster
 
-from ..settings import Settings
-from .redis_connection import CONNECTION_ERRORS
-from .redis_listener import POLL, Deaf, Listener, _socket
+from ...settings import Settings
+from .connection import CONNECTION_ERRORS
+from .listener import POLL, Deaf, Listener, _socket
 
 log = logging.getLogger(__name__)
 

@@ -12,11 +12,11 @@ from collections.abc import Sequence
 import redis
 from redis.cluster import RedisCluster
 
-from ..protocol import BadEnvelope, Envelope, decode_envelope, envelope_head
-from ..settings import Settings
-from .base import BackendUnavailable, Draft
-from .redis_keys import RoomKeys
-from .redis_scripts import AnyRedis, Call, HeldConnection, LuaScript
+from ...protocol import BadEnvelope, Envelope, decode_envelope, envelope_head
+from ...settings import Settings
+from ..base import BackendUnavailable, Draft
+from .keys import RoomKeys
+from .scripts import AnyRedis, Call, HeldConnection, LuaScript
 
 log = logging.getLogger(__name__)
 

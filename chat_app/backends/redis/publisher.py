@@ -22,13 +22,13 @@ from functools import lru_cache, partial
 import redis
 from redis.cluster import RedisCluster
 
-from ..protocol import Envelope
-from ..settings import Settings
-from .base import BackendUnavailable, Draft, Overloaded
-from .redis_connection import CONNECTION_ERRORS, reconnect_backoff
-from .redis_keys import RoomKeys
-from .redis_scripts import AnyRedis, Call, HeldConnection, run_scripts
-from .redis_send import SendScript, ServerIds
+from ...protocol import Envelope
+from ...settings import Settings
+from ..base import BackendUnavailable, Draft, Overloaded
+from .connection import CONNECTION_ERRORS, reconnect_backoff
+from .keys import RoomKeys
+from .scripts import AnyRedis, Call, HeldConnection, run_scripts
+from .send import SendScript, ServerIds
 
 log = logging.getLogger(__name__)
 

@@ -23,12 +23,12 @@ from typing import Any
 
 import redis
 
-from .. import versions
-from ..protocol import BadEnvelope, Envelope, decode_command, decode_wire, max_wire_bytes
-from ..settings import Settings
-from .base import BrokerHooks
-from .redis_connection import CONNECTION_ERRORS, reconnect_backoff
-from .redis_keys import RoomKeys, commands_channel, control_channel, reply_prefix
+from ... import versions
+from ...protocol import BadEnvelope, Envelope, decode_command, decode_wire, max_wire_bytes
+from ...settings import Settings
+from ..base import BrokerHooks
+from .connection import CONNECTION_ERRORS, reconnect_backoff
+from .keys import RoomKeys, commands_channel, control_channel, reply_prefix
 
 log = logging.getLogger(__name__)
 

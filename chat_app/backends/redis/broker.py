@@ -1,0 +1,148 @@
+"""RedisBroker: the Broker over Redis (publisher, listener, history, control, typing)."""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import threading
+
+from redis.cluster import RedisCluster
+
+from ...protocol import (
+    BadEnvelope,
+    Command,
+    CommandReply,
+    Envelope,
+    TypingEvent,
+    decode_envelope,
+    max_wire_bytes,
+)
+from ...settings import Settings
+from ..base import (
+    RECENT_HISTORY,
+    BackendUnavailable,
+    BrokerHooks,
+    CommandResult,
+    Draft,
+    History,
+    Position,
+)
+from .clients import RedisClients
+from .cluster_listener import ShardedListener
+from .connection import CONNECTION_ERRORS
+from .control import ControlClient, publish
+from .keys import RoomKeys
+from .listener import Listener
+from .publisher import Publisher
+from .scripts import LuaScript, ScriptBatcher
+
+log = logging.getLogger(__name__)
+
+
+class RedisBroker:
+    def __init__(self, clients: RedisClients, settings: Settings) -> None:
+        self._commands = clients.commands
+        self._prefix = settings.key_prefix
+        self._deadline = settings.send_deadline
+        self._instance_id = settings.instance_id
+        self._envelope_limit = max_wire_bytes(settings.max_message_bytes)
+        self._history = LuaScript.load("history.lua", sharded=isinstance(clients.commands, RedisCluster))
+        # Joins, leaves and history reads of many members share round trips (RedisPresence too).
+        self.batcher = ScriptBatcher(clients.commands, "redis-batcher")
+        self.publisher = Publisher(clients.publisher, settings)
+        self.control = ControlClient(clients.commands, settings.key_prefix)
+        self.listener: Listener
+        if isinstance(clients.subscriber, RedisCluster):
+            self.listener = ShardedListener(clients.subscriber, clients.shard_kwargs or {}, settings)
+        else:
+            self.listener = Listener(clients.subscriber, self._publish_probe, settings)
+        self._hooks: BrokerHooks | None = None
+
+    def start(self, hooks: BrokerHooks) -> None:
+        self._hooks = hooks
+        self.publisher.start()
+        # The listener hands each command over and goes back to reading at once.
+        self.listener.start(dataclasses.replace(hooks, on_control=self._command_received))
+
+    def command(self, command: Command, deadline: float) -> CommandResult:
+        return self.control.send(command, deadline)
+
+    def _command_received(self, command: Command) -> int:
+        """Off the listener: acting may join rooms, and a join waits for the listener."""
+        threading.Thread(target=self._act, args=(command,), name="command", daemon=True).start()
+        return 0
+
+    def _act(self, command: Command) -> None:
+        assert self._hooks is not None
+        try:
+            count = self._hooks.on_control(command)
+        except Exception:  # answer anyway: the caller then learns this node is alive
+            log.exception("event=command_failed action=%s", command.action)
+            count = 0
+        try:
+            publish(self._commands, command.reply_to, CommandReply(command.id, self._instance_id, count).encode())
+        except CONNECTION_ERRORS as exc:
+            log.warning("event=command_reply_failed action=%s error=%r", command.action, exc)
+
+    def stop(self) -> None:
+        self.listener.stop()
+        self.publisher.stop()
+        self.batcher.stop()
+
+    def publish(self, draft: Draft) -> Envelope:
+        return self.publisher.publish(draft)
+
+    def subscribe(self, room: str) -> threading.Event:
+        return self.listener.want(room)
+
+    def unsubscribe(self, room: str) -> None:
+        self.listener.unwant(room)
+
+    def signal(self, event: TypingEvent) -> None:
+        try:
+            publish(self._commands, RoomKeys.of(self._prefix, event.room).channel, event.encode())
+        except CONNECTION_ERRORS as exc:
+            log.debug("event=signal_dropped room=%s error=%r", event.room, exc)
+
+    def _publish_probe(self, channel: str, data: bytes) -> None:
+        """Off the listener's greenlet: a stalled Redis must not stall the listener, whose
+        probe timeout then decides."""
+
+        def send() -> None:
+            try:
+                self._commands.publish(channel, data)
+            except CONNECTION_ERRORS as exc:
+                log.debug("event=probe_publish_failed error=%r", exc)
+
+        threading.Thread(target=send, name="probe", daemon=True).start()
+
+    def history(self, room: str, after: int | None, upto: int | None = None, limit: int = RECENT_HISTORY) -> History:
+        keys = RoomKeys.of(self._prefix, room)
+        args = ["" if after is None else after, "" if upto is None else upto, limit]
+        try:
+            reply = self.batcher.run((self._history, [keys.epoch, keys.seq, keys.hist], args), self._deadline)
+        except CONNECTION_ERRORS as exc:
+            raise BackendUnavailable(f"redis unreachable: {exc}") from exc
+        if isinstance(reply, Exception):
+            raise BackendUnavailable(f"redis refused a history read: {reply}")
+        epoch, seq, *stored = reply  # type: ignore[misc]
+        envelopes: list[Envelope] = []
+        for raw in stored:
+            try:
+                envelopes.append(decode_envelope(raw, self._envelope_limit))
+            except BadEnvelope:
+                self.listener.bad_payloads += 1
+        position = Position(epoch.decode() if epoch else "", int(seq or 0))
+        last = position.seq if upto is None else min(upto, position.seq)
+        if after is None:
+            complete = True
+        else:
+            complete = len(envelopes) == max(0, last - after) and all(
+                e.seq == after + 1 + i for i, e in enumerate(envelopes)
+            )
+        return History(position, envelopes, complete)
+
+    def healthy(self) -> dict[str, bool]:
+        """From state, without a round trip: the listener's probe already proves every few
+        seconds that a publish comes back through the subscription."""
+        return {"publisher": self.publisher.last_error is None, "listener": self.listener.all_subscribed()}

@@ -1,0 +1,227 @@
+"""RedisPresence: per-node entries with TTLs, heartbeat, atomic last-leave cleanup, member pages."""
+
+from __future__ import annotations
+
+import logging
+import secrets
+import threading
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import redis
+from redis.cluster import RedisCluster
+
+from ...protocol import (
+    direct_members,
+)
+from ...settings import Settings
+from ..base import (
+    BackendUnavailable,
+    Banned,
+    Direct,
+    Joined,
+    Member,
+    Position,
+    RoomCount,
+    RoomsPage,
+)
+from .clients import RedisClients
+from .connection import CONNECTION_ERRORS
+from .control import store_ban
+from .directs import DirectLists
+from .keys import RoomKeys, escape, room_nodes_pattern, room_of_nodes_key
+from .scripts import Call, LuaScript, ScriptBatcher, run_scripts
+
+log = logging.getLogger(__name__)
+
+
+class RedisPresence:
+    def __init__(self, clients: RedisClients, settings: Settings, batcher: ScriptBatcher | None = None) -> None:
+        self._redis = clients.commands
+        self._settings = settings
+        self._node = escape(settings.instance_id)
+        sharded = isinstance(self._redis, RedisCluster)
+        self._touch = LuaScript.load("prelude.lua", "touch.lua", sharded=sharded)
+        self._leave = LuaScript.load("prelude.lua", "leave.lua", sharded=sharded)
+        self._names = LuaScript.load("prelude.lua", "names.lua", sharded=sharded)
+        self._members = LuaScript.load("members.lua", sharded=sharded)
+        self._calls = batcher or ScriptBatcher(self._redis, "presence-calls")
+        self._directs = DirectLists(self._redis, settings.key_prefix, settings.redis_room_ttl_ms)
+        self._snapshot: Callable[[], dict[str, dict[str, str]]] = dict
+        self._stopping = threading.Event()
+        self._thread = threading.Thread(target=self._heartbeat, name="heartbeat", daemon=True)
+
+    def _keys(self, room: str) -> RoomKeys:
+        return RoomKeys.of(self._settings.key_prefix, room)
+
+    def _run(self, calls: list[Call]) -> list[Any]:
+        try:
+            results = run_scripts(self._redis, calls)
+        except CONNECTION_ERRORS as exc:
+            raise BackendUnavailable(f"redis unreachable: {exc}") from exc
+        for result in results:
+            if isinstance(result, Exception):
+                log.error("event=presence_script_error error=%r", result)
+                raise BackendUnavailable(f"redis refused a presence update: {result}")
+        return results
+
+    def _run_one(self, call: Call) -> Any:
+        """One call, batched with those of other members' joins and leaves."""
+        try:
+            result = self._calls.run(call, self._settings.send_deadline)
+        except CONNECTION_ERRORS as exc:
+            raise BackendUnavailable(f"redis unreachable: {exc}") from exc
+        if isinstance(result, Exception):
+            log.error("event=presence_script_error error=%r", result)
+            raise BackendUnavailable(f"redis refused a presence update: {result}")
+        return result
+
+    def _call(self, script: LuaScript, room: str, *extra: object) -> Call:
+        """A presence script call with the KEYS and leading ARGV they all share (prelude.lua)."""
+        s, keys = self._settings, self._keys(room)
+        args = [
+            self._node,
+            keys.node_prefix,
+            room,
+            keys.channel,
+            int(s.presence_ttl * 1000),
+            s.redis_room_ttl_ms,
+            int(s.presence_grace * 1000),
+            secrets.token_hex(8),
+            s.presence_events_max_members,
+            *extra,
+        ]
+        return (script, keys.script_keys(self._node), args)
+
+    def join(self, room: str, sid: str, user: str) -> Joined:
+        names = self._settings.presence_events_max_members
+        script, keys, args = self._call(self._touch, room, "0", names, sid, user)
+        epoch, seq, *rest = self._run_one((script, [*keys, self._keys(room).ban(user)], args))
+        if not epoch:
+            raise Banned(int(seq) / 1000)
+        count, *first = rest
+        return Joined(Position(epoch.decode(), int(seq)), int(count), [n.decode() for n in first])
+
+    def ban(self, room: str, user: str, seconds: int) -> None:
+        try:
+            store_ban(self._redis, self._settings.key_prefix, room, user, seconds)
+        except CONNECTION_ERRORS as exc:
+            raise BackendUnavailable(f"redis unreachable: {exc}") from exc
+
+    def rooms(self, cursor: str | None, limit: int) -> RoomsPage:
+        """SCAN (never KEYS) for rooms' `nodes` keys, server by server on a Cluster; the
+        cursor is `<server index>-<SCAN cursor>`. The live members are then read per room."""
+        shard, position = _parse_cursor(cursor)
+        servers = self._servers()
+        prefix = self._settings.key_prefix
+        found: list[str] = []
+        try:
+            while shard < len(servers) and len(found) < limit:
+                position, keys = servers[shard].scan(position, match=room_nodes_pattern(prefix), count=limit)
+                found += [r for k in keys if (r := room_of_nodes_key(prefix, k.decode())) is not None]
+                if position == 0:
+                    shard += 1
+        except CONNECTION_ERRORS as exc:
+            raise BackendUnavailable(f"redis unreachable: {exc}") from exc
+        found = list(dict.fromkeys(found))  # SCAN may return a key twice
+        calls = [self._members_call(room) for room in found]
+        rooms = []
+        for room, (_epoch, _seq, *flat) in zip(found, self._run(calls) if calls else [], strict=True):
+            users = [flat[i + 2] for i in range(0, len(flat), 3)]
+            if users:
+                rooms.append(RoomCount(room, len(set(users)), len(users)))
+        return RoomsPage(rooms, f"{shard}-{position}" if shard < len(servers) else None)
+
+    def _servers(self) -> list[redis.Redis]:
+        if isinstance(self._redis, RedisCluster):
+            return [
+                self._redis.get_redis_connection(n) for n in sorted(self._redis.get_primaries(), key=lambda n: n.name)
+            ]
+        return [self._redis]
+
+    def _members_call(self, room: str) -> Call:
+        keys = self._keys(room)
+        return (self._members, [keys.nodes, keys.epoch, keys.seq], [keys.node_prefix])
+
+    def leave(self, room: str, sid: str, grace: bool = False) -> bool:
+        return bool(self._run_one(self._call(self._leave, room, "sid", sid, "1" if grace else "0")))
+
+    def sweep(self, room: str) -> bool:
+        return bool(self._run_one(self._call(self._leave, room, "sweep", "", "0")))
+
+    def names(self, room: str, after: str | None, limit: int) -> tuple[int, list[str]]:
+        count, *page = self._run_one(self._call(self._names, room, after or "", limit))
+        return int(count), [n.decode() for n in page]
+
+    def counts(self, rooms: Sequence[str]) -> dict[str, int]:
+        if not rooms:
+            return {}
+        try:
+            with self._redis.pipeline(transaction=False) as pipe:
+                for room in rooms:
+                    pipe.hlen(self._keys(room).users)
+                return dict(zip(rooms, pipe.execute(), strict=True))
+        except CONNECTION_ERRORS as exc:
+            raise BackendUnavailable(f"redis unreachable: {exc}") from exc
+
+    def room_state(self, room: str) -> tuple[Position | None, list[Member]]:
+        epoch, seq, *flat = self._run([self._members_call(room)])[0]
+        members = [Member(flat[i].decode(), flat[i + 1].decode(), flat[i + 2].decode()) for i in range(0, len(flat), 3)]
+        return (Position(epoch.decode(), int(seq)) if epoch else None), members
+
+    def members(self, room: str) -> list[Member]:
+        return self.room_state(room)[1]
+
+    def is_active(self, room: str) -> bool:
+        return bool(self.members(room))
+
+    def remove_node(self, rooms: Sequence[str], grace: bool = False) -> None:
+        self._run([self._call(self._leave, room, "node", "", "1" if grace else "0") for room in rooms])
+
+    def record_direct(self, room: str, users: Sequence[str], at: int, keep: int) -> None:
+        self._directs.record(room, users, at, keep)
+
+    def directs(self, user: str, limit: int) -> list[Direct]:
+        return self._directs.read(user, limit)
+
+    def start(self, snapshot: Callable[[], dict[str, dict[str, str]]]) -> None:
+        self._snapshot = snapshot
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stopping.set()
+        self._thread.join(timeout=5)
+        self._calls.stop()  # the broker's, when shared: stopping twice is harmless
+
+    def beat(self) -> None:
+        """Rewrite every local entry (not merely re-EXPIRE): entries come back after Redis
+        lost its data, and the sweep inside the script announces crashed nodes' users."""
+        rooms = self._snapshot()
+        if not rooms:
+            return
+        calls = [
+            self._call(self._touch, room, "1", 0, *(x for sid, user in members.items() for x in (sid, user)))
+            for room, members in rooms.items()
+        ]
+        try:
+            self._run(calls)
+            # Both users' lists live as long as a conversation hosted here does, as its keys do.
+            self._directs.refresh(u for room in rooms for u in direct_members(room) or ())
+        except BackendUnavailable as exc:
+            log.warning("event=heartbeat_failed rooms=%d error=%r", len(rooms), exc)
+        except Exception:
+            log.exception("event=heartbeat_error")
+
+    def _heartbeat(self) -> None:
+        while not self._stopping.wait(self._settings.heartbeat_interval):
+            self.beat()
+
+
+def _parse_cursor(cursor: str | None) -> tuple[int, int]:
+    """ValueError for a cursor this API did not give."""
+    if cursor is None:
+        return 0, 0
+    shard, _, position = cursor.partition("-")
+    if not (shard.isdigit() and position.isdigit()):
+        raise ValueError(f"not a cursor of this API: {cursor!r}")
+    return int(shard), int(position)
