@@ -488,10 +488,7 @@ class ChatService:
         finally:
             self.observe_publish(time.perf_counter() - started)
         log.debug("event=send room=%s sid=%s seq=%d id=%s", req.room, sid, envelope.seq, envelope.id)
-        pair = direct_members(req.room)
-        if pair is not None:
-            args = (req.room, pair, envelope.timestamp)
-            threading.Thread(target=self._join_everywhere, args=args, name="direct", daemon=True).start()
+        self._reach_direct(envelope)
         return {"ok": True, **_ack(envelope)}
 
     def _publish(self, draft: Draft) -> Envelope:
@@ -505,6 +502,14 @@ class ChatService:
         with self._lock:
             self.counters.published += 1
         return envelope
+
+    def _reach_direct(self, envelope: Envelope) -> None:
+        """A message stored in a direct conversation, from a member or the server API,
+        reaches both users whether or not they opened it."""
+        pair = direct_members(envelope.room)
+        if pair is not None:
+            args = (envelope.room, pair, envelope.timestamp)
+            threading.Thread(target=self._join_everywhere, args=args, name="direct", daemon=True).start()
 
     def _join_everywhere(self, room: str, users: tuple[str, str], at: int) -> None:
         """Note the message in both users' lists of conversations, then every connection of
@@ -549,6 +554,7 @@ class ChatService:
         draft = Draft.new(req.room, req.sender, req.message, f"api:{self.instance_id}", req.key, self._clock)
         envelope = self._publish(draft)
         log.debug("event=api_publish room=%s seq=%d id=%s", req.room, envelope.seq, envelope.id)
+        self._reach_direct(envelope)
         return {"ok": True, **_ack(envelope)}
 
     def history_page(self, room: str, before: int | None, limit: int) -> dict[str, Any]:

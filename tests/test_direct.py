@@ -152,6 +152,24 @@ def test_not_even_the_server_api_puts_a_third_user_in(redis_server, nodes) -> No
     bob.close()
 
 
+def test_a_server_api_post_into_a_conversation_reaches_both_users_and_their_lists(redis_server, nodes) -> None:
+    key = "test-api-key-0123456789abcdef0123456789"
+    a = nodes.start(redis_server.url, API_KEY=key)
+    b = nodes.start(redis_server.url, API_KEY=key)
+    alice = DirectClient(a.url, "alice")
+    bob = DirectClient(b.url, "bob")
+    headers = {"Authorization": f"Bearer {key}"}
+    body = {"message": "your order shipped", "sender": "shop"}
+    posted = requests.post(f"{a.url}/api/rooms/%40alice%2Bbob/messages", headers=headers, json=body, timeout=10)
+    assert posted.json()["ok"], posted.text
+    for person in (alice, bob):  # neither ever opened it
+        wait_until(lambda p=person: p.seen("@alice+bob") == ["your order shipped"], what="the post reaches them")
+        listed = person.call("list_directs", {})["directs"]
+        assert [(d["room"], d["seq"]) for d in listed] == [("@alice+bob", 1)]
+    alice.close()
+    bob.close()
+
+
 def test_a_fresh_client_finds_its_conversations_and_recovers_what_it_missed(redis_server, nodes) -> None:
     a = nodes.start(redis_server.url)
     b = nodes.start(redis_server.url)
