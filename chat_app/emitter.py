@@ -31,6 +31,7 @@ from .backends.base import BackendUnavailable, CommandResult, Draft
 from .backends.redis.clients import no_retry, redis_client
 from .backends.redis.connection import reconnect_backoff
 from .backends.redis.control import ControlClient, store_ban
+from .backends.redis.directs import DirectLists
 from .backends.redis.keys import RoomKeys
 from .backends.redis.scripts import run_scripts
 from .backends.redis.send import SendScript, ServerIds
@@ -43,6 +44,7 @@ from .protocol import (
     UserDisconnectRequest,
     UserLeaveRequest,
     UserRoomRequest,
+    direct_members,
     parse,
 )
 from .settings import Settings, SettingsError
@@ -102,6 +104,7 @@ class ChatEmitter:
         self._server_ids = ServerIds(self._client)
         self._room_keys = lru_cache(maxsize=1024)(partial(RoomKeys.of, settings.key_prefix))
         self._control = ControlClient(self._client, settings.key_prefix)
+        self._directs = DirectLists(self._client, settings.key_prefix, settings.redis_room_ttl_ms)
         self._backoff = reconnect_backoff(settings)
 
     @classmethod
@@ -147,7 +150,20 @@ class ChatEmitter:
                     raise EmitterUnavailable(f"message not sent: redis unreachable: {exc}") from None
                 time.sleep(wait)  # the same draft again: its id makes a second store impossible
                 continue
+            if (pair := direct_members(req.room)) is not None:
+                self._reach_direct(req.room, pair, envelope.timestamp)
             return {"id": envelope.id, "seq": envelope.seq, "epoch": envelope.epoch, "timestamp": envelope.timestamp}
+
+    def _reach_direct(self, room: str, users: tuple[str, str], at: int) -> None:
+        """As a node does after a member's message to a direct conversation: both users'
+        lists, then every connection of both joins it. The message is stored already, so a
+        failure here is logged, not raised: it reaches them when they next open it."""
+        try:
+            self._directs.record(room, users, at, self.settings.max_directs_per_user)
+            for user in users:
+                self._send_command(Command("", CommandAction.JOIN, user, room), self._deadline)
+        except (ChatError, BackendUnavailable, *REDIS_ERRORS) as exc:
+            log.warning("event=direct_reach_failed room=%s error=%s", room, exc)
 
     # -- commands on users, on every node ---------------------------------------------
 

@@ -18,6 +18,7 @@ from helpers import wait_until
 from processes import ROOT
 from streams import SendStream
 from test_cluster import cluster  # noqa: F401 (fixture)
+from test_direct import DirectClient
 from test_sentinel import MASTER, sentinel_setup  # noqa: F401 (fixture)
 from test_server_api import ApiClient
 
@@ -219,3 +220,18 @@ def test_emitter_and_commands_through_sentinel(sentinel_setup, nodes) -> None:  
     assert out["joined"] == 2
     for client in (alice_a, alice_b, bob):
         assert [(m["id"], m["sender"]) for m in client.wait_for(1)] == [(out["ack"]["id"], "shop")]
+
+
+def test_a_post_into_a_direct_conversation_reaches_both_users_and_their_lists(redis_server, nodes) -> None:
+    a = nodes.start(redis_server.url)
+    b = nodes.start(redis_server.url)
+    alice, bob = DirectClient(a.url, "alice"), DirectClient(b.url, "bob")
+    out = run_emitter(
+        """out = chat.publish("@alice+bob", "your order shipped", sender="shop")""", REDIS_URL=redis_server.url
+    )
+    for person in (alice, bob):  # neither ever opened it
+        wait_until(lambda p=person: p.seen("@alice+bob") == ["your order shipped"], what="the post reaches them")
+        listed = person.call("list_directs", {})["directs"]
+        assert [(d["room"], d["seq"]) for d in listed] == [("@alice+bob", out["seq"])]
+    alice.close()
+    bob.close()
