@@ -168,8 +168,13 @@ class ChatService:
     # -- connections -----------------------------------------------------------------
 
     def connect(self, sid: str, identity: Identity) -> None:
+        """Refused once the node is stopping: gunicorn accepts for a moment after SIGTERM,
+        and a client let in then would lose its session a second later; refused, it
+        reconnects (through the load balancer, to another node)."""
         s = self.settings
         with self._lock:
+            if self._stopped:
+                raise ChatError(ErrorCode.UNAVAILABLE, "this node is stopping: connect again")
             self._connections[sid] = Connection(
                 sid,
                 identity.user,
@@ -227,6 +232,8 @@ class ChatService:
     def _connection(self, sid: str) -> Connection:
         conn = self._connections.get(sid)
         if conn is None:
+            if self._stopped:
+                raise ChatError(ErrorCode.UNAVAILABLE, "this node is stopping: connect again")
             raise ChatError(ErrorCode.UNAUTHORIZED, "this connection is not registered")
         return conn
 

@@ -183,6 +183,17 @@ def test_stop_twice_leaves_once(server) -> None:
     assert removals == [["lobby"]]
 
 
+def test_a_stopping_node_refuses_connects_and_events_as_unavailable(server) -> None:
+    a, _ = make_node(server, "A")
+    a.connect("a1", Identity("alice"))
+    a.stop()
+    for call in (lambda: a.connect("a2", Identity("bob")), lambda: a.join("a1", JoinRequest(room="lobby"))):
+        with pytest.raises(ChatError) as err:
+            call()
+        assert err.value.code is ErrorCode.UNAVAILABLE
+    assert room_keys(server, "lobby") == []
+
+
 @pytest.mark.timeout(30)
 def test_wake_ups_never_block_when_the_listener_is_busy() -> None:
     """Thousands of joins may ask the listener for rooms while it is busy: the wake-up pipe
