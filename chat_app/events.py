@@ -104,10 +104,10 @@ def register_events(socketio: SocketIO, service: ChatService, transport: Transpo
         query = parse_qs(environ.get("QUERY_STRING", ""), keep_blank_values=True)
         try:
             identity = identify(auth, query.get("username", [None])[0], service.settings.auth_secret)
-            service.connect(sid, identity)
         except ChatError as exc:
             log.info("event=connect_refused code=%s", exc.code)
             raise Refused(exc.message, exc.to_wire()) from None
+        service.connect(sid, identity)
         return True
 
     @sio.on("disconnect")

@@ -168,13 +168,13 @@ class ChatService:
     # -- connections -----------------------------------------------------------------
 
     def connect(self, sid: str, identity: Identity) -> None:
-        """Refused once the node is stopping: gunicorn accepts for a moment after SIGTERM,
-        and a client let in then would lose its session a second later; refused, it
-        reconnects (through the load balancer, to another node)."""
+        """Not registered once the node is stopping (gunicorn accepts for a moment after
+        SIGTERM): its events are answered `unavailable` until the transport closes and the
+        client reconnects elsewhere. A refusal would end the client's reconnecting."""
         s = self.settings
         with self._lock:
             if self._stopped:
-                raise ChatError(ErrorCode.UNAVAILABLE, "this node is stopping: connect again")
+                return
             self._connections[sid] = Connection(
                 sid,
                 identity.user,
@@ -230,10 +230,10 @@ class ChatService:
             self._sweep_wake.clear()
 
     def _connection(self, sid: str) -> Connection:
+        if self._stopped:
+            raise ChatError(ErrorCode.UNAVAILABLE, "this node is stopping: connect again")
         conn = self._connections.get(sid)
         if conn is None:
-            if self._stopped:
-                raise ChatError(ErrorCode.UNAVAILABLE, "this node is stopping: connect again")
             raise ChatError(ErrorCode.UNAUTHORIZED, "this connection is not registered")
         return conn
 
