@@ -10,7 +10,7 @@ import threading
 import time
 from collections.abc import Callable, Collection
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any, Literal, Protocol
 
 from .auth import Identity
 from .backends.base import (
@@ -264,11 +264,13 @@ class ChatService:
         pair = direct_members(room)
         if pair is not None and conn.user not in pair:
             raise ChatError(ErrorCode.FORBIDDEN_ROOM, f"{room!r} is a direct conversation of others")
-        local, held = self._start_joining(conn, room, user, limited)
+        local, held, hosted = self._start_joining(conn, room, user, limited)
         # The channel is live before the presence write, so every presence event after the
-        # names that write reads reaches this member (held until its ack). Re-asking is
-        # cheap, and it makes the listener catch a hosted room up (or resynchronise an epoch).
-        if not self._broker.subscribe(room).wait(self.settings.send_deadline):
+        # names that write reads reaches this member (held until its ack). A room hosted here
+        # is subscribed already: asking again would make the listener read its history to
+        # catch up, once per join, on the one greenlet that delivers (a reconnect storm's
+        # rejoins then delay every member's messages).
+        if not hosted and not self._broker.subscribe(room).wait(self.settings.send_deadline):
             log.warning("event=subscribe_slow room=%s", room)
         try:
             joined = self._presence.join(room, sid, user)
@@ -278,14 +280,17 @@ class ChatService:
         except Banned as exc:
             self._leave_locally(conn, room)
             raise ChatError(ErrorCode.FORBIDDEN_ROOM, f"you may not join {room!r}: {exc}") from None
-        started = self._place(local, room, sid, joined)
-        if started is None:  # left or disconnected meanwhile: undo, keep no subscription
+        placed = self._place(local, room, sid, joined)
+        if placed == "gone":  # left or disconnected meanwhile: undo, keep no subscription
             with self._lock:
                 if room not in self._rooms:
                     self._broker.unsubscribe(room)
             self._undo_presence(room, sid)
             raise ChatError(ErrorCode.NOT_IN_ROOM, f"left {room!r} while joining it")
-        if started:  # what the channel brought before the room had a cursor here was dropped
+        if placed != "hosted":
+            # New here: what the channel brought before the room had a cursor was dropped.
+            # Moved (the store is in another epoch than the node): follow the new stream.
+            # Asked again, the listener catches the room up from history.
             self._broker.subscribe(room)
         with self._lock:
             bound = local.cursor
@@ -355,8 +360,9 @@ class ChatService:
             )
         return {"ok": True, "directs": directs}
 
-    def _start_joining(self, conn: Connection, room: str, user: str, limited: bool) -> tuple[LocalRoom, Held]:
-        """Check the limits and make `conn` a member that receives nothing live yet."""
+    def _start_joining(self, conn: Connection, room: str, user: str, limited: bool) -> tuple[LocalRoom, Held, bool]:
+        """Check the limits and make `conn` a member that receives nothing live yet; True
+        when the room is hosted here already (it has a cursor)."""
         with self._lock:
             if conn.allowed_rooms is not None and room not in conn.allowed_rooms and direct_members(room) is None:
                 raise ChatError(ErrorCode.FORBIDDEN_ROOM, f"your token does not allow {room!r}")
@@ -375,21 +381,24 @@ class ChatService:
             held: Held = []
             local.joining[conn.sid] = held
             self._emitter.leave_room(conn.sid, room)  # a member joining again waits for its new ack too
-            return local, held
+            return local, held, local.cursor is not None
 
-    def _place(self, local: LocalRoom, room: str, sid: str, joined: Joined) -> bool | None:
-        """Start the node's cursor at the store's position if the room is new here (True);
-        None when the member is gone already."""
+    def _place(
+        self, local: LocalRoom, room: str, sid: str, joined: Joined
+    ) -> Literal["new", "hosted", "moved", "gone"]:
+        """Start the node's cursor at the store's position if the room is new here; "moved"
+        when the store's epoch is not the node's; "gone" when the member left meanwhile."""
         with self._lock:
             if self._rooms.get(room) is not local or sid not in local.members:
-                return None
+                return "gone"
             local.members_count = joined.members_count
             if local.cursor is None:
                 local.cursor = joined.position
-                return True
+                return "new"
             if joined.position.epoch != local.cursor.epoch:
                 log.info("event=epoch_seen_on_join room=%s", room)
-            return False
+                return "moved"
+            return "hosted"
 
     def _admit(self, sid: str, room: str, held: Held, bound: Position) -> None:
         """The ack is written: hand over what was held past its bound, then go live. Under

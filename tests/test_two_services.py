@@ -256,3 +256,20 @@ def test_departures_are_swept_by_one_greenlet_that_ends_with_the_node(server) ->
     a.stop()
     b.stop()
     wait_until(lambda: not any(t.is_alive() for t in ours), what="the two sweepers end")
+
+
+def test_joins_into_a_hosted_room_cost_the_listener_no_catch_up(server, monkeypatch) -> None:
+    """A room new to a node catches up once, after its cursor is set; every later join of
+    it must not: the catch-up reads history on the one greenlet that delivers."""
+    catch_ups: list[str] = []
+    catch_up = ChatService._catch_up
+    monkeypatch.setattr(ChatService, "_catch_up", lambda self, room: (catch_ups.append(room), catch_up(self, room)))
+    a, _ = make_node(server, "A")
+    for i in range(10):
+        a.connect(f"s{i}", Identity(f"u{i}"))
+        a.join(f"s{i}", JoinRequest(room="lobby"))
+    wait_until(lambda: catch_ups, what="the room's first catch-up")
+    a.join("s0", JoinRequest(room="lobby", since=0))  # a rejoin too
+    assert a.send("s1", SendRequest(room="lobby", message="x"))["seq"] == 1
+    assert catch_ups.count("lobby") <= 2, catch_ups  # the first subscribe's confirmation, the new-room re-ask
+    a.stop()
