@@ -139,10 +139,13 @@ class Storm:
         return t0
 
 
-async def _rejoin(storm: Storm, t: Track, port: int, kill_at: float, handler: Any) -> None:
-    """A killed node's client: reconnect at once, rejoin with since/epoch, take the history
-    in the ack's own callback (before any live frame after it is parsed)."""
+async def _rejoin(storm: Storm, t: Track, port: int, kill_at: float, handler: Any, delay: float) -> None:
+    """A killed node's client: reconnect at once (or after `delay`, a diagnostic), rejoin
+    with since/epoch, take the history in the ack's own callback (before any live frame
+    after it is parsed)."""
     t.lost_at = time.perf_counter()
+    if delay > 0:
+        await asyncio.sleep(delay)
     client: SioClient | None = None
     while client is None:
         try:
@@ -257,7 +260,7 @@ def _lag_windows(lags: array, kill: float, storm_end: float) -> dict[str, float]
 
 
 async def w5(
-    server: Server, clients: int, rooms: int, rate: float, duration: float, kill_after: float
+    server: Server, clients: int, rooms: int, rate: float, duration: float, kill_after: float, spread: float = 0.0
 ) -> dict[str, Any]:
     with cluster(server, 3) as c:
         storm = Storm(rooms, int(rate * duration / rooms) + 2)
@@ -290,7 +293,9 @@ async def w5(
             def on_close() -> None:
                 if not storm.stopping:
                     port = survivors[t.index % 2].port
-                    rejoins.append(asyncio.ensure_future(_rejoin(storm, t, port, kill["at"], handlers[t.index])))
+                    delay = spread * t.index / len(victims)
+                    rejoin = _rejoin(storm, t, port, kill["at"], handlers[t.index], delay)
+                    rejoins.append(asyncio.ensure_future(rejoin))
 
             assert t.client is not None
             t.client.on_close = on_close
@@ -309,12 +314,15 @@ async def w5(
         kill["at"] = time.perf_counter()
         os.killpg(c.nodes[0].pid, signal.SIGKILL)  # gunicorn's master and worker, no goodbye
         cpu_kill = [n.cpu() for n in survivors]
+        assert c.redis is not None
+        redis_kill = c.redis.cpu()
         # the storm: every victim reconnected and rejoined, or gave up
         deadline = kill["at"] + STORM_DEADLINE_S + 5
         while (len(rejoins) < len(victims) or not all(f.done() for f in rejoins)) and time.perf_counter() < deadline:
             await asyncio.sleep(0.02)
         storm_over = time.perf_counter()
         cpu_storm = [n.cpu() for n in survivors]
+        redis_storm = c.redis.cpu() - redis_kill
         gen_storm = self_cpu() - gen_kill
         t0 = await sending
         # the drain: until every live member has all its room's acked sends, or nothing moves
@@ -350,6 +358,7 @@ async def w5(
         "rate": rate,
         "seconds": duration,
         "kill_after_s": kill_after,
+        "reconnect_spread_s": spread,
         "setup_s": setup_s,
         "sent": storm.sent,
         "acked": sum(storm.acked),
@@ -374,6 +383,7 @@ async def w5(
         "survivor_cpu_s_storm": [b - a for a, b in zip(cpu_kill, cpu_storm, strict=True)],
         "survivor_cpu_s_after": [b - a for a, b in zip(cpu_storm, cpu1, strict=True)],
         "storm_wall_s": storm_over - kill_at,
+        "redis_cpu_s_storm": redis_storm,
         "generator_cpu_pct_storm": 100 * gen_storm / max(storm_over - kill_at, 1e-9),
         "generator_cpu_pct": 100 * gen_cpu / wall,
         "load_after": " ".join(f"{x:.2f}" for x in os.getloadavg()),
@@ -451,6 +461,12 @@ def main() -> None:
     parser.add_argument("--rate", type=float, default=300.0, help="messages per second over all rooms")
     parser.add_argument("--seconds", type=float, default=25.0, help="of traffic")
     parser.add_argument("--kill-at", type=float, default=8.0, help="seconds into the traffic")
+    parser.add_argument(
+        "--reconnect-spread",
+        type=float,
+        default=0.0,
+        help="a diagnostic, not W5: spread the reconnects evenly over this many seconds",
+    )
     parser.add_argument("--servers", default="chat_app,peer")
     args = parser.parse_args()
     wanted = args.servers.split(",")
@@ -468,7 +484,7 @@ def main() -> None:
     load_before = " ".join(f"{x:.2f}" for x in os.getloadavg())
     results: dict[str, dict[str, Any]] = {}
     for server in servers:
-        r = runner(w5(server, args.clients, args.rooms, args.rate, args.seconds, args.kill_at))
+        r = runner(w5(server, args.clients, args.rooms, args.rate, args.seconds, args.kill_at, args.reconnect_spread))
         results[server.label] = r
         keys = ("rejoined", "recovered", "bad_recoveries", "all_rejoined_s", "survivors_p99_during_ms")
         print(server.label, {k: r[k] for k in keys}, flush=True)
