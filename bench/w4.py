@@ -20,6 +20,7 @@ import asyncio
 import json
 import os
 import time
+import urllib.request
 from collections import Counter
 from pathlib import Path
 from typing import Any
@@ -40,6 +41,34 @@ RESULTS = Path(__file__).parent / "results"
 JOIN_TIMEOUT_S = 30.0
 THRESHOLD = 100  # chat_app's PRESENCE_EVENTS_MAX_MEMBERS, left at its default here
 CONNECT_TIMEOUT_S = 120.0
+
+
+JOIN_METRICS = ("chat_redis_batched_calls_total", "chat_redis_batched_round_trips_total")
+
+
+def scrape(port: int, names: tuple[str, ...] = JOIN_METRICS) -> dict[str, float]:
+    """Sums of some of a chat_app node's /metrics counters (blocking, a few ms: call it
+    outside a measured window); nothing for a node without /metrics (the peer)."""
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as r:
+            text = r.read().decode()
+    except OSError:
+        return {}
+    found: dict[str, float] = {}
+    for line in text.splitlines():
+        name = line.split("{", 1)[0].split(" ", 1)[0]
+        if name in names:
+            found[name] = found.get(name, 0.0) + float(line.rsplit(" ", 1)[1])
+    return found
+
+
+def delta(before: list[dict[str, float]], after: list[dict[str, float]]) -> dict[str, float]:
+    """What the counters grew by, summed over nodes."""
+    out: dict[str, float] = {}
+    for b, a in zip(before, after, strict=True):
+        for k, v in a.items():
+            out[k] = out.get(k, 0.0) + v - b.get(k, 0.0)
+    return out
 
 
 async def connect_many(specs: list[tuple[int, str, Any]]) -> list[SioClient]:
@@ -140,12 +169,15 @@ async def w4(server: Server, members: int, rate: float, duration: float, window:
         connect_s = time.perf_counter() - t
         try:
             await asyncio.sleep(1.0)
+            metrics0 = [scrape(n.port) for n in c.nodes]
             cpu0, redis0 = c.cpu()
             gen0 = self_cpu()
             joins = Joins(members)
             all_joined = await joins.run(clients, "room0", window)
             cpu1, redis1 = c.cpu()
-            gen1, wall1 = self_cpu(), time.perf_counter()
+            gen1 = self_cpu()
+            metrics1 = [scrape(n.port) for n in c.nodes]
+            wall1 = time.perf_counter()
             sampler = asyncio.ensure_future(f.sample())
             t0 = await f.run([clients[0]], rate, duration)  # clients[0] is on node A
             settled = await f.drain()
@@ -177,6 +209,7 @@ async def w4(server: Server, members: int, rate: float, duration: float, window:
         node_cpu_s=send_cpu,
         redis_cpu_s=redis2 - redis1,
         node_cpu_us_per_delivery=1e6 * sum(send_cpu) / max(result["delivered"], 1),
+        join_redis_calls=delta(metrics0, metrics1),
         presence_by_action=dict(presence),
         presence_deliveries=presence_total,
         presence_per_join=presence_total / members,

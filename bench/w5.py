@@ -36,7 +36,7 @@ from typing import Any
 from . import nodejs
 from .__main__ import PEER
 from .sioclient import SioClient, connect
-from .w4 import BIG, RESULTS, connect_many
+from .w4 import BIG, RESULTS, connect_many, delta, scrape
 from .workloads import CONNECT_CONCURRENCY, PAD, Server, cluster, percentile, self_cpu
 
 STORM_DEADLINE_S = 30.0  # a killed node's client gives up reconnecting after this
@@ -229,7 +229,10 @@ def _check(storm: Storm, tracks: list[Track], seq_server: bool) -> dict[str, Any
 def _p99_windows(storm: Storm, t0: float, kill: float, storm_end: float) -> dict[str, float]:
     phases: dict[str, list[float]] = {"before": [], "during": [], "after": []}
     seconds: dict[int, list[float]] = {}
+    tenths: dict[int, list[float]] = {}  # 100 ms windows from 0.5 s before the kill to 2.5 s after
     for sent_at, latency in zip(storm.lat_sent, storm.lat, strict=True):
+        if -0.5 <= sent_at - kill < 2.5:
+            tenths.setdefault(int((sent_at - kill) * 10 + 5) - 5, []).append(latency)
         phase = "before" if sent_at < kill else "during" if sent_at < storm_end else "after"
         phases[phase].append(latency)
         seconds.setdefault(int(sent_at - t0), []).append(latency)
@@ -238,6 +241,9 @@ def _p99_windows(storm: Storm, t0: float, kill: float, storm_end: float) -> dict
     per_second = {s: 1000 * percentile(v, 99) for s, v in sorted(seconds.items())}
     out["survivors_p99_worst_second_ms"] = max(per_second.values(), default=float("nan"))
     out["survivors_p99_per_second_ms"] = {s: round(v, 1) for s, v in per_second.items()}  # type: ignore[assignment]
+    out["survivors_p99_per_100ms_from_kill_ms"] = {  # type: ignore[assignment]
+        f"{k / 10:+.1f}": round(1000 * percentile(v, 99), 1) for k, v in sorted(tenths.items())
+    }
     return out
 
 
@@ -310,6 +316,7 @@ async def w5(
         watching = loop.create_task(_watch_lag(lags))
         sending = loop.create_task(storm.send(senders, rate, duration))  # type: ignore[arg-type]
         await asyncio.sleep(kill_after)
+        metrics_kill = [scrape(n.port) for n in survivors]
         gen_kill = self_cpu()
         kill["at"] = time.perf_counter()
         os.killpg(c.nodes[0].pid, signal.SIGKILL)  # gunicorn's master and worker, no goodbye
@@ -321,6 +328,7 @@ async def w5(
         while (len(rejoins) < len(victims) or not all(f.done() for f in rejoins)) and time.perf_counter() < deadline:
             await asyncio.sleep(0.02)
         storm_over = time.perf_counter()
+        storm_redis_calls = delta(metrics_kill, [scrape(n.port) for n in survivors])
         cpu_storm = [n.cpu() for n in survivors]
         redis_storm = c.redis.cpu() - redis_kill
         gen_storm = self_cpu() - gen_kill
@@ -384,6 +392,7 @@ async def w5(
         "survivor_cpu_s_after": [b - a for a, b in zip(cpu_storm, cpu1, strict=True)],
         "storm_wall_s": storm_over - kill_at,
         "redis_cpu_s_storm": redis_storm,
+        "storm_redis_calls": storm_redis_calls,
         "generator_cpu_pct_storm": 100 * gen_storm / max(storm_over - kill_at, 1e-9),
         "generator_cpu_pct": 100 * gen_cpu / wall,
         "load_after": " ".join(f"{x:.2f}" for x in os.getloadavg()),
