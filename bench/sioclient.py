@@ -63,6 +63,8 @@ class SioClient(asyncio.Protocol):
         self._next_id = 0
         self._fragments: list[bytes] = []
         self.sid = ""
+        self.last_ack_bytes = 0  # size of the last ack packet, read by its handler (W4's ack size)
+        self.on_close: Callable[[], None] | None = None  # W5: a killed node's clients reconnect at once
 
     # -- asyncio.Protocol ------------------------------------------------------------
 
@@ -80,6 +82,8 @@ class SioClient(asyncio.Protocol):
             self.ready.set_exception(ConnectionError(f"closed before the Socket.IO connect: {exc}"))
         if not self.closed.done():
             self.closed.set_result(None)
+            if self.on_close is not None:
+                self.on_close()
 
     def data_received(self, data: bytes) -> None:
         self._buf += data
@@ -161,6 +165,7 @@ class SioClient(asyncio.Protocol):
                 packet = orjson.loads(memoryview(p)[2:])
                 self.on_event(packet[0], packet[1] if len(packet) > 1 else None)
         elif kind == b"3":
+            self.last_ack_bytes = len(p)
             i = p.index(b"[", 2)
             handler = self._acks.pop(int(p[2:i]), None)
             if handler is not None:

@@ -163,7 +163,8 @@ class FanOut:
 
     def __post_init__(self) -> None:
         self.acks = [bytearray(self.capacity) for _ in range(self.rooms)]  # 1 ok, 2 refused
-        self.counts = [bytearray(self.capacity) for _ in range(self.rooms)]
+        # members that got each message: 32-bit counters, a room may have more than 255 (W4)
+        self.counts = [array("I", [0]) * self.capacity for _ in range(self.rooms)]
         self.members: list[int] = [0] * self.rooms
         self._seen: list[bytearray] = []
 
