@@ -2,22 +2,34 @@
 
     python -m bench.w6                        # 20,000 connections in 1,000 rooms
     python -m bench.w6 --connections 5000 --servers chat_app
+    python -m bench.w6 --servers chat_app --profile 15   # py-spy on the idle node
 
-Reports, per server: whether all connected, connect + join time, RSS per connection, and
-the node's CPU while the connections sit idle (% of one core over --idle seconds, which
-for chat_app spans several heartbeats that rewrite every room's presence).
+Reports, per server: whether all connected, connect + join time, RSS per connection, the
+node's CPU while the connections sit idle (% of one core over --idle seconds, which for
+chat_app spans several heartbeats), chat_app's last heartbeat round (its /metrics), and a
+W1-shaped probe (one sender and one receiver in a room of their own on the node, --probe-rate
+msg/s) run on the empty node first and then beside the idle connections: the latency
+"through that loaded node" next to the same node empty.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import re
 import resource
+import subprocess
 import time
+import urllib.request
+from pathlib import Path
+from typing import Any
 
 from . import nodejs
 from .__main__ import OURS, PEER
-from .workloads import LEAN, Member, Server, cluster
+from .profile import RESULTS, summarise
+from .workloads import LEAN, FanOut, Member, Server, cluster, fanout_result
+
+PROBE_SECONDS = 5.0
 
 
 def _raise_open_files(wanted: int) -> None:
@@ -30,24 +42,72 @@ def _raise_open_files(wanted: int) -> None:
         resource.setrlimit(resource.RLIMIT_NOFILE, (min(max(soft, wanted), hard), hard))
 
 
-async def w6(server: Server, connections: int, rooms: int, idle: float) -> dict[str, float]:
+async def probe(port: int, rate: float) -> dict[str, float]:
+    """W1's shape on one node: room0 (the idle members use room1...) with a sender and a
+    measured receiver, open loop at `rate` msg/s for PROBE_SECONDS."""
+    f = FanOut(1, int(rate * PROBE_SECONDS) + 2)
+    members = [Member(port, "probe-sender", 0, measure=False, sender=True), Member(port, "probe-receiver", 0)]
+    async with LEAN.fanout(members, f) as session:
+        sent = await session.send(rate, PROBE_SECONDS)
+    result = fanout_result(sent.fanout, sent.t0, sent.wall_s, sent.generator_cpu_s)
+    return {"p50_ms": round(result["p50_ms"], 2), "p99_ms": round(result["p99_ms"], 2), "lost": result["lost"]}
+
+
+_HEARTBEAT = re.compile(rb"^chat_presence_heartbeat_seconds\{[^}]*\} (\S+)$", re.M)
+
+
+def heartbeat_seconds(port: int) -> float | None:
+    """The node's last heartbeat round, from /metrics (chat_app only)."""
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as r:
+            found = _HEARTBEAT.search(r.read())
+    except OSError:
+        return None
+    return float(found.group(1)) if found else None
+
+
+def _py_spy(pid: int, seconds: float, out: Path) -> subprocess.Popen[bytes]:
+    args = ["py-spy", "record", "--pid", str(pid), "--duration", str(int(seconds)), "--rate", "250"]
+    args += ["--format", "raw", "--output", str(out)]
+    return subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+
+async def w6(server: Server, connections: int, rooms: int, idle: float, rate: float, profile: float) -> dict[str, Any]:
     with cluster(server, 1) as c:
         node = c.nodes[0]
         await asyncio.sleep(1.0)
+        empty = await probe(node.port, rate) if rate else None
+        await asyncio.sleep(1.0)
         rss0 = node.rss()
-        members = [Member(node.port, f"idle{i}", i % rooms) for i in range(connections)]
+        members = [Member(node.port, f"idle{i}", 1 + i % rooms) for i in range(connections)]
         async with LEAN.idle(members) as joined:
             await asyncio.sleep(2.0)
             rss1 = node.rss()
             cpu0, t0 = node.cpu(), time.monotonic()
             await asyncio.sleep(idle)
             idle_cpu = (node.cpu() - cpu0) / (time.monotonic() - t0)
-    return {
+            beat = heartbeat_seconds(node.port) if server is OURS else None
+            loaded = await probe(node.port, rate) if rate else None
+            if profile:
+                out = RESULTS / f"profile-w6-{server.label}.txt"
+                RESULTS.mkdir(parents=True, exist_ok=True)
+                spy = _py_spy(node.worker_pids()[0] if server is OURS else node.pid, profile, out)
+                await asyncio.sleep(profile + 3)
+                spy.wait(timeout=30)
+    result: dict[str, Any] = {
         "connections": connections,
         "connect_and_join_s": round(joined.total_s, 2),
         "rss_kib_per_connection": round((rss1 - rss0) / connections / 1024, 1),
         "idle_cpu_percent_of_a_core": round(100 * idle_cpu, 2),
     }
+    if beat is not None:
+        result["heartbeat_round_ms"] = round(1000 * beat, 1)
+    if empty is not None and loaded is not None:
+        result["probe_empty"] = empty
+        result["probe_loaded"] = loaded
+    if profile and server is OURS:
+        print(summarise(out))
+    return result
 
 
 def main() -> None:
@@ -55,6 +115,8 @@ def main() -> None:
     parser.add_argument("--connections", type=int, default=20_000)
     parser.add_argument("--rooms", type=int, default=1_000)
     parser.add_argument("--idle", type=float, default=25.0, help="seconds of idle CPU measurement")
+    parser.add_argument("--probe-rate", type=float, default=100.0, help="msg/s of the latency probe (0: none)")
+    parser.add_argument("--profile", type=float, default=0.0, help="seconds of py-spy on the idle node (chat_app)")
     parser.add_argument("--servers", default="chat_app,peer")
     args = parser.parse_args()
     _raise_open_files(2 * args.connections + 4096)
@@ -64,7 +126,8 @@ def main() -> None:
         print(f"peer skipped: {why}")
         servers.remove(PEER)
     for server in servers:
-        result = asyncio.run(w6(server, args.connections, args.rooms, args.idle))
+        profile = args.profile if server is OURS else 0.0
+        result = asyncio.run(w6(server, args.connections, args.rooms, args.idle, args.probe_rate, profile))
         print(server.label, result, flush=True)
 
 

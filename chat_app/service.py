@@ -821,7 +821,7 @@ class ChatService:
 
     def _on_reconnected(self) -> None:
         """Presence events sent while we were away are lost: rewrite ours, resend the list."""
-        self._presence.beat()
+        self._presence.beat(rewrite=True)
         for room in list(self._rooms):
             try:
                 count, names = self._presence.names(room, None, self.settings.presence_events_max_members)

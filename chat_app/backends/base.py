@@ -207,8 +207,9 @@ class Presence(Protocol):
         """Begin the heartbeat; `snapshot` returns this node's rooms -> {sid: user}."""
         ...
 
-    def beat(self) -> None:
-        """Rewrite this node's entries now (also after a reconnect)."""
+    def beat(self, rewrite: bool = False) -> None:
+        """Renew this node's entries now, writing again those the store lost; all of them
+        with `rewrite` (after a reconnect)."""
         ...
 
     def stop(self) -> None: ...

@@ -129,7 +129,7 @@ class MemoryPresence:
     def start(self, snapshot: Callable[[], dict[str, dict[str, str]]]) -> None:
         pass
 
-    def beat(self) -> None:
+    def beat(self, rewrite: bool = False) -> None:
         pass
 
     def stop(self) -> None:

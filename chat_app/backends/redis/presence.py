@@ -5,7 +5,9 @@ from __future__ import annotations
 import logging
 import secrets
 import threading
+import time
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import redis
@@ -35,6 +37,15 @@ from .scripts import Call, LuaScript, ScriptBatcher, run_scripts
 log = logging.getLogger(__name__)
 
 
+@dataclass
+class HeartbeatStats:
+    """What the heartbeat did, for /metrics."""
+
+    rounds: int = 0
+    last_seconds: float = 0.0  # the last round's duration, both round trips and all
+    rooms_rewritten: int = 0  # rooms whose entries a round found lost and wrote again
+
+
 class RedisPresence:
     def __init__(self, clients: RedisClients, settings: Settings, batcher: ScriptBatcher | None = None) -> None:
         self._redis = clients.commands
@@ -42,6 +53,7 @@ class RedisPresence:
         self._node = escape(settings.instance_id)
         sharded = isinstance(self._redis, RedisCluster)
         self._touch = LuaScript.load("prelude.lua", "touch.lua", sharded=sharded)
+        self._beat = LuaScript.load("prelude.lua", "beat.lua", sharded=sharded)
         self._leave = LuaScript.load("prelude.lua", "leave.lua", sharded=sharded)
         self._names = LuaScript.load("prelude.lua", "names.lua", sharded=sharded)
         self._members = LuaScript.load("members.lua", sharded=sharded)
@@ -50,6 +62,7 @@ class RedisPresence:
         self._snapshot: Callable[[], dict[str, dict[str, str]]] = dict
         self._stopping = threading.Event()
         self._thread = threading.Thread(target=self._heartbeat, name="heartbeat", daemon=True)
+        self.heartbeat = HeartbeatStats()
 
     def _keys(self, room: str) -> RoomKeys:
         return RoomKeys.of(self._settings.key_prefix, room)
@@ -193,24 +206,39 @@ class RedisPresence:
         self._thread.join(timeout=5)
         self._calls.stop()  # the broker's, when shared: stopping twice is harmless
 
-    def beat(self) -> None:
-        """Rewrite every local entry (not merely re-EXPIRE): entries come back after Redis
-        lost its data, and the sweep inside the script announces crashed nodes' users."""
+    def beat(self, rewrite: bool = False) -> None:
+        """Push this node's deadline and the room keys' TTLs, one call per room in one round
+        trip; rewrite a room's entries (a second round trip) only where Redis lost them
+        (beat.lua), or every room's with `rewrite` (after a reconnect: a failover's replica
+        may have missed writes the count cannot see). The sweep inside the scripts
+        announces crashed nodes' users. Rewriting every entry on every beat cost O(members)
+        of arguments and Redis work each HEARTBEAT_INTERVAL."""
+        started = time.monotonic()
         rooms = self._snapshot()
         if not rooms:
             return
-        calls = [
-            self._call(self._touch, room, "1", 0, *(x for sid, user in members.items() for x in (sid, user)))
-            for room, members in rooms.items()
-        ]
         try:
-            self._run(calls)
+            lost = list(rooms) if rewrite else self._refresh(rooms)
+            if lost:
+                self._run([self._rewrite_call(room, rooms[room]) for room in lost])
+                self.heartbeat.rooms_rewritten += len(lost)
+                log.info("event=heartbeat_rewrote rooms=%d of=%d", len(lost), len(rooms))
             # Both users' lists live as long as a conversation hosted here does, as its keys do.
             self._directs.refresh(u for room in rooms for u in direct_members(room) or ())
         except BackendUnavailable as exc:
             log.warning("event=heartbeat_failed rooms=%d error=%r", len(rooms), exc)
         except Exception:
             log.exception("event=heartbeat_error")
+        self.heartbeat.rounds += 1
+        self.heartbeat.last_seconds = time.monotonic() - started
+
+    def _refresh(self, rooms: dict[str, dict[str, str]]) -> list[str]:
+        """The rooms whose entries Redis no longer holds as this node wrote them."""
+        calls = [self._call(self._beat, room, len(members)) for room, members in rooms.items()]
+        return [room for room, lost in zip(rooms, self._run(calls), strict=True) if lost]
+
+    def _rewrite_call(self, room: str, members: dict[str, str]) -> Call:
+        return self._call(self._touch, room, "1", 0, *(x for sid, user in members.items() for x in (sid, user)))
 
     def _heartbeat(self) -> None:
         while not self._stopping.wait(self._settings.heartbeat_interval):
