@@ -180,6 +180,21 @@ def test_heartbeat_renews_entries_without_rewriting_them(server, two_nodes) -> N
     assert sorted(a.members("lobby")) == ["alice", "ann"]
 
 
+def test_heartbeat_in_chunks_rewrites_every_lost_room(server, two_nodes, monkeypatch) -> None:
+    """Rooms go BEAT_CHUNK per round trip; each result stays with its room."""
+    monkeypatch.setattr("chat_app.backends.redis.presence.BEAT_CHUNK", 2)
+    a, _, b, _ = two_nodes
+    rooms = ["r1", "r2", "r3", "r4", "r5"]
+    for i, room in enumerate(rooms):
+        a.connect(f"a{i}", Identity(f"u{i}"))
+        a.join(f"a{i}", JoinRequest(room=room))
+    r = redis_of(server)
+    r.delete(f"{RoomKeys.of(a.settings.key_prefix, 'r4').node_prefix}A")  # one room's entries lost
+    wait_until(lambda: b.members("r4") == ["u3"], timeout=4, what="r4 rewritten")
+    assert a._presence.heartbeat.rooms_rewritten == 1
+    assert [b.members(room) for room in rooms] == [[f"u{i}"] for i in range(5)]
+
+
 def test_heartbeat_rewrites_a_room_whose_entry_redis_lost(server, two_nodes) -> None:
     """One entry gone from this node's hash (a failover's replica that missed a write) is
     enough: the count differs, the room's entries are written again."""

@@ -6,7 +6,7 @@ import logging
 import secrets
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -22,6 +22,7 @@ from ..base import (
     Banned,
     Direct,
     Joined,
+    LocalRooms,
     Member,
     Position,
     RoomCount,
@@ -35,6 +36,8 @@ from .keys import RoomKeys, escape, room_nodes_pattern, room_of_nodes_key
 from .scripts import Call, LuaScript, ScriptBatcher, run_scripts
 
 log = logging.getLogger(__name__)
+
+BEAT_CHUNK = 100  # rooms per heartbeat round trip
 
 
 @dataclass
@@ -59,7 +62,7 @@ class RedisPresence:
         self._members = LuaScript.load("members.lua", sharded=sharded)
         self._calls = batcher or ScriptBatcher(self._redis, "presence-calls")
         self._directs = DirectLists(self._redis, settings.key_prefix, settings.redis_room_ttl_ms)
-        self._snapshot: Callable[[], dict[str, dict[str, str]]] = dict
+        self._local = LocalRooms(dict, lambda rooms: {})
         self._stopping = threading.Event()
         self._thread = threading.Thread(target=self._heartbeat, name="heartbeat", daemon=True)
         self.heartbeat = HeartbeatStats()
@@ -197,8 +200,8 @@ class RedisPresence:
     def directs(self, user: str, limit: int) -> list[Direct]:
         return self._directs.read(user, limit)
 
-    def start(self, snapshot: Callable[[], dict[str, dict[str, str]]]) -> None:
-        self._snapshot = snapshot
+    def start(self, local: LocalRooms) -> None:
+        self._local = local
         self._thread.start()
 
     def stop(self) -> None:
@@ -214,15 +217,16 @@ class RedisPresence:
         announces crashed nodes' users. Rewriting every entry on every beat cost O(members)
         of arguments and Redis work each HEARTBEAT_INTERVAL."""
         started = time.monotonic()
-        rooms = self._snapshot()
+        rooms = self._local.sizes()
         if not rooms:
             return
         try:
             lost = list(rooms) if rewrite else self._refresh(rooms)
             if lost:
-                self._run([self._rewrite_call(room, rooms[room]) for room in lost])
-                self.heartbeat.rooms_rewritten += len(lost)
-                log.info("event=heartbeat_rewrote rooms=%d of=%d", len(lost), len(rooms))
+                members = self._local.members(lost)
+                self._in_chunks([self._rewrite_call(room, entries) for room, entries in members.items()])
+                self.heartbeat.rooms_rewritten += len(members)
+                log.info("event=heartbeat_rewrote rooms=%d of=%d", len(members), len(rooms))
             # Both users' lists live as long as a conversation hosted here does, as its keys do.
             self._directs.refresh(u for room in rooms for u in direct_members(room) or ())
         except BackendUnavailable as exc:
@@ -232,10 +236,21 @@ class RedisPresence:
         self.heartbeat.rounds += 1
         self.heartbeat.last_seconds = time.monotonic() - started
 
-    def _refresh(self, rooms: dict[str, dict[str, str]]) -> list[str]:
+    def _refresh(self, rooms: dict[str, int]) -> list[str]:
         """The rooms whose entries Redis no longer holds as this node wrote them."""
-        calls = [self._call(self._beat, room, len(members)) for room, members in rooms.items()]
-        return [room for room, lost in zip(rooms, self._run(calls), strict=True) if lost]
+        calls = [self._call(self._beat, room, held) for room, held in rooms.items()]
+        return [room for room, lost in zip(rooms, self._in_chunks(calls), strict=True) if lost]
+
+    def _in_chunks(self, calls: list[Call]) -> list[Any]:
+        """Pipelines of BEAT_CHUNK calls, yielding between them: building and reading one of
+        1,000 rooms' calls holds the node's only thread (gevent) for tens of ms, which
+        every delivery meanwhile waits out."""
+        results: list[Any] = []
+        for i in range(0, len(calls), BEAT_CHUNK):
+            if i:
+                time.sleep(0)  # under gevent: let the hub run what is ready
+            results += self._run(calls[i : i + BEAT_CHUNK])
+        return results
 
     def _rewrite_call(self, room: str, members: dict[str, str]) -> Call:
         return self._call(self._touch, room, "1", 0, *(x for sid, user in members.items() for x in (sid, user)))
