@@ -72,7 +72,9 @@ def _py_spy(pid: int, seconds: float, out: Path) -> subprocess.Popen[bytes]:
     return subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
 
-async def w6(server: Server, connections: int, rooms: int, idle: float, rate: float, profile: float) -> dict[str, Any]:
+async def w6(
+    server: Server, connections: int, rooms: int, idle: float, rate: float, profile: float, profile_connect: float = 0.0
+) -> dict[str, Any]:
     with cluster(server, 1) as c:
         node = c.nodes[0]
         await asyncio.sleep(1.0)
@@ -80,6 +82,10 @@ async def w6(server: Server, connections: int, rooms: int, idle: float, rate: fl
         await asyncio.sleep(1.0)
         rss0 = node.rss()
         members = [Member(node.port, f"idle{i}", 1 + i % rooms) for i in range(connections)]
+        if profile_connect:
+            connecting = RESULTS / f"profile-w6-connect-{server.label}.txt"
+            RESULTS.mkdir(parents=True, exist_ok=True)
+            spy_connect = _py_spy(node.worker_pids()[0], profile_connect, connecting)
         async with LEAN.idle(members) as joined:
             await asyncio.sleep(2.0)
             rss1 = node.rss()
@@ -107,6 +113,9 @@ async def w6(server: Server, connections: int, rooms: int, idle: float, rate: fl
         result["probe_loaded"] = loaded
     if profile and server is OURS:
         print(summarise(out))
+    if profile_connect:
+        spy_connect.wait(timeout=30)
+        print("while connecting and joining:\n" + summarise(connecting))
     return result
 
 
@@ -117,6 +126,7 @@ def main() -> None:
     parser.add_argument("--idle", type=float, default=25.0, help="seconds of idle CPU measurement")
     parser.add_argument("--probe-rate", type=float, default=100.0, help="msg/s of the latency probe (0: none)")
     parser.add_argument("--profile", type=float, default=0.0, help="seconds of py-spy on the idle node (chat_app)")
+    parser.add_argument("--profile-connect", type=float, default=0.0, help="seconds of py-spy from the first connect")
     parser.add_argument("--servers", default="chat_app,peer")
     args = parser.parse_args()
     _raise_open_files(2 * args.connections + 4096)
@@ -126,8 +136,8 @@ def main() -> None:
         print(f"peer skipped: {why}")
         servers.remove(PEER)
     for server in servers:
-        profile = args.profile if server is OURS else 0.0
-        result = asyncio.run(w6(server, args.connections, args.rooms, args.idle, args.probe_rate, profile))
+        profile, connect = (args.profile, args.profile_connect) if server is OURS else (0.0, 0.0)
+        result = asyncio.run(w6(server, args.connections, args.rooms, args.idle, args.probe_rate, profile, connect))
         print(server.label, result, flush=True)
 
 

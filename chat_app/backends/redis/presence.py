@@ -66,6 +66,7 @@ class RedisPresence:
         self._stopping = threading.Event()
         self._thread = threading.Thread(target=self._heartbeat, name="heartbeat", daemon=True)
         self.heartbeat = HeartbeatStats()
+        self._beat_calls: dict[str, Call] = {}  # room -> its beat.lua call less the count
 
     def _keys(self, room: str) -> RoomKeys:
         return RoomKeys.of(self._settings.key_prefix, room)
@@ -237,8 +238,14 @@ class RedisPresence:
         self.heartbeat.last_seconds = time.monotonic() - started
 
     def _refresh(self, rooms: dict[str, int]) -> list[str]:
-        """The rooms whose entries Redis no longer holds as this node wrote them."""
-        calls = [self._call(self._beat, room, held) for room, held in rooms.items()]
+        """The rooms whose entries Redis no longer holds as this node wrote them. The calls
+        are kept from beat to beat (for the rooms still held): their keys and arguments
+        change only with the count."""
+        known, self._beat_calls = self._beat_calls, {}
+        calls = []
+        for room, held in rooms.items():
+            script, keys, args = self._beat_calls[room] = known.get(room) or self._call(self._beat, room)
+            calls.append((script, keys, [*args, held]))
         return [room for room, lost in zip(rooms, self._in_chunks(calls), strict=True) if lost]
 
     def _in_chunks(self, calls: list[Call]) -> list[Any]:
