@@ -27,7 +27,7 @@ from typing import Any
 from . import nodejs
 from .__main__ import OURS, PEER
 from .profile import RESULTS, summarise
-from .workloads import LEAN, FanOut, Member, Server, cluster, fanout_result
+from .workloads import LEAN, FanOut, Member, Server, cluster, fanout_result, percentile
 
 PROBE_SECONDS = 5.0
 
@@ -103,6 +103,8 @@ async def w6(
     result: dict[str, Any] = {
         "connections": connections,
         "connect_and_join_s": round(joined.total_s, 2),
+        "connect_p50_ms": round(1000 * percentile(joined.connect_times, 50), 1),
+        "join_p50_ms": round(1000 * percentile(joined.join_times, 50), 1),
         "rss_kib_per_connection": round((rss1 - rss0) / connections / 1024, 1),
         "idle_cpu_percent_of_a_core": round(100 * idle_cpu, 2),
     }
