@@ -13,7 +13,8 @@ gevent's queue three deques per socket. Under gevent, `install` changes that:
 - pings come from one scheduler per node instead of a sleeping greenlet per socket: a FIFO
   of (due, socket), due times being `now + ping_interval` in scheduling order, served by one
   greenlet that wakes at most every PING_TICK and sends every ping due by then (at 20,000
-  connections 800 pings a second are due: one wake each was most of an idle node's CPU).
+  connections 800 pings a second are due: a wake each, and a writer greenlet each, were a
+  third of an idle node's busy time at 19,000; bench/README.md, W6).
   Same protocol as `Socket._send_ping`: after `ping_interval` (late by up to PING_TICK) the
   server sends PING and stamps `last_ping`; the client's PONG schedules the next one
   (`Socket.schedule_ping`). With chat_app.fanout's direct writer, PINGs are written to the

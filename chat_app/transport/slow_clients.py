@@ -48,7 +48,7 @@ def watch_slow_clients(
 
     `longest`, when given (chat_app.transport.lean_websockets), says how long the longest
     queue is without reading every socket's: the round is skipped while none is over
-    `limit` (reading 20,000 queues each second was half of an idle node's CPU)."""
+    `limit` (reading 19,000 queues each second was half of an idle node's busy time)."""
     eio = server.eio
 
     def watch() -> None:
