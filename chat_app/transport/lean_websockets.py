@@ -404,6 +404,9 @@ def _websocket_handler(sock: Socket, ws: Any) -> list[Any]:  # noqa: PLR0912 (up
             break
         if p is None:
             break  # connection closed by client
+        if p == "3":  # PONG: Socket.receive's branch without the decode and its INFO log call
+            lean.pings.schedule(sock)
+            continue
         try:
             pkt = packet.Packet(encoded_packet=p)
             if pkt.packet_type == packet.MESSAGE:
