@@ -33,7 +33,7 @@ from .connection import CONNECTION_ERRORS
 from .control import store_ban
 from .directs import DirectLists
 from .keys import RoomKeys, escape, room_nodes_pattern, room_of_nodes_key
-from .scripts import Call, LuaScript, ScriptBatcher, run_scripts
+from .scripts import Call, HeldConnection, LuaScript, ScriptBatcher, run_scripts
 
 log = logging.getLogger(__name__)
 
@@ -67,13 +67,17 @@ class RedisPresence:
         self._thread = threading.Thread(target=self._heartbeat, name="heartbeat", daemon=True)
         self.heartbeat = HeartbeatStats()
         self._beat_calls: dict[str, Call] = {}  # room -> its beat.lua call less the count
+        # The heartbeat's own connection (plain Redis): no pool checkout and redis-py
+        # pipeline per call; beats run one at a time, as the connection needs.
+        self._held = None if sharded else HeldConnection(self._redis)
+        self._beating = threading.Lock()
 
     def _keys(self, room: str) -> RoomKeys:
         return RoomKeys.of(self._settings.key_prefix, room)
 
-    def _run(self, calls: list[Call]) -> list[Any]:
+    def _run(self, calls: list[Call], held: HeldConnection | None = None) -> list[Any]:
         try:
-            results = run_scripts(self._redis, calls)
+            results = run_scripts(self._redis, calls) if held is None else held.run_scripts(calls)
         except CONNECTION_ERRORS as exc:
             raise BackendUnavailable(f"redis unreachable: {exc}") from exc
         for result in results:
@@ -217,10 +221,17 @@ class RedisPresence:
         may have missed writes the count cannot see). The sweep inside the scripts
         announces crashed nodes' users. Rewriting every entry on every beat cost O(members)
         of arguments and Redis work each HEARTBEAT_INTERVAL."""
-        started = time.monotonic()
-        rooms = self._local.sizes()
-        if not rooms:
-            return
+        with self._beating:  # the heartbeat's and a reconnect's (the listener's)
+            started = time.monotonic()
+            rooms = self._local.sizes()
+            if rooms:
+                self._renew(rooms, rewrite)
+            else:
+                self._beat_calls = {}
+            self.heartbeat.rounds += 1
+            self.heartbeat.last_seconds = time.monotonic() - started
+
+    def _renew(self, rooms: dict[str, int], rewrite: bool) -> None:
         try:
             lost = list(rooms) if rewrite else self._refresh(rooms)
             if lost:
@@ -234,8 +245,6 @@ class RedisPresence:
             log.warning("event=heartbeat_failed rooms=%d error=%r", len(rooms), exc)
         except Exception:
             log.exception("event=heartbeat_error")
-        self.heartbeat.rounds += 1
-        self.heartbeat.last_seconds = time.monotonic() - started
 
     def _refresh(self, rooms: dict[str, int]) -> list[str]:
         """The rooms whose entries Redis no longer holds as this node wrote them. The calls
@@ -256,7 +265,7 @@ class RedisPresence:
         for i in range(0, len(calls), BEAT_CHUNK):
             if i:
                 time.sleep(0)  # under gevent: let the hub run what is ready
-            results += self._run(calls[i : i + BEAT_CHUNK])
+            results += self._run(calls[i : i + BEAT_CHUNK], self._held)
         return results
 
     def _rewrite_call(self, room: str, members: dict[str, str]) -> Call:
