@@ -53,17 +53,31 @@ async def probe(port: int, rate: float) -> dict[str, float]:
     return {"p50_ms": round(result["p50_ms"], 2), "p99_ms": round(result["p99_ms"], 2), "lost": result["lost"]}
 
 
-_HEARTBEAT = re.compile(rb"^chat_presence_heartbeat_seconds\{[^}]*\} (\S+)$", re.M)
+_HEARTBEAT = re.compile(rb"^(chat_presence_heartbeat\w*)\{[^}]*\} (\S+)$", re.M)
 
 
-def heartbeat_seconds(port: int) -> float | None:
-    """The node's last heartbeat round, from /metrics (chat_app only)."""
+def heartbeats(port: int) -> dict[str, float]:
+    """The node's heartbeat figures from /metrics (chat_app only): the last round, rounds
+    and their total time."""
     try:
         with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as r:
-            found = _HEARTBEAT.search(r.read())
+            return {name.decode(): float(value) for name, value in _HEARTBEAT.findall(r.read())}
     except OSError:
-        return None
-    return float(found.group(1)) if found else None
+        return {}
+
+
+def heartbeat_figures(before: dict[str, float], after: dict[str, float]) -> dict[str, float]:
+    """The last round, and the mean and count of the rounds between the two reads."""
+    if "chat_presence_heartbeat_seconds" not in after:
+        return {}
+    rounds = after["chat_presence_heartbeats_total"] - before.get("chat_presence_heartbeats_total", 0)
+    spent = after["chat_presence_heartbeat_duration_seconds_total"] - before.get(
+        "chat_presence_heartbeat_duration_seconds_total", 0
+    )
+    figures = {"heartbeat_round_ms": round(1000 * after["chat_presence_heartbeat_seconds"], 1)}
+    if rounds:
+        figures.update(heartbeat_mean_ms=round(1000 * spent / rounds, 1), heartbeat_rounds=rounds)
+    return figures
 
 
 def _py_spy(pid: int, seconds: float, out: Path) -> subprocess.Popen[bytes]:
@@ -89,10 +103,11 @@ async def w6(
         async with LEAN.idle(members) as joined:
             await asyncio.sleep(2.0)
             rss1 = node.rss()
+            beats0 = heartbeats(node.port) if server is OURS else {}
             cpu0, t0 = node.cpu(), time.monotonic()
             await asyncio.sleep(idle)
             idle_cpu = (node.cpu() - cpu0) / (time.monotonic() - t0)
-            beat = heartbeat_seconds(node.port) if server is OURS else None
+            beat = heartbeat_figures(beats0, heartbeats(node.port)) if server is OURS else {}
             loaded = await probe(node.port, rate) if rate else None
             if profile:
                 out = RESULTS / f"profile-w6-{server.label}.txt"
@@ -108,8 +123,7 @@ async def w6(
         "rss_kib_per_connection": round((rss1 - rss0) / connections / 1024, 1),
         "idle_cpu_percent_of_a_core": round(100 * idle_cpu, 2),
     }
-    if beat is not None:
-        result["heartbeat_round_ms"] = round(1000 * beat, 1)
+    result.update(beat)
     if empty is not None and loaded is not None:
         result["probe_empty"] = empty
         result["probe_loaded"] = loaded

@@ -107,6 +107,11 @@ class ChatCollector(Collector):
             )
             yield counter("chat_presence_heartbeats", "Presence heartbeat rounds.", heartbeat.rounds)
             yield counter(
+                "chat_presence_heartbeat_duration_seconds",
+                "Time spent in presence heartbeat rounds (over chat_presence_heartbeats: the mean round).",
+                heartbeat.total_seconds,
+            )
+            yield counter(
                 "chat_presence_rooms_rewritten",
                 "Rooms whose entries a heartbeat found lost from Redis and wrote again.",
                 heartbeat.rooms_rewritten,

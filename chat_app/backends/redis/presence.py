@@ -46,6 +46,7 @@ class HeartbeatStats:
 
     rounds: int = 0
     last_seconds: float = 0.0  # the last round's duration, both round trips and all
+    total_seconds: float = 0.0  # of every round: a window's mean is its share of rounds
     rooms_rewritten: int = 0  # rooms whose entries a round found lost and wrote again
 
 
@@ -228,8 +229,10 @@ class RedisPresence:
                 self._renew(rooms, rewrite)
             else:
                 self._beat_calls = {}
+            took = time.monotonic() - started
             self.heartbeat.rounds += 1
-            self.heartbeat.last_seconds = time.monotonic() - started
+            self.heartbeat.last_seconds = took
+            self.heartbeat.total_seconds += took
 
     def _renew(self, rooms: dict[str, int], rewrite: bool) -> None:
         try:
