@@ -29,8 +29,6 @@ from .__main__ import OURS, PEER
 from .profile import RESULTS, summarise
 from .workloads import LEAN, FanOut, Member, Server, cluster, fanout_result, percentile
 
-PROBE_SECONDS = 5.0
-
 
 def _raise_open_files(wanted: int) -> None:
     """For the generator and, inherited, the nodes it starts: raising the hard limit needs
@@ -42,13 +40,13 @@ def _raise_open_files(wanted: int) -> None:
         resource.setrlimit(resource.RLIMIT_NOFILE, (min(max(soft, wanted), hard), hard))
 
 
-async def probe(port: int, rate: float) -> dict[str, float]:
+async def probe(port: int, rate: float, seconds: float) -> dict[str, float]:
     """W1's shape on one node: room0 (the idle members use room1...) with a sender and a
-    measured receiver, open loop at `rate` msg/s for PROBE_SECONDS."""
-    f = FanOut(1, int(rate * PROBE_SECONDS) + 2)
+    measured receiver, open loop at `rate` msg/s for `seconds`."""
+    f = FanOut(1, int(rate * seconds) + 2)
     members = [Member(port, "probe-sender", 0, measure=False, sender=True), Member(port, "probe-receiver", 0)]
     async with LEAN.fanout(members, f) as session:
-        sent = await session.send(rate, PROBE_SECONDS)
+        sent = await session.send(rate, seconds)
     result = fanout_result(sent.fanout, sent.t0, sent.wall_s, sent.generator_cpu_s)
     return {"p50_ms": round(result["p50_ms"], 2), "p99_ms": round(result["p99_ms"], 2), "lost": result["lost"]}
 
@@ -87,12 +85,19 @@ def _py_spy(pid: int, seconds: float, out: Path) -> subprocess.Popen[bytes]:
 
 
 async def w6(
-    server: Server, connections: int, rooms: int, idle: float, rate: float, profile: float, profile_connect: float = 0.0
+    server: Server,
+    connections: int,
+    rooms: int,
+    idle: float,
+    rate: float,
+    profile: float,
+    profile_connect: float = 0.0,
+    probe_seconds: float = 5.0,
 ) -> dict[str, Any]:
     with cluster(server, 1) as c:
         node = c.nodes[0]
         await asyncio.sleep(1.0)
-        empty = await probe(node.port, rate) if rate else None
+        empty = await probe(node.port, rate, probe_seconds) if rate else None
         await asyncio.sleep(1.0)
         rss0 = node.rss()
         members = [Member(node.port, f"idle{i}", 1 + i % rooms) for i in range(connections)]
@@ -108,7 +113,7 @@ async def w6(
             await asyncio.sleep(idle)
             idle_cpu = (node.cpu() - cpu0) / (time.monotonic() - t0)
             beat = heartbeat_figures(beats0, heartbeats(node.port)) if server is OURS else {}
-            loaded = await probe(node.port, rate) if rate else None
+            loaded = await probe(node.port, rate, probe_seconds) if rate else None
             if profile:
                 out = RESULTS / f"profile-w6-{server.label}.txt"
                 RESULTS.mkdir(parents=True, exist_ok=True)
@@ -141,6 +146,7 @@ def main() -> None:
     parser.add_argument("--rooms", type=int, default=1_000)
     parser.add_argument("--idle", type=float, default=25.0, help="seconds of idle CPU measurement")
     parser.add_argument("--probe-rate", type=float, default=100.0, help="msg/s of the latency probe (0: none)")
+    parser.add_argument("--probe-seconds", type=float, default=5.0, help="how long each probe sends")
     parser.add_argument("--profile", type=float, default=0.0, help="seconds of py-spy on the idle node (chat_app)")
     parser.add_argument("--profile-connect", type=float, default=0.0, help="seconds of py-spy from the first connect")
     parser.add_argument("--servers", default="chat_app,peer")
@@ -153,7 +159,9 @@ def main() -> None:
         servers.remove(PEER)
     for server in servers:
         profile, connect = (args.profile, args.profile_connect) if server is OURS else (0.0, 0.0)
-        result = asyncio.run(w6(server, args.connections, args.rooms, args.idle, args.probe_rate, profile, connect))
+        result = asyncio.run(
+            w6(server, args.connections, args.rooms, args.idle, args.probe_rate, profile, connect, args.probe_seconds)
+        )
         print(server.label, result, flush=True)
 
 
