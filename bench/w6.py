@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import re
 import resource
 import subprocess
@@ -78,6 +79,16 @@ def heartbeat_figures(before: dict[str, float], after: dict[str, float]) -> dict
     return figures
 
 
+GC_PROBE = Path(__file__).parent / "gcprobe"
+_GC = re.compile(r"^GCPROBE gen=(\d) ms=(\S+)$", re.M)
+
+
+def gc_figures(log: str) -> dict[str, float]:
+    """Full collections of the node's cyclic GC (bench/gcprobe): how many, the longest, all."""
+    full = [float(ms) for gen, ms in _GC.findall(log) if gen == "2"]
+    return {"gc_full": len(full), "gc_full_max_ms": max(full, default=0.0), "gc_full_total_ms": round(sum(full), 1)}
+
+
 def _py_spy(pid: int, seconds: float, out: Path) -> subprocess.Popen[bytes]:
     args = ["py-spy", "record", "--pid", str(pid), "--duration", str(int(seconds)), "--rate", "250"]
     args += ["--format", "raw", "--output", str(out)]
@@ -114,6 +125,7 @@ async def w6(
             idle_cpu = (node.cpu() - cpu0) / (time.monotonic() - t0)
             beat = heartbeat_figures(beats0, heartbeats(node.port)) if server is OURS else {}
             loaded = await probe(node.port, rate, probe_seconds) if rate else None
+            gc = gc_figures(node.log()) if server is OURS and str(GC_PROBE) in os.environ.get("PYTHONPATH", "") else {}
             if profile:
                 out = RESULTS / f"profile-w6-{server.label}.txt"
                 RESULTS.mkdir(parents=True, exist_ok=True)
@@ -129,6 +141,7 @@ async def w6(
         "idle_cpu_percent_of_a_core": round(100 * idle_cpu, 2),
     }
     result.update(beat)
+    result.update(gc)
     if empty is not None and loaded is not None:
         result["probe_empty"] = empty
         result["probe_loaded"] = loaded
@@ -149,9 +162,12 @@ def main() -> None:
     parser.add_argument("--probe-seconds", type=float, default=5.0, help="how long each probe sends")
     parser.add_argument("--profile", type=float, default=0.0, help="seconds of py-spy on the idle node (chat_app)")
     parser.add_argument("--profile-connect", type=float, default=0.0, help="seconds of py-spy from the first connect")
+    parser.add_argument("--gc-probe", action="store_true", help="count chat_app's full GC collections (bench/gcprobe)")
     parser.add_argument("--servers", default="chat_app,peer")
     args = parser.parse_args()
     _raise_open_files(2 * args.connections + 4096)
+    if args.gc_probe:  # the nodes inherit it (this process started without it)
+        os.environ["PYTHONPATH"] = os.pathsep.join(p for p in (str(GC_PROBE), os.environ.get("PYTHONPATH")) if p)
     wanted = args.servers.split(",")
     servers = [s for s in (OURS, PEER) if s.label in wanted]
     if PEER in servers and (why := nodejs.unavailable()):
