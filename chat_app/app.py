@@ -85,7 +85,7 @@ def create_app(settings: Settings | None = None, async_mode: str | None = None) 
     register_api(app, service)
     app.extensions["chat_service"] = service
     app.extensions["chat_socketio"] = socketio
-    register_metrics(app, service, broker, transport.writer.counters if transport.writer else None)
+    register_metrics(app, service, broker, transport.writer.counters if transport.writer else None, presence)
     service.start()
     log.info("event=started")
     return app

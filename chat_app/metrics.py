@@ -25,10 +25,11 @@ PUBLISH_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0
 class ChatCollector(Collector):
     """Reads the service's and the broker's counters at each scrape."""
 
-    def __init__(self, service: ChatService, broker: Any, writes: WriteCounters | None) -> None:
+    def __init__(self, service: ChatService, broker: Any, writes: WriteCounters | None, presence: Any = None) -> None:
         self._service = service
         self._broker = broker
         self._writes = writes
+        self._presence = presence
 
     def collect(self) -> Iterator[Metric]:
         s = self._service
@@ -97,6 +98,25 @@ class ChatCollector(Collector):
                 batcher.round_trips,
             )
 
+        heartbeat = getattr(self._presence, "heartbeat", None)
+        if heartbeat is not None:  # the Redis presence only
+            yield gauge(
+                "chat_presence_heartbeat_seconds",
+                "How long the last presence heartbeat round took (renewing every room's entries).",
+                heartbeat.last_seconds,
+            )
+            yield counter("chat_presence_heartbeats", "Presence heartbeat rounds.", heartbeat.rounds)
+            yield counter(
+                "chat_presence_heartbeat_duration_seconds",
+                "Time spent in presence heartbeat rounds (over chat_presence_heartbeats: the mean round).",
+                heartbeat.total_seconds,
+            )
+            yield counter(
+                "chat_presence_rooms_rewritten",
+                "Rooms whose entries a heartbeat found lost from Redis and wrote again.",
+                heartbeat.rooms_rewritten,
+            )
+
         listener = getattr(self._broker, "listener", None)
         if listener is not None:  # the memory backend has no Redis connection to count
             yield counter("chat_redis_reconnects", "Times the pub/sub listener reconnected.", listener.reconnects)
@@ -113,10 +133,12 @@ class ChatCollector(Collector):
             yield gauge("chat_redis_listener_connected", "1 while listening.", float(listener.connected))
 
 
-def build_registry(service: ChatService, broker: Any, writes: WriteCounters | None = None) -> CollectorRegistry:
+def build_registry(
+    service: ChatService, broker: Any, writes: WriteCounters | None = None, presence: Any = None
+) -> CollectorRegistry:
     """A registry for one app: the collector above plus the publish-latency histogram."""
     registry = CollectorRegistry(auto_describe=True)
-    registry.register(ChatCollector(service, broker, writes))
+    registry.register(ChatCollector(service, broker, writes, presence))
     latency = Histogram(
         "chat_publish_latency_seconds",
         "Time to store and publish one message (send -> broker ack).",
@@ -128,9 +150,11 @@ def build_registry(service: ChatService, broker: Any, writes: WriteCounters | No
     return registry
 
 
-def register_metrics(app: Flask, service: ChatService, broker: Any, writes: WriteCounters | None) -> CollectorRegistry:
+def register_metrics(
+    app: Flask, service: ChatService, broker: Any, writes: WriteCounters | None, presence: Any = None
+) -> CollectorRegistry:
     """Serve GET /metrics from a registry of this app's own."""
-    registry = build_registry(service, broker, writes)
+    registry = build_registry(service, broker, writes, presence)
 
     @app.get("/metrics")
     def metrics() -> Response:

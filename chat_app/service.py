@@ -21,6 +21,7 @@ from .backends.base import (
     Draft,
     History,
     Joined,
+    LocalRooms,
     Overloaded,
     Position,
     Presence,
@@ -138,7 +139,7 @@ class ChatService:
         self._broker.start(
             BrokerHooks(self._on_envelope, self._on_presence, self._catch_up, self._on_reconnected, self._on_control)
         )
-        self._presence.start(self._snapshot)
+        self._presence.start(LocalRooms(self._sizes, self._snapshot))
         threading.Thread(target=self._count_rooms, name="room-counts", daemon=True).start()
         threading.Thread(target=self._sweep_departures, name="departures", daemon=True).start()
 
@@ -843,7 +844,7 @@ class ChatService:
 
     def _on_reconnected(self) -> None:
         """Presence events sent while we were away are lost: rewrite ours, resend the list."""
-        self._presence.beat()
+        self._presence.beat(rewrite=True)
         for room in list(self._rooms):
             try:
                 count, names = self._presence.names(room, None, self.settings.presence_events_max_members)
@@ -856,9 +857,15 @@ class ChatService:
                 if local is not None:
                     self._emit(local, room, "presence", sync, None)
 
-    def _snapshot(self) -> dict[str, dict[str, str]]:
+    def _sizes(self) -> dict[str, int]:
         with self._lock:
-            return {room: dict(local.members) for room, local in self._rooms.items() if local.cursor is not None}
+            return {room: len(local.members) for room, local in self._rooms.items() if local.cursor is not None}
+
+    def _snapshot(self, rooms: Collection[str]) -> dict[str, dict[str, str]]:
+        with self._lock:
+            found = ((room, self._rooms.get(room)) for room in rooms)
+            joined = ((room, local) for room, local in found if local is not None and local.cursor is not None)
+            return {room: dict(local.members) for room, local in joined}
 
 
 def _ack(envelope: Envelope) -> dict[str, Any]:

@@ -9,6 +9,7 @@ import time
 from typing import Any
 
 import gevent
+import gevent.event
 import gevent.queue
 import pytest
 import requests
@@ -18,7 +19,7 @@ from helpers import ChatClient, scrape, wait_until
 from chat_app import create_app, versions
 from chat_app.settings import Settings
 from chat_app.transport import install_transport, lean_websockets
-from chat_app.transport.lean_websockets import PacketQueue, PingScheduler, _Writer
+from chat_app.transport.lean_websockets import PacketQueue, PingScheduler, _service_task, _Writer
 
 # -- PacketQueue ------------------------------------------------------------------------
 # This process is not monkey-patched: waits in the parts' tests must be gevent's.
@@ -134,6 +135,87 @@ def test_scheduler_pings_each_socket_one_interval_after_scheduling() -> None:
     until(lambda: len(a.sent) == 2, what="second ping")
     gevent.sleep(0.15)
     assert len(a.sent) == 2 and len(b.sent) == 1 and len(pings) == 0
+
+
+class CountingServer(FakeServer):
+    def __init__(self) -> None:
+        self.sleeps = 0
+
+    def sleep(self, seconds: float) -> None:
+        self.sleeps += 1
+        gevent.sleep(seconds)
+
+
+def test_scheduler_sends_the_pings_due_within_a_tick_together(monkeypatch) -> None:
+    """40 sockets scheduled ~2.5 ms apart (as 400 connections a second would be): one wake
+    per PING_TICK sends them all, none early, through the given `send`."""
+    monkeypatch.setattr(lean_websockets, "PING_TICK", 0.05)
+    server = CountingServer()
+    sent: list[tuple[float, Any]] = []
+    pings = PingScheduler(server, send=lambda sock, pkt: sent.append((time.monotonic(), sock)))
+    socks = [FakeSocket(str(i)) for i in range(40)]
+    scheduled = {}
+    for sock in socks:
+        pings.schedule(sock)
+        scheduled[sock] = time.monotonic()
+        gevent.sleep(0.0025)
+    until(lambda: len(sent) == 40, what="40 pings")
+    assert all(at - scheduled[sock] >= FakeServer.ping_interval for at, sock in sent)
+    assert all(sock.sent == [] for sock in socks)  # not through Socket.send
+    assert server.sleeps <= 6, server.sleeps  # ~0.1 s of due times: a wake per tick, not per ping
+
+
+def test_backlog_knows_the_longest_queue_and_forgets_empty_ones() -> None:
+    lean = lean_websockets.LeanWebsockets(FakeServer(), 1.0, None)
+    short, long_, never = (PacketQueue(lean.backlog) for _ in range(3))
+    short.put("a")
+    for i in range(5):
+        long_.put(i)
+    assert lean.longest_queue() == 5 and len(lean.backlog) == 2
+    for _ in range(5):
+        long_.get()
+    assert lean.longest_queue() == 1
+    short.get()
+    assert lean.longest_queue() == 0 and len(lean.backlog) == 0
+    assert never.qsize() == 0
+
+
+class ServiceSocket:
+    def __init__(self, sid: str, closed: bool = False) -> None:
+        self.sid, self.closed, self.closing = sid, closed, False
+        self.checked = 0
+
+    def check_ping_timeout(self) -> bool:
+        self.checked += 1
+        return True
+
+
+def test_service_task_checks_every_socket_once_per_ping_timeout(monkeypatch) -> None:
+    monkeypatch.setattr(lean_websockets, "SERVICE_TICK", 0.02)
+
+    class Server:
+        ping_timeout = 0.1  # 5 ticks: a fifth of the sockets each tick
+        logger = None
+
+        def __init__(self) -> None:
+            self.sockets = {str(i): ServiceSocket(str(i)) for i in range(50)}
+            self.sockets["gone"] = ServiceSocket("gone", closed=True)
+
+        def create_event(self) -> gevent.event.Event:
+            return gevent.event.Event()
+
+    server = Server()
+    live = [s for s in server.sockets.values() if not s.closed]
+    started = time.monotonic()
+    task = gevent.spawn(_service_task, server)
+    until(lambda: all(s.checked for s in live), what="every live socket checked")
+    elapsed = time.monotonic() - started
+    # A share per tick, not all at once: the round ends with the fifth tick, ping_timeout in.
+    assert 0.08 <= elapsed < server.ping_timeout + 0.05, elapsed
+    assert "gone" not in server.sockets
+    server.service_task_event.set()
+    task.join(timeout=1)
+    assert task.dead
 
 
 class FakeWebsocket:

@@ -58,6 +58,11 @@ def test_metrics_count_a_cross_node_message(redis_server, nodes) -> None:
         assert after_b["chat_recoveries_total{result=ok}"] == 1
         assert after_b["chat_recoveries_total{result=failed}"] == 1
         assert "chat_gaps_filled_total" in after_b
+        # The heartbeat (every 1 s here) reports its round; Redis lost nothing, so it rewrote nothing.
+        beats = wait_until(lambda: (s := scrape(a.url))["chat_presence_heartbeats_total"] >= 1 and s, what="a beat")
+        assert 0 < beats["chat_presence_heartbeat_seconds"] < 1
+        assert beats["chat_presence_heartbeat_duration_seconds_total"] >= beats["chat_presence_heartbeat_seconds"]
+        assert beats["chat_presence_rooms_rewritten_total"] == 0
     finally:
         alice.close()
         bob.close()

@@ -161,6 +161,57 @@ def test_heartbeat_rewrites_entries_lost_from_redis(server, two_nodes) -> None:
     wait_until(lambda: a.members("lobby") == ["alice"], timeout=4, what="the heartbeat to rewrite")
 
 
+def test_heartbeat_renews_entries_without_rewriting_them(server, two_nodes) -> None:
+    """While Redis holds what the node wrote, a beat pushes deadlines and TTLs only."""
+    a, _, _, _ = two_nodes
+    a.connect("a1", Identity("alice"))
+    a.connect("a2", Identity("ann"))
+    a.join("a1", JoinRequest(room="lobby"))
+    a.join("a2", JoinRequest(room="lobby"))
+    presence = a._presence
+    assert isinstance(presence, RedisPresence)
+    keys = RoomKeys.of(a.settings.key_prefix, "lobby")
+    r = redis_of(server)
+    r.pexpire(keys.names, 1500)  # a beat (every 1 s) must renew the room's keys' TTLs
+    rounds = presence.heartbeat.rounds
+    wait_until(lambda: presence.heartbeat.rounds >= rounds + 2, timeout=4, what="two heartbeats")
+    assert presence.heartbeat.rooms_rewritten == 0
+    assert r.pttl(keys.names) > 1500
+    assert sorted(a.members("lobby")) == ["alice", "ann"]
+
+
+def test_heartbeat_in_chunks_rewrites_every_lost_room(server, two_nodes, monkeypatch) -> None:
+    """Rooms go BEAT_CHUNK per round trip; each result stays with its room."""
+    monkeypatch.setattr("chat_app.backends.redis.presence.BEAT_CHUNK", 2)
+    a, _, b, _ = two_nodes
+    rooms = ["r1", "r2", "r3", "r4", "r5"]
+    for i, room in enumerate(rooms):
+        a.connect(f"a{i}", Identity(f"u{i}"))
+        a.join(f"a{i}", JoinRequest(room=room))
+    r = redis_of(server)
+    r.delete(f"{RoomKeys.of(a.settings.key_prefix, 'r4').node_prefix}A")  # one room's entries lost
+    wait_until(lambda: b.members("r4") == ["u3"], timeout=4, what="r4 rewritten")
+    assert a._presence.heartbeat.rooms_rewritten == 1
+    assert [b.members(room) for room in rooms] == [[f"u{i}"] for i in range(5)]
+
+
+def test_heartbeat_rewrites_a_room_whose_entry_redis_lost(server, two_nodes) -> None:
+    """One entry gone from this node's hash (a failover's replica that missed a write) is
+    enough: the count differs, the room's entries are written again."""
+    a, _, b, _ = two_nodes
+    a.connect("a1", Identity("alice"))
+    a.connect("a2", Identity("ann"))
+    a.join("a1", JoinRequest(room="lobby"))
+    a.join("a2", JoinRequest(room="lobby"))
+    keys = RoomKeys.of(a.settings.key_prefix, "lobby")
+    r = redis_of(server)
+    assert r.hdel(f"{keys.node_prefix}A", "a2") == 1
+    r.hdel(keys.users, "ann")
+    assert b.members("lobby") == ["alice"]
+    wait_until(lambda: sorted(b.members("lobby")) == ["alice", "ann"], timeout=4, what="the heartbeat to rewrite")
+    assert a._presence.heartbeat.rooms_rewritten >= 1
+
+
 def test_send_without_membership_is_refused_and_publishes_nothing(server, two_nodes) -> None:
     a, _, _, _ = two_nodes
     a.connect("a1", Identity("alice"))

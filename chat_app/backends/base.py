@@ -6,7 +6,7 @@ from __future__ import annotations
 import secrets
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol, TypeVar
 
@@ -95,6 +95,15 @@ class Position:
 
     epoch: str
     seq: int
+
+
+@dataclass(frozen=True, slots=True)
+class LocalRooms:
+    """What the presence heartbeat reads of the node's own membership. Sizes alone for
+    every beat: copying every room's members each HEARTBEAT_INTERVAL was O(connections)."""
+
+    sizes: Callable[[], dict[str, int]]  # joined room -> its connections on this node
+    members: Callable[[Collection[str]], dict[str, dict[str, str]]]  # of those rooms: sid -> user
 
 
 @dataclass(frozen=True, slots=True)
@@ -203,12 +212,13 @@ class Presence(Protocol):
     room's channel by the backend itself (BrokerHooks.on_presence), each exactly once, in
     rooms of at most PRESENCE_EVENTS_MAX_MEMBERS users; bigger rooms are told counts."""
 
-    def start(self, snapshot: Callable[[], dict[str, dict[str, str]]]) -> None:
-        """Begin the heartbeat; `snapshot` returns this node's rooms -> {sid: user}."""
+    def start(self, local: LocalRooms) -> None:
+        """Begin the heartbeat over this node's rooms."""
         ...
 
-    def beat(self) -> None:
-        """Rewrite this node's entries now (also after a reconnect)."""
+    def beat(self, rewrite: bool = False) -> None:
+        """Renew this node's entries now, writing again those the store lost; all of them
+        with `rewrite` (after a reconnect)."""
         ...
 
     def stop(self) -> None: ...

@@ -21,6 +21,7 @@ from .base import (
     Draft,
     History,
     Joined,
+    LocalRooms,
     Member,
     Position,
     RoomCount,
@@ -126,10 +127,10 @@ class MemoryPresence:
         self._id = instance_id
         self._events_max = events_max_members
 
-    def start(self, snapshot: Callable[[], dict[str, dict[str, str]]]) -> None:
+    def start(self, local: LocalRooms) -> None:
         pass
 
-    def beat(self) -> None:
+    def beat(self, rewrite: bool = False) -> None:
         pass
 
     def stop(self) -> None:

@@ -39,9 +39,11 @@ def install_transport(sio: Any, max_client_queue: int) -> Transport:
     gevent_mode = sio.eio.async_mode == "gevent"
     pinned = versions.matches("transport", *ENGINE)
     writer = fanout.install(sio) if gevent_mode and pinned else None
-    lean = gevent_mode and pinned and lean_websockets.install(sio)
+    ping = (lambda sock, pkt: writer.send_packet(sock.sid, pkt)) if writer is not None else None
+    installed = lean_websockets.install(sio, send=ping) if gevent_mode and pinned else None
+    lean = installed is not None
     if pinned:
-        watch_slow_clients(sio, max_client_queue)
+        watch_slow_clients(sio, max_client_queue, longest=installed.longest_queue if installed else None)
     transport = Transport(Answers(sio), RoomFanout(sio, writer), writer, lean)
     log.info(
         "event=transport direct_writes=%s lean_websockets=%s answers_tracked=%s slow_client_watch=%s",

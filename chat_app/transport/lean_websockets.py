@@ -12,17 +12,26 @@ gevent's queue three deques per socket. Under gevent, `install` changes that:
 
 - pings come from one scheduler per node instead of a sleeping greenlet per socket: a FIFO
   of (due, socket), due times being `now + ping_interval` in scheduling order, served by one
-  greenlet. Same protocol as `Socket._send_ping`: after `ping_interval` the server sends
-  PING and stamps `last_ping`; the client's PONG schedules the next one
-  (`Socket.schedule_ping`); engine.io's service task still closes a socket whose PONG is
-  more than `ping_timeout` late (`Socket.check_ping_timeout`). (chat_app.fanout's writes do
-  not check it on the way, so a close never runs on the greenlet that was sending.)
+  greenlet that wakes at most every PING_TICK and sends every ping due by then (at 20,000
+  connections 800 pings a second are due: a wake each, and a writer greenlet each, were a
+  third of an idle node's busy time at 19,000; bench/README.md, W6).
+  Same protocol as `Socket._send_ping`: after `ping_interval` (late by up to PING_TICK) the
+  server sends PING and stamps `last_ping`; the client's PONG schedules the next one
+  (`Socket.schedule_ping`). With chat_app.fanout's direct writer, PINGs are written to the
+  socket without waking a writer greenlet for each. (chat_app.fanout's writes do not check
+  `ping_timeout` on the way, so a close never runs on the greenlet that was sending.)
+- engine.io's service task, which closes a socket whose PONG is more than `ping_timeout`
+  late (`Socket.check_ping_timeout`), checks each socket once per `ping_timeout` as
+  upstream, but a share of them every SERVICE_TICK instead of one socket per wake
+  (`ping_timeout / sockets` apart: ~1,000 wakes a second at 20,000 connections).
 - a socket's writer runs only while its queue has packets: a put starts it, and it ends
   after `WRITER_LINGER` seconds with nothing to send. One writer at a time per socket and a
   FIFO queue: packet order is kept. A client that stops reading still grows
   `sock.queue.qsize()` (read by `watch_slow_clients`). chat_app.fanout writes most frames
   without any writer; the queue gets what the kernel did not take at once, pings, closes.
-- each socket gets a `PacketQueue`, which holds a deque only while packets are queued.
+- each socket gets a `PacketQueue`, which holds a deque only while packets are queued; the
+  queues that held packets since the last look are known (`LeanWebsockets.longest_queue`),
+  so chat_app.transport.slow_clients need not read all 20,000 queues every second.
 - frames are read through a 512-byte buffer, and pywsgi forgets the parsed headers (the
   WSGI environ, which Socket.IO keeps, has them).
 - Socket.IO connects (the app's connect handler) run in a short-lived greenlet, events are
@@ -47,8 +56,11 @@ from __future__ import annotations
 import collections
 import io
 import logging
+import math
 import time
+import weakref
 from collections.abc import Callable
+from functools import partial
 from typing import Any
 
 import engineio.socket
@@ -61,6 +73,8 @@ from engineio.socket import Socket
 log = logging.getLogger(__name__)
 
 WRITER_LINGER = 1.0  # seconds an idle writer waits for more before it ends
+PING_TICK = 0.1  # seconds: pings due within one tick go out together
+SERVICE_TICK = 1.0  # seconds between the ping-timeout checks of a share of the sockets
 READ_BUFFER = 512  # bytes; one recv still takes a chat message's whole frame
 
 _ATTR = "_chat_lean_websockets"
@@ -73,9 +87,10 @@ class PacketQueue:
     get with block/timeout, task_done, join, qsize), plus `on_put`, called after each put.
     Greenlets only: nothing here is thread-safe."""
 
-    __slots__ = ("_all_done", "_getters", "_items", "_readable", "_unfinished", "on_put")
+    __slots__ = ("__weakref__", "_all_done", "_backlog", "_getters", "_items", "_readable", "_unfinished", "on_put")
 
-    def __init__(self) -> None:
+    def __init__(self, backlog: weakref.WeakSet[PacketQueue] | None = None) -> None:
+        self._backlog = backlog  # told of this queue whenever it stops being empty
         self._items: collections.deque[Any] | None = None  # only while non-empty
         self._unfinished = 0
         self._getters = 0
@@ -92,6 +107,8 @@ class PacketQueue:
     def put(self, item: Any, block: bool = True, timeout: float | None = None) -> None:
         if self._items is None:
             self._items = collections.deque()
+            if self._backlog is not None:
+                self._backlog.add(self)
         self._items.append(item)
         self._unfinished += 1
         if self._readable is not None:
@@ -145,10 +162,12 @@ class PacketQueue:
 
 
 class PingScheduler:
-    """Sends every socket's PING `ping_interval` after it was scheduled, from one greenlet."""
+    """Sends every socket's PING `ping_interval` after it was scheduled (up to PING_TICK
+    later), from one greenlet; through `send` (socket, packet) when given, else Socket.send."""
 
-    def __init__(self, server: Any) -> None:
+    def __init__(self, server: Any, send: Callable[[Socket, packet.Packet], None] | None = None) -> None:
         self._server = server
+        self._send = send
         self._due: collections.deque[tuple[float, Socket]] = collections.deque()
         self._wake = gevent.event.Event()
         self._task: Any = None
@@ -173,22 +192,49 @@ class PingScheduler:
                 self._wake.clear()
                 self._wake.wait()
                 continue
-            delay = self._due[0][0] - time.monotonic()
+            now = time.monotonic()
+            delay = self._due[0][0] - now
             if delay > 0:
-                self._server.sleep(delay)
+                self._server.sleep(max(delay, PING_TICK))
                 continue
-            _, sock = self._due.popleft()
-            try:
-                self._ping(sock)
-            except Exception:
-                log.exception("event=ping_failed sid=%s", sock.sid)
+            while self._due and self._due[0][0] <= now:
+                _, sock = self._due.popleft()
+                try:
+                    self._ping(sock)
+                except Exception:
+                    log.exception("event=ping_failed sid=%s", sock.sid)
 
-    @staticmethod
-    def _ping(sock: Socket) -> None:
+    def _ping(self, sock: Socket) -> None:
         # Socket._send_ping after its sleep.
         if not sock.closing and not sock.closed:
             sock.last_ping = time.time()
-            sock.send(packet.Packet(packet.PING))
+            pkt = packet.Packet(packet.PING)
+            if self._send is None:
+                sock.send(pkt)
+            else:
+                self._send(sock, pkt)
+
+
+def _service_task(server: Any) -> None:
+    """engine.io's Server._service_task (4.15.1), checking a share of the sockets each
+    SERVICE_TICK: every socket is still checked once per `ping_timeout`."""
+    server.service_task_event = server.create_event()
+    pending: list[Socket] = []
+    share = 1
+    while not server.service_task_event.wait(timeout=SERVICE_TICK):
+        if not pending:
+            pending = list(server.sockets.values())
+            share = max(1, math.ceil(len(pending) * SERVICE_TICK / server.ping_timeout))
+        for _ in range(min(share, len(pending))):
+            s = pending.pop()
+            try:
+                if s.closed:
+                    if server.sockets.get(s.sid) is s:
+                        del server.sockets[s.sid]
+                elif not s.closing:
+                    s.check_ping_timeout()
+            except Exception:
+                server.logger.exception("service task exception")
 
 
 class _Writer:
@@ -358,6 +404,9 @@ def _websocket_handler(sock: Socket, ws: Any) -> list[Any]:  # noqa: PLR0912 (up
             break
         if p is None:
             break  # connection closed by client
+        if p == "3":  # PONG: Socket.receive's branch without the decode and its INFO log call
+            lean.pings.schedule(sock)
+            continue
         try:
             pkt = packet.Packet(encoded_packet=p)
             if pkt.packet_type == packet.MESSAGE:
@@ -384,9 +433,21 @@ def _websocket_handler(sock: Socket, ws: Any) -> list[Any]:  # noqa: PLR0912 (up
 class LeanWebsockets:
     """What `install` attaches to one engine.io server."""
 
-    def __init__(self, server: Any, writer_linger: float) -> None:
-        self.pings = PingScheduler(server)
+    def __init__(self, server: Any, writer_linger: float, send: Callable[[Socket, packet.Packet], None] | None) -> None:
+        self.pings = PingScheduler(server, send)
         self.writer_linger = writer_linger
+        self.backlog: weakref.WeakSet[PacketQueue] = weakref.WeakSet()  # queues that held packets
+
+    def longest_queue(self) -> int:
+        """The most packets any socket's queue holds; forgets the queues found empty."""
+        longest = 0
+        for queue in list(self.backlog):
+            size = queue.qsize()
+            if size:
+                longest = max(longest, size)
+            else:
+                self.backlog.discard(queue)
+        return longest
 
 
 def _connect_in_own_greenlet(sio: Any) -> None:
@@ -405,19 +466,25 @@ def _connect_in_own_greenlet(sio: Any) -> None:
     sio.start_background_task = gevent.spawn
 
 
-def install(sio: Any, writer_linger: float = WRITER_LINGER) -> bool:
+def install(
+    sio: Any, writer_linger: float = WRITER_LINGER, send: Callable[[Socket, packet.Packet], None] | None = None
+) -> LeanWebsockets | None:
     """Apply all of the above to a python-socketio server and its engine.io server under
-    gevent (chat_app.transport checks the versions first). True when installed."""
+    gevent (chat_app.transport checks the versions first); `send` writes a PING (the
+    direct writer). None when not installed."""
     eio = sio.eio
     if eio.async_mode != "gevent":
-        return False
-    if getattr(eio, _ATTR, None) is not None:
-        return True
+        return None
+    installed: LeanWebsockets | None = getattr(eio, _ATTR, None)
+    if installed is not None:
+        return installed
     gevent.config.track_greenlet_tree = False
     logging.logThreads = False
-    eio.create_queue = PacketQueue
-    setattr(eio, _ATTR, LeanWebsockets(eio, writer_linger))
+    lean = LeanWebsockets(eio, writer_linger, send)
+    eio.create_queue = partial(PacketQueue, lean.backlog)
+    eio._service_task = partial(_service_task, eio)
+    setattr(eio, _ATTR, lean)
     _connect_in_own_greenlet(sio)
     engineio.socket.Socket.schedule_ping = _schedule_ping  # type: ignore[method-assign]
     engineio.socket.Socket._websocket_handler = _websocket_handler  # type: ignore[method-assign]
-    return True
+    return lean

@@ -12,6 +12,7 @@ import logging
 import socket
 import struct
 import termios
+from collections.abc import Callable
 from typing import Any
 
 from .fanout import tcp_socket
@@ -30,7 +31,9 @@ def _unsent_bytes(sock: Any) -> int | None:
         return None
 
 
-def watch_slow_clients(server: Any, limit: int, interval: float = 1.0) -> None:
+def watch_slow_clients(
+    server: Any, limit: int, interval: float = 1.0, longest: Callable[[], int] | None = None
+) -> None:
     """Disconnect a client that stopped reading once its outgoing queue passed `limit`
     packets, so it cannot grow the node's memory; it reconnects and recovers with `since`.
 
@@ -41,7 +44,11 @@ def watch_slow_clients(server: Any, limit: int, interval: float = 1.0) -> None:
 
     The cut shuts the TCP connection down rather than closing the engine.io socket, which
     would wait for the stuck queue to drain (forever, and this watch with it). The
-    connection's own greenlets then see it end and clean up as for any disconnect."""
+    connection's own greenlets then see it end and clean up as for any disconnect.
+
+    `longest`, when given (chat_app.transport.lean_websockets), says how long the longest
+    queue is without reading every socket's: the round is skipped while none is over
+    `limit` (reading 19,000 queues each second was half of an idle node's busy time)."""
     eio = server.eio
 
     def watch() -> None:
@@ -54,6 +61,8 @@ def watch_slow_clients(server: Any, limit: int, interval: float = 1.0) -> None:
                 log.exception("event=slow_client_watch_failed")
 
     def check(suspects: set[str]) -> set[str]:
+        if longest is not None and longest() <= limit:
+            return set()
         stuck: dict[str, Any] = {}
         for eio_sid, sock in list(eio.sockets.items()):
             tcp = tcp_socket(server.environ.get(eio_sid)) if sock.queue.qsize() > limit else None

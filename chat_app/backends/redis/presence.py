@@ -5,7 +5,9 @@ from __future__ import annotations
 import logging
 import secrets
 import threading
-from collections.abc import Callable, Sequence
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import redis
@@ -20,6 +22,7 @@ from ..base import (
     Banned,
     Direct,
     Joined,
+    LocalRooms,
     Member,
     Position,
     RoomCount,
@@ -30,9 +33,21 @@ from .connection import CONNECTION_ERRORS
 from .control import store_ban
 from .directs import DirectLists
 from .keys import RoomKeys, escape, room_nodes_pattern, room_of_nodes_key
-from .scripts import Call, LuaScript, ScriptBatcher, run_scripts
+from .scripts import Call, HeldConnection, LuaScript, ScriptBatcher, run_scripts
 
 log = logging.getLogger(__name__)
+
+BEAT_CHUNK = 100  # rooms per heartbeat round trip
+
+
+@dataclass
+class HeartbeatStats:
+    """What the heartbeat did, for /metrics."""
+
+    rounds: int = 0
+    last_seconds: float = 0.0  # the last round's duration, both round trips and all
+    total_seconds: float = 0.0  # of every round: a window's mean is its share of rounds
+    rooms_rewritten: int = 0  # rooms whose entries a round found lost and wrote again
 
 
 class RedisPresence:
@@ -42,21 +57,28 @@ class RedisPresence:
         self._node = escape(settings.instance_id)
         sharded = isinstance(self._redis, RedisCluster)
         self._touch = LuaScript.load("prelude.lua", "touch.lua", sharded=sharded)
+        self._beat = LuaScript.load("prelude.lua", "beat.lua", sharded=sharded)
         self._leave = LuaScript.load("prelude.lua", "leave.lua", sharded=sharded)
         self._names = LuaScript.load("prelude.lua", "names.lua", sharded=sharded)
         self._members = LuaScript.load("members.lua", sharded=sharded)
         self._calls = batcher or ScriptBatcher(self._redis, "presence-calls")
         self._directs = DirectLists(self._redis, settings.key_prefix, settings.redis_room_ttl_ms)
-        self._snapshot: Callable[[], dict[str, dict[str, str]]] = dict
+        self._local = LocalRooms(dict, lambda rooms: {})
         self._stopping = threading.Event()
         self._thread = threading.Thread(target=self._heartbeat, name="heartbeat", daemon=True)
+        self.heartbeat = HeartbeatStats()
+        self._beat_calls: dict[str, Call] = {}  # room -> its beat.lua call less the count
+        # The heartbeat's own connection (plain Redis): no pool checkout and redis-py
+        # pipeline per call; beats run one at a time, as the connection needs.
+        self._held = None if sharded else HeldConnection(self._redis)
+        self._beating = threading.Lock()
 
     def _keys(self, room: str) -> RoomKeys:
         return RoomKeys.of(self._settings.key_prefix, room)
 
-    def _run(self, calls: list[Call]) -> list[Any]:
+    def _run(self, calls: list[Call], held: HeldConnection | None = None) -> list[Any]:
         try:
-            results = run_scripts(self._redis, calls)
+            results = run_scripts(self._redis, calls) if held is None else held.run_scripts(calls)
         except CONNECTION_ERRORS as exc:
             raise BackendUnavailable(f"redis unreachable: {exc}") from exc
         for result in results:
@@ -184,8 +206,8 @@ class RedisPresence:
     def directs(self, user: str, limit: int) -> list[Direct]:
         return self._directs.read(user, limit)
 
-    def start(self, snapshot: Callable[[], dict[str, dict[str, str]]]) -> None:
-        self._snapshot = snapshot
+    def start(self, local: LocalRooms) -> None:
+        self._local = local
         self._thread.start()
 
     def stop(self) -> None:
@@ -193,24 +215,64 @@ class RedisPresence:
         self._thread.join(timeout=5)
         self._calls.stop()  # the broker's, when shared: stopping twice is harmless
 
-    def beat(self) -> None:
-        """Rewrite every local entry (not merely re-EXPIRE): entries come back after Redis
-        lost its data, and the sweep inside the script announces crashed nodes' users."""
-        rooms = self._snapshot()
-        if not rooms:
-            return
-        calls = [
-            self._call(self._touch, room, "1", 0, *(x for sid, user in members.items() for x in (sid, user)))
-            for room, members in rooms.items()
-        ]
+    def beat(self, rewrite: bool = False) -> None:
+        """Push this node's deadline and the room keys' TTLs, one call per room in one round
+        trip; rewrite a room's entries (a second round trip) only where Redis lost them
+        (beat.lua), or every room's with `rewrite` (after a reconnect: a failover's replica
+        may have missed writes the count cannot see). The sweep inside the scripts
+        announces crashed nodes' users. Rewriting every entry on every beat cost O(members)
+        of arguments and Redis work each HEARTBEAT_INTERVAL."""
+        with self._beating:  # the heartbeat's and a reconnect's (the listener's)
+            started = time.monotonic()
+            rooms = self._local.sizes()
+            if rooms:
+                self._renew(rooms, rewrite)
+            else:
+                self._beat_calls = {}
+            took = time.monotonic() - started
+            self.heartbeat.rounds += 1
+            self.heartbeat.last_seconds = took
+            self.heartbeat.total_seconds += took
+
+    def _renew(self, rooms: dict[str, int], rewrite: bool) -> None:
         try:
-            self._run(calls)
+            lost = list(rooms) if rewrite else self._refresh(rooms)
+            if lost:
+                members = self._local.members(lost)
+                self._in_chunks([self._rewrite_call(room, entries) for room, entries in members.items()])
+                self.heartbeat.rooms_rewritten += len(members)
+                log.info("event=heartbeat_rewrote rooms=%d of=%d", len(members), len(rooms))
             # Both users' lists live as long as a conversation hosted here does, as its keys do.
             self._directs.refresh(u for room in rooms for u in direct_members(room) or ())
         except BackendUnavailable as exc:
             log.warning("event=heartbeat_failed rooms=%d error=%r", len(rooms), exc)
         except Exception:
             log.exception("event=heartbeat_error")
+
+    def _refresh(self, rooms: dict[str, int]) -> list[str]:
+        """The rooms whose entries Redis no longer holds as this node wrote them. The calls
+        are kept from beat to beat (for the rooms still held): their keys and arguments
+        change only with the count."""
+        known, self._beat_calls = self._beat_calls, {}
+        calls = []
+        for room, held in rooms.items():
+            script, keys, args = self._beat_calls[room] = known.get(room) or self._call(self._beat, room)
+            calls.append((script, keys, [*args, held]))
+        return [room for room, lost in zip(rooms, self._in_chunks(calls), strict=True) if lost]
+
+    def _in_chunks(self, calls: list[Call]) -> list[Any]:
+        """Pipelines of BEAT_CHUNK calls, yielding between them: building and reading one of
+        1,000 rooms' calls holds the node's only thread (gevent) for tens of ms, which
+        every delivery meanwhile waits out."""
+        results: list[Any] = []
+        for i in range(0, len(calls), BEAT_CHUNK):
+            if i:
+                time.sleep(0)  # under gevent: let the hub run what is ready
+            results += self._run(calls[i : i + BEAT_CHUNK], self._held)
+        return results
+
+    def _rewrite_call(self, room: str, members: dict[str, str]) -> Call:
+        return self._call(self._touch, room, "1", 0, *(x for sid, user in members.items() for x in (sid, user)))
 
     def _heartbeat(self) -> None:
         while not self._stopping.wait(self._settings.heartbeat_interval):

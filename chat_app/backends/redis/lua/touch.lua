@@ -1,4 +1,5 @@
--- Write this node's presence entries for a room (a join, or the heartbeat's full rewrite)
+-- Write this node's presence entries for a room (a join, or the heartbeat's rewrite of a room
+-- whose entries the store lost, beat.lua)
 -- and keep the room's keys alive. A room new to the store gets a new epoch.
 -- ARGV after the common ones: 10 replace (0|1), 11 names (how many of the first member names
 -- to return), then sid, user pairs.
