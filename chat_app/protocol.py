@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import functools
 import unicodedata
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Annotated, Any, Literal, TypeVar
 from urllib.parse import unquote
@@ -258,6 +258,17 @@ def parse(model: type[P], payload: Any, **context: Any) -> P:
         raise ChatError(code, f"{where}: {first['msg']}" if where else first["msg"]) from None
 
 
+class Preencoded(dict[str, Any]):
+    """A client payload that carries its own JSON text too: the fan-out frames that text for
+    every member instead of encoding the dict again; anything else reads it as the dict."""
+
+    __slots__ = ("json",)
+
+    def __init__(self, value: dict[str, Any], json: str) -> None:
+        super().__init__(value)
+        self.json = json
+
+
 @dataclass(frozen=True, slots=True)
 class Envelope:
     """One chat message as stored in history and fanned out through Redis."""
@@ -270,9 +281,11 @@ class Envelope:
     seq: int
     epoch: str
     instance_id: str
+    # The client payload's JSON when it came from Redis in send.lua's own form ('' if not).
+    wire: str = field(default="", compare=False, repr=False)
 
     def to_client(self) -> dict[str, Any]:
-        return {
+        value = {
             "id": self.id,
             "room": self.room,
             "sender": self.sender,
@@ -282,6 +295,7 @@ class Envelope:
             "epoch": self.epoch,
             "instance_id": self.instance_id,
         }
+        return Preencoded(value, self.wire) if self.wire else value
 
 
 def envelope_head(id: str, room: str, sender: str, message: str, timestamp: int, instance_id: str) -> bytes:
@@ -380,10 +394,64 @@ class BadEnvelope(ValueError):
     """A payload from Redis that is not one of ours: dropped and counted."""
 
 
+# How envelope_head begins every envelope it writes; what follows is the client payload's
+# members, so `{` + the rest is that payload's JSON.
+_MESSAGE_HEAD = b'{"v":1,"kind":"message",'
+_MESSAGE_FIELDS = 10
+
+
+def _id_like(value: object) -> bool:
+    return type(value) is str and 0 < len(value) <= 64
+
+
+def _room_as_is(value: object) -> bool:
+    """A valid room name, already in the one spelling check_room gives it."""
+    try:
+        return type(value) is str and check_room(value) == value
+    except PydanticCustomError:
+        return False
+
+
+def _as_stored(raw: bytes) -> Envelope | None:
+    """An envelope exactly as send.lua stores it (envelope_head's fields, nothing else),
+    checked by plain type tests, with its client JSON kept to be framed as it is. None for
+    anything else, which the full validation then decides on: each test here is one of its
+    rules, so nothing passes here that it would refuse."""
+    try:
+        d = orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        return None
+    if len(d) != _MESSAGE_FIELDS:
+        return None
+    v, kind, room, sender = d.get("v"), d.get("kind"), d.get("room"), d.get("sender")
+    timestamp, seq, message = d.get("timestamp"), d.get("seq"), d.get("message")
+    id_, epoch, instance_id = d.get("id"), d.get("epoch"), d.get("instance_id")
+    if not (
+        type(v) is int
+        and v == 1
+        and kind == "message"
+        and _id_like(id_)
+        and _id_like(epoch)
+        and _id_like(instance_id)
+        and type(sender) is str
+        and len(sender) <= SENDER_MAX_CHARS
+        and type(message) is str
+        and type(timestamp) is int
+        and type(seq) is int
+        and seq >= 1
+        and _room_as_is(room)
+    ):
+        return None
+    wire = "{" + raw[len(_MESSAGE_HEAD) :].decode()
+    return Envelope(id_, room, sender, message, timestamp, seq, epoch, instance_id, wire)  # type: ignore[arg-type]
+
+
 def decode_wire(raw: bytes | str, max_bytes: int) -> Envelope | PresenceEvent | TypingEvent:
     """Parse what arrived on a room channel; never evaluates or unpickles anything."""
     if len(raw) > max_bytes:
         raise BadEnvelope(f"payload of {len(raw)} bytes is over the {max_bytes} limit")
+    if isinstance(raw, bytes) and raw.startswith(_MESSAGE_HEAD) and (stored := _as_stored(raw)) is not None:
+        return stored
     try:
         w = _WIRE.validate_json(raw)
     except ValidationError as exc:

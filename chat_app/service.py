@@ -45,6 +45,7 @@ from .protocol import (
 )
 from .ratelimit import TokenBucket
 from .settings import Settings
+from .tokens import Tokens
 
 log = logging.getLogger(__name__)
 
@@ -122,6 +123,7 @@ class ChatService:
         self._presence = presence
         self._emitter = emitter
         self._clock = clock
+        self._tokens = Tokens()
         self._lock = threading.RLock()
         self._connections: dict[str, Connection] = {}
         self._rooms: dict[str, LocalRoom] = {}
@@ -498,7 +500,7 @@ class ChatService:
                 self.counters.rate_limited += 1
             raise ChatError(ErrorCode.RATE_LIMITED, "too many messages: slow down")
         sender = conn.user or clean_sender(req.sender) or self._rooms_user(req.room, sid)
-        draft = Draft.new(req.room, sender, req.message, self.instance_id, req.key, self._clock)
+        draft = Draft.new(req.room, sender, req.message, self.instance_id, req.key, self._clock, self._tokens.hex)
         started = time.perf_counter()
         try:
             envelope = self._publish(draft)
@@ -568,7 +570,9 @@ class ChatService:
     def publish(self, req: PublishRequest) -> dict[str, Any]:
         """A post from a backend (HTTP): stored and delivered exactly as a member's send,
         under the sender it names; `instance_id` says it came through this node's API."""
-        draft = Draft.new(req.room, req.sender, req.message, f"api:{self.instance_id}", req.key, self._clock)
+        draft = Draft.new(
+            req.room, req.sender, req.message, f"api:{self.instance_id}", req.key, self._clock, self._tokens.hex
+        )
         envelope = self._publish(draft)
         log.debug("event=api_publish room=%s seq=%d id=%s", req.room, envelope.seq, envelope.id)
         self._reach_direct(envelope)

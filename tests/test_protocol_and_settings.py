@@ -89,6 +89,9 @@ def near_envelopes(draw: st.DrawFn) -> bytes:
         obj[spoilt] = draw(st.sampled_from(wire_fields[spoilt][1]))
     if draw(st.booleans()):
         obj[draw(st.text(max_size=5))] = draw(st.integers() | st.text(max_size=5))  # unknown fields are ignored
+    if kind == "message" and draw(st.booleans()):  # compact, v and kind first: send.lua's own form
+        head = {name: obj.pop(name) for name in ("v", "kind") if name in obj}
+        return json.dumps(head | obj, separators=(",", ":"), ensure_ascii=draw(st.booleans())).encode()
     return json.dumps(obj, ensure_ascii=draw(st.booleans())).encode()
 
 
@@ -160,6 +163,27 @@ def test_arbitrary_bytes_are_refused_cleanly(data: bytes) -> None:
     except BadEnvelope:
         decoded = None
     assert decoded == well_formed(data)
+    if isinstance(decoded, Envelope) and decoded.wire:  # framed for clients as it is
+        assert json.loads(decoded.wire) == decoded.to_client()
+
+
+def test_an_envelope_as_send_lua_stores_it_is_framed_as_it_is_and_any_other_is_reencoded() -> None:
+    head = envelope_head("id1", "lobby", "al", 'say "hi"', 5, "n1")
+    stored = head + b',"seq":3,"epoch":"e1"}'
+    envelope = decode_wire(stored, max_bytes=MAX_WIRE)
+    assert envelope.wire == "{" + stored.decode()[len('{"v":1,"kind":"message",') :]
+    assert getattr(envelope.to_client(), "json", None) == envelope.wire
+    for other in (
+        stored[:-1] + b',"extra":1}',  # a field send.lua does not write: validated, then dropped
+        stored.replace(b'"lobby"', '"Ca\u0301fe"'.encode()),  # not NFC: validated, then normalised
+        json.dumps(json.loads(stored)).encode(),  # not compact
+    ):
+        decoded = decode_wire(other, max_bytes=MAX_WIRE)
+        assert isinstance(decoded, Envelope) and decoded.wire == ""
+        assert not hasattr(decoded.to_client(), "json")
+    for spoilt in (b',"kind":"presence"}', b',"v":2}', b',"seq":0}'):  # a later duplicate wins, as in JSON.parse
+        with pytest.raises(BadEnvelope):
+            decode_wire(stored[:-1] + spoilt, max_bytes=MAX_WIRE)
 
 
 @pytest.mark.parametrize("kind", sorted(KIND_FIELDS))
@@ -170,8 +194,10 @@ def test_an_envelope_with_one_field_off_is_refused(kind: str) -> None:
     for name in KIND_FIELDS[kind]:
         spoilt = [{k: v for k, v in whole.items() if k != name}] + [whole | {name: v} for v in wire_fields[name][1]]
         for obj in spoilt:
-            with pytest.raises(BadEnvelope):
-                decode_wire(json.dumps(obj).encode(), max_bytes=MAX_WIRE)
+            compact = {k: obj[k] for k in ("v", "kind") if k in obj} | obj  # send.lua's own form
+            for text in (json.dumps(obj), json.dumps(compact, separators=(",", ":"))):
+                with pytest.raises(BadEnvelope):
+                    decode_wire(text.encode(), max_bytes=MAX_WIRE)
 
 
 def test_settings_read_the_environment() -> None:

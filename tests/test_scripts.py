@@ -42,18 +42,22 @@ def test_a_flushed_script_cache_is_reloaded_and_every_call_runs_once(redis_serve
 
 
 class Room:
-    def __init__(self, url: str) -> None:
-        self.settings = Settings.from_env({}, redis_url=url, instance_id="n1")
+    def __init__(self, url: str, **settings: object) -> None:
+        self.settings = Settings.from_env({}, redis_url=url, instance_id="n1", **settings)
         self.client = redis.Redis.from_url(url)
         self.keys = RoomKeys.of(self.settings.key_prefix, "lobby")
         self._send = SendScript(self.client, self.settings)
         self.presence = RedisPresence(RedisClients.from_settings(self.settings), self.settings)
 
-    def send(self, text: str, epoch: str) -> tuple[int, str]:
-        draft = Draft.new("lobby", "ann", text, "n1")
+    def send(self, text: str, epoch: str, key: str | None = None) -> tuple[int, str]:
+        draft = Draft.new("lobby", "ann", text, "n1", key)
         [result] = run_scripts(self.client, [self._send.call(draft, self.keys, epoch, "")])
         envelope = SendScript.envelope(draft, result)
         return envelope.seq, envelope.epoch
+
+    def send_keys(self) -> list[str]:
+        k = self.keys
+        return [k.seq, k.hist, k.epoch, k.dedup]
 
     def history(self) -> list[bytes]:
         return [fields[b"e"] for _, fields in self.client.xrange(self.keys.hist)]
@@ -77,3 +81,33 @@ def test_a_join_into_a_room_that_lost_its_epoch_starts_it_afresh(redis_server) -
     assert joined.position.seq == 0 and joined.position.epoch != "e1"
     assert room.history() == [] and not room.client.exists(room.keys.seq, room.keys.dedup, room.keys.srv)
     assert room.send("b", "e9") == (1, joined.position.epoch)
+
+
+def test_a_send_renews_the_room_ttl_once_a_tenth_ran_out_and_on_every_key_it_creates(redis_server) -> None:
+    room = Room(redis_server.url)
+    ttl = room.settings.redis_room_ttl_ms
+    room.send("a", "e1")
+    assert all(ttl - 1000 < room.client.pttl(k) <= ttl for k in room.send_keys())
+    for k in room.send_keys():
+        room.client.pexpire(k, ttl - ttl // 20)  # a twentieth ran out: not renewed yet
+    room.send("b", "e1")
+    assert all(room.client.pttl(k) <= ttl - ttl // 20 for k in room.send_keys())
+    for k in room.send_keys():
+        room.client.pexpire(k, ttl // 2)
+    room.send("c", "e1")
+    assert all(room.client.pttl(k) > ttl - 1000 for k in room.send_keys())
+    for lost in (room.keys.hist, room.keys.dedup):  # evicted alone: the send recreates it
+        room.client.delete(lost)
+        room.send("d", "e1")
+        assert room.client.pttl(lost) > ttl - 1000
+
+
+def test_dedup_ids_are_kept_for_the_history_window_and_trimmed_past_it(redis_server) -> None:
+    room = Room(redis_server.url, history_length=4)
+    assert room.send("first", "e1", key="k1") == (1, "e1")
+    assert room.send("again", "e1", key="k1") == (1, "e1")  # a retry within the window
+    for i in range(40):
+        room.send(f"m{i}", "e1", key=f"m{i}")
+    assert room.client.zcard(room.keys.dedup) < 4 + 16
+    assert room.send("m39 again", "e1", key="m39") == (41, "e1")
+    assert room.send("first again", "e1", key="k1") == (42, "e1")  # out of the window: a new message

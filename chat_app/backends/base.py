@@ -79,9 +79,10 @@ class Draft:
         instance_id: str,
         key: str | None = None,
         clock: Callable[[], float] = time.time,
+        token_hex: Callable[[int], str] = secrets.token_hex,
     ) -> Draft:
         """A message from a member or from outside the nodes: both get their id here."""
-        return cls(secrets.token_hex(16), room, sender, message, int(clock() * 1000), instance_id[:64], key)
+        return cls(token_hex(16), room, sender, message, int(clock() * 1000), instance_id[:64], key)
 
     @property
     def dedup_id(self) -> str:

@@ -26,6 +26,7 @@ from typing import Any
 import gevent
 import gevent.socket
 import gevent.ssl
+import orjson
 from engineio import packet as eio_packet
 from engineio.async_drivers import gevent as eio_gevent
 from geventwebsocket.websocket import Header
@@ -200,7 +201,11 @@ class RoomFanout:
         if self._writer is None:
             self._server.emit(event, data, to=room, skip_sid=list(skip) or None, namespace=NAMESPACE)
             return
-        text = self._server.packet_class(sio_packet.EVENT, namespace=NAMESPACE, data=[event, data]).encode()
+        encoded = getattr(data, "json", None)  # a protocol.Preencoded payload: framed as it is
+        if encoded is not None:
+            text = f"{sio_packet.EVENT}[{orjson.dumps(event).decode()},{encoded}]"
+        else:
+            text = self._server.packet_class(sio_packet.EVENT, namespace=NAMESPACE, data=[event, data]).encode()
         pkt = eio_packet.Packet(eio_packet.MESSAGE, text)
         members = self._server.manager.get_participants(NAMESPACE, room)
         if skip:

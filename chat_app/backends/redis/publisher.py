@@ -13,7 +13,6 @@ a deque, and a sender waits on an Event instead of a Future.
 from __future__ import annotations
 
 import logging
-import secrets
 import threading
 import time
 from collections import deque
@@ -24,6 +23,7 @@ from redis.cluster import RedisCluster
 
 from ...protocol import Envelope
 from ...settings import Settings
+from ...tokens import Tokens
 from ..base import BackendUnavailable, Draft, Overloaded
 from .connection import CONNECTION_ERRORS, reconnect_backoff
 from .keys import RoomKeys
@@ -93,6 +93,7 @@ class Publisher:
         self.last_ok = 0.0
         self.last_error: str | None = None
         self._server_ids = ServerIds(client, self._held)
+        self._tokens = Tokens()
 
     def start(self) -> None:
         self._thread.start()
@@ -205,7 +206,7 @@ class Publisher:
             p.settle(BackendUnavailable("the node is shutting down"))
 
     def _execute(self, batch: list[_Pending]) -> list[object]:
-        epochs = secrets.token_hex(8 * len(batch))  # a candidate epoch per send, one read of randomness
+        epochs = self._tokens.hex(8 * len(batch))  # a candidate epoch per send
         calls: list[Call] = [
             self._send.call(p.draft, p.keys, epochs[16 * i : 16 * i + 16], self._server_ids.of(p.keys.seq))
             for i, p in enumerate(batch)

@@ -5,7 +5,10 @@
 -- ARGV: envelope_head (JSON without closing brace), dedup_id, candidate_epoch,
 --       history_length, room_ttl_ms, channel, server_id (the master's replication id)
 -- Returns {seq, epoch, envelope_json, duplicate (0|1)}
-local epoch = redis.call('GET', KEYS[3])
+-- Every command here runs once per message, so the common path is kept to reads and the
+-- writes a message needs: the TTLs are renewed only when this send created a key or a
+-- tenth of the room TTL has run out, and the dedup ids are trimmed every 16th seq.
+local epoch, srv = unpack(redis.call('MGET', KEYS[3], KEYS[5]))
 local seen = redis.call('ZSCORE', KEYS[4], ARGV[2])
 if seen and epoch then
   local stored = redis.call('XRANGE', KEYS[2], seen .. '-0', seen .. '-0')
@@ -14,9 +17,12 @@ if seen and epoch then
   end
 end
 
-local srv = redis.call('GET', KEYS[5])
-if not epoch or (redis.call('EXISTS', KEYS[1]) == 0 and redis.call('EXISTS', KEYS[2]) == 1) then
+local ttl_ms = tonumber(ARGV[5])
+local seq_ttl = redis.call('PTTL', KEYS[1])  -- -2: no seq, -1: no TTL
+local renew = seq_ttl < ttl_ms - ttl_ms / 10
+if not epoch or (seq_ttl == -2 and redis.call('EXISTS', KEYS[2]) == 1) then
   epoch = start_epoch(KEYS[3], KEYS[1], KEYS[2], KEYS[4], KEYS[5], ARGV[3], ARGV[7])
+  renew = true
 elseif ARGV[7] ~= '' and srv ~= ARGV[7] then
   -- Last written through another server (a replica promoted by a failover), the room may
   -- have lost its newest messages to asynchronous replication, so its seqs could repeat:
@@ -27,13 +33,23 @@ elseif ARGV[7] ~= '' and srv ~= ARGV[7] then
     redis.call('SET', KEYS[3], epoch)
   end
   redis.call('SET', KEYS[5], ARGV[7])
+  renew = true
 end
 local seq = redis.call('INCR', KEYS[1])
 
 local envelope = ARGV[1] .. ',"seq":' .. seq .. ',"epoch":"' .. epoch .. '"}'
-redis.call('XADD', KEYS[2], 'MAXLEN', ARGV[4], seq .. '-0', 'e', envelope)
+if not redis.call('XADD', KEYS[2], 'NOMKSTREAM', 'MAXLEN', ARGV[4], seq .. '-0', 'e', envelope) then
+  redis.call('XADD', KEYS[2], 'MAXLEN', ARGV[4], seq .. '-0', 'e', envelope)  -- a new stream
+  renew = true
+end
 redis.call('ZADD', KEYS[4], seq, ARGV[2])
-redis.call('ZREMRANGEBYSCORE', KEYS[4], '-inf', seq - tonumber(ARGV[4]))
-pexpire(ARGV[5], KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5])
+if seq % 16 == 0 then
+  -- Ids of seqs older than the window may linger until then: harmless, a dedup hit counts
+  -- only while its message is still in the stream (above).
+  redis.call('ZREMRANGEBYSCORE', KEYS[4], '-inf', seq - tonumber(ARGV[4]))
+end
+if renew or redis.call('PTTL', KEYS[4]) < 0 then
+  pexpire(ARGV[5], KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5])
+end
 redis.call(PUBLISH, ARGV[6], envelope)
 return {seq, epoch, envelope, 0}
