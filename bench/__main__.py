@@ -16,8 +16,9 @@ import json
 import os
 import platform
 import time
+from collections.abc import Callable, Coroutine
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from . import nodejs, procs, report
 from .workloads import LEAN, Generator, Server, routing, w1, w2, w3
@@ -33,11 +34,33 @@ OURS = Server(
 PEER = Server("peer", procs.NodeSpec("", command=("node", "peer_server.js"), cwd=nodejs.NODE_DIR), "http")
 BASELINE = Server("baseline", procs.NodeSpec("bench.baseline_server:app"), "http")
 SERVERS = (OURS, PEER, BASELINE)
+T = TypeVar("T")
 LADDER = (500, 1000, 2000, 3000, 4000, 5000, 7500, 10000)
 
 
 def load() -> str:
     return " ".join(f"{x:.2f}" for x in os.getloadavg())
+
+
+def utc_now() -> str:
+    return time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime())
+
+
+def event_loop_runner() -> Callable[[Coroutine[Any, Any, T]], T]:
+    """uvloop where installed: a lighter per-frame cost for the lean generator."""
+    try:
+        import uvloop
+    except ImportError:
+        return asyncio.run
+    return uvloop.run
+
+
+def with_peer_if_node(servers: list[Server]) -> list[Server]:
+    """`servers` without the peer when Node is missing, saying why."""
+    if PEER in servers and (reason := nodejs.unavailable()):
+        print(f"skipping the peer (socket.io on Node): {reason}", flush=True)
+        return [s for s in servers if s is not PEER]
+    return servers
 
 
 def pick_generator(name: str) -> Generator:
@@ -66,7 +89,7 @@ async def run(args: argparse.Namespace, generator: Generator, servers: tuple[Ser
     ladder = tuple(float(r) for r in args.rates.split(",")) if args.rates else (1000, 3000) if args.quick else LADDER
     duration = 3.0 if args.quick else 10.0
     results: dict[str, Any] = {
-        "started": time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime()),
+        "started": utc_now(),
         "machine": f"{platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}",
         "generator": generator.name,
         "generator_detail": generator.describe(),
@@ -126,13 +149,7 @@ def main() -> None:
     generator = pick_generator(args.generator)
     skipped: dict[str, str] = {}
     servers = pick_servers(args.servers, skipped)
-    try:
-        import uvloop  # lighter per-frame cost for the lean generator
-
-        runner = uvloop.run
-    except ImportError:
-        runner = asyncio.run
-    results = runner(run(args, generator, servers))
+    results = event_loop_runner()(run(args, generator, servers))
     if skipped:
         results["skipped"] = skipped
     out = Path(args.out)

@@ -18,15 +18,14 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import os
 import time
 import urllib.request
 from collections import Counter
 from pathlib import Path
 from typing import Any
 
-from . import nodejs, procs
-from .__main__ import OURS, PEER
+from . import procs
+from .__main__ import OURS, PEER, event_loop_runner, load, utc_now, with_peer_if_node
 from .sioclient import SioClient, connect
 from .workloads import CONNECT_CONCURRENCY, FanOut, Server, cluster, fanout_result, percentile, self_cpu
 
@@ -218,7 +217,7 @@ async def w4(server: Server, members: int, rate: float, duration: float, window:
         presence_others_per_join_above=(presence_total - presence.get("count", 0)) / above,
         presence_counts_per_member_max=max(counts_told, default=0),
         presence_span_s=ended - joins.first,
-        load_after=" ".join(f"{x:.2f}" for x in os.getloadavg()),
+        load_after=load(),
     )
     del result["timeline"]
     return result
@@ -279,18 +278,9 @@ def main() -> None:
     parser.add_argument("--servers", default="chat_app,peer")
     args = parser.parse_args()
     wanted = args.servers.split(",")
-    servers = [s for s in (BIG, PEER) if s.label in wanted]
-    if PEER in servers and (why := nodejs.unavailable()):
-        print(f"peer skipped: {why}")
-        servers.remove(PEER)
-    try:
-        import uvloop
-
-        runner = uvloop.run
-    except ImportError:
-        runner = asyncio.run
-    started = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime())
-    load_before = " ".join(f"{x:.2f}" for x in os.getloadavg())
+    servers = with_peer_if_node([s for s in (BIG, PEER) if s.label in wanted])
+    runner = event_loop_runner()
+    started, load_before = utc_now(), load()
     results: dict[str, dict[str, Any]] = {}
     for server in servers:
         results[server.label] = runner(w4(server, args.members, args.rate, args.seconds, args.join_window))

@@ -33,8 +33,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
 
-from . import nodejs
-from .__main__ import PEER
+from .__main__ import PEER, event_loop_runner, load, utc_now, with_peer_if_node
 from .sioclient import SioClient, connect
 from .w4 import BIG, RESULTS, connect_many, delta, scrape
 from .workloads import CONNECT_CONCURRENCY, PAD, Server, cluster, percentile, self_cpu
@@ -395,7 +394,7 @@ async def w5(
         "storm_redis_calls": storm_redis_calls,
         "generator_cpu_pct_storm": 100 * gen_storm / max(storm_over - kill_at, 1e-9),
         "generator_cpu_pct": 100 * gen_cpu / wall,
-        "load_after": " ".join(f"{x:.2f}" for x in os.getloadavg()),
+        "load_after": load(),
     }
     result["rejoin_errors"] = dict(result["rejoin_errors"])
     result |= _check(storm, tracks, seq_server=server.label == "chat_app")
@@ -479,18 +478,9 @@ def main() -> None:
     parser.add_argument("--servers", default="chat_app,peer")
     args = parser.parse_args()
     wanted = args.servers.split(",")
-    servers = [s for s in (BIG, PEER) if s.label in wanted]
-    if PEER in servers and (why := nodejs.unavailable()):
-        print(f"peer skipped: {why}")
-        servers.remove(PEER)
-    try:
-        import uvloop
-
-        runner = uvloop.run
-    except ImportError:
-        runner = asyncio.run
-    started = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime())
-    load_before = " ".join(f"{x:.2f}" for x in os.getloadavg())
+    servers = with_peer_if_node([s for s in (BIG, PEER) if s.label in wanted])
+    runner = event_loop_runner()
+    started, load_before = utc_now(), load()
     results: dict[str, dict[str, Any]] = {}
     for server in servers:
         r = runner(w5(server, args.clients, args.rooms, args.rate, args.seconds, args.kill_at, args.reconnect_spread))

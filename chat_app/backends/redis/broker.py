@@ -29,7 +29,7 @@ from ..base import (
 )
 from .clients import RedisClients
 from .cluster_listener import ShardedListener
-from .connection import CONNECTION_ERRORS
+from .connection import CONNECTION_ERRORS, describe
 from .control import ControlClient, publish
 from .keys import RoomKeys
 from .listener import Listener
@@ -82,7 +82,7 @@ class RedisBroker:
         try:
             publish(self._commands, command.reply_to, CommandReply(command.id, self._instance_id, count).encode())
         except CONNECTION_ERRORS as exc:
-            log.warning("event=command_reply_failed action=%s error=%r", command.action, exc)
+            log.warning("event=command_reply_failed action=%s error=%s", command.action, describe(exc))
 
     def stop(self) -> None:
         self.listener.stop()
@@ -102,7 +102,7 @@ class RedisBroker:
         try:
             publish(self._commands, RoomKeys.of(self._prefix, event.room).channel, event.encode())
         except CONNECTION_ERRORS as exc:
-            log.debug("event=signal_dropped room=%s error=%r", event.room, exc)
+            log.debug("event=signal_dropped room=%s error=%s", event.room, describe(exc))
 
     def _publish_probe(self, channel: str, data: bytes) -> None:
         """Off the listener's greenlet: a stalled Redis must not stall the listener, whose
@@ -112,7 +112,7 @@ class RedisBroker:
             try:
                 self._commands.publish(channel, data)
             except CONNECTION_ERRORS as exc:
-                log.debug("event=probe_publish_failed error=%r", exc)
+                log.debug("event=probe_publish_failed error=%s", describe(exc))
 
         threading.Thread(target=send, name="probe", daemon=True).start()
 

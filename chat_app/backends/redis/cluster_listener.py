@@ -19,7 +19,7 @@ import redis
 from redis.cluster import RedisCluster
 
 from ...settings import Settings
-from .connection import CONNECTION_ERRORS
+from .connection import CONNECTION_ERRORS, describe
 from .listener import POLL, Deaf, Listener, _socket
 
 log = logging.getLogger(__name__)
@@ -164,7 +164,7 @@ class ShardedListener(Listener):
 
     def _failed(self, shard: _Shard, exc: Exception) -> None:
         if shard.failures == 0:
-            log.warning("event=listener_down shard=%s error=%r", shard.name, exc)
+            log.warning("event=listener_down shard=%s error=%s", shard.name, describe(exc))
         shard.failures += 1
         shard.retry_at = time.monotonic() + self._backoff.compute(shard.failures)
         self._close(shard)

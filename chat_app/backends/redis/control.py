@@ -19,7 +19,7 @@ from redis.cluster import RedisCluster
 
 from ...protocol import BadEnvelope, Command, decode_reply
 from ..base import BackendUnavailable, CommandResult, within
-from .connection import CONNECTION_ERRORS
+from .connection import CONNECTION_ERRORS, describe
 from .keys import RoomKeys, commands_channel, reply_channel
 from .scripts import AnyRedis
 
@@ -75,7 +75,7 @@ class ControlClient:
             try:
                 pubsub.close()
             except Exception as exc:  # a dead connection may fail to close; it is dropped anyway
-                log.debug("event=reply_close_failed error=%r", exc)
+                log.debug("event=reply_close_failed error=%s", describe(exc))
         log.info(
             "event=command action=%s nodes=%d expected=%d connections=%d",
             command.action,

@@ -27,7 +27,7 @@ from ... import versions
 from ...protocol import BadEnvelope, Envelope, decode_command, decode_wire, max_wire_bytes
 from ...settings import Settings
 from ..base import BrokerHooks
-from .connection import CONNECTION_ERRORS, reconnect_backoff
+from .connection import CONNECTION_ERRORS, describe, reconnect_backoff
 from .keys import RoomKeys, commands_channel, control_channel, reply_prefix
 
 log = logging.getLogger(__name__)
@@ -137,8 +137,7 @@ class Listener:
                 self._serve(pubsub)
             except (*CONNECTION_ERRORS, Deaf) as exc:
                 if self.connected or failures == 0:
-                    # redis-py 8's repr of its errors drops the message ("network:ConnectionError")
-                    log.warning("event=listener_down error=%s(%r)", type(exc).__name__, str(exc))
+                    log.warning("event=listener_down error=%s", describe(exc))
             except Exception:
                 log.exception("event=listener_error")
             finally:

@@ -29,7 +29,7 @@ from ..base import (
     RoomsPage,
 )
 from .clients import RedisClients
-from .connection import CONNECTION_ERRORS
+from .connection import CONNECTION_ERRORS, describe
 from .control import store_ban
 from .directs import DirectLists
 from .keys import RoomKeys, escape, room_nodes_pattern, room_of_nodes_key
@@ -83,7 +83,7 @@ class RedisPresence:
             raise BackendUnavailable(f"redis unreachable: {exc}") from exc
         for result in results:
             if isinstance(result, Exception):
-                log.error("event=presence_script_error error=%r", result)
+                log.error("event=presence_script_error error=%s", describe(result))
                 raise BackendUnavailable(f"redis refused a presence update: {result}")
         return results
 
@@ -94,7 +94,7 @@ class RedisPresence:
         except CONNECTION_ERRORS as exc:
             raise BackendUnavailable(f"redis unreachable: {exc}") from exc
         if isinstance(result, Exception):
-            log.error("event=presence_script_error error=%r", result)
+            log.error("event=presence_script_error error=%s", describe(result))
             raise BackendUnavailable(f"redis refused a presence update: {result}")
         return result
 
@@ -245,7 +245,7 @@ class RedisPresence:
             # Both users' lists live as long as a conversation hosted here does, as its keys do.
             self._directs.refresh(u for room in rooms for u in direct_members(room) or ())
         except BackendUnavailable as exc:
-            log.warning("event=heartbeat_failed rooms=%d error=%r", len(rooms), exc)
+            log.warning("event=heartbeat_failed rooms=%d error=%s", len(rooms), describe(exc))
         except Exception:
             log.exception("event=heartbeat_error")
 

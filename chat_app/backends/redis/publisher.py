@@ -25,7 +25,7 @@ from ...protocol import Envelope
 from ...settings import Settings
 from ...tokens import Tokens
 from ..base import BackendUnavailable, Draft, Overloaded
-from .connection import CONNECTION_ERRORS, reconnect_backoff
+from .connection import CONNECTION_ERRORS, describe, reconnect_backoff
 from .keys import RoomKeys
 from .scripts import AnyRedis, Call, HeldConnection, run_scripts
 from .send import SendScript, ServerIds
@@ -180,7 +180,7 @@ class Publisher:
             try:
                 results = self._execute(batch)
             except redis.ResponseError as exc:
-                log.error("event=publish_error error=%r", exc)
+                log.error("event=publish_error error=%s", describe(exc))
                 for p in batch:
                     p.settle(BackendUnavailable(f"redis refused the send: {exc}"))
                 return
@@ -188,7 +188,7 @@ class Publisher:
                 failures += 1
                 self._server_ids.forget()
                 if self.last_error is None:
-                    log.warning("event=publish_failed error=%r", exc)
+                    log.warning("event=publish_failed error=%s", describe(exc))
                 self.last_error = f"redis unreachable: {exc}"
                 wait = min(self._backoff.compute(failures), min(p.deadline for p in batch) - now)
                 self._stopping.wait(max(wait, 0.0))

@@ -15,6 +15,7 @@ from redis.cluster import RedisCluster
 from ...protocol import BadEnvelope, Envelope, decode_envelope, envelope_head
 from ...settings import Settings
 from ..base import BackendUnavailable, Draft
+from .connection import describe
 from .keys import RoomKeys
 from .scripts import AnyRedis, Call, HeldConnection, LuaScript
 
@@ -48,7 +49,7 @@ class SendScript:
         """The stored message from the script's answer: the first one stored under the
         draft's dedup id when this was a retry. BackendUnavailable when Redis refused it."""
         if isinstance(result, Exception):
-            log.error("event=publish_error room=%s error=%r", draft.room, result)
+            log.error("event=publish_error room=%s error=%s", draft.room, describe(result))
             raise BackendUnavailable(f"redis refused the send: {result}")
         seq, epoch, stored, duplicate = result  # type: ignore[misc]
         if duplicate:
@@ -91,5 +92,5 @@ class ServerIds:
                 info = self._client.info("replication", **target)
             return str(info.get("master_replid", ""))
         except redis.ResponseError as exc:  # INFO disabled (some managed Redis): no failover guard
-            log.warning("event=no_server_id error=%r", exc)
+            log.warning("event=no_server_id error=%s", describe(exc))
             return ""
