@@ -4,7 +4,7 @@ reference (the Node peer when it ran, else the baseline)."""
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 SUSTAINED_P99_MS = 250.0
@@ -189,3 +189,27 @@ def markdown(results: dict[str, Any]) -> str:
                 f"| {channels} | {r['subscribers_per_channel']} |"
             )
     return "\n".join(lines) + "\n"
+
+
+def side_by_side(workload: str, rows: Sequence[tuple[str, str, int]], results: dict[str, dict[str, Any]]) -> str:
+    """One workload's table, a column per server (W4, W5): a row's `a|b` keys show as
+    "a / b", and when exactly chat_app and the peer ran, chat_app / peer of the first."""
+    labels = list(results)
+    pair = labels == ["chat_app", "peer"]
+    lines = [f"| {workload} | " + " | ".join(labels) + (" | chat_app / peer |" if pair else " |")]
+    lines.append("|---|" + "---:|" * (len(labels) + pair))
+    for title, keys, digits in rows:
+        cells, firsts = [], []
+        for label in labels:
+            values = [results[label].get(k) for k in keys.split("|")]
+            cells.append(" / ".join(_cell(v, digits) for v in values))
+            firsts.append(values[0])
+        ratio = f" {_ratio(*firsts)} |" if pair else ""
+        lines.append(f"| {title} | " + " | ".join(cells) + " |" + ratio)
+    return "\n".join(lines)
+
+
+def _cell(x: Any, digits: int) -> str:
+    if isinstance(x, float):
+        return f"{x:,.{digits}f}"
+    return f"{x:,}" if isinstance(x, int) else str(x)

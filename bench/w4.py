@@ -24,7 +24,7 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
-from . import procs
+from . import procs, report
 from .__main__ import OURS, PEER, event_loop_runner, load, utc_now, with_peer_if_node
 from .sioclient import SioClient, connect
 from .workloads import CONNECT_CONCURRENCY, FanOut, Server, cluster, fanout_result, percentile, self_cpu
@@ -244,29 +244,9 @@ ROWS: list[tuple[str, str, int]] = [
 ]
 
 
-def _fmt(x: Any, digits: int) -> str:
-    if isinstance(x, float):
-        return f"{x:,.{digits}f}"
-    return f"{x:,}" if isinstance(x, int) else str(x)
-
-
 def markdown(results: dict[str, dict[str, Any]]) -> str:
-    labels = list(results)
-    head = "| W4 | " + " | ".join(labels) + (" | chat_app / peer |" if len(labels) == 2 else " |")
-    lines = [head, "|---|" + "---:|" * (len(labels) + (len(labels) == 2))]
-    for title, keys, digits in ROWS:
-        cells, firsts = [], []
-        for label in labels:
-            r = {**results[label], "join_node_cpu_sum": sum(results[label]["join_node_cpu_s"])}
-            values = [r.get(k) for k in keys.split("|")]
-            cells.append(" / ".join(_fmt(v, digits) for v in values))
-            firsts.append(values[0])
-        ratio = ""
-        if len(labels) == 2:
-            a, b = firsts
-            ratio = f" {a / b:.2f}x |" if isinstance(a, int | float) and isinstance(b, int | float) and b else " - |"
-        lines.append(f"| {title} | " + " | ".join(cells) + " |" + ratio)
-    return "\n".join(lines)
+    derived = {label: {**r, "join_node_cpu_sum": sum(r["join_node_cpu_s"])} for label, r in results.items()}
+    return report.side_by_side("W4", ROWS, derived)
 
 
 def main() -> None:

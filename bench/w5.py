@@ -33,6 +33,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
 
+from . import report
 from .__main__ import PEER, event_loop_runner, load, utc_now, with_peer_if_node
 from .sioclient import SioClient, connect
 from .w4 import BIG, RESULTS, connect_many, delta, scrape
@@ -430,36 +431,16 @@ ROWS: list[tuple[str, str, int]] = [
 ]
 
 
-def _fmt(x: Any, digits: int) -> str:
-    if isinstance(x, float):
-        return f"{x:,.{digits}f}"
-    return f"{x:,}" if isinstance(x, int) else str(x)
-
-
 def markdown(results: dict[str, dict[str, Any]]) -> str:
-    labels = list(results)
-    pair = labels == ["chat_app", "peer"]
-    lines = ["| W5 | " + " | ".join(labels) + (" | chat_app / peer |" if pair else " |")]
-    lines.append("|---|" + "---:|" * (len(labels) + pair))
-    for title, keys, digits in ROWS:
-        cells, firsts = [], []
-        for label in labels:
-            r = results[label]
-            r = {
-                **r,
-                "storm_cpu_sum": sum(r["survivor_cpu_s_storm"]),
-                "recovered_checked": r["recovered"] - r["bad_recoveries"] if label == "chat_app" else "n/a",
-            }
-            values = [r.get(k) for k in keys.split("|")]
-            cells.append(" / ".join(_fmt(v, digits) for v in values))
-            firsts.append(values[0])
-        ratio = ""
-        if pair:
-            a, b = firsts
-            ok = isinstance(a, int | float) and isinstance(b, int | float) and b
-            ratio = f" {a / b:.2f}x |" if ok else " - |"
-        lines.append(f"| {title} | " + " | ".join(cells) + " |" + ratio)
-    return "\n".join(lines)
+    derived = {
+        label: {
+            **r,
+            "storm_cpu_sum": sum(r["survivor_cpu_s_storm"]),
+            "recovered_checked": r["recovered"] - r["bad_recoveries"] if label == "chat_app" else "n/a",
+        }
+        for label, r in results.items()
+    }
+    return report.side_by_side("W5", ROWS, derived)
 
 
 def main() -> None:
