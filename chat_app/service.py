@@ -171,13 +171,8 @@ class ChatService:
     # -- connections -----------------------------------------------------------------
 
     def connect(self, sid: str, identity: Identity) -> None:
-        """Not registered once the node is stopping (gunicorn accepts for a moment after
-        SIGTERM): its events are answered `unavailable` until the transport closes and the
-        client reconnects elsewhere. A refusal would end the client's reconnecting."""
         s = self.settings
         with self._lock:
-            if self._stopped:
-                return
             self._connections[sid] = Connection(
                 sid,
                 identity.user,
@@ -233,6 +228,9 @@ class ChatService:
             self._sweep_wake.clear()
 
     def _connection(self, sid: str) -> Connection:
+        """Once the node is stopping, every event is `unavailable`, a connection gunicorn
+        accepted after SIGTERM included: its transport closes soon and the client reconnects
+        elsewhere. (Refusing those connects would end the clients' reconnecting.)"""
         if self._stopped:
             raise ChatError(ErrorCode.UNAVAILABLE, "this node is stopping: connect again")
         conn = self._connections.get(sid)
