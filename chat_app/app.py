@@ -15,9 +15,10 @@ from .backends.memory import MemoryBroker, MemoryHub, MemoryPresence
 from .events import SocketIOEmitter, register_events
 from .http import register_routes
 from .metrics import register_metrics
-from .service import ChatService
+from .protocol import ChatError, ErrorCode
+from .service import BEHIND, ChatService
 from .settings import Settings
-from .transport import install_transport
+from .transport import SendShedding, install_transport
 
 log = logging.getLogger("chat_app")  # the lines it logged before it moved here
 
@@ -81,6 +82,8 @@ def create_app(settings: Settings | None = None, async_mode: str | None = None) 
     broker, presence = build_backends(settings)
     service = ChatService(settings, broker, presence, SocketIOEmitter(socketio, transport))
     register_events(socketio, service, transport)
+    behind = ChatError(ErrorCode.OVERLOADED, BEHIND).to_wire()
+    transport.shed_sends(SendShedding(service.load.shedding, service.load.refuses, behind))
     register_routes(app, service)
     register_api(app, service)
     app.extensions["chat_service"] = service

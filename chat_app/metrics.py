@@ -31,6 +31,22 @@ class ChatCollector(Collector):
         self._writes = writes
         self._presence = presence
 
+    def _load(self) -> Iterator[Metric]:
+        s = self._service
+        overloaded = CounterMetricFamily(
+            "chat_overloaded", "Sends refused `overloaded`, by reason.", labels=["instance_id", "reason"]
+        )
+        overloaded.add_metric([s.instance_id, "behind"], s.load.refused)
+        overloaded.add_metric([s.instance_id, "queue_full"], s.counters.queue_full)
+        yield overloaded
+        for name, doc, value in (
+            ("chat_load_lag_seconds", "How far behind the node runs, smoothed (OVERLOAD_LAG).", s.load.lag),
+            ("chat_load_shed_share", "The share of new sends the node refuses now.", s.load.share),
+        ):
+            g = GaugeMetricFamily(name, doc, labels=["instance_id"])
+            g.add_metric([s.instance_id], value)
+            yield g
+
     def collect(self) -> Iterator[Metric]:
         s = self._service
         c = s.counters
@@ -61,6 +77,7 @@ class ChatCollector(Collector):
         recoveries.add_metric([s.instance_id, "failed"], c.recoveries_failed)
         yield recoveries
         yield counter("chat_rate_limited", "Sends and joins refused by the rate limit.", c.rate_limited)
+        yield from self._load()
         yield counter(
             "chat_control_commands",
             "Server API commands on users (join, leave, disconnect) this node acted on.",

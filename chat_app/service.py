@@ -27,6 +27,7 @@ from .backends.base import (
     Presence,
     within,
 )
+from .load import LoadGauge
 from .protocol import (
     ChatError,
     Command,
@@ -73,6 +74,9 @@ class Connection:
     typed: dict[str, float] = field(default_factory=dict)  # room -> monotonic time of the last typing sent
 
 
+# What a send refused by the load gauge is told, here and where the transport refuses it.
+BEHIND = "message not sent, the node is running behind: send it again shortly"
+
 TYPING_INTERVAL = 2.0  # seconds: at most one typing event per connection per room
 
 
@@ -105,6 +109,7 @@ class Counters:
     recoveries_ok: int = 0
     recoveries_failed: int = 0
     rate_limited: int = 0
+    queue_full: int = 0  # sends refused `overloaded` because the publish queue was full
     commands: int = 0  # server API commands on users this node acted on
 
 
@@ -133,6 +138,7 @@ class ChatService:
         self._stopping = threading.Event()
         self._sweeps: dict[str, float] = {}  # room -> when its departures' grace has run out
         self._sweep_wake = threading.Event()
+        self.load = LoadGauge(settings.overload_lag)
         self.observe_publish: Callable[[float], None] = lambda seconds: None  # metrics hook
 
     # -- lifecycle -------------------------------------------------------------------
@@ -144,6 +150,7 @@ class ChatService:
         self._presence.start(LocalRooms(self._sizes, self._snapshot))
         threading.Thread(target=self._count_rooms, name="room-counts", daemon=True).start()
         threading.Thread(target=self._sweep_departures, name="departures", daemon=True).start()
+        threading.Thread(target=self.load.run, args=(self._stopping,), name="load", daemon=True).start()
 
     def stop(self) -> list[str]:
         """Leave every room at once and close the backends; returns the sids to disconnect.
@@ -509,10 +516,16 @@ class ChatService:
         return {"ok": True, **_ack(envelope)}
 
     def _publish(self, draft: Draft) -> Envelope:
-        """Store and publish, with the protocol's answer when the node cannot."""
+        """Store and publish, with the protocol's answer when the node cannot. A node that runs
+        behind refuses at once: accepting would only make this send, and every one already
+        accepted, later."""
+        if self.load.refuses():
+            raise ChatError(ErrorCode.OVERLOADED, BEHIND)
         try:
             envelope = self._broker.publish(draft)
         except Overloaded as exc:
+            with self._lock:
+                self.counters.queue_full += 1
             raise ChatError(ErrorCode.OVERLOADED, f"message not sent, the node is overloaded: {exc}") from None
         except BackendUnavailable as exc:
             raise ChatError(ErrorCode.UNAVAILABLE, f"message not sent: {exc}") from None
@@ -707,6 +720,8 @@ class ChatService:
     # -- delivery (called from the broker's listener only) ------------------------------
 
     def _on_envelope(self, envelope: Envelope) -> None:
+        if envelope.instance_id == self.instance_id:  # stamped by this clock when accepted
+            self.load.delivered(self._clock() - envelope.timestamp / 1000)
         with self._lock:
             local = self._rooms.get(envelope.room)
             cursor = local.cursor if local else None

@@ -34,6 +34,13 @@ def _linger(name: str, raw: str) -> float:
     return value
 
 
+def _lag_limit(name: str, raw: str) -> float:
+    value = _number(name, raw)
+    if value < 0:
+        raise SettingsError(f"{name} must be 0 (off) or more seconds, got {raw!r}")
+    return value
+
+
 def _positive_int(name: str, raw: str) -> int:
     try:
         value = int(raw)
@@ -119,6 +126,9 @@ class Settings:
     history_length: int = 100
     send_deadline: float = 5.0
     publish_linger: float = _setting(0.0, _linger)
+    # Past this many seconds of lag (chat_app.load) a node refuses a share of new sends
+    # `overloaded`, all of them at twice that; 0: never.
+    overload_lag: float = _setting(0.05, _lag_limit)
     max_message_bytes: int = 4096
     max_rooms_per_connection: int = 50
     max_directs_per_user: int = 100  # a user's list of direct conversations keeps the newest

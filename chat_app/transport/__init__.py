@@ -3,7 +3,8 @@
 - answers: run a join's hand-over after its ack; know whether an event wants an ack (any mode);
 - fanout: room emits framed once, written straight to the member websockets (gevent-websocket);
 - lean_websockets: fewer greenlets and smaller buffers per idle connection (gevent);
-- slow_clients: cut a client whose queue grows because it stopped reading (engine.io queues).
+- slow_clients: cut a client whose queue grows because it stopped reading (engine.io queues);
+- shedding: refuse sends in the receive loop while the node sheds load (with lean_websockets).
 
 Each part asks chat_app.versions first: on versions other than the pinned ones it steps
 aside and python-socketio's public path runs, slower and never wrong.
@@ -19,6 +20,8 @@ from .. import versions
 from . import fanout, lean_websockets
 from .answers import Answers
 from .fanout import DirectWriter, RoomFanout
+from .lean_websockets import LeanWebsockets
+from .shedding import SendShedding
 from .slow_clients import watch_slow_clients
 
 log = logging.getLogger(__name__)
@@ -31,7 +34,16 @@ class Transport:
     answers: Answers
     fanout: RoomFanout
     writer: DirectWriter | None  # None: python-socketio's own sends
-    lean: bool
+    lean_websockets: LeanWebsockets | None
+
+    @property
+    def lean(self) -> bool:
+        return self.lean_websockets is not None
+
+    def shed_sends(self, shedding: SendShedding) -> None:
+        """Refuse sends in the receive loop; elsewhere ChatService refuses them itself."""
+        if self.lean_websockets is not None:
+            self.lean_websockets.shed = shedding.answer
 
 
 def install_transport(sio: Any, max_client_queue: int) -> Transport:
@@ -41,18 +53,17 @@ def install_transport(sio: Any, max_client_queue: int) -> Transport:
     writer = fanout.install(sio) if gevent_mode and pinned else None
     ping = (lambda sock, pkt: writer.send_packet(sock.sid, pkt)) if writer is not None else None
     installed = lean_websockets.install(sio, send=ping) if gevent_mode and pinned else None
-    lean = installed is not None
     if pinned:
         watch_slow_clients(sio, max_client_queue, longest=installed.longest_queue if installed else None)
-    transport = Transport(Answers(sio), RoomFanout(sio, writer), writer, lean)
+    transport = Transport(Answers(sio), RoomFanout(sio, writer), writer, installed)
     log.info(
         "event=transport direct_writes=%s lean_websockets=%s answers_tracked=%s slow_client_watch=%s",
         writer is not None,
-        lean,
+        transport.lean,
         transport.answers.tracked,
         pinned,
     )
     return transport
 
 
-__all__ = ["Transport", "install_transport"]
+__all__ = ["SendShedding", "Transport", "install_transport"]

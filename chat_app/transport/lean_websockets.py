@@ -367,7 +367,7 @@ def _upgrade(sock: Socket, ws: Any) -> bool:
     return True
 
 
-def _websocket_handler(sock: Socket, ws: Any) -> list[Any]:  # noqa: PLR0912 (upstream's shape)
+def _websocket_handler(sock: Socket, ws: Any) -> list[Any]:  # noqa: PLR0912, PLR0915 (upstream's shape)
     """Socket._websocket_handler of python-engineio 4.15.1 with an on-demand writer."""
     lean: LeanWebsockets | None = getattr(sock.server, _ATTR, None)
     if lean is None:
@@ -410,6 +410,10 @@ def _websocket_handler(sock: Socket, ws: Any) -> list[Any]:  # noqa: PLR0912 (up
         try:
             pkt = packet.Packet(encoded_packet=p)
             if pkt.packet_type == packet.MESSAGE:
+                refusal = lean.shed(pkt.data) if lean.shed is not None else None
+                if refusal is not None:  # chat_app.transport.shedding
+                    lean.send(sock, packet.Packet(packet.MESSAGE, data=refusal))
+                    continue
                 # Socket.receive's branch (less its INFO log, off in chat_app): one frame
                 # less under every event dispatch.
                 server._trigger_event("message", sock.sid, pkt.data, run_async=server.async_handlers)
@@ -435,7 +439,10 @@ class LeanWebsockets:
 
     def __init__(self, server: Any, writer_linger: float, send: Callable[[Socket, packet.Packet], None] | None) -> None:
         self.pings = PingScheduler(server, send)
+        self.send: Callable[[Socket, packet.Packet], None] = send or Socket.send
         self.writer_linger = writer_linger
+        # Given a Socket.IO packet's text, the packet that refuses it at once, or None.
+        self.shed: Callable[[object], str | None] | None = None
         self.backlog: weakref.WeakSet[PacketQueue] = weakref.WeakSet()  # queues that held packets
 
     def longest_queue(self) -> int:
