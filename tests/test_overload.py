@@ -1,0 +1,247 @@
+"""A node past capacity refuses a share of sends `overloaded` at once, stores none of them,
+delivers every one it accepted and takes sends again as soon as it caught up (issue 14)."""
+
+from __future__ import annotations
+
+import logging
+import signal
+import time
+from types import SimpleNamespace
+from typing import Any
+
+import gevent
+import pytest
+import requests
+from helpers import ChatClient, scrape, wait_until
+from streams import SendStream, assert_exactly_once_in_order
+
+from chat_app import create_app, json_codec
+from chat_app.load import TICK, LoadGauge
+from chat_app.settings import Settings, SettingsError
+from chat_app.transport import lean_websockets
+from chat_app.transport.lean_websockets import LeanWebsockets, PacketQueue
+from chat_app.transport.shedding import SendShedding
+
+BEHIND = {"code": "overloaded", "message": "behind"}
+
+
+def ticks(gauge: LoadGauge, late: float, count: int) -> list[float]:
+    """The share after each of `count` ticks that came `late` seconds late."""
+    shares = []
+    for _ in range(count):
+        gauge.observe(late)
+        shares.append(gauge.share)
+    return shares
+
+
+def test_a_node_on_time_sheds_nothing_and_one_that_stays_behind_sheds_all() -> None:
+    gauge = LoadGauge(limit=0.05)
+    assert ticks(gauge, 0.01, 100)[-1] == 0 and not gauge.shedding()
+    assert not any(gauge.refuses() for _ in range(1000))
+    shares = ticks(gauge, 0.3, 10)
+    assert shares == sorted(shares) and shares[-1] == 1.0  # grows while the lag lasts
+    assert 0 < shares[0] < 1  # a share first, not all at once
+    assert all(gauge.refuses() for _ in range(100))
+    assert gauge.refused == 100
+
+
+def test_the_share_grows_with_the_lag_between_the_limit_and_twice_it() -> None:
+    gauge = LoadGauge(limit=0.1)
+    ticks(gauge, 0.15, 60)  # settles at 1.5x the limit: half the sends
+    assert gauge.share == pytest.approx(0.5, abs=0.01)
+    refused = sum(gauge.refuses() for _ in range(4000))
+    assert 1800 < refused < 2200  # at random, in proportion
+
+
+def test_shedding_stops_within_a_few_ticks_of_catching_up() -> None:
+    gauge = LoadGauge(limit=0.05)
+    ticks(gauge, 1.0, 20)
+    assert gauge.share == 1.0
+    after = ticks(gauge, 0.0, 10)
+    assert after[-1] == 0, after
+    assert after.index(0) <= 9  # 1 s of lag is forgotten within 9 ticks (0.45 s)
+
+
+def test_one_late_tick_sheds_only_briefly() -> None:
+    """A 400 ms pause (a full garbage collection at 19,000 connections) then ticks on time."""
+    gauge = LoadGauge(limit=0.05)
+    ticks(gauge, 0.002, 20)
+    shares = ticks(gauge, 0.4, 1) + ticks(gauge, 0.002, 10)
+    assert sum(1 for s in shares if s) <= 4, shares
+
+
+def test_late_own_deliveries_count_until_the_next_tick_only() -> None:
+    gauge = LoadGauge(limit=0.05)
+    for _ in range(10):
+        gauge.delivered(0.5)
+        gauge.delivered(0.01)  # the worst of a tick counts
+        gauge.observe(0.0)
+    assert gauge.share == 1.0
+    assert ticks(gauge, 0.0, 10)[-1] == 0  # nothing delivered late since: it decays
+
+
+def test_limit_zero_never_sheds() -> None:
+    gauge = LoadGauge(limit=0.0)
+    assert ticks(gauge, 5.0, 20)[-1] == 0 and not gauge.refuses()
+    assert Settings.from_env({"OVERLOAD_LAG": "0"}).overload_lag == 0
+    with pytest.raises(SettingsError, match="OVERLOAD_LAG"):
+        Settings.from_env({"OVERLOAD_LAG": "-1"})
+
+
+@pytest.fixture
+def shedding() -> tuple[SendShedding, list[bool]]:
+    state = [True]  # shedding and refusing
+    return SendShedding(lambda: state[0], lambda: state[0], BEHIND), state
+
+
+def test_a_send_is_refused_off_its_frame_with_the_services_answer(shedding) -> None:
+    shed, _ = shedding
+    answer = shed.answer('217["send_message",{"room":"lobby","message":"hi"}]')
+    assert answer is not None and answer.startswith("317[")
+    assert json_codec.loads(answer[3:]) == [{"ok": False, "error": BEHIND}]
+    # without an ack id: the `error` event the handlers send
+    event = shed.answer('2["send_message",{"room":"lobby","message":"hi"}]')
+    assert event is not None and event[0] == "2"
+    assert json_codec.loads(event[1:]) == ["error", {**BEHIND, "event": "send_message"}]
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        '21["join_room","lobby"]',  # joins, leaves, everything but sends goes its usual way
+        '21["typing",{"room":"lobby"}]',
+        '21["send_message_later",{}]',
+        '2/admin,1["send_message",{}]',  # another namespace
+        '31[{"ok":true}]',  # an ack from the client
+        "0",
+        "",
+        b'21["send_message",{}]',  # a binary packet's bytes
+    ],
+)
+def test_anything_but_a_send_is_left_alone(shedding, text: object) -> None:
+    shed, _ = shedding
+    assert shed.answer(text) is None
+
+
+def test_nothing_is_refused_while_not_shedding(shedding) -> None:
+    shed, state = shedding
+    state[0] = False
+    assert shed.answer('21["send_message",{"room":"lobby","message":"hi"}]') is None
+
+
+class LoopServer:
+    """What the lean receive loop uses of engine.io's server."""
+
+    ping_interval, ping_timeout, max_http_buffer_size, async_handlers = 25, 20, 1 << 20, False
+    logger = logging.getLogger("test")
+    reason = SimpleNamespace(TRANSPORT_CLOSE="transport close")
+
+    def __init__(self) -> None:
+        self.dispatched: list[str] = []
+
+    def _trigger_event(self, event: str, sid: str, data: str, run_async: bool) -> None:
+        self.dispatched.append(data)
+
+    def start_background_task(self, target: Any, *args: Any) -> gevent.Greenlet:
+        return gevent.spawn(target, *args)
+
+
+class LoopSocket:
+    def __init__(self, server: LoopServer) -> None:
+        self.server, self.sid, self.queue = server, "s1", PacketQueue()
+        self.connected = self.upgraded = self.closed = False
+
+    def close(self, **_: Any) -> None:
+        self.closed = True
+
+
+class Frames:
+    """A websocket that hands the loop these frames, then the client's close."""
+
+    def __init__(self, frames: list[str]) -> None:
+        self.frames, self.sent = frames, []
+
+    def wait(self) -> str | None:
+        return self.frames.pop(0) if self.frames else None
+
+    def send(self, frame: str) -> None:
+        self.sent.append(frame)
+
+    def close(self) -> None:
+        pass
+
+
+def test_the_receive_loop_answers_a_refused_send_itself_and_dispatches_the_rest(shedding) -> None:
+    server, written = LoopServer(), []
+    lean = LeanWebsockets(server, 0.05, send=lambda sock, pkt: written.append(pkt.encode()))
+    lean.shed = shedding[0].answer
+    setattr(server, lean_websockets._ATTR, lean)
+    sock = LoopSocket(server)
+    frames = ['42["join_room","lobby"]', '427["send_message",{"room":"lobby","message":"hi"}]', '42["typing",{}]']
+    lean_websockets._websocket_handler(sock, Frames(frames))  # type: ignore[arg-type]
+    assert server.dispatched == ['2["join_room","lobby"]', '2["typing",{}]']  # the send never reached socketio
+    assert len(written) == 1 and written[0].startswith("437[")
+    assert json_codec.loads(written[0][3:]) == [{"ok": False, "error": BEHIND}]
+    assert sock.closed
+
+
+def test_an_overloaded_service_refuses_sends_and_api_posts_and_stores_none(monkeypatch) -> None:
+    """Threading mode, memory backend: ChatService refuses itself (no lean receive loop)."""
+    key = "k" * 32
+    app = create_app(Settings.from_env({}, api_key=key), async_mode="threading")
+    service = app.extensions["chat_service"]
+    monkeypatch.setattr(service.load, "observe", lambda waited: None)  # the share is the test's
+    client = app.extensions["chat_socketio"].test_client(app, auth={"username": "ann"})
+    assert client.emit("join_room", "lobby", callback=True)["ok"]
+    http = app.test_client()
+    headers = {"Authorization": f"Bearer {key}"}
+
+    service.load.share = 1.0
+    ack = client.emit("send_message", {"room": "lobby", "message": "refused"}, callback=True)
+    assert ack["ok"] is False and ack["error"]["code"] == "overloaded"
+    posted = http.post("/api/rooms/lobby/messages", json={"sender": "bot", "message": "refused"}, headers=headers)
+    assert posted.status_code == 503 and posted.get_json()["error"]["code"] == "overloaded"
+    assert service.load.refused == 2
+    metrics = http.get("/metrics").get_data(as_text=True)
+    assert 'chat_overloaded_total{instance_id="' in metrics and 'reason="behind"} 2.0' in metrics
+
+    service.load.share = 0.0
+    ack = client.emit("send_message", {"room": "lobby", "message": "accepted"}, callback=True)
+    assert ack["ok"] and ack["seq"] == 1  # nothing refused took a seq
+    history = client.emit("join_room", {"room": "lobby", "since": 0}, callback=True)
+    assert [m["message"] for m in history["history"]] == ["accepted"]
+
+
+def test_a_node_that_fell_behind_refuses_then_recovers_and_loses_nothing(redis_server, nodes) -> None:
+    """Frozen for 1.5 s (SIGSTOP) while its sender keeps sending, node A comes back 1.5 s
+    behind: its receive loop refuses sends `overloaded` until it caught up, then takes them
+    again. Every send is answered; every accepted one reaches node B's member once, in
+    order; no refused one is stored."""
+    env = {"SEND_RATE": "1000", "SEND_BURST": "1000"}  # 100 sends/s from one client
+    a = nodes.start(redis_server.url, **env)
+    b = nodes.start(redis_server.url, **env)
+    sender, far = ChatClient(a.url, "sender"), ChatClient(b.url, "far")
+    for c in (sender, far):
+        assert c.call("join_room", "lobby")["ok"]
+    stream = SendStream(sender, "lobby", rate=100).start()
+    wait_until(lambda: len(stream.acks) >= 20, what="sends flowing")
+    nodes.signal(a, signal.SIGSTOP)
+    time.sleep(1.5)  # the freeze itself is what is measured
+    nodes.signal(a, signal.SIGCONT)
+    resumed = time.monotonic()
+    refused = lambda: [x for x in stream.acks.values() if x.get("error", {}).get("code") == "overloaded"]  # noqa: E731
+    wait_until(lambda: refused(), timeout=10, what="a send refused overloaded")
+
+    def recovered() -> bool:
+        answered = [stream.acks[i] for i in sorted(stream.acks) if stream.sent_at[i] > resumed]
+        return len(answered) >= 30 and all(x["ok"] for x in answered[-30:])
+
+    wait_until(recovered, timeout=20 * TICK + 5, what="sends accepted again")
+    stream.stop()
+
+    figures = assert_exactly_once_in_order(stream, far, refusals=("overloaded",))
+    assert len([m for m in far.received() if m["room"] == "lobby"]) == len(stream.ok_ids())
+    assert scrape(a.url)["chat_overloaded_total{reason=behind}"] == len(refused())
+    assert "event=overloaded" in a.log() and "event=overload_cleared" in a.log()
+    print(f"refused {len(refused())} of {stream.sent}; {figures}")
+    assert requests.get(f"{a.url}/healthz", timeout=5).status_code == 200
