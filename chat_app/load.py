@@ -1,13 +1,13 @@
 """How far behind its own work the node runs, so that past capacity it refuses a share of
 new sends instead of delivering everything it accepted later and later.
 
-Two lateness readings, taken together every tick: how long an event waits for its turn
-(the tick goes to the back of gevent's run queue, behind every event waiting), and how late
-the node's own messages reach its listener after they were accepted (their timestamp is this
-node's clock). Measured under W2 past capacity, both grow while a timer alone still fires
-on time: gevent polls between batches of waiting events. A stalled Redis moves neither (the
-node idles while its sends wait), so `overloaded` (this node is behind) and `unavailable`
-(Redis did not confirm) stay apart.
+The reading is how long an event waits for its turn: every tick goes to the back of
+gevent's run queue, behind every event waiting. (A timer alone still fires on time past
+capacity, measured: gevent polls between batches of waiting events.) A stalled or slow Redis
+does not move it: the node idles while its sends wait. So `overloaded` (this node is behind)
+and `unavailable` (Redis did not confirm) stay apart. The lateness of the node's own messages
+reaching its listener was a second reading, and it was dropped: it grows just as much when
+sends waited out a Redis stall or failover, and shed sends after every recovery.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ import logging
 import random
 import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 log = logging.getLogger(__name__)
 
@@ -39,7 +39,6 @@ class LoadGauge:
     lag: float = 0.0  # seconds, smoothed
     share: float = 0.0  # of new sends to refuse
     refused: int = 0  # sends refused so far (a metric)
-    _delivered_late: float = field(default=0.0, repr=False)  # the worst since the last tick
 
     def shedding(self) -> bool:
         return self.share > 0
@@ -51,16 +50,9 @@ class LoadGauge:
             return True
         return False
 
-    def delivered(self, late: float) -> None:
-        """One of the node's own messages reached its listener `late` seconds after it was
-        accepted (called for each such message)."""
-        self._delivered_late = max(self._delivered_late, late)
-
     def observe(self, waited: float) -> None:
         """One tick, whose turn came `waited` seconds after it was due."""
-        reading = max(waited, self._delivered_late)
-        self._delivered_late = 0.0
-        self.lag += SMOOTHING * (reading - self.lag)
+        self.lag += SMOOTHING * (waited - self.lag)
         was = self.share
         self.share = min(1.0, max(0.0, self.lag / self.limit - 1)) if self.limit > 0 else 0.0
         if self.share and not was:

@@ -720,8 +720,6 @@ class ChatService:
     # -- delivery (called from the broker's listener only) ------------------------------
 
     def _on_envelope(self, envelope: Envelope) -> None:
-        if envelope.instance_id == self.instance_id:  # stamped by this clock when accepted
-            self.load.delivered(self._clock() - envelope.timestamp / 1000)
         with self._lock:
             local = self._rooms.get(envelope.room)
             cursor = local.cursor if local else None

@@ -70,16 +70,6 @@ def test_one_late_tick_sheds_only_briefly() -> None:
     assert sum(1 for s in shares if s) <= 4, shares
 
 
-def test_late_own_deliveries_count_until_the_next_tick_only() -> None:
-    gauge = LoadGauge(limit=0.05)
-    for _ in range(10):
-        gauge.delivered(0.5)
-        gauge.delivered(0.01)  # the worst of a tick counts
-        gauge.observe(0.0)
-    assert gauge.share == 1.0
-    assert ticks(gauge, 0.0, 10)[-1] == 0  # nothing delivered late since: it decays
-
-
 def test_limit_zero_never_sheds() -> None:
     gauge = LoadGauge(limit=0.0)
     assert ticks(gauge, 5.0, 20)[-1] == 0 and not gauge.refuses()
