@@ -128,7 +128,7 @@ class Settings:
     publish_linger: float = _setting(0.0, _linger)
     # Past this many seconds of lag (chat_app.load) a node refuses a share of new sends
     # `overloaded`, all of them at twice that; 0: never.
-    overload_lag: float = _setting(0.05, _lag_limit)
+    overload_lag: float = _setting(0.04, _lag_limit)
     max_message_bytes: int = 4096
     max_rooms_per_connection: int = 50
     max_directs_per_user: int = 100  # a user's list of direct conversations keeps the newest
