@@ -90,6 +90,8 @@ def create_app(settings: Settings | None = None, async_mode: str | None = None) 
     app.extensions["chat_socketio"] = socketio
     register_metrics(app, service, broker, transport.writer.counters if transport.writer else None, presence)
     service.start()
+    if socketio.async_mode == "gevent":
+        service.measure_load()
     log.info("event=started")
     return app
 

@@ -150,6 +150,11 @@ class ChatService:
         self._presence.start(LocalRooms(self._sizes, self._snapshot))
         threading.Thread(target=self._count_rooms, name="room-counts", daemon=True).start()
         threading.Thread(target=self._sweep_departures, name="departures", daemon=True).start()
+
+    def measure_load(self) -> None:
+        """Tick the load gauge; without it nothing is ever shed. Under gevent only: its
+        reading is the wait in gevent's run queue, and threads (the tests' threading mode)
+        have none to read, only the interpreter lock's turns."""
         threading.Thread(target=self.load.run, args=(self._stopping,), name="load", daemon=True).start()
 
     def stop(self) -> list[str]:

@@ -67,6 +67,7 @@ class Relay:
         self.connections: list[tuple[WebSocketRoute, WebSocketRoute]] = []
         self.up: list[list[str]] = []
         self.hold_down = False  # drop what the server sends (an answer lost on the way)
+        self.refuse_sends = 0  # answer this many sends `overloaded` here, as a shedding node
 
     def __call__(self, ws: WebSocketRoute) -> None:
         server = ws.connect_to_server()
@@ -76,6 +77,11 @@ class Relay:
 
         def up(frame) -> None:
             frames.append(str(frame))
+            send = re.fullmatch(r'42(\d+)\["send_message".*', str(frame), re.DOTALL)
+            if send and self.refuse_sends:
+                self.refuse_sends -= 1
+                ws.send(f"43{send.group(1)}" + json.dumps([{"ok": False, "error": OVERLOADED}]))
+                return
             server.send(frame)
 
         def down(frame) -> None:
@@ -102,6 +108,9 @@ class Relay:
             if match and json.loads(match.group(1))[0] == event:
                 out.append(json.loads(match.group(1))[1])
         return out
+
+
+OVERLOADED = {"code": "overloaded", "message": "message not sent, the node is running behind: send it again shortly"}
 
 
 def pump(page: Page, predicate, what: str):
@@ -451,6 +460,32 @@ def test_a_send_whose_answer_was_lost_is_retried_with_the_same_key_and_stored_on
         assert page.errors == []  # type: ignore[attr-defined]
     finally:
         dora.close()
+
+
+def test_a_send_refused_overloaded_is_sent_again_after_a_pause_then_given_up(redis_server, nodes, browser) -> None:
+    node = nodes.start(redis_server.url)
+    relay = Relay()
+    page = open_page_routed(browser, node.url, relay)
+    join(page, "erin", "busy")
+    relay.refuse_sends = 2  # the node sheds the first two attempts
+    send(page, "after a pause")
+    mine = page.locator("#messages li.mine")
+    expect(mine).to_have_attribute("data-state", "sent")
+    attempts = relay.sent(0, "send_message")
+    assert [a["message"] for a in attempts] == ["after a pause"] * 3
+    assert len({a["key"] for a in attempts}) == 1  # one key: a resend is never stored twice
+    assert requests.get(f"{node.url}/api/rooms/busy", timeout=5).json()["seq"] == 1
+
+    relay.refuse_sends = 5  # shedding outlasts the page's four resends (~3.7 s of pauses)
+    send(page, "given up")
+    last = page.locator("#messages li.mine").last
+    expect(last.locator(".state")).to_have_text("server busy, sending again…")
+    expect(last.locator(".state")).to_have_text(f"not sent: {OVERLOADED['message']}", timeout=10_000)
+    assert len(relay.sent(0, "send_message")) == 3 + 5
+    last.locator("button.retry").click()  # by hand, once the node caught up
+    expect(last).to_have_attribute("data-state", "sent")
+    assert requests.get(f"{node.url}/api/rooms/busy", timeout=5).json()["seq"] == 2
+    assert page.errors == []  # type: ignore[attr-defined]
 
 
 def test_a_session_the_server_ended_is_reconnected_and_recovered(redis_server, nodes, browser) -> None:

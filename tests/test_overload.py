@@ -175,12 +175,12 @@ def test_the_receive_loop_answers_a_refused_send_itself_and_dispatches_the_rest(
     assert sock.closed
 
 
-def test_an_overloaded_service_refuses_sends_and_api_posts_and_stores_none(monkeypatch) -> None:
-    """Threading mode, memory backend: ChatService refuses itself (no lean receive loop)."""
+def test_an_overloaded_service_refuses_sends_and_api_posts_and_stores_none() -> None:
+    """Threading mode, memory backend: ChatService refuses itself (no lean receive loop);
+    nothing measures the load there, so the share is the test's."""
     key = "k" * 32
     app = create_app(Settings.from_env({}, api_key=key), async_mode="threading")
     service = app.extensions["chat_service"]
-    monkeypatch.setattr(service.load, "observe", lambda waited: None)  # the share is the test's
     client = app.extensions["chat_socketio"].test_client(app, auth={"username": "ann"})
     assert client.emit("join_room", "lobby", callback=True)["ok"]
     http = app.test_client()

@@ -466,12 +466,23 @@
     deliver(room, item, text, key);
   }
 
+  // `overloaded`: the node is shedding load for a moment and stored nothing. Sent again
+  // after these pauses (with jitter), with the same key, before the page gives up.
+  const OVERLOADED_RETRY_MS = [200, 500, 1000, 2000];
+
   async function deliver(room, item, text, key) {
     item.dataset.state = "pending";
     item.querySelector(".state").textContent = "sending…";
     const retry = item.querySelector("button.retry");
     if (retry) retry.remove();
-    const ack = await call("send_message", { room: room.name, message: text, key });
+    const payload = { room: room.name, message: text, key };
+    let ack = await call("send_message", payload);
+    for (const pause of OVERLOADED_RETRY_MS) {
+      if (!ack || ack.ok || !ack.error || ack.error.code !== "overloaded") break;
+      item.querySelector(".state").textContent = "server busy, sending again…";
+      await new Promise((resolve) => setTimeout(resolve, pause * (0.75 + Math.random() / 2)));
+      ack = await call("send_message", payload);
+    }
     if ((!ack || !ack.ok) && item.dataset.id) return; // its broadcast came: it was stored
     if (!ack || !ack.ok) {
       item.dataset.state = "failed";
