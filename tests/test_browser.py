@@ -16,6 +16,8 @@ from browser import chromium, screenshot
 from helpers import ChatClient, wait_until
 from playwright.sync_api import Browser, Page, WebSocketRoute, expect
 
+from chat_app.service import BEHIND
+
 TIMEOUT_MS = 15_000
 RECONNECT_BASE_MS = 500  # chat_app/static/sio.js: the first reconnect waits 250-500 ms
 PHONE = {"width": 390, "height": 844}
@@ -110,7 +112,7 @@ class Relay:
         return out
 
 
-OVERLOADED = {"code": "overloaded", "message": "message not sent, the node is running behind: send it again shortly"}
+OVERLOADED = {"code": "overloaded", "message": BEHIND}
 
 
 def pump(page: Page, predicate, what: str):

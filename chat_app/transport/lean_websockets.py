@@ -161,13 +161,17 @@ class PacketQueue:
         return self._all_done.wait(timeout)
 
 
+def _socket_send(sock: Socket, pkt: packet.Packet) -> None:
+    sock.send(pkt)
+
+
 class PingScheduler:
     """Sends every socket's PING `ping_interval` after it was scheduled (up to PING_TICK
     later), from one greenlet; through `send` (socket, packet) when given, else Socket.send."""
 
     def __init__(self, server: Any, send: Callable[[Socket, packet.Packet], None] | None = None) -> None:
         self._server = server
-        self._send = send
+        self._send = send or _socket_send
         self._due: collections.deque[tuple[float, Socket]] = collections.deque()
         self._wake = gevent.event.Event()
         self._task: Any = None
@@ -209,10 +213,7 @@ class PingScheduler:
         if not sock.closing and not sock.closed:
             sock.last_ping = time.time()
             pkt = packet.Packet(packet.PING)
-            if self._send is None:
-                sock.send(pkt)
-            else:
-                self._send(sock, pkt)
+            self._send(sock, pkt)
 
 
 def _service_task(server: Any) -> None:
@@ -438,8 +439,8 @@ class LeanWebsockets:
     """What `install` attaches to one engine.io server."""
 
     def __init__(self, server: Any, writer_linger: float, send: Callable[[Socket, packet.Packet], None] | None) -> None:
-        self.pings = PingScheduler(server, send)
-        self.send: Callable[[Socket, packet.Packet], None] = send or Socket.send
+        self.send: Callable[[Socket, packet.Packet], None] = send or _socket_send
+        self.pings = PingScheduler(server, self.send)
         self.writer_linger = writer_linger
         # Given a Socket.IO packet's text, the packet that refuses it at once, or None.
         self.shed: Callable[[object], str | None] | None = None
