@@ -97,13 +97,12 @@ class ChatEmitter:
         self._deadline = settings.send_deadline
         # No retries inside redis-py: one read waits at most the deadline, and the loop in
         # `publish` retries only failures that leave time.
-        self._client = redis_client(
-            settings, no_retry(), socket_timeout=min(settings.redis_socket_timeout, settings.send_deadline)
-        )
+        socket_timeout = min(settings.redis_socket_timeout, settings.send_deadline)
+        self._client = redis_client(settings, no_retry(), socket_timeout=socket_timeout)
         self._send = SendScript(self._client, settings)
         self._server_ids = ServerIds(self._client)
         self._room_keys = lru_cache(maxsize=1024)(partial(RoomKeys.of, settings.key_prefix))
-        self._control = ControlClient(self._client, settings.key_prefix)
+        self._control = ControlClient(self._client, settings.key_prefix, socket_timeout)
         self._directs = DirectLists(self._client, settings.key_prefix, settings.redis_room_ttl_ms)
         self._backoff = reconnect_backoff(settings)
 

@@ -479,7 +479,7 @@ class CommandAction(StrEnum):
 @dataclass(frozen=True, slots=True)
 class Command:
     """An act on every connection of one user, carried to every node by the control channel;
-    each node answers on `reply_to` with how many of its connections it acted on."""
+    each node answers on the `reply_to` list with how many of its connections it acted on."""
 
     id: str
     action: CommandAction

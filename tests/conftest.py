@@ -23,12 +23,29 @@ def redis_server(tmp_path: Path):
     server.stop()
 
 
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo):
+    report = yield
+    if report.when == "call":
+        item.stash[FAILED] = report.failed
+    return report
+
+
+FAILED = pytest.StashKey[bool]()
+LOG_TAIL = 60
+
+
 @pytest.fixture
-def nodes(tmp_path: Path):
-    """Starts nodes exactly as the Procfile's web line does; stops them afterwards."""
+def nodes(request: pytest.FixtureRequest, tmp_path: Path):
+    """Starts nodes exactly as the Procfile's web line does; stops them afterwards. When the
+    test failed, each node's last log lines go into the report: CI keeps nothing else."""
     factory = NodeFactory(tmp_path / "nodes")
     yield factory
     factory.stop_all()
+    if request.node.stash.get(FAILED, False):
+        for node in factory.nodes:
+            tail = "\n".join(node.log().splitlines()[-LOG_TAIL:])
+            print(f"--- last {LOG_TAIL} log lines of {node.instance_id} ---\n{tail}")
 
 
 def pytest_report_header(config: pytest.Config) -> str:

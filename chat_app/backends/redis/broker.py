@@ -30,7 +30,7 @@ from ..base import (
 from .clients import RedisClients
 from .cluster_listener import ShardedListener
 from .connection import CONNECTION_ERRORS, describe
-from .control import ControlClient, publish
+from .control import ControlClient, answer, publish
 from .keys import RoomKeys
 from .listener import Listener
 from .publisher import Publisher
@@ -50,7 +50,7 @@ class RedisBroker:
         # Joins, leaves and history reads of many members share round trips (RedisPresence too).
         self.batcher = ScriptBatcher(clients.commands, "redis-batcher")
         self.publisher = Publisher(clients.publisher, settings)
-        self.control = ControlClient(clients.commands, settings.key_prefix)
+        self.control = ControlClient(clients.commands, settings.key_prefix, settings.redis_socket_timeout)
         self.listener: Listener
         if isinstance(clients.subscriber, RedisCluster):
             self.listener = ShardedListener(clients.subscriber, clients.shard_kwargs or {}, settings)
@@ -80,7 +80,7 @@ class RedisBroker:
             log.exception("event=command_failed action=%s", command.action)
             count = 0
         try:
-            publish(self._commands, command.reply_to, CommandReply(command.id, self._instance_id, count).encode())
+            answer(self._commands, command.reply_to, CommandReply(command.id, self._instance_id, count).encode())
         except CONNECTION_ERRORS as exc:
             log.warning("event=command_reply_failed action=%s error=%s", command.action, describe(exc))
 

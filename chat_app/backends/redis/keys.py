@@ -103,7 +103,7 @@ def room_of_nodes_key(prefix: str, key: str) -> str | None:
 
 def commands_channel(prefix: str) -> str:
     """Every node listens here for commands on users (server API). The `{control}` hash tag
-    puts it and every reply channel on one Cluster shard (SPUBLISH/SSUBSCRIBE)."""
+    puts it and every reply list on one Cluster shard (SPUBLISH/SSUBSCRIBE)."""
     return f"{prefix}:{{control}}:commands"
 
 
@@ -111,6 +111,6 @@ def reply_prefix(prefix: str) -> str:
     return f"{prefix}:{{control}}:reply:"
 
 
-def reply_channel(prefix: str, token: str) -> str:
-    """Where the nodes answer one command; only its sender listens there, for its deadline."""
+def reply_key(prefix: str, token: str) -> str:
+    """The list where the nodes answer one command; only its sender pops it, for its deadline."""
     return reply_prefix(prefix) + token

@@ -315,7 +315,7 @@ class Listener:
         try:
             command = decode_command(data)
             if not command.reply_to.startswith(self._reply_prefix):
-                raise BadEnvelope("a reply channel outside this deployment's control namespace")
+                raise BadEnvelope("a reply list outside this deployment's control namespace")
         except BadEnvelope as exc:
             self._bad(exc, "control")
             return
