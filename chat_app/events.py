@@ -154,7 +154,9 @@ def register_events(socketio: SocketIO, service: ChatService, transport: Transpo
         return answer(
             sid,
             "send_message",
-            lambda: service.send(sid, parse(SendRequest, payload, max_message_bytes=max_bytes)),
+            lambda: service.send(
+                sid, parse(SendRequest, payload, max_message_bytes=max_bytes), shed=transport.shed_already(sid)
+            ),
         )
 
     @sio.on("typing")

@@ -501,7 +501,8 @@ class ChatService:
 
     # -- send ------------------------------------------------------------------------
 
-    def send(self, sid: str, req: SendRequest) -> dict[str, Any]:
+    def send(self, sid: str, req: SendRequest, shed: bool = False) -> dict[str, Any]:
+        """`shed`: the transport already drew this send against the load gauge."""
         conn = self._connection(sid)
         if req.room not in conn.rooms:
             raise ChatError(ErrorCode.NOT_IN_ROOM, f"join {req.room!r} before sending to it")
@@ -513,18 +514,18 @@ class ChatService:
         draft = Draft.new(req.room, sender, req.message, self.instance_id, req.key, self._clock, self._tokens.hex)
         started = time.perf_counter()
         try:
-            envelope = self._publish(draft)
+            envelope = self._publish(draft, shed)
         finally:
             self.observe_publish(time.perf_counter() - started)
         log.debug("event=send room=%s sid=%s seq=%d id=%s", req.room, sid, envelope.seq, envelope.id)
         self._reach_direct(envelope)
         return {"ok": True, **_ack(envelope)}
 
-    def _publish(self, draft: Draft) -> Envelope:
+    def _publish(self, draft: Draft, shed: bool = False) -> Envelope:
         """Store and publish, with the protocol's answer when the node cannot. A node that runs
         behind refuses at once: accepting would only make this send, and every one already
         accepted, later."""
-        if self.load.refuses():
+        if not shed and self.load.refuses():
             raise ChatError(ErrorCode.OVERLOADED, BEHIND)
         try:
             envelope = self._broker.publish(draft)

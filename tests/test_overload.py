@@ -17,8 +17,9 @@ from streams import SendStream, assert_exactly_once_in_order
 
 from chat_app import create_app, json_codec
 from chat_app.load import TICK, LoadGauge
+from chat_app.protocol import ChatError, ErrorCode, SendRequest
 from chat_app.settings import Settings, SettingsError
-from chat_app.transport import lean_websockets
+from chat_app.transport import Transport, lean_websockets
 from chat_app.transport.lean_websockets import LeanWebsockets, PacketQueue
 from chat_app.transport.shedding import SendShedding
 
@@ -200,6 +201,32 @@ def test_an_overloaded_service_refuses_sends_and_api_posts_and_stores_none() -> 
     assert ack["ok"] and ack["seq"] == 1  # nothing refused took a seq
     history = client.emit("join_room", {"room": "lobby", "since": 0}, callback=True)
     assert [m["message"] for m in history["history"]] == ["accepted"]
+
+
+def test_a_send_drawn_in_the_receive_loop_is_not_drawn_again() -> None:
+    """A websocket's sends take their draw in the receive loop; ChatService draws only the
+    others (long-polling, API posts), so a share p refuses p of sends, not 1-(1-p)^2."""
+    sockets = {"e-ws": SimpleNamespace(upgraded=True), "e-poll": SimpleNamespace(upgraded=False)}
+    server = SimpleNamespace(
+        eio=SimpleNamespace(sockets=sockets), manager=SimpleNamespace(eio_sid_from_sid=lambda sid, ns: "e-" + sid)
+    )
+    lean = LeanWebsockets(server, 0.05, send=lambda sock, pkt: None)
+    transport = Transport(server, None, None, None, lean)  # type: ignore[arg-type]
+    assert not transport.shed_already("ws")  # nothing sheds in the receive loop yet
+    transport.shed_sends(SendShedding(lambda: True, lambda: True, BEHIND))
+    assert transport.shed_already("ws")
+    assert not transport.shed_already("poll") and not transport.shed_already("gone")
+
+    app = create_app(Settings.from_env({}), async_mode="threading")
+    service = app.extensions["chat_service"]
+    client = app.extensions["chat_socketio"].test_client(app, auth={"username": "ann"})
+    assert client.emit("join_room", "lobby", callback=True)["ok"]
+    (sid,) = service._connections
+    service.load.share = 1.0
+    assert service.send(sid, SendRequest(room="lobby", message="drawn already"), shed=True)["seq"] == 1
+    with pytest.raises(ChatError) as refused:
+        service.send(sid, SendRequest(room="lobby", message="drawn here"))
+    assert refused.value.code is ErrorCode.OVERLOADED and service.load.refused == 1
 
 
 def test_a_node_that_fell_behind_refuses_then_recovers_and_loses_nothing(redis_server, nodes) -> None:

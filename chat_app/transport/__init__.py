@@ -31,6 +31,7 @@ ENGINE = ("python-socketio", "python-engineio", "gevent", "gevent-websocket")
 
 @dataclass
 class Transport:
+    server: Any  # python-socketio's server
     answers: Answers
     fanout: RoomFanout
     writer: DirectWriter | None  # None: python-socketio's own sends
@@ -45,6 +46,14 @@ class Transport:
         if self.lean_websockets is not None:
             self.lean_websockets.shed = shedding.answer
 
+    def shed_already(self, sid: str) -> bool:
+        """Whether `sid`'s sends took their draw in the receive loop (a websocket): drawn
+        again in ChatService, a share p would refuse 1-(1-p)^2 of them."""
+        if self.lean_websockets is None or self.lean_websockets.shed is None:
+            return False
+        sock = self.server.eio.sockets.get(self.server.manager.eio_sid_from_sid(sid, "/"))
+        return sock is not None and sock.upgraded
+
 
 def install_transport(sio: Any, max_client_queue: int) -> Transport:
     """Apply every part that fits this server's mode and the installed versions."""
@@ -55,7 +64,7 @@ def install_transport(sio: Any, max_client_queue: int) -> Transport:
     installed = lean_websockets.install(sio, send=ping) if gevent_mode and pinned else None
     if pinned:
         watch_slow_clients(sio, max_client_queue, longest=installed.longest_queue if installed else None)
-    transport = Transport(Answers(sio), RoomFanout(sio, writer), writer, installed)
+    transport = Transport(sio, Answers(sio), RoomFanout(sio, writer), writer, installed)
     log.info(
         "event=transport direct_writes=%s lean_websockets=%s answers_tracked=%s slow_client_watch=%s",
         writer is not None,
