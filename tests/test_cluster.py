@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import socket
 import subprocess
 import time
@@ -18,6 +19,7 @@ from streams import SendStream, assert_exactly_once_in_order
 from test_faults import record
 
 from chat_app.backends.redis.keys import RoomKeys, commands_channel, user_directs
+from chat_app.backends.redis.scripts import LuaScript, run_scripts
 
 
 def free_cluster_port() -> int:
@@ -203,3 +205,24 @@ def test_direct_lists_live_on_their_users_slots(cluster, nodes) -> None:
     rc.close()
     alice.close()
     bob.close()
+
+
+def test_a_scripts_first_call_on_each_shard_costs_no_topology_refresh(cluster) -> None:
+    """NOSCRIPT comes with every script's first call on every shard. A refresh there would
+    also reconnect every connection the client lent out (redis-py 8), a command's reply
+    subscription among them once: the script is loaded and run again, and no more."""
+    rc = RedisCluster(startup_nodes=[ClusterNode("127.0.0.1", cluster[0].port)])
+    by_port = rooms_on_every_shard(cluster, per_shard=1)
+    keys = [RoomKeys.of("chat", rooms[0]).seq for rooms in by_port.values()]
+
+    def refreshes() -> int:
+        stats = [m.client().info("commandstats").get("cmdstat_cluster|slots", {}) for m in cluster]
+        return sum(s.get("calls", 0) for s in stats)
+
+    source = "return redis.call('INCR', KEYS[1])"
+    script = LuaScript(source, hashlib.sha1(source.encode()).hexdigest())
+    before = refreshes()
+    assert run_scripts(rc, [(script, [key], []) for key in keys]) == [1, 1, 1]
+    assert [rc.get_redis_connection(rc.get_node_from_key(k)).script_exists(script.sha) for k in keys] == [[True]] * 3
+    assert refreshes() == before
+    rc.close()

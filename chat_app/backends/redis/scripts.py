@@ -52,9 +52,12 @@ AnyRedis = redis.Redis | RedisCluster
 def run_scripts(client: AnyRedis, calls: Sequence[Call]) -> list[object]:
     """EVALSHA every call, one pipeline per server. Errors come back in place, not raised."""
 
-    def rerun(scripts: list[LuaScript], again: list[Call]) -> list[object]:
-        if isinstance(client, RedisCluster):
-            client.nodes_manager.initialize()  # a slot may have moved, or a failover happened
+    def rerun(scripts: list[LuaScript], again: list[Call], moved: bool) -> list[object]:
+        # Only when a slot moved: a topology refresh also reconnects every connection the
+        # client lent out (redis-py 8), and NOSCRIPT comes with each script's first call on
+        # each shard.
+        if moved and isinstance(client, RedisCluster):
+            client.nodes_manager.initialize()
         for script in scripts:
             client.script_load(script.source)
         return _pipelined(client, again)
@@ -63,15 +66,16 @@ def run_scripts(client: AnyRedis, calls: Sequence[Call]) -> list[object]:
 
 
 def _rerun_missing(
-    calls: Sequence[Call], results: list[object], rerun: Callable[[list[LuaScript], list[Call]], list[object]]
+    calls: Sequence[Call], results: list[object], rerun: Callable[[list[LuaScript], list[Call], bool], list[object]]
 ) -> list[object]:
     """The calls a server answered NOSCRIPT (its script cache went: a restart, a failover,
-    SCRIPT FLUSH) or MOVED/ASK (a Cluster slot moved) go once more through `rerun`, which
-    loads their scripts first; the other results stay in place."""
+    SCRIPT FLUSH) or MOVED/ASK (a Cluster slot moved: `rerun` is told) go once more through
+    `rerun`, which loads their scripts first; the other results stay in place."""
     missing = [i for i, r in enumerate(results) if isinstance(r, NoScriptError) or _moved(r)]
     if missing:
         scripts = list(dict.fromkeys(calls[i][0] for i in missing))
-        for i, result in zip(missing, rerun(scripts, [calls[i] for i in missing]), strict=True):
+        moved = any(_moved(results[i]) for i in missing)
+        for i, result in zip(missing, rerun(scripts, [calls[i] for i in missing], moved), strict=True):
             results[i] = result
     return results
 
@@ -132,7 +136,7 @@ class HeldConnection:
             return run_scripts(self._client, calls)
         conn = self._checkout()
 
-        def rerun(scripts: list[LuaScript], again: list[Call]) -> list[object]:
+        def rerun(scripts: list[LuaScript], again: list[Call], moved: bool) -> list[object]:
             loads: list[tuple[object, ...]] = [("SCRIPT", "LOAD", script.source) for script in scripts]
             replies = self._round_trip(conn, loads + [_evalsha(call) for call in again])
             for loaded in replies[: len(scripts)]:
