@@ -100,7 +100,9 @@ def test_members_of_a_killed_node_rejoin_busy_rooms_at_once_and_get_each_message
     for client, room, since in rejoined:
         wait_until(lambda c=client, r=room: max(c.seqs(r), default=0) >= last[r], what=f"{client.username} caught up")
         assert_once_in_order(client, room, since + 1, last[room])
-    assert all(not s.failed for s in senders), [s.failed[:3] for s in senders]
+    # A node the storm put behind may shed a share of sends (`overloaded`: stored nowhere,
+    # so no seq is missing above); nothing else is refused.
+    assert all(set(s.failed) <= {"overloaded"} for s in senders), [s.failed[:3] for s in senders]
 
 
 def test_a_busy_room_under_mixed_faults_hands_every_rejoined_member_each_message_once(

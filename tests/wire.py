@@ -113,7 +113,7 @@ class Sender:
                 self.sent += 1
             self._stop.wait(max(0.0, started + self.sent / self.rate - time.monotonic()))
 
-    def stop(self, timeout: float = 10) -> int:
+    def stop(self, timeout: float = 30) -> int:
         """Stop sending and wait for every answer; the highest seq acked ok."""
         self._stop.set()
         self._thread.join(timeout=5)
