@@ -470,14 +470,16 @@ def test_answers_are_all_counted_while_the_senders_connections_are_renewed(redis
     wait_until(lambda: client.pubsub_numsub(commands_channel("chat"))[0][1] == 2, what="both nodes listening")
 
     def act(index: int, node: redis.client.PubSub) -> None:
-        message = None
-        while message is None:
-            message = node.get_message(timeout=5)
+        message, deadline = None, time.monotonic() + 5
+        while message is None and time.monotonic() < deadline:
+            message = node.get_message(timeout=1)
+        if message is None:
+            return  # never heard the command: the sender's count below says so
         command = decode_command(message["data"])
         client.connection_pool.update_active_connections_for_reconnect()
         answer(client, command.reply_to, CommandReply(command.id, f"node{index}", index + 1).encode())
 
-    threads = [threading.Thread(target=act, args=pair) for pair in enumerate(nodes)]
+    threads = [threading.Thread(target=act, args=pair, daemon=True) for pair in enumerate(nodes)]
     for t in threads:
         t.start()
     result = ControlClient(client, "chat", socket_timeout=5).send(Command("", CommandAction.DISCONNECT, "alice"), 4)
