@@ -155,7 +155,10 @@ def register_events(socketio: SocketIO, service: ChatService, transport: Transpo
             sid,
             "send_message",
             lambda: service.send(
-                sid, parse(SendRequest, payload, max_message_bytes=max_bytes), shed=transport.shed_already(sid)
+                sid,
+                parse(SendRequest, payload, max_message_bytes=max_bytes),
+                # Asked only while shedding: it costs two lookups a send.
+                shed=service.load.shedding() and transport.shed_already(sid),
             ),
         )
 
