@@ -29,15 +29,23 @@ def require_program(path: str, install: str) -> None:
     pytest.skip(reason)
 
 
-def wait_until(predicate: Callable[[], T], timeout: float = 10.0, interval: float = 0.02, what: str = "") -> T:
-    """Poll until `predicate()` is truthy; fail with `what` once `timeout` has passed."""
+def wait_until(
+    predicate: Callable[[], T],
+    timeout: float = 10.0,
+    interval: float = 0.02,
+    what: str = "",
+    detail: Callable[[], object] | None = None,
+) -> T:
+    """Poll until `predicate()` is truthy; fail with `what` (and `detail()`, what was seen
+    instead) once `timeout` has passed."""
     deadline = time.monotonic() + timeout
     while True:
         value = predicate()
         if value:
             return value
         if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what or predicate}")
+            seen = f": {detail()}" if detail else ""
+            raise AssertionError(f"timed out after {timeout}s waiting for {what or predicate}{seen}")
         time.sleep(interval)
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import random
 import signal
 import socket
 import subprocess
@@ -18,10 +19,26 @@ from helpers import wait_until
 ROOT = Path(__file__).resolve().parent.parent
 
 
+def _ephemeral_low() -> int:
+    try:
+        return int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 32768
+
+
 def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    """A free port below the kernel's ephemeral range, and 10,000 below it (a cluster's bus
+    port is port + 10000): a port the kernel hands out to outgoing connections can be taken
+    by any test's client between this check and the server's own bind."""
+    high = max(_ephemeral_low() - 10000, 11000)
+    while True:
+        port = random.randrange(10000, high)
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+        return port
 
 
 def procfile_web_command() -> str:
@@ -50,12 +67,16 @@ class RedisServer:
         args = ["redis-server", "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"]
         args += ["--dir", str(self.directory), *self.extra_args]
         self.process = subprocess.Popen(args, stdout=open(self.directory / "redis.log", "ab"), stderr=subprocess.STDOUT)
-        wait_until(self._ping, timeout=10, what=f"redis-server on {self.port}")
+        wait_until(self._ping, timeout=30, what=f"redis-server on {self.port}")
 
     def _ping(self) -> bool:
+        assert self.process is not None
+        if self.process.poll() is not None:
+            log = (self.directory / "redis.log").read_text(errors="replace").splitlines()[-5:]
+            raise AssertionError(f"redis-server on {self.port} exited with {self.process.returncode}: {log}")
         try:
             return bool(redis.Redis(port=self.port, socket_timeout=0.5, socket_connect_timeout=0.5).ping())
-        except redis.ConnectionError:
+        except (redis.ConnectionError, redis.TimeoutError):
             return False
 
     def kill(self) -> None:

@@ -97,8 +97,20 @@ def test_members_of_a_killed_node_rejoin_busy_rooms_at_once_and_get_each_message
     time.sleep(1.5)  # the rooms stay busy after the storm: live traffic follows the acks
     last = {s.room: s.stop() for s in senders}
 
+    def behind() -> list[str]:
+        return [
+            f"{client.username} at {max(client.seqs(room), default=0)} of {last[room]} in {room}"
+            f" (connected={client.sio.connected})"
+            for client, room, _ in rejoined
+            if max(client.seqs(room), default=0) < last[room]
+        ]
+
+    # One deadline for all: on a slow machine the last deliveries of 300 rooms' members
+    # arrive seconds after the last ack; late is not what this test is about, lost is.
+    wait_until(
+        lambda: not behind(), timeout=60, interval=0.2, what="every member caught up", detail=lambda: behind()[:5]
+    )
     for client, room, since in rejoined:
-        wait_until(lambda c=client, r=room: max(c.seqs(r), default=0) >= last[r], what=f"{client.username} caught up")
         assert_once_in_order(client, room, since + 1, last[room])
     # A node the storm put behind may shed a share of sends (`overloaded`: stored nowhere,
     # so no seq is missing above); nothing else is refused.
