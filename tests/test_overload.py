@@ -229,6 +229,32 @@ def test_a_send_drawn_in_the_receive_loop_is_not_drawn_again() -> None:
     assert refused.value.code is ErrorCode.OVERLOADED and service.load.refused == 1
 
 
+def test_the_send_handler_passes_the_transports_answer_and_asks_only_while_shedding(monkeypatch) -> None:
+    """The wiring in events.py: the transport's `shed_already` decides whether ChatService
+    draws again, and it is not asked at all while nothing sheds."""
+    asked: list[str] = []
+    drawn = {"ws": True}
+
+    def shed_already(self: Transport, sid: str) -> bool:
+        asked.append(sid)
+        return drawn["ws"]
+
+    monkeypatch.setattr(Transport, "shed_already", shed_already)
+    app = create_app(Settings.from_env({}), async_mode="threading")
+    service = app.extensions["chat_service"]
+    client = app.extensions["chat_socketio"].test_client(app, auth={"username": "ann"})
+    assert client.emit("join_room", "lobby", callback=True)["ok"]
+    send = lambda text: client.emit("send_message", {"room": "lobby", "message": text}, callback=True)  # noqa: E731
+
+    assert send("not shedding")["ok"] and asked == []
+    service.load.share = 1.0
+    assert send("drawn in the receive loop")["ok"] and service.load.refused == 0
+    drawn["ws"] = False
+    ack = send("drawn here")
+    assert ack["error"]["code"] == "overloaded" and service.load.refused == 1
+    assert len(asked) == 2
+
+
 def test_a_node_that_fell_behind_refuses_then_recovers_and_loses_nothing(redis_server, nodes) -> None:
     """Frozen for 1.5 s (SIGSTOP) while its sender keeps sending, node A comes back 1.5 s
     behind: its receive loop refuses sends `overloaded` until it caught up, then takes them
