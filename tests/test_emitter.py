@@ -127,7 +127,7 @@ def test_commands_from_a_plain_process_act_on_every_node(redis_server, nodes) ->
 
     out = run_emitter('out = {"gone": chat.disconnect_user("alice", reason="spam")}', REDIS_URL=redis_server.url)
     assert out == {"gone": 2}
-    wait_until(lambda: not alice_a.sio.connected and not alice_b.sio.connected, timeout=2, what="both closed")
+    wait_until(lambda: not alice_a.sio.connected and not alice_b.sio.connected, timeout=5, what="both closed")
     assert alice_a.received("disconnected_by_server") == [{"reason": "spam"}]
     assert bob.sio.connected
 

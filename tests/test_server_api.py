@@ -122,7 +122,7 @@ def test_disconnect_closes_every_connection_of_the_user_on_every_node(redis_serv
 
     answer = api("POST", a.url, "/api/users/alice/disconnect", json={"reason": "account closed"})
     assert answer.json() == {"ok": True, "connections": 2, "nodes": 2}
-    wait_until(lambda: not alice_a.sio.connected and not alice_b.sio.connected, timeout=2, what="both closed")
+    wait_until(lambda: not alice_a.sio.connected and not alice_b.sio.connected, timeout=5, what="both closed")
     for alice in (alice_a, alice_b):
         assert alice.received("disconnected_by_server") == [{"reason": "account closed"}]
     assert bob.sio.connected
@@ -329,7 +329,7 @@ def test_commands_during_a_redis_outage_answer_503_in_time_then_work_again(redis
         assert response.status_code == 200, (path, response.text)
         if acted is not None:
             assert response.json()["connections"] == acted, (path, response.json())
-    wait_until(lambda: not alice.sio.connected, timeout=2, what="the disconnect, once Redis is back")
+    wait_until(lambda: not alice.sio.connected, timeout=5, what="the disconnect, once Redis is back")
     assert alice.received("room_left") == [{"room": "lobby", "reason": "banned"}]
 
 
@@ -351,7 +351,7 @@ def test_single_node_without_redis_serves_the_api(nodes) -> None:
     assert alice.wait_for(1, "room_left") == [{"room": "lobby", "reason": "banned"}]
     assert alice.call("join_room", "lobby")["error"]["code"] == "forbidden_room"
     assert api("POST", node.url, "/api/users/bob/disconnect").json()["connections"] == 1
-    wait_until(lambda: not bob.sio.connected, timeout=2, what="bob disconnected")
+    wait_until(lambda: not bob.sio.connected, timeout=5, what="bob disconnected")
     assert alice.sio.connected
 
 
@@ -431,7 +431,7 @@ def test_commands_and_posts_on_a_redis_cluster(cluster, nodes) -> None:  # noqa:
             break
     assert seen == {"lobby": 2}
     assert api("POST", b.url, "/api/users/alice/disconnect").json() == {"ok": True, "connections": 2, "nodes": 2}
-    wait_until(lambda: not alice_a.sio.connected and not alice_b.sio.connected, timeout=2, what="both closed")
+    wait_until(lambda: not alice_a.sio.connected and not alice_b.sio.connected, timeout=5, what="both closed")
     assert bob.sio.connected
 
 
