@@ -26,6 +26,9 @@ def _ephemeral_low() -> int:
         return 32768
 
 
+_HANDED_OUT: set[int] = set()  # two ports asked for before either is bound must differ
+
+
 def free_port() -> int:
     """A free port below the kernel's ephemeral range, and 10,000 below it (a cluster's bus
     port is port + 10000): a port the kernel hands out to outgoing connections can be taken
@@ -33,6 +36,9 @@ def free_port() -> int:
     high = max(_ephemeral_low() - 10000, 11000)
     while True:
         port = random.randrange(10000, high)
+        if port in _HANDED_OUT:
+            continue
+        _HANDED_OUT.add(port)
         with socket.socket() as s:
             try:
                 s.bind(("127.0.0.1", port))
