@@ -66,10 +66,12 @@ def behind(members: list[tuple[WireClient, str]], last: dict[str, int]) -> list[
     out = []
     for client, room in members:
         seqs = client.seqs(room)
-        if max(seqs, default=0) < last[room]:
-            top = max(seqs, default=0)
-            out.append(f"{client.username} ({client.sio.sid}, connected={client.sio.connected}): {len(seqs)} seqs")
-            out[-1] += f" up to {top} of {last[room]} in {room}"
+        top = max(seqs, default=0)
+        if top < last[room]:
+            out.append(
+                f"{client.username} ({client.sio.sid}, connected={client.sio.connected}):"
+                f" {len(seqs)} seqs up to {top} of {last[room]} in {room}"
+            )
     return out[:5]
 
 
@@ -116,7 +118,13 @@ def test_members_of_a_killed_node_rejoin_busy_rooms_at_once_and_get_each_message
     # One deadline for all: on a slow machine the last deliveries of 300 rooms' members
     # arrive seconds after the last ack; late is not what this test is about, lost is.
     members = [(client, room) for client, room, _ in rejoined]
-    wait_until(lambda: not behind(members, last), 60, 0.2, "every member caught up", lambda: behind(members, last))
+    wait_until(
+        lambda: not behind(members, last),
+        timeout=60,
+        interval=0.2,
+        what="every member caught up",
+        detail=lambda: behind(members, last),
+    )
     for client, room, since in rejoined:
         assert_once_in_order(client, room, since + 1, last[room])
     # A node the storm put behind may shed a share of sends (`overloaded`: stored nowhere,
@@ -174,9 +182,15 @@ def test_a_busy_room_under_mixed_faults_hands_every_rejoined_member_each_message
         last = max(s.stop() for s in (senders[0], senders[2]))
 
         kept = [client for client in stayers if client.username not in {"stay1", "stay4"}]  # on b, killed
-        members = [(client, room) for client in [*(c for c, _, _ in rejoined), *kept]]
+        members = [(client, room) for client, _, _ in rejoined] + [(client, room) for client in kept]
         tops = {room: last}
-        wait_until(lambda: not behind(members, tops), 30, 0.2, "every member caught up", lambda: behind(members, tops))
+        wait_until(
+            lambda: not behind(members, tops),
+            timeout=30,
+            interval=0.2,
+            what="every member caught up",
+            detail=lambda: behind(members, tops),
+        )
         for client, _, since in rejoined:
             assert_once_in_order(client, room, since + 1, last)
         for client in kept:
