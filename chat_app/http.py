@@ -36,6 +36,8 @@ def register_routes(app: Flask, service: ChatService) -> None:
         body["backend"] = "redis" if service.settings.uses_redis else "memory"
         if not all(parts.values()):
             body["failing"] = [name for name, ok in parts.items() if not ok]
+            if unreached := service.unreached():
+                body["shards_failing"] = unreached
         return jsonify(body), 200 if all(parts.values()) else 503
 
     @app.get("/api/rooms/<path:room>")

@@ -721,7 +721,10 @@ class ChatService:
         return len(self._connections)
 
     def health(self) -> dict[str, bool]:
-        return self._broker.healthy()
+        return {**self._broker.healthy(), **self._presence.healthy()}
+
+    def unreached(self) -> list[str]:
+        return sorted({*self._broker.unreached(), *self._presence.unreached()})
 
     # -- delivery (called from the broker's listener only) ------------------------------
 

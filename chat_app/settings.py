@@ -144,6 +144,9 @@ class Settings:
     listener_idle_probe: float = 5.0
     probe_timeout: float = 2.0
     redis_socket_timeout: float = 5.0
+    # Redis Cluster: how often a node compares the cluster's slot map with its own, so that a
+    # promoted replica is followed even by a part that has not yet failed against the old one.
+    cluster_check_interval: float = 1.0
     presence_grace: float = 2.0
     # Rooms of more users get a periodic count (at most one per interval) instead of an event
     # per join and leave; join acks name at most this many members.

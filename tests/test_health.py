@@ -19,7 +19,7 @@ def assert_failing(body: dict, instance_id: str) -> None:
     assert body["status"] == "failing" and body["instance_id"] == instance_id
     assert body["failing"], body
     assert all(body[part] is False for part in body["failing"]), body
-    assert set(body["failing"]) <= {"publisher", "listener"}
+    assert set(body["failing"]) <= {"publisher", "listener", "presence"}
 
 
 def test_healthz_is_503_naming_the_part_while_redis_is_paused_or_killed(redis_server, nodes) -> None:
@@ -34,6 +34,7 @@ def test_healthz_is_503_naming_the_part_while_redis_is_paused_or_killed(redis_se
             "instance_id": node.instance_id,
             "publisher": True,
             "listener": True,
+            "presence": True,
             "backend": "redis",
         }
 
@@ -49,9 +50,9 @@ def test_healthz_is_503_naming_the_part_while_redis_is_paused_or_killed(redis_se
         refused = client.call("send_message", {"room": "lobby", "message": "into the void"}, timeout=15)
         assert refused["error"]["code"] == "unavailable"
         status, body = wait_until(
-            lambda: (h := healthz(node.url))[1].get("failing") == ["publisher", "listener"] and h,
+            lambda: (h := healthz(node.url))[1].get("failing") == ["publisher", "listener", "presence"] and h,
             timeout=20,
-            what="both parts named while Redis is down",
+            what="every part named while Redis is down",
         )
         assert status == 503
         assert_failing(body, node.instance_id)

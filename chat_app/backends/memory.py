@@ -120,6 +120,9 @@ class MemoryBroker:
     def healthy(self) -> dict[str, bool]:
         return {"publisher": True, "listener": True}
 
+    def unreached(self) -> list[str]:
+        return []
+
 
 class MemoryPresence:
     def __init__(self, hub: MemoryHub, instance_id: str, events_max_members: int = 100) -> None:
@@ -132,6 +135,12 @@ class MemoryPresence:
 
     def beat(self, rewrite: bool = False) -> None:
         pass
+
+    def healthy(self) -> dict[str, bool]:
+        return {}
+
+    def unreached(self) -> list[str]:
+        return []
 
     def stop(self) -> None:
         pass

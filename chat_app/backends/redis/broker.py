@@ -53,13 +53,18 @@ class RedisBroker:
         self.control = ControlClient(clients.commands, settings.key_prefix, settings.redis_socket_timeout)
         self.listener: Listener
         if isinstance(clients.subscriber, RedisCluster):
-            self.listener = ShardedListener(clients.subscriber, clients.shard_kwargs or {}, settings)
+            self.listener = ShardedListener(clients.subscriber, clients.shard_kwargs or {}, settings, clients.slot_maps)
         else:
             self.listener = Listener(clients.subscriber, self._publish_probe, settings)
+        self.slot_maps = clients.slot_maps
+        if self.slot_maps is not None:
+            self.slot_maps.on_change(self.publisher.retry_now)
         self._hooks: BrokerHooks | None = None
 
     def start(self, hooks: BrokerHooks) -> None:
         self._hooks = hooks
+        if self.slot_maps is not None:
+            self.slot_maps.start()
         self.publisher.start()
         # The listener hands each command over and goes back to reading at once.
         self.listener.start(dataclasses.replace(hooks, on_control=self._command_received))
@@ -85,6 +90,8 @@ class RedisBroker:
             log.warning("event=command_reply_failed action=%s error=%s", command.action, describe(exc))
 
     def stop(self) -> None:
+        if self.slot_maps is not None:
+            self.slot_maps.stop()
         self.listener.stop()
         self.publisher.stop()
         self.batcher.stop()
@@ -146,3 +153,10 @@ class RedisBroker:
         """From state, without a round trip: the listener's probe already proves every few
         seconds that a publish comes back through the subscription."""
         return {"publisher": self.publisher.last_error is None, "listener": self.listener.all_subscribed()}
+
+    def unreached(self) -> list[str]:
+        """Cluster shards (host:port) that a hosted room cannot be heard from or that failed
+        a call and have not answered since."""
+        if self.slot_maps is None or not isinstance(self.listener, ShardedListener):
+            return []
+        return sorted({*self.listener.unheard(), *self.publisher.unreached(), *self.slot_maps.down()})

@@ -10,12 +10,13 @@ from urllib.parse import parse_qs, urlencode, urlsplit, urlunsplit
 
 import redis
 from redis.backoff import ExponentialWithJitterBackoff
-from redis.cluster import ClusterNode, RedisCluster
+from redis.cluster import ClusterNode
 from redis.retry import Retry
 from redis.sentinel import Sentinel
 
 from ...settings import Settings
 from .scripts import AnyRedis
+from .topology import ClusterClient, SlotMaps
 
 log = logging.getLogger(__name__)
 
@@ -41,7 +42,7 @@ def redis_client(
     sized: dict[str, Any] = {"max_connections": pool_size} if pool_size else {}
     if settings.redis_cluster_nodes:
         startup = [ClusterNode(host, port) for host, port in _host_ports(settings.redis_cluster_nodes)]
-        return RedisCluster(startup_nodes=startup, retry=retry, **sized, **common)
+        return ClusterClient(startup_nodes=startup, retry=retry, **sized, **common)
     if settings.redis_sentinels:
         sentinel = Sentinel(
             _host_ports(settings.redis_sentinels),
@@ -71,6 +72,7 @@ class RedisClients:
     publisher: AnyRedis
     subscriber: AnyRedis
     shard_kwargs: dict[str, Any] | None = None  # cluster: how to open one shard's pub/sub connection
+    slot_maps: SlotMaps | None = None  # cluster: the three clients' maps, followed through failovers
 
     @classmethod
     def from_settings(cls, settings: Settings) -> RedisClients:
@@ -82,7 +84,14 @@ class RedisClients:
         )
         if not settings.redis_cluster_nodes:
             return clients
-        return dataclasses.replace(clients, shard_kwargs={**connection_options(settings), "retry": no_retry()})
+        maps = SlotMaps(
+            [clients.commands, clients.publisher, clients.subscriber],  # type: ignore[list-item]
+            settings.cluster_check_interval,
+            settings.probe_timeout,
+        )
+        return dataclasses.replace(
+            clients, shard_kwargs={**connection_options(settings), "retry": no_retry()}, slot_maps=maps
+        )
 
 
 def _host_ports(addresses: list[str]) -> list[tuple[str, int]]:

@@ -5,6 +5,11 @@ A room's traffic stays on its shard (SPUBLISH), so a node opens connections only
 shards of rooms it hosts. Each connection fails and is rebuilt on its own, with backoff;
 its rooms catch up from history once re-subscribed. An idle connection is probed with
 PING, which must come back as a pong within PROBE_TIMEOUT.
+
+After a failover the SlotMaps (topology.py) rebuild the map and wake the listener, which
+moves each room to the shard that now holds its slot: a failed shard's connection is
+dropped, and a shard that lost a slot (a graceful failover demotes its master, which then
+unsubscribes the slot's channels itself) keeps no subscription there.
 """
 
 from __future__ import annotations
@@ -21,6 +26,7 @@ from redis.cluster import RedisCluster
 from ...settings import Settings
 from .connection import CONNECTION_ERRORS, describe
 from .listener import POLL, Deaf, Listener, _socket
+from .topology import SlotMaps
 
 log = logging.getLogger(__name__)
 
@@ -40,18 +46,39 @@ class _Shard:
 
 
 class ShardedListener(Listener):
-    def __init__(self, cluster: RedisCluster, connection_kwargs: dict[str, Any], settings: Settings) -> None:
+    def __init__(
+        self, cluster: RedisCluster, connection_kwargs: dict[str, Any], settings: Settings, maps: SlotMaps | None
+    ) -> None:
         # The base class uses the cluster client only to find each channel's shard; the
         # publish-echo probe is replaced by PING on every shard connection.
         super().__init__(cluster, lambda channel, data: None, settings)  # type: ignore[arg-type]
         self._cluster = cluster
         self._connection_kwargs = connection_kwargs
         self._shards: dict[str, _Shard] = {}
+        self._maps = maps
+        self._resync = False  # the map changed: members' presence is rewritten once all is heard again
+        if maps is not None:
+            maps.on_change(self._map_changed)
+
+    def _map_changed(self) -> None:
+        self._resync = True
+        self._wake()
 
     def all_subscribed(self) -> bool:
+        return self.connected and not self.unheard()
+
+    def unheard(self) -> list[str]:
+        """The shards (host:port) of wanted channels that have no live subscription."""
         with self._lock:
+            wanted = [self._commands, *self._wanted]
             live = {c for s in self._shards.values() if s.pubsub is not None for c in s.confirmed}
-            return self.connected and live >= {self._commands, *self._wanted}
+            missing = [c for c in wanted if c not in live]
+        return sorted({self._cluster.get_node_from_key(c).name for c in missing})
+
+    def subscriptions(self) -> dict[str, int]:
+        """Live subscriptions per shard, for /metrics."""
+        with self._lock:
+            return {s.name: len(s.confirmed) for s in self._shards.values() if s.pubsub is not None}
 
     def _run(self) -> None:
         self.connected = True
@@ -71,6 +98,9 @@ class ShardedListener(Listener):
                 except Exception as exc:  # an error reply (or a bug) costs this shard a reconnect, no more
                     log.exception("event=listener_error shard=%s", shard.name)
                     self._failed(shard, exc)
+            if self._resync and self.all_subscribed():
+                self._resync = False
+                self._hook("on_reconnected")  # the promoted replica may have missed presence writes
             if not got:
                 self._wait_any()
         for shard in self._shards.values():
@@ -93,7 +123,10 @@ class ShardedListener(Listener):
         for name, channels in by_shard.items():
             shard = self._shards[name]
             if shard.pubsub is None:
-                if not channels or now < shard.retry_at:
+                if not channels:
+                    del self._shards[name]  # failed, and none of our rooms lives there any more
+                    continue
+                if now < shard.retry_at:
                     continue
                 try:
                     self._connect(shard)
@@ -126,7 +159,8 @@ class ShardedListener(Listener):
             shard.pubsub.ssubscribe(channel)
             shard.asked.add(channel)
         for channel in [c for c in shard.asked if c not in channels]:
-            shard.pubsub.sunsubscribe(channel)
+            if channel in shard.confirmed:  # one the shard dropped itself is not asked again
+                shard.pubsub.sunsubscribe(channel)
             shard.asked.discard(channel)
 
     def _handle(self, shard: _Shard, message: dict[str, Any]) -> None:
@@ -147,11 +181,20 @@ class ShardedListener(Listener):
         elif kind == "ssubscribe":
             with self._lock:  # all_subscribed reads it from other greenlets
                 shard.confirmed.add(channel)
+            if self._maps is not None:
+                self._maps.up(shard.name)
             self._live(channel)
         elif kind == "sunsubscribe":
             with self._lock:
                 shard.confirmed.discard(channel)
-                self.subscribed.discard(channel)
+                elsewhere = any(channel in s.confirmed for s in self._shards.values())
+            if not elsewhere:
+                self._lost([channel])
+            if channel in shard.asked and self._maps is not None:
+                # Not asked for: the shard gave the channel's slot away (a graceful failover
+                # demoted it). It stays asked here, so it is not asked again until the map moves it.
+                log.info("event=shard_dropped_channel shard=%s", shard.name)
+                self._maps.look_soon()
 
     def _probe(self, shard: _Shard) -> None:
         assert shard.pubsub is not None
@@ -170,8 +213,8 @@ class ShardedListener(Listener):
         self._close(shard)
         self._lost(shard.confirmed)
         shard.asked, shard.confirmed = set(), set()
-        with contextlib.suppress(Exception):  # the topology may have changed (failover, resharding)
-            self._cluster.nodes_manager.initialize()
+        if self._maps is not None and isinstance(exc, CONNECTION_ERRORS):
+            self._maps.failed(shard.name, exc)  # a failover may follow: the map is watched closely
 
     @staticmethod
     def _close(shard: _Shard) -> None:

@@ -6,7 +6,7 @@ import logging
 import secrets
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -72,17 +72,25 @@ class RedisPresence:
         # pipeline per call; beats run one at a time, as the connection needs.
         self._held = None if sharded else HeldConnection(self._redis)
         self._beating = threading.Lock()
+        self._unreached: list[str] = []  # servers the last beat could not write to
 
     def _keys(self, room: str) -> RoomKeys:
         return RoomKeys.of(self._settings.key_prefix, room)
 
-    def _run(self, calls: list[Call], held: HeldConnection | None = None) -> list[Any]:
+    def _run(self, calls: list[Call], held: HeldConnection | None = None, partial: bool = False) -> list[Any]:
+        """The calls' results. `partial`: a call whose server (a Cluster shard) could not be
+        reached gets its connection error in place, and the others still count."""
         try:
             results = run_scripts(self._redis, calls) if held is None else held.run_scripts(calls)
         except CONNECTION_ERRORS as exc:
+            if partial:
+                return [exc] * len(calls)
             raise BackendUnavailable(f"redis unreachable: {exc}") from exc
         for result in results:
-            if isinstance(result, Exception):
+            if isinstance(result, CONNECTION_ERRORS):
+                if not partial:
+                    raise BackendUnavailable(f"redis unreachable: {result}")
+            elif isinstance(result, Exception):
                 log.error("event=presence_script_error error=%s", describe(result))
                 raise BackendUnavailable(f"redis refused a presence update: {result}")
         return results
@@ -235,30 +243,68 @@ class RedisPresence:
             self.heartbeat.total_seconds += took
 
     def _renew(self, rooms: dict[str, int], rewrite: bool) -> None:
+        """A room whose server cannot be reached is left for the next beat (and named by
+        `unreached` until then); the others are renewed all the same."""
+        unreached: set[str] = set()
+        error = ""
         try:
-            lost = list(rooms) if rewrite else self._refresh(rooms)
+            lost = list(rooms) if rewrite else self._reached(rooms, self._refresh(rooms), unreached)
             if lost:
                 members = self._local.members(lost)
-                self._in_chunks([self._rewrite_call(room, entries) for room, entries in members.items()])
-                self.heartbeat.rooms_rewritten += len(members)
-                log.info("event=heartbeat_rewrote rooms=%d of=%d", len(members), len(rooms))
+                calls = [self._rewrite_call(room, entries) for room, entries in members.items()]
+                rewritten = self._reached(members, self._in_chunks(calls), unreached)
+                self.heartbeat.rooms_rewritten += len(rewritten)
+                log.info("event=heartbeat_rewrote rooms=%d of=%d", len(rewritten), len(rooms))
             # Both users' lists live as long as a conversation hosted here does, as its keys do.
             self._directs.refresh(u for room in rooms for u in direct_members(room) or ())
         except BackendUnavailable as exc:
-            log.warning("event=heartbeat_failed rooms=%d error=%s", len(rooms), describe(exc))
+            unreached.add("redis")
+            error = describe(exc)
         except Exception:
             log.exception("event=heartbeat_error")
+        if unreached and not self._unreached:  # logged when it starts and when it ends, not every beat
+            servers = ",".join(sorted(unreached))
+            log.warning("event=heartbeat_failed rooms=%d servers=%s error=%s", len(rooms), servers, error)
+        elif self._unreached and not unreached:
+            log.info("event=heartbeat_recovered rooms=%d", len(rooms))
+        self._unreached = sorted(unreached)
 
-    def _refresh(self, rooms: dict[str, int]) -> list[str]:
-        """The rooms whose entries Redis no longer holds as this node wrote them. The calls
-        are kept from beat to beat (for the rooms still held): their keys and arguments
-        change only with the count."""
+    def _reached(self, rooms: Iterable[str], results: list[Any], unreached: set[str]) -> list[str]:
+        """The rooms whose result is true; the servers of those whose call could not reach it
+        go into `unreached`."""
+        out = []
+        for room, result in zip(rooms, results, strict=True):
+            if isinstance(result, CONNECTION_ERRORS):
+                unreached.add(f"{self._server_of(room)}")
+                log.debug("event=beat_unreached room=%s error=%s", room, describe(result))
+            elif result:
+                out.append(room)
+        return out
+
+    def _server_of(self, room: str) -> str:
+        if isinstance(self._redis, RedisCluster):
+            return str(self._redis.get_node_from_key(self._keys(room).seq).name)
+        return "redis"
+
+    def healthy(self) -> dict[str, bool]:
+        """False while the last beat could not write some room's presence."""
+        return {"presence": not self._unreached}
+
+    def unreached(self) -> list[str]:
+        """The servers (host:port on a Cluster) the last beat could not write to."""
+        return [s for s in self._unreached if s != "redis"]
+
+    def _refresh(self, rooms: dict[str, int]) -> list[Any]:
+        """Per room: whether Redis no longer holds its entries as this node wrote them (or
+        the connection error that kept the beat from its server). The calls are kept from
+        beat to beat (for the rooms still held): their keys and arguments change only with
+        the count."""
         known, self._beat_calls = self._beat_calls, {}
         calls = []
         for room, held in rooms.items():
             script, keys, args = self._beat_calls[room] = known.get(room) or self._call(self._beat, room)
             calls.append((script, keys, [*args, held]))
-        return [room for room, lost in zip(rooms, self._in_chunks(calls), strict=True) if lost]
+        return self._in_chunks(calls)
 
     def _in_chunks(self, calls: list[Call]) -> list[Any]:
         """Pipelines of BEAT_CHUNK calls, yielding between them: building and reading one of
@@ -268,7 +314,7 @@ class RedisPresence:
         for i in range(0, len(calls), BEAT_CHUNK):
             if i:
                 time.sleep(0)  # under gevent: let the hub run what is ready
-            results += self._run(calls[i : i + BEAT_CHUNK], self._held)
+            results += self._run(calls[i : i + BEAT_CHUNK], self._held, partial=True)
         return results
 
     def _rewrite_call(self, room: str, members: dict[str, str]) -> Call:

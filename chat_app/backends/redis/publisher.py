@@ -92,6 +92,9 @@ class Publisher:
         self._stopping = threading.Event()
         self.last_ok = 0.0
         self.last_error: str | None = None
+        self._unreached: list[_Pending] = []  # sends whose server was away, for another attempt
+        self._retry_at = 0.0
+        self._failures = 0  # attempts in a row that left some send unreached
         self._server_ids = ServerIds(client, self._held)
         self._tokens = Tokens()
 
@@ -117,16 +120,16 @@ class Publisher:
         queued = self._queue
         try:
             while not self._stopping.is_set():
-                if not queued:
+                if not queued and not self._retry_due():
                     # Cleared before the queue is looked at again: a send appended after the
                     # clear sets the flag anew, one appended before it is seen in the queue.
-                    woken = self._wakeup.wait(RECHECK_SECONDS if self.last_error else None)
+                    woken = self._wakeup.wait(self._idle_wait())
                     self._wakeup.clear()
-                    if not woken:
+                    if not woken and not self._unreached:
                         self._recheck()
                     continue
                 self._linger_if_busy()
-                batch = [queued.popleft() for _ in range(min(len(queued), MAX_BATCH))]
+                batch = self._take_retries() + [queued.popleft() for _ in range(min(len(queued), MAX_BATCH))]
                 self._last_size = len(batch)
                 self.batches += 1
                 try:
@@ -139,6 +142,32 @@ class Publisher:
             self._fail_queued()
             if self._held is not None:
                 self._held.release()
+
+    def retry_now(self) -> None:
+        """The cluster's map changed: sends waiting for a shard go to its new master now."""
+        self._retry_at = 0.0
+        self._wakeup.set()
+
+    def unreached(self) -> list[str]:
+        """The shards (host:port, by the current map) of sends waiting for another attempt."""
+        if not isinstance(self._client, RedisCluster):
+            return []
+        return sorted({self._client.get_node_from_key(p.keys.seq).name for p in list(self._unreached)})
+
+    def _retry_due(self) -> bool:
+        return bool(self._unreached) and time.monotonic() >= self._retry_at
+
+    def _idle_wait(self) -> float | None:
+        if self._unreached:
+            return max(0.0, self._retry_at - time.monotonic())
+        return RECHECK_SECONDS if self.last_error else None
+
+    def _take_retries(self) -> list[_Pending]:
+        """The sends whose server was away, once their backoff has passed."""
+        if not self._retry_due():
+            return []
+        retries, self._unreached = self._unreached, []
+        return retries
 
     def _linger_if_busy(self) -> None:
         """Wait PUBLISH_LINGER for more sends before a round trip when, at the recent send
@@ -168,52 +197,84 @@ class Publisher:
         self.last_error = None
 
     def _send_batch(self, batch: list[_Pending]) -> None:
-        failures = 0
-        while batch:
-            now = time.monotonic()
-            for p in batch:
-                if p.deadline <= now:
-                    p.settle(BackendUnavailable(self.last_error or "publish deadline passed"))
-            batch = [p for p in batch if p.deadline > now]
-            if not batch:
-                return
-            try:
-                results = self._execute(batch)
-            except redis.ResponseError as exc:
-                log.error("event=publish_error error=%s", describe(exc))
-                for p in batch:
-                    p.settle(BackendUnavailable(f"redis refused the send: {exc}"))
-                return
-            except CONNECTION_ERRORS as exc:
-                failures += 1
-                self._server_ids.forget()
-                if self.last_error is None:
-                    log.warning("event=publish_failed error=%s", describe(exc))
-                self.last_error = f"redis unreachable: {exc}"
-                wait = min(self._backoff.compute(failures), min(p.deadline for p in batch) - now)
-                self._stopping.wait(max(wait, 0.0))
-                if self._stopping.is_set():
-                    break
-                continue
-            if self.last_error is not None:
-                log.info("event=publish_recovered")
-            self.last_error = None
-            self.last_ok = time.monotonic()
-            for p, result in zip(batch, results, strict=True):
-                self._resolve(p, result)
-            return
+        """One attempt. Sends whose server (a Cluster shard, or the one Redis) could not be
+        reached wait for their next attempt apart, with backoff, until their deadline: the
+        publisher goes on with new sends meanwhile, so a shard that is away stalls only its
+        own rooms."""
+        now = time.monotonic()
         for p in batch:
-            p.settle(BackendUnavailable("the node is shutting down"))
+            if p.deadline <= now:
+                p.settle(BackendUnavailable(self.last_error or "publish deadline passed"))
+        batch = [p for p in batch if p.deadline > now]
+        if not batch:
+            return
+        try:
+            results = self._execute(batch)
+        except redis.ResponseError as exc:
+            log.error("event=publish_error error=%s", describe(exc))
+            for p in batch:
+                p.settle(BackendUnavailable(f"redis refused the send: {exc}"))
+            return
+        unreached = self._settle_reached(batch, results)
+        if not unreached:
+            if not self._unreached:
+                if self.last_error is not None:
+                    log.info("event=publish_recovered")
+                self.last_error = None
+                self._failures = 0
+                self.last_ok = time.monotonic()
+            return
+        exc = next(r for r in results if isinstance(r, CONNECTION_ERRORS))
+        self._failures += 1
+        self._server_ids.forget()
+        if self.last_error is None:
+            log.warning("event=publish_failed error=%s", describe(exc))
+        self.last_error = f"redis unreachable: {exc}"
+        self._unreached += unreached
+        wait = min(self._backoff.compute(self._failures), min(p.deadline for p in self._unreached) - now)
+        self._retry_at = now + max(wait, 0.0)
+
+    def _settle_reached(self, batch: list[_Pending], results: list[object]) -> list[_Pending]:
+        """Settle the sends that reached Redis; the others (their shard, or the one server,
+        is away) are returned to be tried again."""
+        unreached: list[_Pending] = []
+        for p, result in zip(batch, results, strict=True):
+            if isinstance(result, CONNECTION_ERRORS):
+                unreached.append(p)
+            else:
+                self._resolve(p, result)
+        return unreached
 
     def _execute(self, batch: list[_Pending]) -> list[object]:
+        """Each send's script answer, or the connection error that kept it from its server
+        (on a Cluster, only the sends of a shard that is away fail)."""
         epochs = self._tokens.hex(8 * len(batch))  # a candidate epoch per send
-        calls: list[Call] = [
-            self._send.call(p.draft, p.keys, epochs[16 * i : 16 * i + 16], self._server_ids.of(p.keys.seq))
-            for i, p in enumerate(batch)
-        ]
-        if self._held is not None:
-            return self._held.run_scripts(calls)
-        return run_scripts(self._client, calls)
+        if self._held is not None:  # one server: all or nothing
+            calls = [
+                self._send.call(p.draft, p.keys, epochs[16 * i : 16 * i + 16], self._server_ids.of(p.keys.seq))
+                for i, p in enumerate(batch)
+            ]
+            try:
+                return self._held.run_scripts(calls)
+            except CONNECTION_ERRORS as exc:
+                return [exc] * len(batch)
+        results: list[object] = [None] * len(batch)
+        sent: list[tuple[int, Call]] = []
+        for i, p in enumerate(batch):
+            try:
+                server_id = self._server_ids.of(p.keys.seq)
+            except CONNECTION_ERRORS as exc:
+                results[i] = exc
+                continue
+            sent.append((i, self._send.call(p.draft, p.keys, epochs[16 * i : 16 * i + 16], server_id)))
+        if sent:
+            try:
+                replies = run_scripts(self._client, [call for _, call in sent])
+            except CONNECTION_ERRORS as exc:
+                replies = [exc] * len(sent)
+            for (i, _), reply in zip(sent, replies, strict=True):
+                results[i] = reply
+        return results
 
     @staticmethod
     def _resolve(p: _Pending, result: object) -> None:
@@ -223,5 +284,7 @@ class Publisher:
             p.settle(exc)
 
     def _fail_queued(self) -> None:
+        for p in self._unreached:
+            p.settle(BackendUnavailable("the node is shutting down"))
         while self._queue:
             self._queue.popleft().settle(BackendUnavailable("the node is shutting down"))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import codecs
+import contextlib
 import hashlib
 import logging
 import threading
@@ -16,9 +17,11 @@ from typing import Any
 import redis
 from redis.cluster import RedisCluster
 from redis.connection import ConnectionInterface
-from redis.exceptions import NoScriptError
+from redis.exceptions import AskError, NoScriptError
 
 from ... import versions
+from .connection import CONNECTION_ERRORS
+from .topology import ClusterClient
 
 try:  # redis-py's packer wraps this one in per-argument checks that cost more than packing
     from hiredis import pack_command
@@ -56,10 +59,18 @@ def run_scripts(client: AnyRedis, calls: Sequence[Call]) -> list[object]:
         # Only when a slot moved: a topology refresh also reconnects every connection the
         # client lent out (redis-py 8), and NOSCRIPT comes with each script's first call on
         # each shard.
-        if moved and isinstance(client, RedisCluster):
+        if not isinstance(client, RedisCluster):
+            for script in scripts:
+                client.script_load(script.source)
+            return _pipeline(client, again)
+        if moved:
             client.nodes_manager.initialize()
-        for script in scripts:
-            client.script_load(script.source)
+        # Loaded only where they are missing: RedisCluster.script_load would go to every
+        # master, and fail every call with one shard away.
+        for node, _ in _by_node(client, again).values():
+            with contextlib.suppress(*CONNECTION_ERRORS):  # its calls then fail in their place
+                for script in scripts:
+                    client.get_redis_connection(node).script_load(script.source)
         return _pipelined(client, again)
 
     return _rerun_missing(calls, _pipelined(client, calls), rerun)
@@ -81,22 +92,46 @@ def _rerun_missing(
 
 
 def _moved(result: object) -> bool:
-    return isinstance(result, redis.ResponseError) and str(result).startswith(("MOVED", "ASK"))
+    """redis-py parses MOVED and ASK into AskError (MovedError is one), whose text drops the word."""
+    return isinstance(result, AskError) or (
+        isinstance(result, redis.ResponseError) and str(result).startswith(("MOVED", "ASK"))
+    )
 
 
 def _pipelined(client: AnyRedis, calls: Sequence[Call]) -> list[object]:
+    """One pipeline per server. On a Cluster a shard that cannot be reached fails only its
+    own calls (a connection error in their place) and is reported to the process's SlotMaps,
+    which follow the cluster to its new master. Every call failing raises, as one server's
+    pipeline does."""
     if not isinstance(client, RedisCluster):
         return _pipeline(client, calls)
-    by_node: dict[str, tuple[object, list[int]]] = {}
-    for i, (_, keys, _) in enumerate(calls):
-        node = client.get_node_from_key(keys[0])
-        by_node.setdefault(node.name, (node, []))[1].append(i)
+    maps = client.slot_maps if isinstance(client, ClusterClient) else None
     results: list[object] = [None] * len(calls)
-    for node, indexes in by_node.values():
-        part = _pipeline(client.get_redis_connection(node), [calls[i] for i in indexes])
+    for node, indexes in _by_node(client, calls).values():
+        try:
+            if maps is not None and maps.is_down(node.name):
+                raise redis.ConnectionError(f"shard {node.name} is down")
+            part = _pipeline(client.get_redis_connection(node), [calls[i] for i in indexes])
+        except CONNECTION_ERRORS as exc:
+            part = [exc] * len(indexes)
+            if maps is not None:
+                maps.failed(node.name, exc)
+        else:
+            if maps is not None:
+                maps.up(node.name)
         for i, result in zip(indexes, part, strict=True):
             results[i] = result
+    if results and all(isinstance(r, CONNECTION_ERRORS) for r in results):
+        raise results[0]  # type: ignore[misc]
     return results
+
+
+def _by_node(client: RedisCluster, calls: Sequence[Call]) -> dict[str, tuple[Any, list[int]]]:
+    by_node: dict[str, tuple[Any, list[int]]] = {}
+    for i in range(len(calls)):
+        node = client.get_node_from_key(calls[i][1][0])
+        by_node.setdefault(node.name, (node, []))[1].append(i)
+    return by_node
 
 
 def _pipeline(client: redis.Redis, calls: Sequence[Call]) -> list[object]:

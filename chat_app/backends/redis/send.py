@@ -15,9 +15,10 @@ from redis.cluster import RedisCluster
 from ...protocol import BadEnvelope, Envelope, decode_envelope, envelope_head
 from ...settings import Settings
 from ..base import BackendUnavailable, Draft
-from .connection import describe
+from .connection import CONNECTION_ERRORS, describe
 from .keys import RoomKeys
 from .scripts import AnyRedis, Call, HeldConnection, LuaScript
+from .topology import ClusterClient
 
 log = logging.getLogger(__name__)
 
@@ -72,24 +73,33 @@ class ServerIds:
         self._ids: dict[str, str] = {}
 
     def of(self, key: str) -> str:
-        if isinstance(self._client, RedisCluster):
-            node = self._client.get_node_from_key(key)
-            name, target = node.name, {"target_nodes": node}
-        else:
-            name, target = "", {}
-        if name not in self._ids:
-            self._ids[name] = self._read(**target)
-        return self._ids[name]
+        if not isinstance(self._client, RedisCluster):
+            if "" not in self._ids:
+                self._ids[""] = self._read(self._held or self._client)
+            return self._ids[""]
+        node = self._client.get_node_from_key(key)
+        if node.name not in self._ids:
+            maps = self._client.slot_maps if isinstance(self._client, ClusterClient) else None
+            try:
+                if maps is not None and maps.is_down(node.name):
+                    raise redis.ConnectionError(f"shard {node.name} is down")
+                self._ids[node.name] = self._read(self._client.get_redis_connection(node))
+            except CONNECTION_ERRORS as exc:
+                if maps is not None:
+                    maps.failed(node.name, exc)
+                raise
+        return self._ids[node.name]
 
     def forget(self) -> None:
         self._ids.clear()
 
-    def _read(self, **target: object) -> str:
+    @staticmethod
+    def _read(server: redis.Redis | HeldConnection) -> str:
         try:
-            if self._held is not None:
-                info = self._held.execute("INFO", "replication")
+            if isinstance(server, HeldConnection):
+                info = server.execute("INFO", "replication")
             else:
-                info = self._client.info("replication", **target)
+                info = server.info("replication")
             return str(info.get("master_replid", ""))
         except redis.ResponseError as exc:  # INFO disabled (some managed Redis): no failover guard
             log.warning("event=no_server_id error=%s", describe(exc))

@@ -1,0 +1,178 @@
+"""Following a Redis Cluster's slot map through failovers, for every Cluster client of a process.
+
+redis-py's Cluster client refreshes its slot map on a MOVED reply and in its own command
+retries, but not for what chat_app sends through a shard's plain connection (per-shard script
+pipelines, sharded pub/sub): after a master dies, those kept going to its address for ever.
+Here a refused or reset connection to a shard marks it down (calls to it fail at once for a
+moment instead of reconnecting on every one), and the map is looked at every MIN_LOOK_GAP
+until the shard answers again or is replaced; otherwise every CLUSTER_CHECK_INTERVAL. A look
+is one CLUSTER SLOTS on a server that is not down; only a client whose map differs from the
+answer has its map rebuilt. A promotion is followed within MIN_LOOK_GAP of becoming visible,
+and a steady cluster costs one command a second.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import threading
+import time
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import redis
+from redis.cluster import RedisCluster
+
+from .connection import CONNECTION_ERRORS, describe
+
+log = logging.getLogger(__name__)
+
+# A shard that refused or reset a connection is not tried again for this long: callers fail
+# at once (and retry by their own loops) while the cluster decides on a replica.
+DOWN_HOLD = 0.5
+# While a shard is down the map is looked at this often (and never more often).
+MIN_LOOK_GAP = 0.2
+
+Layout = tuple[tuple[int, int, str], ...]  # (first slot, last slot, master "host:port")
+
+
+class ClusterClient(RedisCluster):
+    """redis-py's Cluster client with the process's SlotMaps beside it, so every part that
+    sends through one of its shards' connections reports a dead shard the same way."""
+
+    slot_maps: SlotMaps | None = None
+
+
+class SlotMaps:
+    def __init__(self, clients: Sequence[RedisCluster], check_interval: float, timeout: float) -> None:
+        self._clients = list(clients)
+        self._interval = check_interval
+        self._timeout = timeout
+        self._down: dict[str, float] = {}  # shard "host:port" -> time it failed
+        self._last_look = 0.0
+        self._probes: dict[str, redis.Redis] = {}
+        self._wakeup = threading.Event()
+        self._stopping = threading.Event()
+        self._listeners: list[Callable[[], None]] = []
+        self.looks = 0
+        self.refreshes = 0  # clients whose map was rebuilt
+        self.failovers = 0  # changes of the map followed (a promotion, a failback, a reshard)
+        for client in self._clients:
+            if isinstance(client, ClusterClient):
+                client.slot_maps = self
+
+    def on_change(self, listener: Callable[[], None]) -> None:
+        self._listeners.append(listener)
+
+    def start(self) -> None:
+        threading.Thread(target=self._run, name="slot-maps", daemon=True).start()
+
+    def stop(self) -> None:
+        self._stopping.set()
+        self._wakeup.set()
+
+    def is_down(self, shard: str) -> bool:
+        """Failed within DOWN_HOLD: calls to it fail at once."""
+        failed = self._down.get(shard)
+        return failed is not None and time.monotonic() - failed < DOWN_HOLD
+
+    def down(self) -> list[str]:
+        """Shards that failed and have not answered since, while the map still names them."""
+        return sorted(self._down)
+
+    def failed(self, shard: str, exc: BaseException | None = None) -> None:
+        """A connection to `shard` was refused or reset: hold it down, and have the map
+        looked at now and then every MIN_LOOK_GAP until it answers or is replaced. Never
+        waits: the caller retries by its own loop, which then finds the new master."""
+        if shard not in self._down:
+            log.warning("event=shard_down shard=%s error=%s", shard, describe(exc) if exc else "")
+        self._down[shard] = time.monotonic()
+        self._wakeup.set()
+
+    def look_soon(self) -> None:
+        self._wakeup.set()
+
+    def up(self, shard: str) -> None:
+        if self._down.pop(shard, None) is not None:
+            log.info("event=shard_up shard=%s", shard)
+
+    def look(self) -> bool:
+        """Read the map from a server that is not down; rebuild the clients whose map differs.
+        True when one did."""
+        layout = self._read()
+        if layout is None:
+            return False
+        self.looks += 1
+        changed = [c for c in self._clients if not _agrees(c, layout)]
+        for client in changed:
+            try:
+                client.nodes_manager.initialize()
+            except Exception as exc:  # it still disagrees: the next look tries again
+                log.warning("event=slot_map_refresh_failed error=%s", describe(exc))
+                return False
+            self.refreshes += 1
+        if not changed:
+            return False
+        self.failovers += 1
+        masters = sorted({master for _, _, master in layout})
+        for shard in [s for s in self._down if s not in masters]:
+            del self._down[shard]  # replaced: nothing goes there any more
+        log.info("event=slot_map_changed masters=%s clients=%d", ",".join(masters), len(changed))
+        for listener in self._listeners:
+            listener()
+        return True
+
+    def _read(self) -> Layout | None:
+        """CLUSTER SLOTS from the first server that answers, servers that are down last."""
+        known = {n.name: (n.host, n.port) for c in self._clients for n in c.get_nodes()}
+        for name in sorted(known, key=lambda n: (self.is_down(n), n)):
+            try:
+                return _layout(self._probe(name, *known[name]).execute_command("CLUSTER SLOTS"))
+            except (*CONNECTION_ERRORS, redis.ResponseError):
+                with contextlib.suppress(Exception):
+                    self._probes.pop(name).close()
+        return None
+
+    def _probe(self, name: str, host: str, port: int) -> redis.Redis:
+        probe = self._probes.get(name)
+        if probe is None:
+            kwargs = self._clients[0].nodes_manager.connection_kwargs
+            options = {k: v for k, v in kwargs.items() if k not in {"host", "port", "retry", "max_connections"}}
+            options.update(socket_timeout=self._timeout, socket_connect_timeout=self._timeout)
+            probe = self._probes[name] = redis.Redis(host=host, port=port, **options)
+        return probe
+
+    def _run(self) -> None:
+        while not self._stopping.is_set():
+            self._wakeup.wait(MIN_LOOK_GAP if self._down else self._interval)
+            self._wakeup.clear()
+            if self._stopping.wait(max(0.0, self._last_look + MIN_LOOK_GAP - time.monotonic())):
+                break
+            self._last_look = time.monotonic()
+            try:
+                self.look()
+            except Exception:
+                log.exception("event=slot_map_look_failed")
+        for probe in self._probes.values():
+            with contextlib.suppress(Exception):
+                probe.close()
+
+
+def _layout(reply: Any) -> Layout:
+    return tuple(sorted((int(s[0]), int(s[1]), f"{_text(s[2][0])}:{int(s[2][1])}") for s in reply))
+
+
+def _text(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else value
+
+
+def _agrees(client: RedisCluster, layout: Layout) -> bool:
+    """The client's map gives each range of the server's answer to its master, at both ends
+    (a moved part of a range makes a range of its own in the answer, so its ends are looked at)."""
+    slots = client.nodes_manager.slots_cache
+    for first, last, master in layout:
+        for slot in (first, last):
+            owners = slots.get(slot)
+            if not owners or owners[0].name != master:
+                return False
+    return len(slots) == sum(last - first + 1 for first, last, _ in layout)
