@@ -53,6 +53,7 @@ def test_healthz_is_503_naming_the_part_while_redis_is_paused_or_killed(redis_se
             lambda: (h := healthz(node.url))[1].get("failing") == ["publisher", "listener", "presence"] and h,
             timeout=20,
             what="every part named while Redis is down",
+            detail=lambda: healthz(node.url),
         )
         assert status == 503
         assert_failing(body, node.instance_id)

@@ -250,11 +250,11 @@ class Publisher:
         (on a Cluster, only the sends of a shard that is away fail)."""
         epochs = self._tokens.hex(8 * len(batch))  # a candidate epoch per send
         if self._held is not None:  # one server: all or nothing
-            calls = [
-                self._send.call(p.draft, p.keys, epochs[16 * i : 16 * i + 16], self._server_ids.of(p.keys.seq))
-                for i, p in enumerate(batch)
-            ]
             try:
+                calls = [
+                    self._send.call(p.draft, p.keys, epochs[16 * i : 16 * i + 16], self._server_ids.of(p.keys.seq))
+                    for i, p in enumerate(batch)
+                ]
                 return self._held.run_scripts(calls)
             except CONNECTION_ERRORS as exc:
                 return [exc] * len(batch)
