@@ -47,6 +47,44 @@ class ChatCollector(Collector):
             g.add_metric([s.instance_id], value)
             yield g
 
+    def _cluster(self) -> Iterator[Metric]:
+        """Redis Cluster only: how the node follows the cluster's slot map."""
+        maps = getattr(self._broker, "slot_maps", None)
+        if maps is None:
+            return
+        instance = self._service.instance_id
+        for kind, name, doc, value in (
+            (
+                CounterMetricFamily,
+                "chat_cluster_slot_map_refreshes",
+                "Cluster clients whose slot map was rebuilt because the cluster's had changed.",
+                maps.refreshes,
+            ),
+            (
+                CounterMetricFamily,
+                "chat_cluster_failovers_followed",
+                "Changes of the cluster's slot map (a promotion, a failback, a reshard) this node followed.",
+                maps.failovers,
+            ),
+            (
+                GaugeMetricFamily,
+                "chat_cluster_shards_down",
+                "Shards that failed a call and have not answered since.",
+                len(maps.down()),
+            ),
+        ):
+            metric = kind(name, doc, labels=["instance_id"])
+            metric.add_metric([instance], value)
+            yield metric
+        shards = GaugeMetricFamily(
+            "chat_cluster_subscriptions",
+            "Live sharded subscriptions (SSUBSCRIBE) per shard.",
+            labels=["instance_id", "shard"],
+        )
+        for shard, count in sorted(self._broker.listener.subscriptions().items()):
+            shards.add_metric([instance, shard], count)
+        yield shards
+
     def collect(self) -> Iterator[Metric]:
         s = self._service
         c = s.counters
@@ -148,6 +186,7 @@ class ChatCollector(Collector):
                 listener.bad_payloads,
             )
             yield gauge("chat_redis_listener_connected", "1 while listening.", float(listener.connected))
+        yield from self._cluster()
 
 
 def build_registry(

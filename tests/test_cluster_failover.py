@@ -15,7 +15,7 @@ import orjson
 import pytest
 import requests
 from cluster_ha import HaCluster, start_ha_cluster, stop
-from helpers import ChatClient, wait_until
+from helpers import ChatClient, scrape, wait_until
 from streams import SendStream, assert_exactly_once_in_order
 from test_faults import record
 
@@ -223,6 +223,13 @@ def test_a_master_killed_then_restarted_costs_members_nothing(ha_cluster, nodes)
     shard = {f"127.0.0.1:{victim}", f"127.0.0.1:{replica}"}
     unnamed = [body for body in failing if not shard & set(body.get("shards_failing", []))]
     assert not unnamed, (shard, unnamed[:3])
+    for node in traffic.nodes:
+        metrics = scrape(node.url)
+        assert metrics["chat_cluster_failovers_followed_total"] >= 1
+        assert metrics["chat_cluster_slot_map_refreshes_total"] >= 3  # its three clients
+        assert metrics[f"chat_cluster_subscriptions{{shard=127.0.0.1:{replica}}}"] >= 1
+        assert f"chat_cluster_subscriptions{{shard=127.0.0.1:{victim}}}" not in metrics
+        assert metrics["chat_cluster_shards_down"] == 0
     for r in traffic.rooms.values():
         wait_until(
             lambda r=r: {"member0", "member1"} <= set(traffic.members_of(r)),
