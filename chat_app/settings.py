@@ -87,6 +87,13 @@ def _cert_reqs(name: str, raw: str) -> str:
     return value
 
 
+def _flag(name: str, raw: str) -> bool:
+    value = raw.strip().lower()
+    if value not in {"0", "1", "true", "false", "yes", "no"}:
+        raise SettingsError(f"{name} must be 1 or 0 (true/false, yes/no), got {raw!r}")
+    return value in {"1", "true", "yes"}
+
+
 def _key_prefix(name: str, raw: str) -> str:
     value = _text(name, raw)
     if any(c in value for c in "*?[]{}\\ ") or not value.isprintable():
@@ -118,6 +125,14 @@ class Settings:
     # For rediss:// URLs a provider hands out and rotates (Heroku): `none` accepts its
     # self-signed certificate without editing REDIS_URL. A `ssl_cert_reqs` in the URL wins.
     redis_ssl_cert_reqs: str | None = _setting(None, _cert_reqs)
+    # Sentinel and Cluster have no URL to carry these: the data servers' ACL user and password,
+    # the Sentinels' own (Sentinel's `requirepass`), and TLS to all of them.
+    redis_username: str | None = None
+    redis_password: str | None = None
+    redis_sentinel_username: str | None = None
+    redis_sentinel_password: str | None = None
+    redis_tls: bool = _setting(False, _flag)
+    redis_tls_ca_file: str | None = None
     port: int = 5000
     instance_id: str = field(default_factory=lambda: secrets.token_hex(6))
     key_prefix: str = _setting("chat", _key_prefix)
@@ -164,6 +179,11 @@ class Settings:
             raise SettingsError(
                 "API_KEY must be at least 32 bytes: make one with "
                 "`python -c 'import secrets; print(secrets.token_urlsafe(32))'`"
+            )
+        if self.redis_url and (self.redis_username or self.redis_password or self.redis_tls):
+            raise SettingsError(
+                "REDIS_USERNAME, REDIS_PASSWORD and REDIS_TLS are for Sentinel and Cluster: "
+                "put them in REDIS_URL (redis://user:password@host/0, rediss:// for TLS)"
             )
         if self.heartbeat_interval >= self.presence_ttl:
             raise SettingsError(

@@ -17,6 +17,7 @@ from redis.cluster import RedisCluster
 from chat_app.backends.redis.keys import RoomKeys
 
 NODE_TIMEOUT_MS = 2000
+PASSWORD = "cluster-secret"  # every server requires it: the nodes must carry REDIS_PASSWORD everywhere
 REPLICA_PER_MASTER = ["--cluster-replicas", "1", "--cluster-yes"]
 
 
@@ -134,7 +135,9 @@ _KEYSLOT = _Keyslot()
 
 
 def start_ha_cluster(directory: Path) -> HaCluster:
-    servers = [RedisServer(directory / f"server{i}", free_cluster_port(), cluster_args()) for i in range(6)]
+    servers = [
+        RedisServer(directory / f"server{i}", free_cluster_port(), cluster_args(), password=PASSWORD) for i in range(6)
+    ]
     cluster = HaCluster(servers)
     try:
         for server in servers:
@@ -142,6 +145,9 @@ def start_ha_cluster(directory: Path) -> HaCluster:
         subprocess.run(
             [
                 "redis-cli",
+                "-a",
+                PASSWORD,
+                "--no-auth-warning",
                 "--cluster",
                 "create",
                 *(f"127.0.0.1:{s.port}" for s in servers),

@@ -60,18 +60,21 @@ class RedisServer:
     port: int
     extra_args: list[str] = field(default_factory=list)
     process: subprocess.Popen[bytes] | None = None
+    password: str | None = None  # requirepass (and masterauth, for its replicas and a cluster)
 
     @property
     def url(self) -> str:
         return f"redis://127.0.0.1:{self.port}/0"
 
     def client(self) -> redis.Redis:
-        return redis.Redis(port=self.port, socket_timeout=5)
+        return redis.Redis(port=self.port, socket_timeout=5, password=self.password)
 
     def start(self) -> None:
         self.directory.mkdir(parents=True, exist_ok=True)
         args = ["redis-server", "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"]
         args += ["--dir", str(self.directory), *self.extra_args]
+        if self.password:
+            args += ["--requirepass", self.password, "--masterauth", self.password]
         self.process = subprocess.Popen(args, stdout=open(self.directory / "redis.log", "ab"), stderr=subprocess.STDOUT)
         wait_until(self._ping, timeout=30, what=f"redis-server on {self.port}")
 
@@ -81,7 +84,8 @@ class RedisServer:
             log = (self.directory / "redis.log").read_text(errors="replace").splitlines()[-5:]
             raise AssertionError(f"redis-server on {self.port} exited with {self.process.returncode}: {log}")
         try:
-            return bool(redis.Redis(port=self.port, socket_timeout=0.5, socket_connect_timeout=0.5).ping())
+            client = redis.Redis(port=self.port, socket_timeout=0.5, socket_connect_timeout=0.5, password=self.password)
+            return bool(client.ping())
         except (redis.ConnectionError, redis.TimeoutError):
             return False
 

@@ -14,7 +14,7 @@ from typing import Any
 import orjson
 import pytest
 import requests
-from cluster_ha import HaCluster, start_ha_cluster, stop
+from cluster_ha import PASSWORD, HaCluster, start_ha_cluster, stop
 from helpers import ChatClient, scrape, wait_until
 from streams import SendStream, assert_exactly_once_in_order
 from test_faults import record
@@ -82,6 +82,7 @@ class Traffic:
     def __init__(self, cluster: HaCluster, nodes: Any) -> None:
         env = {
             "REDIS_CLUSTER_NODES": cluster.startup_nodes(),
+            "REDIS_PASSWORD": PASSWORD,
             "SEND_RATE": "100",
             "JOIN_RATE": "100",
             "HISTORY_LENGTH": "5000",

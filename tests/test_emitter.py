@@ -19,7 +19,7 @@ from processes import ROOT
 from streams import SendStream
 from test_cluster import cluster  # noqa: F401 (fixture)
 from test_direct import DirectClient
-from test_sentinel import MASTER, sentinel_setup  # noqa: F401 (fixture)
+from test_sentinel import MASTER, PASSWORD, SENTINEL_PASSWORD, sentinel_setup  # noqa: F401 (fixture)
 from test_server_api import ApiClient
 
 from chat_app.emitter import ChatEmitter, EmitterInputError, EmitterUnavailable
@@ -205,6 +205,7 @@ def test_emitter_on_a_redis_cluster(cluster, nodes) -> None:  # noqa: F811 (fixt
 def test_emitter_and_commands_through_sentinel(sentinel_setup, nodes) -> None:  # noqa: F811 (fixture)
     _master, _replica, sentinels = sentinel_setup
     env = {"REDIS_SENTINELS": sentinels.setting, "REDIS_SENTINEL_MASTER": MASTER}
+    env |= {"REDIS_PASSWORD": PASSWORD, "REDIS_SENTINEL_PASSWORD": SENTINEL_PASSWORD}
     a = nodes.start(None, **env)
     b = nodes.start(None, **env)
     alice_a, alice_b, bob = ApiClient(a.url, "alice"), ApiClient(b.url, "alice"), ApiClient(b.url, "bob")

@@ -18,6 +18,8 @@ from streams import SendStream
 from test_faults import record
 
 MASTER = "chatmaster"
+PASSWORD = "data-secret"  # the master's and replica's requirepass
+SENTINEL_PASSWORD = "sentinel-secret"  # the Sentinels' own
 
 
 class Sentinels:
@@ -30,7 +32,10 @@ class Sentinels:
             conf = d / "sentinel.conf"
             conf.write_text(
                 f"port {port}\nbind 127.0.0.1\ndir {d}\n"
+                f"requirepass {SENTINEL_PASSWORD}\n"
+                f"sentinel sentinel-pass {SENTINEL_PASSWORD}\n"
                 f"sentinel monitor {MASTER} 127.0.0.1 {master_port} 2\n"
+                f"sentinel auth-pass {MASTER} {PASSWORD}\n"
                 f"sentinel down-after-milliseconds {MASTER} 1000\n"
                 f"sentinel failover-timeout {MASTER} 4000\n"
                 f"sentinel parallel-syncs {MASTER} 1\n"
@@ -43,7 +48,7 @@ class Sentinels:
         return ",".join(f"127.0.0.1:{p}" for p in self.ports)
 
     def client(self, port: int) -> redis.Redis:
-        return redis.Redis(port=port, socket_timeout=2, decode_responses=True)
+        return redis.Redis(port=port, socket_timeout=2, decode_responses=True, password=SENTINEL_PASSWORD)
 
     def master_port(self) -> int:
         return int(self.client(self.ports[0]).sentinel_get_master_addr_by_name(MASTER)[1])
@@ -65,8 +70,10 @@ class Sentinels:
 
 @pytest.fixture
 def sentinel_setup(tmp_path: Path) -> Iterator[tuple[RedisServer, RedisServer, Sentinels]]:
-    master = RedisServer(tmp_path / "master", free_port())
-    replica = RedisServer(tmp_path / "replica", free_port(), ["--replicaof", "127.0.0.1", str(master.port)])
+    master = RedisServer(tmp_path / "master", free_port(), password=PASSWORD)
+    replica = RedisServer(
+        tmp_path / "replica", free_port(), ["--replicaof", "127.0.0.1", str(master.port)], password=PASSWORD
+    )
     sentinels: Sentinels | None = None
     try:
         master.start()
@@ -84,6 +91,7 @@ def sentinel_setup(tmp_path: Path) -> Iterator[tuple[RedisServer, RedisServer, S
 def test_failover_resumes_delivery_on_the_promoted_replica(sentinel_setup, nodes, capsys) -> None:
     master, replica, sentinels = sentinel_setup
     env = {"REDIS_SENTINELS": sentinels.setting, "REDIS_SENTINEL_MASTER": MASTER}
+    env |= {"REDIS_PASSWORD": PASSWORD, "REDIS_SENTINEL_PASSWORD": SENTINEL_PASSWORD}
     a = nodes.start(None, **env)
     b = nodes.start(None, **env)
     assert a.health()["backend"] == "redis"

@@ -22,13 +22,32 @@ log = logging.getLogger(__name__)
 
 
 def connection_options(settings: Settings, socket_timeout: float | None = None) -> dict[str, Any]:
+    """For every connection to a data server; with Sentinel and Cluster, their credentials
+    and TLS too (a single Redis has them in REDIS_URL)."""
     timeout = settings.redis_socket_timeout if socket_timeout is None else socket_timeout
     return {
         "socket_timeout": timeout,
         "socket_connect_timeout": timeout,
         "socket_keepalive": True,
         "health_check_interval": max(1, int(settings.heartbeat_interval)),
+        **_credentials(settings.redis_username, settings.redis_password),
+        **tls_options(settings),
     }
+
+
+def _credentials(username: str | None, password: str | None) -> dict[str, Any]:
+    return {k: v for k, v in (("username", username), ("password", password)) if v is not None}
+
+
+def tls_options(settings: Settings) -> dict[str, Any]:
+    """REDIS_TLS: verified against REDIS_TLS_CA_FILE (or the system's CAs), as
+    REDIS_SSL_CERT_REQS says (default: required)."""
+    if not settings.redis_tls:
+        return {}
+    options: dict[str, Any] = {"ssl": True, "ssl_cert_reqs": settings.redis_ssl_cert_reqs or "required"}
+    if settings.redis_tls_ca_file:
+        options["ssl_ca_certs"] = settings.redis_tls_ca_file
+    return options
 
 
 def redis_client(
@@ -46,7 +65,12 @@ def redis_client(
     if settings.redis_sentinels:
         sentinel = Sentinel(
             _host_ports(settings.redis_sentinels),
-            sentinel_kwargs={"socket_timeout": settings.redis_socket_timeout},
+            sentinel_kwargs={
+                "socket_timeout": settings.redis_socket_timeout,
+                "socket_connect_timeout": settings.redis_socket_timeout,
+                **_credentials(settings.redis_sentinel_username, settings.redis_sentinel_password),
+                **tls_options(settings),
+            },
             **common,
         )
         return sentinel.master_for(settings.redis_sentinel_master, retry=retry, **sized)
