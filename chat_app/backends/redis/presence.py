@@ -13,6 +13,7 @@ from typing import Any
 import redis
 from redis.cluster import RedisCluster
 
+from ...logsafe import q
 from ...protocol import (
     direct_members,
 )
@@ -83,7 +84,7 @@ class RedisPresence:
             raise BackendUnavailable(f"redis unreachable: {exc}") from exc
         for result in results:
             if isinstance(result, Exception):
-                log.error("event=presence_script_error error=%s", describe(result))
+                log.error("event=presence_script_error error=%s", q(describe(result)))
                 raise BackendUnavailable(f"redis refused a presence update: {result}")
         return results
 
@@ -94,7 +95,7 @@ class RedisPresence:
         except CONNECTION_ERRORS as exc:
             raise BackendUnavailable(f"redis unreachable: {exc}") from exc
         if isinstance(result, Exception):
-            log.error("event=presence_script_error error=%s", describe(result))
+            log.error("event=presence_script_error error=%s", q(describe(result)))
             raise BackendUnavailable(f"redis refused a presence update: {result}")
         return result
 
@@ -245,7 +246,7 @@ class RedisPresence:
             # Both users' lists live as long as a conversation hosted here does, as its keys do.
             self._directs.refresh(u for room in rooms for u in direct_members(room) or ())
         except BackendUnavailable as exc:
-            log.warning("event=heartbeat_failed rooms=%d error=%s", len(rooms), describe(exc))
+            log.warning("event=heartbeat_failed rooms=%d error=%s", len(rooms), q(describe(exc)))
         except Exception:
             log.exception("event=heartbeat_error")
 

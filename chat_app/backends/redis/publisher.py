@@ -21,6 +21,7 @@ from functools import lru_cache, partial
 import redis
 from redis.cluster import RedisCluster
 
+from ...logsafe import q
 from ...protocol import Envelope
 from ...settings import Settings
 from ...tokens import Tokens
@@ -180,7 +181,7 @@ class Publisher:
             try:
                 results = self._execute(batch)
             except redis.ResponseError as exc:
-                log.error("event=publish_error error=%s", describe(exc))
+                log.error("event=publish_error error=%s", q(describe(exc)))
                 for p in batch:
                     p.settle(BackendUnavailable(f"redis refused the send: {exc}"))
                 return
@@ -188,7 +189,7 @@ class Publisher:
                 failures += 1
                 self._server_ids.forget()
                 if self.last_error is None:
-                    log.warning("event=publish_failed error=%s", describe(exc))
+                    log.warning("event=publish_failed error=%s", q(describe(exc)))
                 self.last_error = f"redis unreachable: {exc}"
                 wait = min(self._backoff.compute(failures), min(p.deadline for p in batch) - now)
                 self._stopping.wait(max(wait, 0.0))
