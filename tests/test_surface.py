@@ -132,18 +132,34 @@ def test_a_client_value_is_one_token_on_one_line(value: str, shown: str) -> None
     assert len(q(value).splitlines()) <= 1
 
 
-def test_a_throttled_kind_logs_its_first_lines_then_says_how_many_it_held_back(caplog) -> None:
+class Recorded(logging.Handler):
+    """A logger's records in a list (caplog reads the root logger, which chat_app's own
+    loggers stop propagating to once an app configured them)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.lines: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.lines.append(record.getMessage())
+
+
+def test_a_throttled_kind_logs_its_first_lines_then_says_how_many_it_held_back() -> None:
+    logger = logging.getLogger("test_surface.throttle")
+    logger.propagate = False
+    logger.setLevel(logging.INFO)
+    recorded = Recorded()
+    logger.addHandler(recorded)
     now = [0.0]
-    throttle = LogThrottle(logging.getLogger("chat_app.test"), rate=1.0, burst=3, window=0.05, clock=lambda: now[0])
-    with caplog.at_level(logging.INFO, logger="chat_app.test"):
-        written = [throttle.log(logging.INFO, "bad", "event=bad n=%d", i) for i in range(10)]
-        assert written == [True] * 3 + [False] * 7
-        wait_until(lambda: "event=log_suppressed" in caplog.text, timeout=5, what="the summary")
-        now[0] += 1.0  # a second later one more passes
-        assert throttle.log(logging.INFO, "bad", "event=bad n=%d", 10)
-        assert throttle.log(logging.INFO, "other", "event=other")  # each kind has its own bucket
-    lines = [r.getMessage() for r in caplog.records]
-    assert lines == [
+    throttle = LogThrottle(logger, rate=1.0, burst=3, window=0.05, clock=lambda: now[0])
+    written = [throttle.log(logging.INFO, "bad", "event=bad n=%d", i) for i in range(10)]
+    assert written == [True] * 3 + [False] * 7
+    wait_until(lambda: "event=log_suppressed kind=bad suppressed=7" in recorded.lines, timeout=5, what="the summary")
+    now[0] += 1.0  # a second later one more passes
+    assert throttle.log(logging.INFO, "bad", "event=bad n=%d", 10)
+    assert throttle.log(logging.INFO, "other", "event=other")  # each kind has its own bucket
+    assert not throttle.log(logging.DEBUG, "bad", "event=bad n=%d", 11)  # below the level: not even counted
+    assert recorded.lines == [
         "event=bad n=0",
         "event=bad n=1",
         "event=bad n=2",
@@ -151,6 +167,7 @@ def test_a_throttled_kind_logs_its_first_lines_then_says_how_many_it_held_back(c
         "event=bad n=10",
         "event=other",
     ]
+    logger.removeHandler(recorded)
 
 
 FORGED = "2026-12-06 00:00:00,000 INFO instance=node1 chat_app.service event=forged/disconnect"
