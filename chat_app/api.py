@@ -20,6 +20,7 @@ from flask import Flask, Response, jsonify, request
 from werkzeug.exceptions import HTTPException
 from werkzeug.routing import PathConverter
 
+from .logsafe import q
 from .protocol import (
     ChatError,
     CommandAction,
@@ -33,7 +34,7 @@ from .protocol import (
     UserRoomRequest,
     parse,
 )
-from .service import ChatService
+from .service import ChatService, throttled
 
 log = logging.getLogger(__name__)
 
@@ -92,7 +93,7 @@ def register_api(app: Flask, service: ChatService) -> None:
                 return _error(ChatError(ErrorCode.NOT_FOUND, "the server API is off: set API_KEY to turn it on"))
             given = request.headers.get("Authorization", "").encode("latin-1")
             if not hmac.compare_digest(given, expected):
-                log.warning("event=api_unauthorized path=%s", request.path)
+                throttled.log(logging.WARNING, "api_unauthorized", "event=api_unauthorized path=%s", q(request.path))
                 response, status = _error(
                     ChatError(ErrorCode.UNAUTHORIZED, "this call needs the header `Authorization: Bearer <API_KEY>`")
                 )
@@ -103,7 +104,7 @@ def register_api(app: Flask, service: ChatService) -> None:
             except ChatError as exc:
                 return _error(exc)
             except Exception:
-                log.exception("event=api_failed path=%s", request.path)
+                log.exception("event=api_failed path=%s", q(request.path))
                 return _error(ChatError(ErrorCode.INTERNAL, "the server failed to handle this call"))
 
         return guarded

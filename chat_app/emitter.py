@@ -35,6 +35,7 @@ from .backends.redis.directs import DirectLists
 from .backends.redis.keys import RoomKeys
 from .backends.redis.scripts import run_scripts
 from .backends.redis.send import SendScript, ServerIds
+from .logsafe import q
 from .protocol import (
     ChatError,
     Command,
@@ -162,7 +163,7 @@ class ChatEmitter:
             for user in users:
                 self._send_command(Command("", CommandAction.JOIN, user, room), self._deadline)
         except (ChatError, BackendUnavailable, *REDIS_ERRORS) as exc:
-            log.warning("event=direct_reach_failed room=%s error=%s", room, exc)
+            log.warning("event=direct_reach_failed room=%s error=%s", q(room), q(exc))
 
     # -- commands on users, on every node ---------------------------------------------
 

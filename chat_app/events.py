@@ -28,7 +28,7 @@ from .protocol import (
     TypingRequest,
     parse,
 )
-from .service import ChatService
+from .service import ChatService, throttled
 from .transport import Transport
 
 log = logging.getLogger(__name__)
@@ -105,7 +105,7 @@ def register_events(socketio: SocketIO, service: ChatService, transport: Transpo
         try:
             identity = identify(auth, query.get("username", [None])[0], service.settings.auth_secret)
         except ChatError as exc:
-            log.info("event=connect_refused code=%s", exc.code)
+            throttled.log(logging.INFO, "connect_refused", "event=connect_refused code=%s", exc.code)
             raise Refused(exc.message, exc.to_wire()) from None
         service.connect(sid, identity)
         return True

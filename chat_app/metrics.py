@@ -114,7 +114,7 @@ class ChatCollector(Collector):
         recoveries.add_metric([s.instance_id, "ok"], c.recoveries_ok)
         recoveries.add_metric([s.instance_id, "failed"], c.recoveries_failed)
         yield recoveries
-        yield counter("chat_rate_limited", "Sends and joins refused by the rate limit.", c.rate_limited)
+        yield counter("chat_rate_limited", "Events refused by a per-connection rate limit.", c.rate_limited)
         yield from self._load()
         yield counter(
             "chat_control_commands",

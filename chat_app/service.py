@@ -28,6 +28,7 @@ from .backends.base import (
     within,
 )
 from .load import LoadGauge
+from .logsafe import LogThrottle, q
 from .protocol import (
     ChatError,
     Command,
@@ -49,6 +50,19 @@ from .settings import Settings
 from .tokens import Tokens
 
 log = logging.getLogger(__name__)
+# Lines a client (or a flood of direct messages) can cause at will: bounded per kind.
+throttled = LogThrottle(log)
+
+# What a client is told when Redis does not answer: never the error itself, which names
+# Redis's address; that goes to the log.
+UNAVAILABLE = "the service is unavailable: try again shortly"
+
+
+def unavailable(what: str, exc: BaseException) -> ChatError:
+    """The `unavailable` error a client sees for `exc` (generic: `what` failed), with the
+    detail logged (throttled: in an outage every request would say it)."""
+    throttled.log(logging.WARNING, "unavailable", "event=unavailable what=%s error=%s", q(what), q(exc))
+    return ChatError(ErrorCode.UNAVAILABLE, f"{what}: {UNAVAILABLE}")
 
 
 class Emitter(Protocol):
@@ -69,6 +83,8 @@ class Connection:
     user: str | None  # fixed at connect (auth); None: each payload's sender is used
     send_bucket: TokenBucket
     join_bucket: TokenBucket
+    leave_bucket: TokenBucket
+    list_bucket: TokenBucket  # list_directs: each costs up to MAX_DIRECTS_PER_USER * 2 Redis reads
     allowed_rooms: frozenset[str] | None = None  # from the token's rooms claim
     rooms: set[str] = field(default_factory=set)
     typed: dict[str, float] = field(default_factory=dict)  # room -> monotonic time of the last typing sent
@@ -190,6 +206,8 @@ class ChatService:
                 identity.user,
                 TokenBucket(s.send_rate, s.send_burst),
                 TokenBucket(s.join_rate, s.join_burst),
+                TokenBucket(s.leave_rate, s.leave_burst),
+                TokenBucket(s.list_directs_rate, s.list_directs_burst),
                 identity.rooms,
             )
             if identity.user is not None:
@@ -233,9 +251,9 @@ class ChatService:
                 try:
                     self._presence.sweep(room)
                 except BackendUnavailable as exc:
-                    log.warning("event=sweep_failed room=%s error=%s", room, exc)
+                    log.warning("event=sweep_failed room=%s error=%s", q(room), q(exc))
                 except Exception:
-                    log.exception("event=sweep_error room=%s", room)
+                    log.exception("event=sweep_error room=%s", q(room))
             self._sweep_wake.wait(None if nearest is None else max(0.0, nearest - time.monotonic()))
             self._sweep_wake.clear()
 
@@ -284,12 +302,12 @@ class ChatService:
         # catch up, once per join, on the one greenlet that delivers (a reconnect storm's
         # rejoins then delay every member's messages).
         if not hosted and not self._broker.subscribe(room).wait(self.settings.send_deadline):
-            log.warning("event=subscribe_slow room=%s", room)
+            log.warning("event=subscribe_slow room=%s", q(room))
         try:
             joined = self._presence.join(room, sid, user)
         except BackendUnavailable as exc:
             self._leave_locally(conn, room)
-            raise ChatError(ErrorCode.UNAVAILABLE, f"could not join: {exc}") from None
+            raise unavailable("could not join", exc) from None
         except Banned as exc:
             self._leave_locally(conn, room)
             raise ChatError(ErrorCode.FORBIDDEN_ROOM, f"you may not join {room!r}: {exc}") from None
@@ -313,7 +331,7 @@ class ChatService:
         except ChatError:
             self._leave(conn, room)
             raise
-        log.info("event=join room=%s sid=%s seq=%d", room, sid, bound.seq)
+        log.info("event=join room=%s sid=%s seq=%d", q(room), sid, bound.seq)
         admit = functools.partial(self._admit, sid, room, held, bound)
         if after_ack is None:
             admit()
@@ -355,6 +373,7 @@ class ChatService:
         user = conn.user
         if user is None:
             raise ChatError(ErrorCode.UNAUTHORIZED, "direct conversations need a name given at connect")
+        self._take(conn.list_bucket, "too many list_directs: slow down")
         limit = self.settings.max_directs_per_user
         found = self._bounded(lambda: self._presence.directs(user, limit), "directs")
         directs = []
@@ -409,7 +428,7 @@ class ChatService:
                 local.cursor = joined.position
                 return "new"
             if joined.position.epoch != local.cursor.epoch:
-                log.info("event=epoch_seen_on_join room=%s", room)
+                log.info("event=epoch_seen_on_join room=%s", q(room))
                 return "moved"
             return "hosted"
 
@@ -431,7 +450,7 @@ class ChatService:
         try:
             self._presence.leave(room, sid)
         except BackendUnavailable as exc:
-            log.warning("event=leave_unrecorded room=%s sid=%s error=%s", room, sid, exc)
+            log.warning("event=leave_unrecorded room=%s sid=%s error=%s", q(room), sid, q(exc))
 
     def _join_ack(self, room: str, req: JoinRequest, cursor: Position, joined: Joined) -> dict[str, Any]:
         recovering = req.since is not None
@@ -443,7 +462,7 @@ class ChatService:
                 history = self._broker.history(room, after=None, upto=cursor.seq)
                 recovered = False
         except BackendUnavailable as exc:
-            raise ChatError(ErrorCode.UNAVAILABLE, f"could not read the room: {exc}") from None
+            raise unavailable("could not read the room", exc) from None
         ack: dict[str, Any] = {
             "ok": True,
             "room": room,
@@ -469,8 +488,19 @@ class ChatService:
         conn = self._connection(sid)
         if room not in conn.rooms:
             raise ChatError(ErrorCode.NOT_IN_ROOM, f"not a member of {room!r}")
+        self._take(conn.leave_bucket, "too many leaves: slow down")
         self._leave(conn, room)
         return {"ok": True, "room": room}
+
+    def _take(self, bucket: TokenBucket, message: str) -> None:
+        """One of the connection's per-event rate limits: `rate_limited`, nothing done, past it.
+        No lock but for the counter (sends are the hot path): `take` does no I/O, so under
+        gevent nothing interleaves with it."""
+        if bucket.take():
+            return
+        with self._lock:
+            self.counters.rate_limited += 1
+        raise ChatError(ErrorCode.RATE_LIMITED, message)
 
     def _leave_locally(self, conn: Connection, room: str) -> bool:
         """Drop the membership on this node; True when it was the room's last local member."""
@@ -495,9 +525,9 @@ class ChatService:
             deleted = self._presence.leave(room, conn.sid, grace=grace)
         except BackendUnavailable as exc:
             # The entry expires with PRESENCE_TTL; the heartbeat no longer rewrites it.
-            log.warning("event=leave_unrecorded room=%s sid=%s error=%s", room, conn.sid, exc)
+            log.warning("event=leave_unrecorded room=%s sid=%s error=%s", q(room), conn.sid, q(exc))
             return
-        log.info("event=leave room=%s sid=%s room_deleted=%s", room, conn.sid, deleted)
+        log.info("event=leave room=%s sid=%s room_deleted=%s", q(room), conn.sid, deleted)
 
     # -- send ------------------------------------------------------------------------
 
@@ -506,10 +536,7 @@ class ChatService:
         conn = self._connection(sid)
         if req.room not in conn.rooms:
             raise ChatError(ErrorCode.NOT_IN_ROOM, f"join {req.room!r} before sending to it")
-        if not conn.send_bucket.take():
-            with self._lock:
-                self.counters.rate_limited += 1
-            raise ChatError(ErrorCode.RATE_LIMITED, "too many messages: slow down")
+        self._take(conn.send_bucket, "too many messages: slow down")
         sender = conn.user or clean_sender(req.sender) or self._rooms_user(req.room, sid)
         draft = Draft.new(req.room, sender, req.message, self.instance_id, req.key, self._clock, self._tokens.hex)
         started = time.perf_counter()
@@ -517,7 +544,7 @@ class ChatService:
             envelope = self._publish(draft, shed)
         finally:
             self.observe_publish(time.perf_counter() - started)
-        log.debug("event=send room=%s sid=%s seq=%d id=%s", req.room, sid, envelope.seq, envelope.id)
+        log.debug("event=send room=%s sid=%s seq=%d id=%s", q(req.room), sid, envelope.seq, q(envelope.id))
         self._reach_direct(envelope)
         return {"ok": True, **_ack(envelope)}
 
@@ -534,7 +561,7 @@ class ChatService:
                 self.counters.queue_full += 1
             raise ChatError(ErrorCode.OVERLOADED, f"message not sent, the node is overloaded: {exc}") from None
         except BackendUnavailable as exc:
-            raise ChatError(ErrorCode.UNAVAILABLE, f"message not sent: {exc}") from None
+            raise unavailable("message not sent", exc) from None
         with self._lock:
             self.counters.published += 1
         return envelope
@@ -556,14 +583,21 @@ class ChatService:
         try:
             self._presence.record_direct(room, users, at, self.settings.max_directs_per_user)
         except BackendUnavailable as exc:
-            log.warning("event=direct_list_failed room=%s error=%s", room, exc)
+            log.warning("event=direct_list_failed room=%s error=%s", q(room), q(exc))
         except Exception:
-            log.exception("event=direct_list_error room=%s", room)
+            log.exception("event=direct_list_error room=%s", q(room))
         for user in users:
             try:
                 self.command(CommandAction.JOIN, user, room)
             except ChatError as exc:
-                log.warning("event=direct_join_failed room=%s user=%s code=%s", room, user, exc.code)
+                throttled.log(
+                    logging.WARNING,
+                    "direct_join_failed",
+                    "event=direct_join_failed room=%s user=%s code=%s",
+                    q(room),
+                    q(user),
+                    exc.code,
+                )
 
     def typing(self, sid: str, room: str) -> None:
         """Tell the room's other members that this one is typing. Quiet by design: from a
@@ -591,7 +625,7 @@ class ChatService:
             req.room, req.sender, req.message, f"api:{self.instance_id}", req.key, self._clock, self._tokens.hex
         )
         envelope = self._publish(draft)
-        log.debug("event=api_publish room=%s seq=%d id=%s", req.room, envelope.seq, envelope.id)
+        log.debug("event=api_publish room=%s seq=%d id=%s", q(req.room), envelope.seq, q(envelope.id))
         self._reach_direct(envelope)
         return {"ok": True, **_ack(envelope)}
 
@@ -632,14 +666,14 @@ class ChatService:
         try:
             result = self._broker.command(Command("", action, user, room, reason), left)
         except BackendUnavailable as exc:
-            raise ChatError(ErrorCode.UNAVAILABLE, f"command not sent: {exc}") from None
+            raise unavailable("command not sent", exc) from None
         return {"ok": True, "connections": result.connections, "nodes": result.nodes}
 
     def _bounded(self, call: Callable[[], Any], what: str) -> Any:
         try:
             return within(self.settings.send_deadline, call, what)
         except BackendUnavailable as exc:
-            raise ChatError(ErrorCode.UNAVAILABLE, f"{what} not read: {exc}") from None
+            raise unavailable(f"{what} not read", exc) from None
 
     def _on_control(self, command: Command) -> int:
         """A command on a user, from this node's API, another node's or a ChatEmitter's: act
@@ -652,10 +686,17 @@ class ChatService:
             try:
                 acted += self._act(command, sid)
             except ChatError as exc:
-                log.info("event=command_refused action=%s sid=%s code=%s", command.action, sid, exc.code)
+                throttled.log(
+                    logging.INFO,
+                    "command_refused",
+                    "event=command_refused action=%s sid=%s code=%s",
+                    command.action,
+                    sid,
+                    exc.code,
+                )
         with self._lock:
             self.counters.commands += 1
-        log.info("event=command_done action=%s room=%s connections=%d", command.action, command.room, acted)
+        log.info("event=command_done action=%s room=%s connections=%d", command.action, q(command.room), acted)
         return acted
 
     def _act(self, command: Command, sid: str) -> bool:
@@ -755,7 +796,7 @@ class ChatService:
             if history.position.epoch and history.position.epoch != cursor.epoch:
                 history = self._broker.history(room, after=0)  # the new epoch, from its start
         except BackendUnavailable as exc:
-            log.warning("event=catch_up_failed room=%s error=%s", room, exc)
+            log.warning("event=catch_up_failed room=%s error=%s", q(room), q(exc))
             return
         position = history.position
         if not position.epoch:
@@ -782,7 +823,7 @@ class ChatService:
         start = fresh[0] - 1 if fresh else history.position.seq
         log.warning(
             "event=epoch_changed room=%s old=%s new=%s from_seq=%d",
-            room,
+            q(room),
             local.cursor.epoch,
             history.position.epoch,
             start + 1,
@@ -796,7 +837,7 @@ class ChatService:
         missing = arriving - delivered - 1
         if missing > 0:
             self.counters.messages_lost += missing
-            log.error("event=messages_lost room=%s from_seq=%d count=%d", room, delivered + 1, missing)
+            log.error("event=messages_lost room=%s from_seq=%d count=%d", q(room), delivered + 1, missing)
 
     def _deliver(self, local: LocalRoom, envelope: Envelope) -> None:
         local.cursor = Position(envelope.epoch, envelope.seq)
@@ -852,7 +893,7 @@ class ChatService:
             try:
                 counts = self._presence.counts(rooms)
             except BackendUnavailable as exc:
-                log.warning("event=count_failed rooms=%d error=%s", len(rooms), exc)
+                log.warning("event=count_failed rooms=%d error=%s", len(rooms), q(exc))
                 continue
             except Exception:
                 log.exception("event=count_error")
@@ -873,7 +914,7 @@ class ChatService:
             try:
                 count, names = self._presence.names(room, None, self.settings.presence_events_max_members)
             except BackendUnavailable as exc:
-                log.warning("event=presence_sync_failed room=%s error=%s", room, exc)
+                log.warning("event=presence_sync_failed room=%s error=%s", q(room), q(exc))
                 continue
             sync = {"room": room, "action": "sync", "user": None, "members_count": count, "members": names}
             with self._lock:

@@ -62,6 +62,12 @@ def _comma_list(name: str, raw: str) -> list[str]:
     return [part.strip() for part in raw.split(",") if part.strip()]
 
 
+def _origins(name: str, raw: str) -> list[str] | None:
+    """Empty (or commas only) is unset: same origin only. python-engineio reads an empty
+    list as "no CORS handling at all", which would let every origin in."""
+    return _comma_list(name, raw) or None
+
+
 def _addresses(name: str, raw: str) -> list[str]:
     addresses = _comma_list(name, raw)
     for address in addresses:
@@ -154,6 +160,11 @@ class Settings:
     send_burst: int = 40
     join_rate: float = 5.0
     join_burst: int = 20
+    leave_rate: float = 5.0
+    leave_burst: int = 20
+    # list_directs costs up to 2 * MAX_DIRECTS_PER_USER reads; a page asks once per connect.
+    list_directs_rate: float = 1.0
+    list_directs_burst: int = 5
     reconnect_backoff_base: float = 0.05
     reconnect_backoff_cap: float = 2.0
     listener_idle_probe: float = 5.0
@@ -169,7 +180,7 @@ class Settings:
     presence_count_interval: float = 2.0
     auth_secret: str | None = None
     api_key: str | None = None  # the server API (HTTP) is off without it
-    cors_allowed_origins: list[str] | None = None
+    cors_allowed_origins: list[str] | None = _setting(None, _origins)  # noqa: RUF009 (immutable default)
     log_level: str = _setting("INFO", _log_level)
 
     def __post_init__(self) -> None:
@@ -185,6 +196,8 @@ class Settings:
                 "REDIS_USERNAME, REDIS_PASSWORD and REDIS_TLS are for Sentinel and Cluster: "
                 "put them in REDIS_URL (redis://user:password@host/0, rediss:// for TLS)"
             )
+        if self.cors_allowed_origins is not None and not self.cors_allowed_origins:
+            raise SettingsError("CORS_ALLOWED_ORIGINS must name an origin (or `*`), or be unset: same origin only")
         if self.heartbeat_interval >= self.presence_ttl:
             raise SettingsError(
                 f"HEARTBEAT_INTERVAL ({self.heartbeat_interval}) must be shorter than "
@@ -198,7 +211,7 @@ class Settings:
         values: dict[str, Any] = {}
         for f in fields(cls):
             raw = env.get(f.name.upper())
-            if raw is None or (raw == "" and f.name != "cors_allowed_origins"):
+            if raw is None or raw == "":
                 continue
             parser = f.metadata.get("parser") or _PARSERS[str(f.type)]
             values[f.name] = parser(f.name.upper(), raw)

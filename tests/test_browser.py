@@ -740,3 +740,45 @@ def test_a_direct_conversation_across_nodes_with_typing_and_recovery(redis_serve
     assert alice.errors == [] and bob.errors == [] and other.errors == []  # type: ignore[attr-defined]
     with capsys.disabled():
         print(f"\nscreenshots: {' '.join(map(str, shots))}")
+
+
+def test_a_shared_room_link_waits_for_a_click_and_the_page_keeps_to_its_csp(redis_server, nodes, browser) -> None:
+    """A link to `/#room` (from another site, or a message) must not put a returning visitor
+    in that room under their saved name by itself: the form comes filled, Join focused. A
+    reload of the tab that showed the room still goes straight back. All of it under the
+    page's Content-Security-Policy, which Chromium would report on the console if broken."""
+    node = nodes.start(redis_server.url)
+    context = browser.new_context(viewport={"width": 1000, "height": 720})
+    console: list[str] = []
+    first = context.new_page()
+    first.set_default_timeout(TIMEOUT_MS)
+    first.on("console", lambda message: console.append(message.text))
+    websockets: list[str] = []
+    first.on("websocket", lambda ws: websockets.append(ws.url))
+    response = first.goto(node.url)
+    assert response is not None and "frame-ancestors 'none'" in response.headers["content-security-policy"]
+    join(first, "erin", "lobby")  # the name is now saved in this browser
+    expect(first.locator("#status")).to_have_text("connected")  # a websocket, allowed by connect-src 'self'
+    assert websockets and websockets[0].startswith(node.url.replace("http://", "ws://"))
+
+    linked = context.new_page()  # a new tab: the link opened from elsewhere
+    linked.set_default_timeout(TIMEOUT_MS)
+    linked.on("console", lambda message: console.append(message.text))
+    asked: list[str] = []
+    linked.on("request", lambda request: asked.append(request.url))
+    linked.goto(f"{node.url}/#secret%20room")
+    expect(linked.locator("#join-form")).to_be_visible()
+    expect(linked.locator("#name")).to_have_value("erin")
+    expect(linked.locator("#room")).to_have_value("secret room")
+    expect(linked.locator("#join")).to_be_focused()
+    expect(linked.locator("#status")).to_have_text("not connected")
+    assert not [url for url in asked if "/socket.io/" in url], asked
+    assert requests.get(f"{node.url}/api/rooms/secret%20room", timeout=5).json()["members"] == []
+    linked.click("#join")  # the visitor's own decision
+    expect(linked.locator("#room-title")).to_have_text("secret room")
+    expect(linked.locator("#member-list li")).to_have_text(["erin"])
+    linked.reload()  # this tab showed the room: a reload goes straight back in
+    expect(linked.locator("#room-title")).to_have_text("secret room")
+    expect(linked.locator("#status")).to_have_attribute("data-state", "connected")
+    assert not [line for line in console if "Content Security Policy" in line], console
+    context.close()

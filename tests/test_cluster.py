@@ -182,6 +182,7 @@ def test_direct_lists_live_on_their_users_slots(cluster, nodes) -> None:
     """list_directs reads keys of several slots (each user's list, each room's seq): a
     pipeline the cluster client splits by shard, never one cross-slot script."""
     env = {"REDIS_CLUSTER_NODES": f"127.0.0.1:{cluster[0].port}"}
+    env |= {"LIST_DIRECTS_RATE": "1000", "LIST_DIRECTS_BURST": "1000"}  # the list is polled below
     a = nodes.start(None, **env)
     b = nodes.start(None, **env)
     alice, bob = ChatClient(a.url, "alice"), ChatClient(b.url, "bob")

@@ -14,6 +14,10 @@ from helpers import ChatClient, wait_until
 from chat_app.backends.redis.keys import user_directs
 from chat_app.protocol import ChatError, ErrorCode, check_room_name, direct_members, direct_room
 
+# Tests that poll list_directs until it shows something: the per-connection limit
+# (LIST_DIRECTS_RATE, 1 a second) would refuse the polls.
+POLLING = {"LIST_DIRECTS_RATE": "1000", "LIST_DIRECTS_BURST": "1000"}
+
 
 class DirectClient(ChatClient):
     RECORDED = ChatClient.RECORDED | {"room_joined"}
@@ -73,7 +77,7 @@ def test_a_conversation_reaches_both_connections_of_who_never_opened_it(redis_se
 
 def test_with_auth_secret_a_token_for_carol_cannot_enter(redis_server, nodes) -> None:
     secret = "s" * 32
-    node = nodes.start(redis_server.url, AUTH_SECRET=secret)
+    node = nodes.start(redis_server.url, AUTH_SECRET=secret, **POLLING)
 
     def client(sub: str, **claims: Any) -> DirectClient:
         token = jwt.encode({"sub": sub, "exp": int(time.time()) + 60, **claims}, secret, algorithm="HS256")
@@ -171,8 +175,8 @@ def test_a_server_api_post_into_a_conversation_reaches_both_users_and_their_list
 
 
 def test_a_fresh_client_finds_its_conversations_and_recovers_what_it_missed(redis_server, nodes) -> None:
-    a = nodes.start(redis_server.url)
-    b = nodes.start(redis_server.url)
+    a = nodes.start(redis_server.url, **POLLING)
+    b = nodes.start(redis_server.url, **POLLING)
     alice = DirectClient(a.url, "alice")
     bob = DirectClient(b.url, "bob")
     assert alice.call("open_direct", {"with": "bob"})["ok"]
@@ -209,7 +213,7 @@ def test_a_fresh_client_finds_its_conversations_and_recovers_what_it_missed(redi
 
 
 def test_the_list_keeps_the_newest_conversations_only(redis_server, nodes) -> None:
-    node = nodes.start(redis_server.url, MAX_DIRECTS_PER_USER="3")
+    node = nodes.start(redis_server.url, MAX_DIRECTS_PER_USER="3", **POLLING)
     alice = DirectClient(node.url, "alice")
     peers = [f"p{i}" for i in range(1, 5)]
     for peer in peers:

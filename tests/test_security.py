@@ -45,7 +45,9 @@ sends = st.integers(0, 2).flatmap(
 
 @pytest.fixture(scope="module")
 def app_and_client():
-    settings_ = Settings.from_env({}, instance_id="t", send_rate=1e6, send_burst=10**6, join_rate=1e6, join_burst=10**6)
+    unlimited = {"send_rate": 1e6, "send_burst": 10**6, "join_rate": 1e6, "join_burst": 10**6}
+    unlimited |= {"leave_rate": 1e6, "leave_burst": 10**6}  # each fuzzed join is undone by a leave
+    settings_ = Settings.from_env({}, instance_id="t", **unlimited)
     app = create_app(settings_, async_mode="threading")
     sio = app.extensions["chat_socketio"]
     client = sio.test_client(app, auth={"username": "fuzzer"})

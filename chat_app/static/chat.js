@@ -195,7 +195,11 @@
     $("room-title").textContent = title;
     document.title = `${title} · chat_app`;
     // A reload comes back to the room in the link; conversations come back from list_directs.
-    if (!room.direct) history.replaceState(null, "", `#${encodeURIComponent(room.name)}`);
+    // This tab remembers the room it showed, so only a reload of it skips the Join click.
+    if (!room.direct) {
+      history.replaceState(null, "", `#${encodeURIComponent(room.name)}`);
+      sessionStorage.setItem("chat.shown", room.name);
+    }
     const open = !room.left;
     $("message").disabled = !open;
     $("send").disabled = !open;
@@ -805,6 +809,7 @@
     $("join-form").hidden = false;
     setStatus("idle", "not connected");
     history.replaceState(null, "", window.location.pathname);
+    sessionStorage.removeItem("chat.shown");
     document.title = "chat_app";
   }
 
@@ -889,7 +894,9 @@
     }
   });
 
-  // A reload (or a shared link with #room) comes straight back into the room.
+  // A reload comes straight back into the room this tab showed. A link with #room (shared,
+  // or opened by another site) only fills the form: joining under the saved name, which
+  // tells the room's members that this person is there, takes a click on Join.
   const savedName = localStorage.getItem("chat.name") || "";
   let linkedRoom = "";
   try {
@@ -899,5 +906,9 @@
   }
   $("name").value = savedName;
   if (linkedRoom) $("room").value = linkedRoom;
-  if (savedName && linkedRoom) enter(savedName, linkedRoom);
+  if (savedName && linkedRoom && sessionStorage.getItem("chat.shown") === linkedRoom) {
+    enter(savedName, linkedRoom);
+  } else if (savedName && linkedRoom) {
+    $("join").focus();
+  }
 })();

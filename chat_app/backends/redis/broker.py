@@ -8,6 +8,7 @@ import threading
 
 from redis.cluster import RedisCluster
 
+from ...logsafe import q
 from ...protocol import (
     BadEnvelope,
     Command,
@@ -87,7 +88,7 @@ class RedisBroker:
         try:
             answer(self._commands, command.reply_to, CommandReply(command.id, self._instance_id, count).encode())
         except CONNECTION_ERRORS as exc:
-            log.warning("event=command_reply_failed action=%s error=%s", command.action, describe(exc))
+            log.warning("event=command_reply_failed action=%s error=%s", command.action, q(describe(exc)))
 
     def stop(self) -> None:
         if self.slot_maps is not None:
@@ -109,7 +110,7 @@ class RedisBroker:
         try:
             publish(self._commands, RoomKeys.of(self._prefix, event.room).channel, event.encode())
         except CONNECTION_ERRORS as exc:
-            log.debug("event=signal_dropped room=%s error=%s", event.room, describe(exc))
+            log.debug("event=signal_dropped room=%s error=%s", q(event.room), q(describe(exc)))
 
     def _publish_probe(self, channel: str, data: bytes) -> None:
         """Off the listener's greenlet: a stalled Redis must not stall the listener, whose
@@ -119,7 +120,7 @@ class RedisBroker:
             try:
                 self._commands.publish(channel, data)
             except CONNECTION_ERRORS as exc:
-                log.debug("event=probe_publish_failed error=%s", describe(exc))
+                log.debug("event=probe_publish_failed error=%s", q(describe(exc)))
 
         threading.Thread(target=send, name="probe", daemon=True).start()
 

@@ -23,6 +23,7 @@ from typing import Any
 import redis
 from redis.cluster import RedisCluster
 
+from ...logsafe import q
 from ...settings import Settings
 from .connection import CONNECTION_ERRORS, describe
 from .listener import POLL, Deaf, Listener, _socket
@@ -207,7 +208,7 @@ class ShardedListener(Listener):
 
     def _failed(self, shard: _Shard, exc: Exception) -> None:
         if shard.failures == 0:
-            log.warning("event=listener_down shard=%s error=%s", shard.name, describe(exc))
+            log.warning("event=listener_down shard=%s error=%s", q(shard.name), q(describe(exc)))
         shard.failures += 1
         shard.retry_at = time.monotonic() + self._backoff.compute(shard.failures)
         self._close(shard)

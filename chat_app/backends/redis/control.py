@@ -21,6 +21,7 @@ import time
 import redis
 from redis.cluster import RedisCluster
 
+from ...logsafe import q
 from ...protocol import BadEnvelope, Command, decode_reply
 from ..base import BackendUnavailable, CommandResult, within
 from .connection import CONNECTION_ERRORS
@@ -102,7 +103,7 @@ class ControlClient:
                 try:
                     reply = decode_reply(data)
                 except BadEnvelope as exc:
-                    log.warning("event=bad_reply error=%s", exc)
+                    log.warning("event=bad_reply error=%s", q(exc))
                     continue
                 if reply.id == token:
                     answers[reply.instance_id] = reply.connections

@@ -24,6 +24,7 @@ from typing import Any
 import redis
 
 from ... import versions
+from ...logsafe import q
 from ...protocol import BadEnvelope, Envelope, decode_command, decode_wire, max_wire_bytes
 from ...settings import Settings
 from ..base import BrokerHooks
@@ -137,7 +138,7 @@ class Listener:
                 self._serve(pubsub)
             except (*CONNECTION_ERRORS, Deaf) as exc:
                 if self.connected or failures == 0:
-                    log.warning("event=listener_down error=%s", describe(exc))
+                    log.warning("event=listener_down error=%s", q(describe(exc)))
             except Exception:
                 log.exception("event=listener_error")
             finally:
@@ -297,7 +298,7 @@ class Listener:
         now = time.monotonic()
         if now - self._last_bad_log > 10:
             self._last_bad_log = now
-            log.warning("event=bad_payload channel=%s dropped=%d error=%s", channel, self.bad_payloads, exc)
+            log.warning("event=bad_payload channel=%s dropped=%d error=%s", q(channel), self.bad_payloads, q(exc))
 
     def _dispatch(self, data: bytes) -> None:
         try:

@@ -13,6 +13,7 @@ from typing import Any
 import redis
 from redis.cluster import RedisCluster
 
+from ...logsafe import q
 from ...protocol import (
     direct_members,
 )
@@ -91,7 +92,7 @@ class RedisPresence:
                 if not partial:
                     raise BackendUnavailable(f"redis unreachable: {result}")
             elif isinstance(result, Exception):
-                log.error("event=presence_script_error error=%s", describe(result))
+                log.error("event=presence_script_error error=%s", q(describe(result)))
                 raise BackendUnavailable(f"redis refused a presence update: {result}")
         return results
 
@@ -102,7 +103,7 @@ class RedisPresence:
         except CONNECTION_ERRORS as exc:
             raise BackendUnavailable(f"redis unreachable: {exc}") from exc
         if isinstance(result, Exception):
-            log.error("event=presence_script_error error=%s", describe(result))
+            log.error("event=presence_script_error error=%s", q(describe(result)))
             raise BackendUnavailable(f"redis refused a presence update: {result}")
         return result
 
@@ -264,7 +265,7 @@ class RedisPresence:
             log.exception("event=heartbeat_error")
         if unreached and not self._unreached:  # logged when it starts and when it ends, not every beat
             servers = ",".join(sorted(unreached))
-            log.warning("event=heartbeat_failed rooms=%d servers=%s error=%s", len(rooms), servers, error)
+            log.warning("event=heartbeat_failed rooms=%d servers=%s error=%s", len(rooms), servers, q(error))
         elif self._unreached and not unreached:
             log.info("event=heartbeat_recovered rooms=%d", len(rooms))
         self._unreached = sorted(unreached)
@@ -276,7 +277,7 @@ class RedisPresence:
         for room, result in zip(rooms, results, strict=True):
             if isinstance(result, CONNECTION_ERRORS):
                 unreached.add(f"{self._server_of(room)}")
-                log.debug("event=beat_unreached room=%s error=%s", room, describe(result))
+                log.debug("event=beat_unreached room=%s error=%s", q(room), q(describe(result)))
             elif result:
                 out.append(room)
         return out

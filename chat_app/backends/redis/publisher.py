@@ -21,6 +21,7 @@ from functools import lru_cache, partial
 import redis
 from redis.cluster import RedisCluster
 
+from ...logsafe import q
 from ...protocol import Envelope
 from ...settings import Settings
 from ...tokens import Tokens
@@ -211,7 +212,7 @@ class Publisher:
         try:
             results = self._execute(batch)
         except redis.ResponseError as exc:
-            log.error("event=publish_error error=%s", describe(exc))
+            log.error("event=publish_error error=%s", q(describe(exc)))
             for p in batch:
                 p.settle(BackendUnavailable(f"redis refused the send: {exc}"))
             return
@@ -228,7 +229,7 @@ class Publisher:
         self._failures += 1
         self._server_ids.forget()
         if self.last_error is None:
-            log.warning("event=publish_failed error=%s", describe(exc))
+            log.warning("event=publish_failed error=%s", q(describe(exc)))
         self.last_error = f"redis unreachable: {exc}"
         self._unreached += unreached
         wait = min(self._backoff.compute(self._failures), min(p.deadline for p in self._unreached) - now)

@@ -12,6 +12,7 @@ from collections.abc import Sequence
 import redis
 from redis.cluster import RedisCluster
 
+from ...logsafe import q
 from ...protocol import BadEnvelope, Envelope, decode_envelope, envelope_head
 from ...settings import Settings
 from ..base import BackendUnavailable, Draft
@@ -50,7 +51,7 @@ class SendScript:
         """The stored message from the script's answer: the first one stored under the
         draft's dedup id when this was a retry. BackendUnavailable when Redis refused it."""
         if isinstance(result, Exception):
-            log.error("event=publish_error room=%s error=%s", draft.room, describe(result))
+            log.error("event=publish_error room=%s error=%s", q(draft.room), q(describe(result)))
             raise BackendUnavailable(f"redis refused the send: {result}")
         seq, epoch, stored, duplicate = result  # type: ignore[misc]
         if duplicate:
@@ -102,5 +103,5 @@ class ServerIds:
                 info = server.info("replication")
             return str(info.get("master_replid", ""))
         except redis.ResponseError as exc:  # INFO disabled (some managed Redis): no failover guard
-            log.warning("event=no_server_id error=%s", describe(exc))
+            log.warning("event=no_server_id error=%s", q(describe(exc)))
             return ""

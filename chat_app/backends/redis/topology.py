@@ -23,6 +23,7 @@ from typing import Any
 import redis
 from redis.cluster import RedisCluster
 
+from ...logsafe import q
 from .connection import CONNECTION_ERRORS, describe
 
 log = logging.getLogger(__name__)
@@ -85,7 +86,7 @@ class SlotMaps:
         looked at now and then every MIN_LOOK_GAP until it answers or is replaced. Never
         waits: the caller retries by its own loop, which then finds the new master."""
         if shard not in self._down:
-            log.warning("event=shard_down shard=%s error=%s", shard, describe(exc) if exc else "")
+            log.warning("event=shard_down shard=%s error=%s", shard, q(describe(exc)) if exc else "")
         self._down[shard] = time.monotonic()
         self._wakeup.set()
 
@@ -108,7 +109,7 @@ class SlotMaps:
             try:
                 client.nodes_manager.initialize()
             except Exception as exc:  # it still disagrees: the next look tries again
-                log.warning("event=slot_map_refresh_failed error=%s", describe(exc))
+                log.warning("event=slot_map_refresh_failed error=%s", q(describe(exc)))
                 return False
             self.refreshes += 1
         if not changed:
