@@ -40,6 +40,7 @@ log = logging.getLogger(__name__)
 STATUS = {
     ErrorCode.UNAUTHORIZED: 401,
     ErrorCode.FORBIDDEN_ROOM: 403,
+    ErrorCode.BANNED: 403,
     ErrorCode.NOT_FOUND: 404,
     ErrorCode.UNAVAILABLE: 503,
     ErrorCode.OVERLOADED: 503,

@@ -529,6 +529,8 @@ class ChatService:
             raise ChatError(ErrorCode.OVERLOADED, BEHIND)
         try:
             envelope = self._broker.publish(draft)
+        except Banned as exc:
+            raise ChatError(ErrorCode.BANNED, f"{draft.sender!r} may not send to {draft.room!r}: {exc}") from None
         except Overloaded as exc:
             with self._lock:
                 self.counters.queue_full += 1

@@ -70,6 +70,9 @@ class MemoryBroker:
         hub = self._hub
         dedup_id = draft.dedup_id
         with hub.lock:
+            left = hub.bans.get((draft.room, draft.sender), 0.0) - time.monotonic()
+            if left > 0:
+                raise Banned(left)
             room = hub.rooms.setdefault(draft.room, _Room())
             if dedup_id in room.dedup:
                 return room.dedup[dedup_id]

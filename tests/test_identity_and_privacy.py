@@ -1,0 +1,100 @@
+"""Nobody passes as someone else, reads who talks to whom, or locks anyone out (issue 23):
+a token's `sub` is taken as is, its `exp` ends a live connection, the open room routes keep
+private rooms private and cost O(page), direct messages do not take a stranger's room
+slots, dedup ids are one per (sender, key), and a ban bites at send too."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import jwt
+import pytest
+import requests
+from helpers import ChatClient, wait_until
+
+from chat_app.backends.base import Draft
+from chat_app.backends.redis.keys import RoomKeys
+from chat_app.emitter import ChatEmitter, EmitterInputError
+from chat_app.protocol import ErrorCode
+
+SECRET = "test-secret-for-hs256-at-least-32-bytes"
+API_KEY = "k" * 40
+KEYED = {"Authorization": f"Bearer {API_KEY}"}
+
+
+def token(sub: Any, exp_in: float = 60, secret: str = SECRET, **claims: Any) -> str:
+    return jwt.encode({"sub": sub, "exp": int(time.time() + exp_in), **claims}, secret, algorithm="HS256")
+
+
+class Client(ChatClient):
+    RECORDED = ChatClient.RECORDED | {"room_joined", "room_left"}
+
+
+# -- 4. dedup ids ------------------------------------------------------------------------
+
+
+def test_dedup_ids_name_one_sender_and_key_pair() -> None:
+    pairs = [("a:b", "c"), ("a", "b:c"), ("a:b:c", "d"), ("a", "b:c:d"), ("1:a", "b"), ("1", "a:b")]
+    ids = {Draft.new("r", sender, "m", "i", key).dedup_id for sender, key in pairs}
+    assert len(ids) == len(pairs)
+    # Never one of the previous release's `k:{sender}:{key}` ids (a rolling deploy has both).
+    old = {f"k:{sender}:{key}" for sender, key in pairs}
+    assert not ids & old
+
+
+def test_one_senders_key_never_swallows_anothers_post(redis_server) -> None:
+    with ChatEmitter(redis_server.url) as chat:
+        first = chat.publish("lobby", "from a:b", sender="a:b", key="c")
+        second = chat.publish("lobby", "from a", sender="a", key="b:c")
+        again = chat.publish("lobby", "from a", sender="a", key="b:c")
+    assert (first["seq"], second["seq"]) == (1, 2) and first["id"] != second["id"]
+    assert (again["id"], again["seq"]) == (second["id"], 2)  # a real retry is still one message
+
+
+# -- 5. bans at send -----------------------------------------------------------------------
+
+
+def test_a_banned_sender_is_refused_at_send_whoever_carries_it(redis_server, nodes) -> None:
+    """The node missed the leave command (here: the ban is written and no command is sent),
+    so mallory is still a member: her sends are refused `banned` all the same."""
+    node = nodes.start(redis_server.url, API_KEY=API_KEY)
+    mallory, bob = Client(node.url, "mallory"), Client(node.url, "bob")
+    mallory.call("join_room", "lobby")
+    bob.call("join_room", "lobby")
+    assert mallory.call("send_message", {"room": "lobby", "message": "before"})["seq"] == 1
+    r = redis_server.client()
+    r.set(RoomKeys.of("chat", "lobby").ban("mallory"), b"1", ex=60)
+
+    ack = mallory.call("send_message", {"room": "lobby", "message": "after", "key": "m-1"})
+    assert ack["ok"] is False and ack["error"]["code"] == "banned", ack
+    assert r.get("chat:{room:lobby}:seq") == b"1"
+    assert bob.call("send_message", {"room": "lobby", "message": "bob is fine"})["seq"] == 2
+    # Posts from a backend: refused under the banned name only.
+    posted = requests.post(
+        f"{node.url}/api/rooms/lobby/messages", json={"message": "x", "sender": "mallory"}, headers=KEYED, timeout=5
+    )
+    assert posted.status_code == 403 and posted.json()["error"]["code"] == "banned"
+    with ChatEmitter(redis_server.url) as chat:
+        with pytest.raises(EmitterInputError) as refused:
+            chat.publish("lobby", "x", sender="mallory")
+        assert refused.value.code == ErrorCode.BANNED
+        assert chat.publish("lobby", "shipped", sender="shop")["seq"] == 3
+    wait_until(lambda: [m["message"] for m in bob.received()] == ["before", "bob is fine", "shipped"])
+    # Elsewhere she is not banned.
+    mallory.call("join_room", "side")
+    assert mallory.call("send_message", {"room": "side", "message": "here I may"})["ok"]
+    for c in (mallory, bob):
+        c.close()
+
+
+def test_memory_backend_refuses_a_banned_sender_too() -> None:
+    from chat_app.backends.base import Banned
+    from chat_app.backends.memory import MemoryBroker, MemoryHub, MemoryPresence
+
+    hub = MemoryHub()
+    broker, presence = MemoryBroker(hub, "n"), MemoryPresence(hub, "n")
+    presence.ban("lobby", "mallory", 60)
+    with pytest.raises(Banned):
+        broker.publish(Draft.new("lobby", "mallory", "x", "n"))
+    assert broker.publish(Draft.new("lobby", "bob", "x", "n")).seq == 1
