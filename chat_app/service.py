@@ -5,6 +5,7 @@ history. It talks to the world only through a Broker, a Presence and an Emitter.
 from __future__ import annotations
 
 import functools
+import heapq
 import logging
 import threading
 import time
@@ -70,6 +71,7 @@ class Connection:
     send_bucket: TokenBucket
     join_bucket: TokenBucket
     allowed_rooms: frozenset[str] | None = None  # from the token's rooms claim
+    expires: float | None = None  # the token's exp (wall clock): the connection is ended then
     rooms: set[str] = field(default_factory=set)
     typed: dict[str, float] = field(default_factory=dict)  # room -> monotonic time of the last typing sent
 
@@ -138,6 +140,8 @@ class ChatService:
         self._stopping = threading.Event()
         self._sweeps: dict[str, float] = {}  # room -> when its departures' grace has run out
         self._sweep_wake = threading.Event()
+        self._expiries: list[tuple[float, str]] = []  # heap of (token exp, sid); stale entries skipped
+        self._expiry_wake = threading.Event()
         self.load = LoadGauge(settings.overload_lag)
         self.observe_publish: Callable[[float], None] = lambda seconds: None  # metrics hook
 
@@ -150,6 +154,7 @@ class ChatService:
         self._presence.start(LocalRooms(self._sizes, self._snapshot))
         threading.Thread(target=self._count_rooms, name="room-counts", daemon=True).start()
         threading.Thread(target=self._sweep_departures, name="departures", daemon=True).start()
+        threading.Thread(target=self._end_expired, name="token-expiry", daemon=True).start()
 
     def measure_load(self) -> None:
         """Tick the load gauge; without it nothing is ever shed. Under gevent only: its
@@ -166,6 +171,7 @@ class ChatService:
             self._stopped = True
             self._stopping.set()
             self._sweep_wake.set()
+            self._expiry_wake.set()
             rooms = list(self._rooms)
             sids = list(self._connections)
             self._rooms.clear()
@@ -191,10 +197,47 @@ class ChatService:
                 TokenBucket(s.send_rate, s.send_burst),
                 TokenBucket(s.join_rate, s.join_burst),
                 identity.rooms,
+                identity.expires,
             )
             if identity.user is not None:
                 self._users.setdefault(identity.user, set()).add(sid)
+            if identity.expires is not None:
+                self._note_expiry(identity.expires, sid)
         log.info("event=connect sid=%s", sid)
+
+    def _note_expiry(self, expires: float, sid: str) -> None:
+        """Under the lock. Entries of connections gone meanwhile stay until due; the heap is
+        rebuilt from the live ones when they outnumber them, so year-long tokens on churning
+        connections cannot grow it without bound."""
+        if len(self._expiries) > 2 * len(self._connections) + 64:
+            self._expiries = [(c.expires, c.sid) for c in self._connections.values() if c.expires is not None]
+            heapq.heapify(self._expiries)
+        else:
+            heapq.heappush(self._expiries, (expires, sid))
+        if self._expiries[0][1] == sid:
+            self._expiry_wake.set()  # the nearest one now: the waiter wakes earlier
+
+    def _end_expired(self) -> None:
+        """A token's `exp` holds on a live connection too: at exp the connection is told
+        `error` {code: token_expired} and closed; the client reconnects with a fresh token.
+        One thread for all (no timer per connection)."""
+        while not self._stopping.is_set():
+            with self._lock:
+                now = self._clock()
+                due = []
+                while self._expiries and self._expiries[0][0] <= now:
+                    expires, sid = heapq.heappop(self._expiries)
+                    conn = self._connections.get(sid)
+                    if conn is not None and conn.expires == expires:
+                        due.append(sid)
+                nearest = self._expiries[0][0] if self._expiries else None
+            for sid in due:
+                log.info("event=token_expired sid=%s", sid)
+                told = ChatError(ErrorCode.TOKEN_EXPIRED, "your token has expired: connect again with a fresh one")
+                self._emitter.emit_to(sid, "error", {**told.to_wire(), "event": None})
+                self._emitter.disconnect(sid)
+            self._expiry_wake.wait(None if nearest is None else max(0.0, nearest - self._clock()))
+            self._expiry_wake.clear()
 
     def disconnect(self, sid: str) -> None:
         """Leave every room, with grace: a client that reconnects at once causes no churn."""

@@ -11,12 +11,14 @@ from typing import Any
 import jwt
 import pytest
 import requests
+import socketio
 from helpers import ChatClient, wait_until
 
+from chat_app.auth import identify
 from chat_app.backends.base import Draft
 from chat_app.backends.redis.keys import RoomKeys
 from chat_app.emitter import ChatEmitter, EmitterInputError
-from chat_app.protocol import ErrorCode
+from chat_app.protocol import ChatError, ErrorCode
 
 SECRET = "test-secret-for-hs256-at-least-32-bytes"
 API_KEY = "k" * 40
@@ -29,6 +31,96 @@ def token(sub: Any, exp_in: float = 60, secret: str = SECRET, **claims: Any) -> 
 
 class Client(ChatClient):
     RECORDED = ChatClient.RECORDED | {"room_joined", "room_left"}
+
+
+# -- 1. identity -------------------------------------------------------------------------
+
+IMPOSTORS = [
+    "alice\u200b",
+    " alice",
+    "alice ",
+    "alice\xa0",
+    "\u202ealice",
+    "al  ice",
+    "e\u0301",
+    "x" * 65,
+    "",
+    42,
+    None,
+]
+
+
+@pytest.mark.parametrize("sub", IMPOSTORS)
+def test_a_sub_that_is_not_a_user_name_as_it_stands_is_refused(sub: Any) -> None:
+    with pytest.raises(ChatError) as refused:
+        identify({"token": token(sub)}, None, SECRET)
+    assert refused.value.code == ErrorCode.UNAUTHORIZED
+
+
+@pytest.mark.parametrize("sub", ["alice", "dana 🙂", "\u00e9lodie", "x" * 64, "a:b"])
+def test_a_valid_sub_is_taken_as_is(sub: str) -> None:
+    assert identify({"token": token(sub)}, None, SECRET).user == sub
+
+
+def test_issuer_and_audience() -> None:
+    def who(issuer: str | None = None, audience: str | None = None, **claims: Any) -> str | None:
+        try:
+            return identify({"token": token("alice", **claims)}, None, SECRET, issuer, audience).user
+        except ChatError as exc:
+            assert exc.code == ErrorCode.UNAUTHORIZED
+            return None
+
+    # Unset: any iss is accepted; a token naming an audience is refused (it is for someone named).
+    assert who(iss="anyone") == "alice" and who() == "alice"
+    assert who(aud="chat") is None
+    assert who(issuer="https://auth.example") is None  # no iss at all
+    assert who(issuer="https://auth.example", iss="https://other.example") is None
+    assert who(issuer="https://auth.example", iss="https://auth.example") == "alice"
+    assert who(audience="chat") is None  # no aud at all
+    assert who(audience="chat", aud="billing") is None
+    assert who(audience="chat", aud=["billing", "chat"]) == "alice"
+    both = {"issuer": "https://auth.example", "audience": "chat"}
+    assert who(**both, iss="https://auth.example", aud="chat") == "alice"
+
+
+def refused_connect(url: str, auth: Any) -> dict[str, Any]:
+    client = socketio.Client(reconnection=False)
+    said: list[Any] = []
+    client.on("connect_error", said.append)
+    with pytest.raises(socketio.exceptions.ConnectionError):
+        client.connect(url, transports=["websocket"], auth=auth, wait_timeout=5)
+    return said[0]["data"]
+
+
+def test_impostors_of_alice_cannot_connect_and_nothing_of_hers_is_read(redis_server, nodes) -> None:
+    node = nodes.start(redis_server.url, AUTH_SECRET=SECRET, AUTH_ISSUER="https://auth.example")
+    iss = "https://auth.example"
+    alice = Client(node.url, connect_auth={"token": token("alice", iss=iss)})
+    assert alice.call("open_direct", {"with": "bob"})["ok"]
+    assert alice.call("send_message", {"room": "@alice+bob", "message": "for bob only"})["ok"]
+    for sub in ["alice\u200b", " alice", "alice\xa0", "\u202ealice", "x" * 64 + "1234567"]:
+        assert refused_connect(node.url, {"token": token(sub, iss=iss)})["code"] == "unauthorized", sub
+    assert refused_connect(node.url, {"token": token("alice")})["code"] == "unauthorized"  # no iss
+    alice.close()
+
+
+def test_a_live_connection_ends_at_its_tokens_exp(redis_server, nodes) -> None:
+    node = nodes.start(redis_server.url, AUTH_SECRET=SECRET, API_KEY=API_KEY)
+    short = Client(node.url, connect_auth={"token": token("short", exp_in=3)})
+    long = Client(node.url, connect_auth={"token": token("long", exp_in=600)})
+    short.call("join_room", "lobby")
+    long.call("join_room", "lobby")
+    errors = short.wait_for(1, "error", timeout=8)
+    assert errors[0]["code"] == "token_expired", errors
+    wait_until(lambda: not short.sio.connected, timeout=5, what="the expired connection to be closed")
+    assert "event=token_expired" in node.log()
+    assert long.sio.connected and long.call("send_message", {"room": "lobby", "message": "still here"})["ok"]
+    wait_until(lambda: "short" not in node_members(node.url), what="the expired connection to leave lobby")
+    long.close()
+
+
+def node_members(url: str) -> list[str]:
+    return requests.get(f"{url}/api/rooms/lobby/members", headers=KEYED, timeout=5).json().get("members", [])
 
 
 # -- 4. dedup ids ------------------------------------------------------------------------
