@@ -13,7 +13,7 @@ from collections.abc import Callable, Collection
 from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol
 
-from .auth import Identity
+from .auth import ALL_DIRECTS, Identity
 from .backends.base import (
     BackendUnavailable,
     Banned,
@@ -73,6 +73,10 @@ class Connection:
     allowed_rooms: frozenset[str] | None = None  # from the token's rooms claim
     expires: float | None = None  # the token's exp (wall clock): the connection is ended then
     rooms: set[str] = field(default_factory=set)
+    # The direct conversations among `rooms`, with their last activity here (monotonic):
+    # they have an allowance of their own, MAX_ROOMS_PER_CONNECTION, where the least active
+    # one makes way for a new one, so messages from strangers never take a room slot.
+    directs: dict[str, float] = field(default_factory=dict)
     typed: dict[str, float] = field(default_factory=dict)  # room -> monotonic time of the last typing sent
 
 
@@ -320,7 +324,11 @@ class ChatService:
         pair = direct_members(room)
         if pair is not None and conn.user not in pair:
             raise ChatError(ErrorCode.FORBIDDEN_ROOM, f"{room!r} is a direct conversation of others")
-        local, held, hosted = self._start_joining(conn, room, user, limited)
+        local, held, hosted, evicted = self._start_joining(conn, room, user, limited)
+        if evicted is not None:
+            self._record_leave(conn.sid, evicted)
+            self._emitter.emit_to(sid, "room_left", {"room": evicted, "reason": "idle"})
+            log.info("event=direct_made_way room=%s sid=%s for_room=%s", evicted, sid, room)
         # The channel is live before the presence write, so every presence event after the
         # names that write reads reaches this member (held until its ack). A room hosted here
         # is subscribed already: asking again would make the listener read its history to
@@ -403,8 +411,8 @@ class ChatService:
         directs = []
         for d in found:
             pair = direct_members(d.room)
-            if pair is None or user not in pair:
-                continue  # not a name this server writes; never shown
+            if pair is None or user not in pair or not self._allows(conn, d.room):
+                continue  # not a name this server writes, or one the token's claim fences off
             directs.append(
                 {
                     "room": d.room,
@@ -416,28 +424,45 @@ class ChatService:
             )
         return {"ok": True, "directs": directs}
 
-    def _start_joining(self, conn: Connection, room: str, user: str, limited: bool) -> tuple[LocalRoom, Held, bool]:
+    def _allows(self, conn: Connection, room: str) -> bool:
+        """The token's rooms claim: a room it names, or any direct conversation of the user
+        with `@*` (that the user is one of the two is checked where the room is joined)."""
+        allowed = conn.allowed_rooms
+        return allowed is None or room in allowed or (ALL_DIRECTS in allowed and direct_members(room) is not None)
+
+    def _start_joining(
+        self, conn: Connection, room: str, user: str, limited: bool
+    ) -> tuple[LocalRoom, Held, bool, str | None]:
         """Check the limits and make `conn` a member that receives nothing live yet; True
-        when the room is hosted here already (it has a cursor)."""
+        when the room is hosted here already (it has a cursor). Direct conversations have an
+        allowance of their own: a new one when it is full makes the least active one (last
+        joined, reached by a message or sent to here) leave, returned last, whose presence
+        the caller then removes and which it tells `room_left` {reason: "idle"}: the
+        conversation stays in list_directs and comes back with its next message."""
+        evicted = None
+        limit = self.settings.max_rooms_per_connection
         with self._lock:
-            if conn.allowed_rooms is not None and room not in conn.allowed_rooms and direct_members(room) is None:
+            if not self._allows(conn, room):
                 raise ChatError(ErrorCode.FORBIDDEN_ROOM, f"your token does not allow {room!r}")
+            direct = direct_members(room) is not None
             if room not in conn.rooms:
-                if len(conn.rooms) >= self.settings.max_rooms_per_connection:
-                    raise ChatError(
-                        ErrorCode.TOO_MANY_ROOMS,
-                        f"a connection may be in at most {self.settings.max_rooms_per_connection} rooms",
-                    )
+                if not direct and len(conn.rooms) - len(conn.directs) >= limit:
+                    raise ChatError(ErrorCode.TOO_MANY_ROOMS, f"a connection may be in at most {limit} rooms")
                 if limited and not conn.join_bucket.take():
                     self.counters.rate_limited += 1
                     raise ChatError(ErrorCode.RATE_LIMITED, "too many joins: slow down")
+                if direct and len(conn.directs) >= limit:
+                    evicted = min(conn.directs, key=conn.directs.__getitem__)
+                    self._leave_locally(conn, evicted)
             local = self._rooms.setdefault(room, LocalRoom())
             local.members[conn.sid] = user
             conn.rooms.add(room)
+            if direct:
+                conn.directs[room] = time.monotonic()
             held: Held = []
             local.joining[conn.sid] = held
             self._emitter.leave_room(conn.sid, room)  # a member joining again waits for its new ack too
-            return local, held, local.cursor is not None
+            return local, held, local.cursor is not None, evicted
 
     def _place(
         self, local: LocalRoom, room: str, sid: str, joined: Joined
@@ -519,6 +544,7 @@ class ChatService:
         """Drop the membership on this node; True when it was the room's last local member."""
         with self._lock:
             conn.rooms.discard(room)
+            conn.directs.pop(room, None)
             self._emitter.leave_room(conn.sid, room)
             local = self._rooms.get(room)
             if local is None:
@@ -534,13 +560,16 @@ class ChatService:
 
     def _leave(self, conn: Connection, room: str, grace: bool = False) -> None:
         self._leave_locally(conn, room)
+        self._record_leave(conn.sid, room, grace)
+
+    def _record_leave(self, sid: str, room: str, grace: bool = False) -> None:
         try:
-            deleted = self._presence.leave(room, conn.sid, grace=grace)
+            deleted = self._presence.leave(room, sid, grace=grace)
         except BackendUnavailable as exc:
             # The entry expires with PRESENCE_TTL; the heartbeat no longer rewrites it.
-            log.warning("event=leave_unrecorded room=%s sid=%s error=%s", room, conn.sid, exc)
+            log.warning("event=leave_unrecorded room=%s sid=%s error=%s", room, sid, exc)
             return
-        log.info("event=leave room=%s sid=%s room_deleted=%s", room, conn.sid, deleted)
+        log.info("event=leave room=%s sid=%s room_deleted=%s", room, sid, deleted)
 
     # -- send ------------------------------------------------------------------------
 
@@ -553,6 +582,8 @@ class ChatService:
             with self._lock:
                 self.counters.rate_limited += 1
             raise ChatError(ErrorCode.RATE_LIMITED, "too many messages: slow down")
+        if req.room in conn.directs:
+            conn.directs[req.room] = time.monotonic()
         sender = conn.user or clean_sender(req.sender) or self._rooms_user(req.room, sid)
         draft = Draft.new(req.room, sender, req.message, self.instance_id, req.key, self._clock, self._tokens.hex)
         started = time.perf_counter()
@@ -720,6 +751,8 @@ class ChatService:
             self._emitter.emit_to(sid, "room_left", {"room": room, "reason": command.reason})
             return True
         if room in conn.rooms:
+            if room in conn.directs:  # a message in the conversation: it is active here
+                conn.directs[room] = time.monotonic()
             return False  # a member already (or joining): nothing to tell it
         # The one join path, with its hand-over run after `room_joined` instead of the ack:
         # the event comes first, then what the room sent past its bound, then live messages.

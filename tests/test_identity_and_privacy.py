@@ -190,3 +190,69 @@ def test_memory_backend_refuses_a_banned_sender_too() -> None:
     with pytest.raises(Banned):
         broker.publish(Draft.new("lobby", "mallory", "x", "n"))
     assert broker.publish(Draft.new("lobby", "bob", "x", "n")).seq == 1
+
+
+# -- 3. direct messages cannot lock anyone out ------------------------------------------
+
+
+def test_strangers_direct_messages_never_take_the_victims_room_slots(redis_server, nodes) -> None:
+    """MAX_ROOMS_PER_CONNECTION=2: three strangers' messages used to fill the victim's
+    slots (its own join then failed too_many_rooms, a friend's message never arrived)."""
+    node = nodes.start(redis_server.url, MAX_ROOMS_PER_CONNECTION="2")
+    vic = Client(node.url, "vic")
+    assert vic.call("join_room", "lobby")["ok"]
+    strangers = []
+    for i, name in enumerate(["s1", "s2", "s3"]):
+        s = Client(node.url, name)
+        strangers.append(s)
+        assert s.call("open_direct", {"with": "vic"})["ok"]
+        assert s.call("send_message", {"room": f"@{name}+vic", "message": "hi"})["ok"]
+        wait_until(lambda i=i: len(vic.received("room_joined")) == i + 1, what=f"{name}'s conversation to reach vic")
+    # The third made the least active one (s1's) make way; conversations never cost a room slot.
+    assert [e["room"] for e in vic.received("room_joined")] == ["@s1+vic", "@s2+vic", "@s3+vic"]
+    assert vic.received("room_left") == [{"room": "@s1+vic", "reason": "idle"}]
+    assert vic.call("join_room", "work")["ok"]
+    third = vic.call("join_room", "third")
+    assert third["ok"] is False and third["error"]["code"] == "too_many_rooms"
+    # vic answers s2: now s3's is the least active, and it makes way for the friend's.
+    assert vic.call("send_message", {"room": "@s2+vic", "message": "yes?"})["ok"]
+    friend = Client(node.url, "friend")
+    assert friend.call("open_direct", {"with": "vic"})["ok"]
+    assert friend.call("send_message", {"room": "@friend+vic", "message": "lunch?"})["ok"]
+    wait_until(lambda: len(vic.received("room_joined")) == 4, what="the friend's message to reach vic")
+    assert vic.received("room_joined")[-1]["history"][-1]["message"] == "lunch?"
+    assert vic.received("room_left")[-1] == {"room": "@s3+vic", "reason": "idle"}
+    # s1's conversation is still listed, and a new message brings it back.
+    listed = {d["room"] for d in vic.call("list_directs", {})["directs"]}
+    assert {"@s1+vic", "@s2+vic", "@s3+vic", "@friend+vic"} <= listed
+    for c in (vic, friend, *strangers):
+        c.close()
+
+
+def test_a_rooms_claim_governs_direct_conversations_too(redis_server, nodes) -> None:
+    node = nodes.start(redis_server.url, AUTH_SECRET=SECRET)
+
+    def client(sub: str, **claims: Any) -> Client:
+        return Client(node.url, connect_auth={"token": token(sub, **claims)})
+
+    alice = client("alice")
+    fenced = client("carol", rooms=["lobby"])
+    any_direct = client("dave", rooms=["lobby", "@*"])
+    one_direct = client("erin", rooms=["lobby", "@alice+erin"])
+    assert fenced.call("open_direct", {"with": "alice"})["error"]["code"] == "forbidden_room"
+    assert any_direct.call("open_direct", {"with": "alice"})["room"] == "@alice+dave"
+    assert one_direct.call("open_direct", {"with": "alice"})["room"] == "@alice+erin"
+    assert one_direct.call("open_direct", {"with": "bob"})["error"]["code"] == "forbidden_room"
+    # alice may write to carol (the message is stored), but carol's fenced connection is not
+    # joined to it and her list does not show it.
+    for peer in ("carol", "dave", "erin"):
+        assert alice.call("open_direct", {"with": peer})["ok"]
+        assert alice.call("send_message", {"room": f"@alice+{peer}", "message": f"for {peer}"})["ok"]
+    wait_until(lambda: any_direct.call("list_directs", {})["directs"], what="dave's list")
+    assert fenced.call("list_directs", {})["directs"] == []
+    assert [d["room"] for d in one_direct.call("list_directs", {})["directs"]] == ["@alice+erin"]
+    assert fenced.received("room_joined") == []
+    # A claim naming an invalid room (only `@*` is a pattern) is refused at connect.
+    assert refused_connect(node.url, {"token": token("x", rooms=["@bad*"])})["code"] == "invalid_room"
+    for c in (alice, fenced, any_direct, one_direct):
+        c.close()
