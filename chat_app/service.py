@@ -786,10 +786,17 @@ class ChatService:
     def is_room_active(self, room: str) -> bool:
         return self._presence.is_active(room)
 
-    def room_info(self, room: str) -> dict[str, Any]:
-        position, members = self._presence.room_state(room)
-        names = sorted(m.user for m in members)
-        return {"room": room, "active": bool(names), "members": names, "seq": position.seq if position else 0}
+    def room_info(self, room: str, limit: int) -> dict[str, Any]:
+        """The room's seq, how many users it has and the first `limit` of their names: one
+        read of O(limit), since the route is open (members.lua read every connection)."""
+        position, count, names = self._bounded(lambda: self._presence.summary(room, limit), "room")
+        return {
+            "room": room,
+            "active": count > 0,
+            "members": names,
+            "members_count": count,
+            "seq": position.seq if position else 0,
+        }
 
     def local_rooms(self) -> dict[str, int]:
         with self._lock:

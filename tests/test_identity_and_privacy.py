@@ -256,3 +256,64 @@ def test_a_rooms_claim_governs_direct_conversations_too(redis_server, nodes) -> 
     assert refused_connect(node.url, {"token": token("x", rooms=["@bad*"])})["code"] == "invalid_room"
     for c in (alice, fenced, any_direct, one_direct):
         c.close()
+
+
+# -- 2. the open room routes ------------------------------------------------------------
+
+
+def test_direct_rooms_state_needs_the_key(redis_server, nodes) -> None:
+    node = nodes.start(redis_server.url, API_KEY=API_KEY)
+    alice, bob, bob2 = Client(node.url, "alice"), Client(node.url, "bob"), Client(node.url, "bob")
+    alice.call("open_direct", {"with": "bob"})
+    assert alice.call("send_message", {"room": "@alice+bob", "message": "psst"})["ok"]
+    wait_until(lambda: len(bob2.received("room_joined")) == 1, what="bob's second device to be in")
+    alice.call("join_room", "lobby")
+    for path in ("/api/rooms/%40alice%2Bbob", "/api/rooms/%40alice%2Bbob/members"):
+        for headers in ({}, {"Authorization": "Bearer wrong"}):
+            response = requests.get(node.url + path, headers=headers, timeout=5)
+            assert response.status_code == 401 and response.json()["error"]["code"] == "unauthorized", path
+            assert "alice" not in response.text and "seq" not in response.text
+    keyed = requests.get(f"{node.url}/api/rooms/%40alice%2Bbob", headers=KEYED, timeout=5).json()
+    assert keyed == {"room": "@alice+bob", "active": True, "members": ["alice", "bob"], "members_count": 2, "seq": 1}
+    # An ordinary room of a deployment without AUTH_SECRET stays open (no device counts).
+    open_room = requests.get(f"{node.url}/api/rooms/lobby", timeout=5).json()
+    assert open_room == {"room": "lobby", "active": True, "members": ["alice"], "members_count": 1, "seq": 0}
+    for c in (alice, bob, bob2):
+        c.close()
+
+
+def test_with_auth_secret_every_rooms_state_needs_the_key(redis_server, nodes) -> None:
+    """A room fenced by tokens' rooms claims looks like any other to a node."""
+    node = nodes.start(redis_server.url, API_KEY=API_KEY, AUTH_SECRET=SECRET)
+    ceo = Client(node.url, connect_auth={"token": token("ceo", rooms=["board"])})
+    assert ceo.call("join_room", "board")["ok"]
+    for path in ("/api/rooms/board", "/api/rooms/board/members"):
+        response = requests.get(node.url + path, timeout=5)
+        assert response.status_code == 401 and "ceo" not in response.text, path
+        assert requests.get(node.url + path, headers=KEYED, timeout=5).json()["members"] == ["ceo"]
+    ceo.close()
+    off = nodes.start(redis_server.url, AUTH_SECRET=SECRET)  # no API_KEY: nobody reads it
+    response = requests.get(f"{off.url}/api/rooms/board", timeout=5)
+    assert response.status_code == 404 and response.json()["error"]["code"] == "not_found"
+
+
+def test_the_open_room_route_reads_a_page_not_every_member(redis_server, nodes) -> None:
+    """50,000 entries made members.lua block Redis for 43 ms per unauthenticated GET; the
+    route now reads the count and a page of names, and never an entry per connection."""
+    node = nodes.start(redis_server.url)
+    r = redis_server.client()
+    keys = RoomKeys.of("chat", "big")
+    users = [f"user{i:05}" for i in range(5000)]
+    r.zadd(keys.nodes, {"ghost": int((time.time() + 600) * 1000)})
+    r.hset(keys.node_prefix + "ghost", mapping={f"sid{i}": u for i, u in enumerate(users * 2)})
+    r.hset(keys.users, mapping=dict.fromkeys(users, 2))
+    r.zadd(keys.names, dict.fromkeys(users, 0))
+    r.set(keys.epoch, "e1")
+    r.set(keys.seq, 7)
+    r.config_resetstat()
+    response = requests.get(f"{node.url}/api/rooms/big", timeout=5)
+    calls = {name: stats["calls"] for name, stats in r.info("commandstats").items()}
+    assert "cmdstat_hgetall" not in calls and "cmdstat_hvals" not in calls, calls
+    assert len(response.content) < 4000
+    info = response.json()
+    assert (info["members_count"], info["seq"], info["members"]) == (5000, 7, users[:100])

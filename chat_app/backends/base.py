@@ -253,6 +253,11 @@ class Presence(Protocol):
         """(users in the room, up to `limit` of their names after `after`, in name order)."""
         ...
 
+    def summary(self, room: str, limit: int, after: str | None = None) -> tuple[Position | None, int, list[str]]:
+        """`names` and the room's position (None: unknown to the store), in one read of
+        O(limit): what an unauthenticated caller may cost."""
+        ...
+
     def counts(self, rooms: Sequence[str]) -> dict[str, int]:
         """Users in each room, in one read."""
         ...

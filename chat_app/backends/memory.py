@@ -201,6 +201,13 @@ class MemoryPresence:
             users = sorted(state.users()) if state else []
         return len(users), [u for u in users if after is None or u > after][:limit]
 
+    def summary(self, room: str, limit: int, after: str | None = None) -> tuple[Position | None, int, list[str]]:
+        with self._hub.lock:
+            state = self._hub.rooms.get(room)
+            position = Position(state.epoch, state.seq) if state else None
+            count, names = self.names(room, after, limit)
+            return position, count, names
+
     def counts(self, rooms: Sequence[str]) -> dict[str, int]:
         with self._hub.lock:
             return {room: len(state.users()) if (state := self._hub.rooms.get(room)) else 0 for room in rooms}
