@@ -41,6 +41,7 @@ log = logging.getLogger(__name__)
 STATUS = {
     ErrorCode.UNAUTHORIZED: 401,
     ErrorCode.FORBIDDEN_ROOM: 403,
+    ErrorCode.BANNED: 403,
     ErrorCode.NOT_FOUND: 404,
     ErrorCode.UNAVAILABLE: 503,
     ErrorCode.OVERLOADED: 503,
@@ -61,9 +62,24 @@ def _error(error: ChatError, status: int | None = None) -> tuple[Response, int]:
     return jsonify({"ok": False, "error": error.to_wire()}), status or STATUS.get(error.code, 400)
 
 
+def key_refusal(api_key: str | None) -> tuple[Response, int] | None:
+    """None when the request carries `Authorization: Bearer <API_KEY>` (compared in
+    constant time); else the answer: 404 while the API is off, 401 otherwise."""
+    if api_key is None:
+        return _error(ChatError(ErrorCode.NOT_FOUND, "the server API is off: set API_KEY to turn it on"))
+    given = request.headers.get("Authorization", "").encode("latin-1")
+    if hmac.compare_digest(given, f"Bearer {api_key}".encode()):
+        return None
+    throttled.log(logging.WARNING, "api_unauthorized", "event=api_unauthorized path=%s", q(request.path))
+    response, status = _error(
+        ChatError(ErrorCode.UNAUTHORIZED, "this call needs the header `Authorization: Bearer <API_KEY>`")
+    )
+    response.headers["WWW-Authenticate"] = "Bearer"
+    return response, status
+
+
 def register_api(app: Flask, service: ChatService) -> None:
     settings = service.settings
-    expected = f"Bearer {settings.api_key}".encode() if settings.api_key else None
     body_limit = 8 * settings.max_message_bytes + 4096  # a full message, JSON-escaped, and the rest
     app.url_map.converters["text"] = AnyText
 
@@ -89,16 +105,8 @@ def register_api(app: Flask, service: ChatService) -> None:
 
         @functools.wraps(view)
         def guarded(**kwargs: Any) -> Any:
-            if expected is None:
-                return _error(ChatError(ErrorCode.NOT_FOUND, "the server API is off: set API_KEY to turn it on"))
-            given = request.headers.get("Authorization", "").encode("latin-1")
-            if not hmac.compare_digest(given, expected):
-                throttled.log(logging.WARNING, "api_unauthorized", "event=api_unauthorized path=%s", q(request.path))
-                response, status = _error(
-                    ChatError(ErrorCode.UNAUTHORIZED, "this call needs the header `Authorization: Bearer <API_KEY>`")
-                )
-                response.headers["WWW-Authenticate"] = "Bearer"
-                return response, status
+            if (refused := key_refusal(settings.api_key)) is not None:
+                return refused
             try:
                 return jsonify(view(**kwargs))
             except ChatError as exc:

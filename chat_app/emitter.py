@@ -27,7 +27,7 @@ from typing import Any
 
 import redis
 
-from .backends.base import BackendUnavailable, CommandResult, Draft
+from .backends.base import BackendUnavailable, Banned, CommandResult, Draft
 from .backends.redis.clients import no_retry, redis_client
 from .backends.redis.connection import reconnect_backoff
 from .backends.redis.control import ControlClient, store_ban
@@ -139,6 +139,9 @@ class ChatEmitter:
             try:
                 call = self._send.call(draft, keys, secrets.token_hex(8), self._server_ids.of(keys.seq))
                 envelope = SendScript.envelope(draft, run_scripts(self._client, [call])[0])
+            except Banned as exc:
+                refused = f"{req.sender!r} may not send to {req.room!r}: {exc}"
+                raise EmitterInputError(ErrorCode.BANNED, refused) from None
             except BackendUnavailable as exc:
                 raise EmitterUnavailable(f"message not sent: {exc}") from None
             except REDIS_ERRORS as exc:

@@ -103,7 +103,8 @@ def register_events(socketio: SocketIO, service: ChatService, transport: Transpo
     def on_connect(sid: str, environ: dict[str, Any], auth: Any = None) -> bool:
         query = parse_qs(environ.get("QUERY_STRING", ""), keep_blank_values=True)
         try:
-            identity = identify(auth, query.get("username", [None])[0], service.settings.auth_secret)
+            s = service.settings
+            identity = identify(auth, query.get("username", [None])[0], s.auth_secret, s.auth_issuer, s.auth_audience)
         except ChatError as exc:
             throttled.log(logging.INFO, "connect_refused", "event=connect_refused code=%s", exc.code)
             raise Refused(exc.message, exc.to_wire()) from None

@@ -1,4 +1,10 @@
-"""HTTP routes: the page, health, one room's state and its members."""
+"""HTTP routes: the page, health, one room's state and its members.
+
+The two room routes are open for ordinary rooms of a deployment without AUTH_SECRET, where
+anyone may join any room under any name and so learn the same. They need the server API
+key for a direct conversation (who talks to whom) and, with AUTH_SECRET, for every room: a
+token's `rooms` claim may fence a room, and no node can tell which rooms some token fences.
+Either way they read O(page) from Redis, never every member's entry."""
 
 from __future__ import annotations
 
@@ -6,8 +12,9 @@ from typing import Any
 
 from flask import Flask, Response, jsonify, render_template, request
 
+from .api import key_refusal
 from .backends.base import BackendUnavailable
-from .protocol import SENDER_MAX_CHARS, ChatError, ErrorCode, LeaveRequest, parse
+from .protocol import SENDER_MAX_CHARS, ChatError, ErrorCode, LeaveRequest, direct_members, parse
 from .service import ChatService, unavailable
 
 # Every HTTP answer Flask makes (the page, its static files, the JSON routes): the page runs
@@ -26,6 +33,7 @@ SECURITY_HEADERS = {
 }
 MEMBER_PAGE_DEFAULT = 100
 MEMBER_PAGE_MAX = 1000
+ROOM_INFO_MEMBERS = 100  # names in GET /api/rooms/<room>; the members route pages the rest
 
 
 def _transport_not_here() -> tuple[str, int]:
@@ -33,6 +41,14 @@ def _transport_not_here() -> tuple[str, int]:
 
 
 def register_routes(app: Flask, service: ChatService) -> None:
+    settings = service.settings
+
+    def private(room: str) -> tuple[Any, int] | None:
+        """The refusal for a room whose state only the API key may read; None if open."""
+        if settings.auth_secret is None and direct_members(room) is None:
+            return None
+        return key_refusal(settings.api_key)
+
     # The Socket.IO middleware answers /socket.io/ before Flask routes anything, but
     # Flask-SocketIO builds a request context for every event, and with no rule for that
     # path each one raised and caught a NotFound while matching the URL (~6 us per event).
@@ -66,10 +82,12 @@ def register_routes(app: Flask, service: ChatService) -> None:
             name = parse(LeaveRequest, room).room
         except ChatError as exc:
             return jsonify({"ok": False, "error": exc.to_wire()}), 400
+        if (refused := private(name)) is not None:
+            return refused
         try:
-            return jsonify(service.room_info(name))
-        except BackendUnavailable as exc:
-            return jsonify({"ok": False, "error": unavailable("room not read", exc).to_wire()}), 503
+            return jsonify(service.room_info(name, ROOM_INFO_MEMBERS))
+        except ChatError as exc:
+            return jsonify({"ok": False, "error": exc.to_wire()}), 503
 
     @app.get("/api/rooms/<path:room>/members")
     def room_members(room: str) -> Any:
@@ -82,6 +100,8 @@ def register_routes(app: Flask, service: ChatService) -> None:
             limit = _whole(request.args.get("limit"), MEMBER_PAGE_DEFAULT, MEMBER_PAGE_MAX, "limit")
         except ChatError as exc:
             return jsonify({"ok": False, "error": exc.to_wire()}), 400
+        if (refused := private(name)) is not None:
+            return refused
         try:
             return jsonify(service.member_page(name, cursor, limit))
         except BackendUnavailable as exc:

@@ -45,6 +45,8 @@ class ErrorCode(StrEnum):
     RATE_LIMITED = "rate_limited"
     UNAUTHORIZED = "unauthorized"
     FORBIDDEN_ROOM = "forbidden_room"
+    BANNED = "banned"
+    TOKEN_EXPIRED = "token_expired"
     UNAVAILABLE = "unavailable"
     OVERLOADED = "overloaded"
     INTERNAL = "internal_error"

@@ -5,6 +5,7 @@ history. It talks to the world only through a Broker, a Presence and an Emitter.
 from __future__ import annotations
 
 import functools
+import heapq
 import logging
 import threading
 import time
@@ -12,7 +13,7 @@ from collections.abc import Callable, Collection
 from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol
 
-from .auth import Identity
+from .auth import ALL_DIRECTS, Identity
 from .backends.base import (
     BackendUnavailable,
     Banned,
@@ -86,7 +87,12 @@ class Connection:
     leave_bucket: TokenBucket
     list_bucket: TokenBucket  # list_directs: each costs up to MAX_DIRECTS_PER_USER * 2 Redis reads
     allowed_rooms: frozenset[str] | None = None  # from the token's rooms claim
+    expires: float | None = None  # the token's exp (wall clock): the connection is ended then
     rooms: set[str] = field(default_factory=set)
+    # The direct conversations among `rooms`, with their last activity here (monotonic):
+    # they have an allowance of their own, MAX_ROOMS_PER_CONNECTION, where the least active
+    # one makes way for a new one, so messages from strangers never take a room slot.
+    directs: dict[str, float] = field(default_factory=dict)
     typed: dict[str, float] = field(default_factory=dict)  # room -> monotonic time of the last typing sent
 
 
@@ -154,6 +160,8 @@ class ChatService:
         self._stopping = threading.Event()
         self._sweeps: dict[str, float] = {}  # room -> when its departures' grace has run out
         self._sweep_wake = threading.Event()
+        self._expiries: list[tuple[float, str]] = []  # heap of (token exp, sid); stale entries skipped
+        self._expiry_wake = threading.Event()
         self.load = LoadGauge(settings.overload_lag)
         self.observe_publish: Callable[[float], None] = lambda seconds: None  # metrics hook
 
@@ -166,6 +174,7 @@ class ChatService:
         self._presence.start(LocalRooms(self._sizes, self._snapshot))
         threading.Thread(target=self._count_rooms, name="room-counts", daemon=True).start()
         threading.Thread(target=self._sweep_departures, name="departures", daemon=True).start()
+        threading.Thread(target=self._end_expired, name="token-expiry", daemon=True).start()
 
     def measure_load(self) -> None:
         """Tick the load gauge; without it nothing is ever shed. Under gevent only: its
@@ -182,6 +191,7 @@ class ChatService:
             self._stopped = True
             self._stopping.set()
             self._sweep_wake.set()
+            self._expiry_wake.set()
             rooms = list(self._rooms)
             sids = list(self._connections)
             self._rooms.clear()
@@ -209,10 +219,47 @@ class ChatService:
                 TokenBucket(s.leave_rate, s.leave_burst),
                 TokenBucket(s.list_directs_rate, s.list_directs_burst),
                 identity.rooms,
+                identity.expires,
             )
             if identity.user is not None:
                 self._users.setdefault(identity.user, set()).add(sid)
+            if identity.expires is not None:
+                self._note_expiry(identity.expires, sid)
         log.info("event=connect sid=%s", sid)
+
+    def _note_expiry(self, expires: float, sid: str) -> None:
+        """Under the lock. Entries of connections gone meanwhile stay until due; the heap is
+        rebuilt from the live ones when they outnumber them, so year-long tokens on churning
+        connections cannot grow it without bound."""
+        if len(self._expiries) > 2 * len(self._connections) + 64:
+            self._expiries = [(c.expires, c.sid) for c in self._connections.values() if c.expires is not None]
+            heapq.heapify(self._expiries)
+        else:
+            heapq.heappush(self._expiries, (expires, sid))
+        if self._expiries[0][1] == sid:
+            self._expiry_wake.set()  # the nearest one now: the waiter wakes earlier
+
+    def _end_expired(self) -> None:
+        """A token's `exp` holds on a live connection too: at exp the connection is told
+        `error` {code: token_expired} and closed; the client reconnects with a fresh token.
+        One thread for all (no timer per connection)."""
+        while not self._stopping.is_set():
+            with self._lock:
+                now = self._clock()
+                due = []
+                while self._expiries and self._expiries[0][0] <= now:
+                    expires, sid = heapq.heappop(self._expiries)
+                    conn = self._connections.get(sid)
+                    if conn is not None and conn.expires == expires:
+                        due.append(sid)
+                nearest = self._expiries[0][0] if self._expiries else None
+            for sid in due:
+                log.info("event=token_expired sid=%s", sid)
+                told = ChatError(ErrorCode.TOKEN_EXPIRED, "your token has expired: connect again with a fresh one")
+                self._emitter.emit_to(sid, "error", {**told.to_wire(), "event": None})
+                self._emitter.disconnect(sid)
+            self._expiry_wake.wait(None if nearest is None else max(0.0, nearest - self._clock()))
+            self._expiry_wake.clear()
 
     def disconnect(self, sid: str) -> None:
         """Leave every room, with grace: a client that reconnects at once causes no churn."""
@@ -295,7 +342,11 @@ class ChatService:
         pair = direct_members(room)
         if pair is not None and conn.user not in pair:
             raise ChatError(ErrorCode.FORBIDDEN_ROOM, f"{room!r} is a direct conversation of others")
-        local, held, hosted = self._start_joining(conn, room, user, limited)
+        local, held, hosted, evicted = self._start_joining(conn, room, user, limited)
+        if evicted is not None:
+            self._record_leave(conn.sid, evicted)
+            self._emitter.emit_to(sid, "room_left", {"room": evicted, "reason": "idle"})
+            log.info("event=direct_made_way room=%s sid=%s for_room=%s", evicted, sid, room)
         # The channel is live before the presence write, so every presence event after the
         # names that write reads reaches this member (held until its ack). A room hosted here
         # is subscribed already: asking again would make the listener read its history to
@@ -379,8 +430,8 @@ class ChatService:
         directs = []
         for d in found:
             pair = direct_members(d.room)
-            if pair is None or user not in pair:
-                continue  # not a name this server writes; never shown
+            if pair is None or user not in pair or not self._allows(conn, d.room):
+                continue  # not a name this server writes, or one the token's claim fences off
             directs.append(
                 {
                     "room": d.room,
@@ -392,28 +443,45 @@ class ChatService:
             )
         return {"ok": True, "directs": directs}
 
-    def _start_joining(self, conn: Connection, room: str, user: str, limited: bool) -> tuple[LocalRoom, Held, bool]:
+    def _allows(self, conn: Connection, room: str) -> bool:
+        """The token's rooms claim: a room it names, or any direct conversation of the user
+        with `@*` (that the user is one of the two is checked where the room is joined)."""
+        allowed = conn.allowed_rooms
+        return allowed is None or room in allowed or (ALL_DIRECTS in allowed and direct_members(room) is not None)
+
+    def _start_joining(
+        self, conn: Connection, room: str, user: str, limited: bool
+    ) -> tuple[LocalRoom, Held, bool, str | None]:
         """Check the limits and make `conn` a member that receives nothing live yet; True
-        when the room is hosted here already (it has a cursor)."""
+        when the room is hosted here already (it has a cursor). Direct conversations have an
+        allowance of their own: a new one when it is full makes the least active one (last
+        joined, reached by a message or sent to here) leave, returned last, whose presence
+        the caller then removes and which it tells `room_left` {reason: "idle"}: the
+        conversation stays in list_directs and comes back with its next message."""
+        evicted = None
+        limit = self.settings.max_rooms_per_connection
         with self._lock:
-            if conn.allowed_rooms is not None and room not in conn.allowed_rooms and direct_members(room) is None:
+            if not self._allows(conn, room):
                 raise ChatError(ErrorCode.FORBIDDEN_ROOM, f"your token does not allow {room!r}")
+            direct = direct_members(room) is not None
             if room not in conn.rooms:
-                if len(conn.rooms) >= self.settings.max_rooms_per_connection:
-                    raise ChatError(
-                        ErrorCode.TOO_MANY_ROOMS,
-                        f"a connection may be in at most {self.settings.max_rooms_per_connection} rooms",
-                    )
+                if not direct and len(conn.rooms) - len(conn.directs) >= limit:
+                    raise ChatError(ErrorCode.TOO_MANY_ROOMS, f"a connection may be in at most {limit} rooms")
                 if limited and not conn.join_bucket.take():
                     self.counters.rate_limited += 1
                     raise ChatError(ErrorCode.RATE_LIMITED, "too many joins: slow down")
+                if direct and len(conn.directs) >= limit:
+                    evicted = min(conn.directs, key=conn.directs.__getitem__)
+                    self._leave_locally(conn, evicted)
             local = self._rooms.setdefault(room, LocalRoom())
             local.members[conn.sid] = user
             conn.rooms.add(room)
+            if direct:
+                conn.directs[room] = time.monotonic()
             held: Held = []
             local.joining[conn.sid] = held
             self._emitter.leave_room(conn.sid, room)  # a member joining again waits for its new ack too
-            return local, held, local.cursor is not None
+            return local, held, local.cursor is not None, evicted
 
     def _place(
         self, local: LocalRoom, room: str, sid: str, joined: Joined
@@ -506,6 +574,7 @@ class ChatService:
         """Drop the membership on this node; True when it was the room's last local member."""
         with self._lock:
             conn.rooms.discard(room)
+            conn.directs.pop(room, None)
             self._emitter.leave_room(conn.sid, room)
             local = self._rooms.get(room)
             if local is None:
@@ -521,13 +590,16 @@ class ChatService:
 
     def _leave(self, conn: Connection, room: str, grace: bool = False) -> None:
         self._leave_locally(conn, room)
+        self._record_leave(conn.sid, room, grace)
+
+    def _record_leave(self, sid: str, room: str, grace: bool = False) -> None:
         try:
-            deleted = self._presence.leave(room, conn.sid, grace=grace)
+            deleted = self._presence.leave(room, sid, grace=grace)
         except BackendUnavailable as exc:
             # The entry expires with PRESENCE_TTL; the heartbeat no longer rewrites it.
-            log.warning("event=leave_unrecorded room=%s sid=%s error=%s", q(room), conn.sid, q(exc))
+            log.warning("event=leave_unrecorded room=%s sid=%s error=%s", q(room), sid, q(exc))
             return
-        log.info("event=leave room=%s sid=%s room_deleted=%s", q(room), conn.sid, deleted)
+        log.info("event=leave room=%s sid=%s room_deleted=%s", q(room), sid, deleted)
 
     # -- send ------------------------------------------------------------------------
 
@@ -537,6 +609,8 @@ class ChatService:
         if req.room not in conn.rooms:
             raise ChatError(ErrorCode.NOT_IN_ROOM, f"join {req.room!r} before sending to it")
         self._take(conn.send_bucket, "too many messages: slow down")
+        if req.room in conn.directs:
+            conn.directs[req.room] = time.monotonic()
         sender = conn.user or clean_sender(req.sender) or self._rooms_user(req.room, sid)
         draft = Draft.new(req.room, sender, req.message, self.instance_id, req.key, self._clock, self._tokens.hex)
         started = time.perf_counter()
@@ -556,6 +630,8 @@ class ChatService:
             raise ChatError(ErrorCode.OVERLOADED, BEHIND)
         try:
             envelope = self._broker.publish(draft)
+        except Banned as exc:
+            raise ChatError(ErrorCode.BANNED, f"{draft.sender!r} may not send to {draft.room!r}: {exc}") from None
         except Overloaded as exc:
             with self._lock:
                 self.counters.queue_full += 1
@@ -716,6 +792,8 @@ class ChatService:
             self._emitter.emit_to(sid, "room_left", {"room": room, "reason": command.reason})
             return True
         if room in conn.rooms:
+            if room in conn.directs:  # a message in the conversation: it is active here
+                conn.directs[room] = time.monotonic()
             return False  # a member already (or joining): nothing to tell it
         # The one join path, with its hand-over run after `room_joined` instead of the ack:
         # the event comes first, then what the room sent past its bound, then live messages.
@@ -749,10 +827,17 @@ class ChatService:
     def is_room_active(self, room: str) -> bool:
         return self._presence.is_active(room)
 
-    def room_info(self, room: str) -> dict[str, Any]:
-        position, members = self._presence.room_state(room)
-        names = sorted(m.user for m in members)
-        return {"room": room, "active": bool(names), "members": names, "seq": position.seq if position else 0}
+    def room_info(self, room: str, limit: int) -> dict[str, Any]:
+        """The room's seq, how many users it has and the first `limit` of their names: one
+        read of O(limit), since the route is open (members.lua read every connection)."""
+        position, count, names = self._bounded(lambda: self._presence.summary(room, limit), "room")
+        return {
+            "room": room,
+            "active": count > 0,
+            "members": names,
+            "members_count": count,
+            "seq": position.seq if position else 0,
+        }
 
     def local_rooms(self) -> dict[str, int]:
         with self._lock:

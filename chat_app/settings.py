@@ -179,6 +179,8 @@ class Settings:
     presence_events_max_members: int = 100
     presence_count_interval: float = 2.0
     auth_secret: str | None = None
+    auth_issuer: str | None = None  # set: a token's `iss` must be this
+    auth_audience: str | None = None  # set: a token's `aud` must name this; unset: a token with `aud` is refused
     api_key: str | None = None  # the server API (HTTP) is off without it
     cors_allowed_origins: list[str] | None = _setting(None, _origins)  # noqa: RUF009 (immutable default)
     log_level: str = _setting("INFO", _log_level)

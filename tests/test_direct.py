@@ -84,10 +84,10 @@ def test_with_auth_secret_a_token_for_carol_cannot_enter(redis_server, nodes) ->
         return DirectClient(node.url, connect_auth={"token": token})
 
     alice = client("alice")
-    carol = client("carol", rooms=["lobby"])
+    carol = client("carol", rooms=["lobby", "@*"])
     assert alice.call("open_direct", {"with": "bob"})["ok"]
     assert carol.call("join_room", "@alice+bob")["error"]["code"] == "forbidden_room"
-    # Her own conversations are hers whatever her token's rooms claim says.
+    # `@*` in her claim: any conversation of her own, never anyone else's.
     assert carol.call("open_direct", {"with": "alice"})["room"] == "@alice+carol"
     # Each list is its token's user's own.
     assert alice.call("send_message", {"room": "@alice+bob", "message": "for bob"})["ok"]

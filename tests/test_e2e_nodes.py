@@ -32,7 +32,7 @@ def test_message_on_node_a_reaches_members_on_node_b_in_order_once(redis_server,
         assert alice.wait_for(30)[-1]["id"] == acks[-1]["id"]
         assert carol.received() == []
         info = requests.get(f"{b.url}/api/rooms/lobby", timeout=5).json()
-        assert info == {"room": "lobby", "active": True, "members": ["alice", "bob"], "seq": 30}
+        assert info == {"room": "lobby", "active": True, "members": ["alice", "bob"], "members_count": 2, "seq": 30}
     finally:
         for client in (alice, bob, carol):
             client.close()
@@ -56,6 +56,7 @@ def test_leave_and_disconnect_clean_up_redis(redis_server, nodes) -> None:
         "room": "lobby",
         "active": False,
         "members": [],
+        "members_count": 0,
         "seq": 0,
     }
     alice.close()

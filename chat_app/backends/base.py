@@ -86,8 +86,12 @@ class Draft:
 
     @property
     def dedup_id(self) -> str:
-        """What makes a retry the same message: the sender's own key, else the id."""
-        return f"k:{self.sender}:{self.key}" if self.key else f"i:{self.id}"
+        """What makes a retry the same message: the sender's own key, else the id. The
+        sender's length goes first, so no (sender, key) pair spells another's: with a bare
+        `k:{sender}:{key}`, sender `a:b` key `c` was sender `a` key `b:c`. `k2:` never
+        equals the old `k:` form, which nodes of the previous release still write during
+        a rolling deploy (a keyed retry that crosses the deploy may then be stored twice)."""
+        return f"k2:{len(self.sender)}:{self.sender}:{self.key}" if self.key else f"i:{self.id}"
 
 
 @dataclass(frozen=True, slots=True)
@@ -256,6 +260,11 @@ class Presence(Protocol):
     def members(self, room: str) -> list[Member]: ...
     def names(self, room: str, after: str | None, limit: int) -> tuple[int, list[str]]:
         """(users in the room, up to `limit` of their names after `after`, in name order)."""
+        ...
+
+    def summary(self, room: str, limit: int, after: str | None = None) -> tuple[Position | None, int, list[str]]:
+        """`names` and the room's position (None: unknown to the store), in one read of
+        O(limit): what an unauthenticated caller may cost."""
         ...
 
     def counts(self, rooms: Sequence[str]) -> dict[str, int]:

@@ -70,6 +70,9 @@ class MemoryBroker:
         hub = self._hub
         dedup_id = draft.dedup_id
         with hub.lock:
+            left = hub.bans.get((draft.room, draft.sender), 0.0) - time.monotonic()
+            if left > 0:
+                raise Banned(left)
             room = hub.rooms.setdefault(draft.room, _Room())
             if dedup_id in room.dedup:
                 return room.dedup[dedup_id]
@@ -206,6 +209,13 @@ class MemoryPresence:
             state = self._hub.rooms.get(room)
             users = sorted(state.users()) if state else []
         return len(users), [u for u in users if after is None or u > after][:limit]
+
+    def summary(self, room: str, limit: int, after: str | None = None) -> tuple[Position | None, int, list[str]]:
+        with self._hub.lock:
+            state = self._hub.rooms.get(room)
+            position = Position(state.epoch, state.seq) if state else None
+            count, names = self.names(room, after, limit)
+            return position, count, names
 
     def counts(self, rooms: Sequence[str]) -> dict[str, int]:
         with self._hub.lock:

@@ -181,8 +181,13 @@ class RedisPresence:
         return bool(self._run_one(self._call(self._leave, room, "sweep", "", "0")))
 
     def names(self, room: str, after: str | None, limit: int) -> tuple[int, list[str]]:
-        count, *page = self._run_one(self._call(self._names, room, after or "", limit))
-        return int(count), [n.decode() for n in page]
+        _position, count, names = self.summary(room, limit, after)
+        return count, names
+
+    def summary(self, room: str, limit: int, after: str | None = None) -> tuple[Position | None, int, list[str]]:
+        count, epoch, seq, *page = self._run_one(self._call(self._names, room, after or "", limit))
+        position = Position(epoch.decode(), int(seq)) if epoch else None
+        return position, int(count), [n.decode() for n in page]
 
     def counts(self, rooms: Sequence[str]) -> dict[str, int]:
         if not rooms:

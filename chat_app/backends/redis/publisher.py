@@ -25,7 +25,7 @@ from ...logsafe import q
 from ...protocol import Envelope
 from ...settings import Settings
 from ...tokens import Tokens
-from ..base import BackendUnavailable, Draft, Overloaded
+from ..base import BackendUnavailable, Banned, Draft, Overloaded
 from .connection import CONNECTION_ERRORS, describe, reconnect_backoff
 from .keys import RoomKeys
 from .scripts import AnyRedis, Call, HeldConnection, run_scripts
@@ -49,10 +49,10 @@ class _Pending:
         self.draft = draft
         self.keys = keys
         self.deadline = deadline
-        self._outcome: Envelope | BackendUnavailable | None = None
+        self._outcome: Envelope | BackendUnavailable | Banned | None = None
         self._settled = threading.Event()
 
-    def settle(self, outcome: Envelope | BackendUnavailable) -> None:
+    def settle(self, outcome: Envelope | BackendUnavailable | Banned) -> None:
         """The first outcome wins; only the publisher's thread settles, so no race."""
         if self._outcome is None:
             self._outcome = outcome
@@ -61,7 +61,7 @@ class _Pending:
     def wait(self, timeout: float) -> Envelope:
         if not self._settled.wait(timeout):
             raise BackendUnavailable("publish did not complete within the deadline")
-        if isinstance(self._outcome, BackendUnavailable):
+        if isinstance(self._outcome, (BackendUnavailable, Banned)):
             raise self._outcome
         assert self._outcome is not None
         return self._outcome
@@ -281,7 +281,7 @@ class Publisher:
     def _resolve(p: _Pending, result: object) -> None:
         try:
             p.settle(SendScript.envelope(p.draft, result))
-        except BackendUnavailable as exc:
+        except (BackendUnavailable, Banned) as exc:
             p.settle(exc)
 
     def _fail_queued(self) -> None:

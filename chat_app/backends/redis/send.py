@@ -15,7 +15,7 @@ from redis.cluster import RedisCluster
 from ...logsafe import q
 from ...protocol import BadEnvelope, Envelope, decode_envelope, envelope_head
 from ...settings import Settings
-from ..base import BackendUnavailable, Draft
+from ..base import BackendUnavailable, Banned, Draft
 from .connection import CONNECTION_ERRORS, describe
 from .keys import RoomKeys
 from .scripts import AnyRedis, Call, HeldConnection, LuaScript
@@ -44,15 +44,18 @@ class SendScript:
             keys.channel,
             server_id,
         ]
-        return (self.script, [keys.seq, keys.hist, keys.epoch, keys.dedup, keys.srv], args)
+        return (self.script, [keys.seq, keys.hist, keys.epoch, keys.dedup, keys.srv, keys.ban(d.sender)], args)
 
     @staticmethod
     def envelope(draft: Draft, result: object) -> Envelope:
         """The stored message from the script's answer: the first one stored under the
-        draft's dedup id when this was a retry. BackendUnavailable when Redis refused it."""
+        draft's dedup id when this was a retry. BackendUnavailable when Redis refused it;
+        Banned when the sender is banned from the room (nothing stored)."""
         if isinstance(result, Exception):
             log.error("event=publish_error room=%s error=%s", q(draft.room), q(describe(result)))
             raise BackendUnavailable(f"redis refused the send: {result}")
+        if result[0] == -1:  # type: ignore[index]
+            raise Banned(int(result[1]) / 1000)  # type: ignore[index]
         seq, epoch, stored, duplicate = result  # type: ignore[misc]
         if duplicate:
             try:

@@ -1,13 +1,19 @@
 -- Give a message the room's next seq, store it in the capped history stream and publish it,
 -- in one atomic step. A message whose dedup id was stored already is returned, not re-sent,
 -- so a retried or resent send delivers once.
--- KEYS: seq, hist, epoch, dedup, srv
+-- KEYS: seq, hist, epoch, dedup, srv, ban (the sender's ban from the room, RoomKeys.ban)
 -- ARGV: envelope_head (JSON without closing brace), dedup_id, candidate_epoch,
 --       history_length, room_ttl_ms, channel, server_id (the master's replication id)
--- Returns {seq, epoch, envelope_json, duplicate (0|1)}
+-- Returns {seq, epoch, envelope_json, duplicate (0|1)}, or {-1, milliseconds left} while the
+-- sender is banned from the room: nothing is stored. A ban bites here, not only at join:
+-- a member whose node missed the leave command must not keep sending.
 -- Every command here runs once per message, so the common path is kept to reads and the
 -- writes a message needs: the TTLs are renewed only when this send created a key or a
 -- tenth of the room TTL has run out, and the dedup ids are trimmed every 16th seq.
+if KEYS[6] then
+  local banned = redis.call('PTTL', KEYS[6])
+  if banned ~= -2 then return {-1, math.max(banned, 0)} end
+end
 local epoch, srv = unpack(redis.call('MGET', KEYS[3], KEYS[5]))
 local seen = redis.call('ZSCORE', KEYS[4], ARGV[2])
 if seen and epoch then
