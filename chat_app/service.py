@@ -878,6 +878,9 @@ class ChatService:
             return
         try:
             history = self._broker.history(room, after=cursor.seq)
+            # A failover starts a new epoch but keeps the stream: the old epoch's last
+            # messages, acked before it, come first.
+            tail = [e for e in history.envelopes if e.epoch == cursor.epoch]
             if history.position.epoch and history.position.epoch != cursor.epoch:
                 history = self._broker.history(room, after=0)  # the new epoch, from its start
         except BackendUnavailable as exc:
@@ -890,6 +893,10 @@ class ChatService:
             if self._rooms.get(room) is not local or local.cursor is None:
                 return
             if position.epoch != local.cursor.epoch:
+                for envelope in tail:
+                    if envelope.epoch == local.cursor.epoch and envelope.seq == local.cursor.seq + 1:
+                        self.counters.gaps_filled += 1
+                        self._deliver(local, envelope)
                 self._start_epoch(room, local, history)
             for envelope in history.envelopes:
                 if envelope.epoch == position.epoch and envelope.seq > local.cursor.seq:
