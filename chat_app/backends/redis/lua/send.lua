@@ -10,11 +10,9 @@
 -- Every command here runs once per message, so the common path is kept to reads and the
 -- writes a message needs: the TTLs are renewed only when this send created a key or a
 -- tenth of the room TTL has run out, and the dedup ids are trimmed every 16th seq.
-if KEYS[6] then
-  local banned = redis.call('PTTL', KEYS[6])
-  if banned ~= -2 then return {-1, math.max(banned, 0)} end
-end
-local epoch, srv = unpack(redis.call('MGET', KEYS[3], KEYS[5]))
+-- The ban is read with the epoch and server id, in the one MGET every send makes anyway.
+local epoch, srv, banned = unpack(redis.call('MGET', KEYS[3], KEYS[5], KEYS[6]))
+if banned then return {-1, math.max(redis.call('PTTL', KEYS[6]), 0)} end
 local seen = redis.call('ZSCORE', KEYS[4], ARGV[2])
 if seen and epoch then
   local stored = redis.call('XRANGE', KEYS[2], seen .. '-0', seen .. '-0')
