@@ -4,7 +4,6 @@
 from __future__ import annotations
 
 import hashlib
-import socket
 import subprocess
 import time
 from collections import Counter
@@ -12,26 +11,15 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from cluster_ha import free_cluster_port
 from helpers import ChatClient, wait_until
-from processes import RedisServer, free_port
+from processes import RedisServer
 from redis.cluster import ClusterNode, RedisCluster
 from streams import SendStream, assert_exactly_once_in_order
 from test_faults import record
 
 from chat_app.backends.redis.keys import RoomKeys, commands_channel, user_directs
 from chat_app.backends.redis.scripts import LuaScript, run_scripts
-
-
-def free_cluster_port() -> int:
-    """A free port whose cluster bus port (port + 10000) is free too."""
-    while True:
-        port = free_port()
-        with socket.socket() as s:
-            try:
-                s.bind(("127.0.0.1", port + 10000))
-            except OSError:
-                continue
-        return port
 
 
 @pytest.fixture
