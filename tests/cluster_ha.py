@@ -18,7 +18,6 @@ from chat_app.backends.redis.keys import RoomKeys
 
 NODE_TIMEOUT_MS = 2000
 PASSWORD = "cluster-secret"  # every server requires it: the nodes must carry REDIS_PASSWORD everywhere
-REPLICA_PER_MASTER = ["--cluster-replicas", "1", "--cluster-yes"]
 
 
 def free_cluster_port() -> int:
@@ -134,6 +133,19 @@ class _Keyslot:
 _KEYSLOT = _Keyslot()
 
 
+def create_cluster(servers: list[RedisServer], replicas: int = 0, password: str | None = None) -> None:
+    """`redis-cli --cluster create` over started servers, then every server's state ok."""
+    auth = ["-a", password, "--no-auth-warning"] if password else []
+    addresses = [f"127.0.0.1:{s.port}" for s in servers]
+    command = ["redis-cli", *auth, "--cluster", "create", *addresses, "--cluster-replicas", str(replicas)]
+    subprocess.run([*command, "--cluster-yes"], check=True, capture_output=True, timeout=30)
+    wait_until(
+        lambda: all(s.client().cluster("info")["cluster_state"] == "ok" for s in servers),
+        timeout=30,
+        what="cluster state ok on every server",
+    )
+
+
 def start_ha_cluster(directory: Path) -> HaCluster:
     servers = [
         RedisServer(directory / f"server{i}", free_cluster_port(), cluster_args(), password=PASSWORD) for i in range(6)
@@ -142,28 +154,7 @@ def start_ha_cluster(directory: Path) -> HaCluster:
     try:
         for server in servers:
             server.start()
-        subprocess.run(
-            [
-                "redis-cli",
-                "-a",
-                PASSWORD,
-                "--no-auth-warning",
-                "--cluster",
-                "create",
-                *(f"127.0.0.1:{s.port}" for s in servers),
-                "--cluster-replicas",
-                "1",
-                "--cluster-yes",
-            ],
-            check=True,
-            capture_output=True,
-            timeout=30,
-        )
-        wait_until(
-            lambda: all(s.client().cluster("info")["cluster_state"] == "ok" for s in servers),
-            timeout=30,
-            what="cluster state ok on every server",
-        )
+        create_cluster(servers, replicas=1, password=PASSWORD)
         wait_until(lambda: len(cluster.shards()) == 3 and cluster.in_sync(), timeout=30, what="replicas in sync")
     except BaseException:
         stop(cluster)

@@ -4,14 +4,13 @@
 from __future__ import annotations
 
 import hashlib
-import subprocess
 import time
 from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from cluster_ha import free_cluster_port
+from cluster_ha import create_cluster, free_cluster_port
 from helpers import ChatClient, wait_until
 from processes import RedisServer
 from redis.cluster import ClusterNode, RedisCluster
@@ -29,17 +28,7 @@ def cluster(tmp_path: Path) -> Iterator[list[RedisServer]]:
     try:
         for server in masters:
             server.start()
-        subprocess.run(
-            ["redis-cli", "--cluster", "create", *(f"127.0.0.1:{m.port}" for m in masters), "--cluster-yes"],
-            check=True,
-            capture_output=True,
-            timeout=30,
-        )
-        wait_until(
-            lambda: all(m.client().cluster("info")["cluster_state"] == "ok" for m in masters),
-            timeout=20,
-            what="cluster state ok",
-        )
+        create_cluster(masters)
         yield masters
     finally:
         for m in masters:
