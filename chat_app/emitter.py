@@ -33,7 +33,7 @@ from .backends.redis.connection import reconnect_backoff
 from .backends.redis.control import ControlClient, store_ban
 from .backends.redis.directs import DirectLists
 from .backends.redis.keys import RoomKeys
-from .backends.redis.scripts import run_scripts
+from .backends.redis.scripts import is_moved, run_scripts
 from .backends.redis.send import SendScript, ServerIds
 from .logsafe import q
 from .protocol import (
@@ -135,10 +135,16 @@ class ChatEmitter:
         keys = self._room_keys(req.room)
         deadline = time.monotonic() + self._deadline
         failures = 0
+        moved = False
         while True:
             try:
                 call = self._send.call(draft, keys, secrets.token_hex(8), self._server_ids.of(keys.seq))
-                envelope = SendScript.envelope(draft, run_scripts(self._client, [call])[0])
+                result = run_scripts(self._client, [call], rerun_moved=False)[0]
+                if is_moved(result) and not moved:  # the slot has a new master: read its server id
+                    moved = True
+                    self._server_ids.forget()
+                    continue
+                envelope = SendScript.envelope(draft, result)
             except Banned as exc:
                 refused = f"{req.sender!r} may not send to {req.room!r}: {exc}"
                 raise EmitterInputError(ErrorCode.BANNED, refused) from None

@@ -878,10 +878,8 @@ class ChatService:
             return
         try:
             history = self._broker.history(room, after=cursor.seq)
-            # A failover starts a new epoch but keeps the stream: the old epoch's last
-            # messages, acked before it, come first.
-            tail = [e for e in history.envelopes if e.epoch == cursor.epoch]
-            if history.position.epoch and history.position.epoch != cursor.epoch:
+            continued = history.position.epoch == cursor.epoch or self._stream_kept(room, cursor)
+            if history.position.epoch and not continued:
                 history = self._broker.history(room, after=0)  # the new epoch, from its start
         except BackendUnavailable as exc:
             log.warning("event=catch_up_failed room=%s error=%s", q(room), q(exc))
@@ -893,13 +891,9 @@ class ChatService:
             if self._rooms.get(room) is not local or local.cursor is None:
                 return
             if position.epoch != local.cursor.epoch:
-                for envelope in tail:
-                    if envelope.epoch == local.cursor.epoch and envelope.seq == local.cursor.seq + 1:
-                        self.counters.gaps_filled += 1
-                        self._deliver(local, envelope)
-                self._start_epoch(room, local, history)
+                self._start_epoch(room, local, history, continued)
             for envelope in history.envelopes:
-                if envelope.epoch == position.epoch and envelope.seq > local.cursor.seq:
+                if envelope.seq > local.cursor.seq and (continued or envelope.epoch == position.epoch):
                     self._note_missing(room, local.cursor.seq, envelope.seq)
                     self.counters.gaps_filled += 1
                     self._deliver(local, envelope)
@@ -907,12 +901,25 @@ class ChatService:
                 self._note_missing(room, local.cursor.seq, position.seq + 1)
                 local.cursor = Position(position.epoch, position.seq)
 
-    def _start_epoch(self, room: str, local: LocalRoom, history: History) -> None:
-        """The store lost (or may have lost) the room's stream: follow the new one from its
-        first stored message instead of waiting for seqs that will never come."""
+    def _stream_kept(self, room: str, cursor: Position) -> bool:
+        """The room has a new epoch: whether over the stream this node followed (a failover
+        keeps it and its seqs go on: the messages after the cursor come in seq order, in
+        whichever epochs they were sent) or over a new one (the store lost the room)."""
+        if cursor.seq == 0:
+            return False
+        around = self._broker.history(room, after=cursor.seq - 1, upto=cursor.seq)
+        return any(e.seq == cursor.seq and e.epoch == cursor.epoch for e in around.envelopes)
+
+    def _start_epoch(self, room: str, local: LocalRoom, history: History, continued: bool) -> None:
+        """A new epoch: over the stream this node followed (`continued`), the cursor's seq
+        stays; over a new stream (the store lost the room), it is followed from its first
+        stored message instead of waiting for seqs that will never come."""
         assert local.cursor is not None
-        fresh = [e.seq for e in history.envelopes if e.epoch == history.position.epoch]
-        start = fresh[0] - 1 if fresh else history.position.seq
+        if continued:
+            start = local.cursor.seq
+        else:
+            fresh = [e.seq for e in history.envelopes if e.epoch == history.position.epoch]
+            start = fresh[0] - 1 if fresh else history.position.seq
         log.warning(
             "event=epoch_changed room=%s old=%s new=%s from_seq=%d",
             q(room),

@@ -28,7 +28,7 @@ from ...tokens import Tokens
 from ..base import BackendUnavailable, Banned, Draft, Overloaded
 from .connection import CONNECTION_ERRORS, describe, reconnect_backoff
 from .keys import RoomKeys
-from .scripts import AnyRedis, Call, HeldConnection, run_scripts
+from .scripts import AnyRedis, Call, HeldConnection, is_moved, run_scripts
 from .send import SendScript, ServerIds
 
 log = logging.getLogger(__name__)
@@ -225,13 +225,17 @@ class Publisher:
                 self._failures = 0
                 self.last_ok = time.monotonic()
             return
-        exc = next(r for r in results if isinstance(r, CONNECTION_ERRORS))
-        self._failures += 1
         self._server_ids.forget()
+        self._unreached += unreached
+        errors = [r for r in results if isinstance(r, CONNECTION_ERRORS)]
+        if not errors:  # only moved slots (a graceful failover, a reshard): again at once
+            self._retry_at = now
+            return
+        exc = errors[0]
+        self._failures += 1
         if self.last_error is None:
             log.warning("event=publish_failed error=%s", q(describe(exc)))
         self.last_error = f"redis unreachable: {exc}"
-        self._unreached += unreached
         wait = min(self._backoff.compute(self._failures), min(p.deadline for p in self._unreached) - now)
         self._retry_at = now + max(wait, 0.0)
 
@@ -240,8 +244,8 @@ class Publisher:
         is away) are returned to be tried again."""
         unreached: list[_Pending] = []
         for p, result in zip(batch, results, strict=True):
-            if isinstance(result, CONNECTION_ERRORS):
-                unreached.append(p)
+            if isinstance(result, CONNECTION_ERRORS) or is_moved(result):
+                unreached.append(p)  # a moved slot: sent again with its new master's server id
             else:
                 self._resolve(p, result)
         return unreached
@@ -270,7 +274,7 @@ class Publisher:
             sent.append((i, self._send.call(p.draft, p.keys, epochs[16 * i : 16 * i + 16], server_id)))
         if sent:
             try:
-                replies = run_scripts(self._client, [call for _, call in sent])
+                replies = run_scripts(self._client, [call for _, call in sent], rerun_moved=False)
             except CONNECTION_ERRORS as exc:
                 replies = [exc] * len(sent)
             for (i, _), reply in zip(sent, replies, strict=True):

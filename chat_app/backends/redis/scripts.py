@@ -52,8 +52,11 @@ Call = tuple[LuaScript, Sequence[str], Sequence[object]]
 AnyRedis = redis.Redis | RedisCluster
 
 
-def run_scripts(client: AnyRedis, calls: Sequence[Call]) -> list[object]:
-    """EVALSHA every call, one pipeline per server. Errors come back in place, not raised."""
+def run_scripts(client: AnyRedis, calls: Sequence[Call], rerun_moved: bool = True) -> list[object]:
+    """EVALSHA every call, one pipeline per server. Errors come back in place, not raised.
+    `rerun_moved=False`: a call a shard answered MOVED/ASK is not sent on (the map is still
+    refreshed) but comes back as that error, for callers whose calls name the server they
+    were built for (send.lua's server id: sent on unchanged, it would start a new epoch)."""
 
     def rerun(scripts: list[LuaScript], again: list[Call], moved: bool) -> list[object]:
         # Only when a slot moved: a topology refresh also reconnects every connection the
@@ -73,25 +76,31 @@ def run_scripts(client: AnyRedis, calls: Sequence[Call]) -> list[object]:
                     client.get_redis_connection(node).script_load(script.source)
         return _pipelined(client, again)
 
-    return _rerun_missing(calls, _pipelined(client, calls), rerun)
+    results = _pipelined(client, calls)
+    if not rerun_moved and isinstance(client, RedisCluster) and any(is_moved(r) for r in results):
+        client.nodes_manager.initialize()
+    return _rerun_missing(calls, results, rerun, rerun_moved)
 
 
 def _rerun_missing(
-    calls: Sequence[Call], results: list[object], rerun: Callable[[list[LuaScript], list[Call], bool], list[object]]
+    calls: Sequence[Call],
+    results: list[object],
+    rerun: Callable[[list[LuaScript], list[Call], bool], list[object]],
+    rerun_moved: bool = True,
 ) -> list[object]:
     """The calls a server answered NOSCRIPT (its script cache went: a restart, a failover,
     SCRIPT FLUSH) or MOVED/ASK (a Cluster slot moved: `rerun` is told) go once more through
     `rerun`, which loads their scripts first; the other results stay in place."""
-    missing = [i for i, r in enumerate(results) if isinstance(r, NoScriptError) or _moved(r)]
+    missing = [i for i, r in enumerate(results) if isinstance(r, NoScriptError) or (rerun_moved and is_moved(r))]
     if missing:
         scripts = list(dict.fromkeys(calls[i][0] for i in missing))
-        moved = any(_moved(results[i]) for i in missing)
+        moved = any(is_moved(results[i]) for i in missing)
         for i, result in zip(missing, rerun(scripts, [calls[i] for i in missing], moved), strict=True):
             results[i] = result
     return results
 
 
-def _moved(result: object) -> bool:
+def is_moved(result: object) -> bool:
     """redis-py parses MOVED and ASK into AskError (MovedError is one), whose text drops the word."""
     return isinstance(result, AskError) or (
         isinstance(result, redis.ResponseError) and str(result).startswith(("MOVED", "ASK"))
