@@ -22,10 +22,6 @@ from .transport import SendShedding, install_transport
 
 log = logging.getLogger("chat_app")  # the lines it logged before it moved here
 
-# Socket.IO frames may be this large so that an oversized paste is answered with
-# `message_too_large` instead of the transport dropping the connection.
-TRANSPORT_MAX_BYTES = 2 * 1024 * 1024
-
 
 class _InstanceFilter(logging.Filter):
     def __init__(self, instance_id: str) -> None:
@@ -71,14 +67,16 @@ def create_app(settings: Settings | None = None, async_mode: str | None = None) 
         app,
         async_mode=async_mode,
         cors_allowed_origins=settings.cors_allowed_origins,
-        max_http_buffer_size=max(TRANSPORT_MAX_BYTES, 8 * settings.max_message_bytes),
+        # Frames (and polling bodies) up to this are read, so that an oversized paste is
+        # answered `message_too_large`; past it they are refused before they are read.
+        max_http_buffer_size=settings.max_payload_bytes,
         ping_interval=settings.ping_interval,
         ping_timeout=settings.ping_timeout,
         logger=False,
         engineio_logger=False,
         json=json_codec,
     )
-    transport = install_transport(socketio.server, settings.max_client_queue)
+    transport = install_transport(socketio.server, settings.max_client_queue, settings.connect_timeout)
     broker, presence = build_backends(settings)
     service = ChatService(settings, broker, presence, SocketIOEmitter(socketio, transport))
     register_events(socketio, service, transport)

@@ -135,6 +135,12 @@ class Settings:
     max_client_queue: int = 1000
     ping_interval: int = 25  # whole seconds: Engine.IO announces int(ping_interval) * 1000 ms
     ping_timeout: int = 20
+    # A session that has not completed a Socket.IO CONNECT this long after it opened is
+    # closed: without it, one that only answers pings holds a connection slot for ever.
+    connect_timeout: float = 10.0
+    # Largest websocket message or polling POST body (engine.io's maxPayload): bigger
+    # frames are refused off their header, before they are read (chat_app.transport.frames).
+    max_payload_bytes: int = 1_000_000
     send_rate: float = 20.0
     send_burst: int = 40
     join_rate: float = 5.0
@@ -161,6 +167,11 @@ class Settings:
             raise SettingsError(
                 "API_KEY must be at least 32 bytes: make one with "
                 "`python -c 'import secrets; print(secrets.token_urlsafe(32))'`"
+            )
+        if self.max_payload_bytes < 8 * self.max_message_bytes:
+            raise SettingsError(
+                f"MAX_PAYLOAD_BYTES ({self.max_payload_bytes}) must be at least 8 x MAX_MESSAGE_BYTES "
+                f"({8 * self.max_message_bytes}): a message as long as allowed, escaped in JSON, must fit in a frame"
             )
         if self.heartbeat_interval >= self.presence_ttl:
             raise SettingsError(
