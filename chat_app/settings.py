@@ -133,8 +133,9 @@ class Settings:
     max_rooms_per_connection: int = 50
     max_directs_per_user: int = 100  # a user's list of direct conversations keeps the newest
     max_client_queue: int = 1000
-    ping_interval: int = 25  # whole seconds: Engine.IO announces int(ping_interval) * 1000 ms
-    ping_timeout: int = 20
+    # Seconds; Engine.IO announces them in whole milliseconds (0.3 -> 300).
+    ping_interval: float = 25.0
+    ping_timeout: float = 20.0
     # A session that has not completed a Socket.IO CONNECT this long after it opened is
     # closed: without it, one that only answers pings holds a connection slot for ever.
     connect_timeout: float = 10.0

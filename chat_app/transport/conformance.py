@@ -24,6 +24,8 @@ Each was seen with the official protocol suite (github.com/socketio/socket.io-pr
   close the connection: the suite expects it, and such a client is not one of ours. A
   CONNECT to a namespace the server does not have is refused `{"message": "Invalid
   namespace"}` (python-socketio said "Unable to connect").
+- The handshake announces a fractional PING_INTERVAL as it is (engine.io cut it to whole
+  seconds before turning it into milliseconds).
 - A session that has not completed a CONNECT (to any namespace) within CONNECT_TIMEOUT of
   opening is closed (engine.io kept one open for as long as it answered pings).
 
@@ -209,6 +211,7 @@ class ProtocolGuard:
     # -- CONNECT_TIMEOUT ------------------------------------------------------------------
 
     def on_eio_connect(self, eio_sid: str, environ: dict[str, Any]) -> Any:
+        self._announce_ping_interval(eio_sid)
         result = self._handle_eio_connect(eio_sid, environ)
         if result is not False:
             # One timeout for all: appended in due order, the FIFO stays sorted.
@@ -217,6 +220,20 @@ class ProtocolGuard:
                 self._task = self.eio.start_background_task(self._run)
             self._wake.set()
         return result
+
+    def _announce_ping_interval(self, eio_sid: str) -> None:
+        """engine.io 4.15.1 announces `int(ping_interval + grace) * 1000`: 0.3 s went out as
+        0 ms. Its OPEN packet still waits in the socket's queue when the connect event runs
+        (sent by the writer, or by the poll that follows): the value is corrected there."""
+        sock = self.eio.sockets.get(eio_sid)
+        if sock is None:
+            return
+        queue = sock.queue
+        waiting = queue.peek() if hasattr(queue, "peek") else list(getattr(queue, "queue", ()))
+        interval = round((self.eio.ping_interval + self.eio.ping_interval_grace_period) * 1000)
+        for pkt in waiting:
+            if pkt is not None and pkt.packet_type == eio_packet.OPEN and isinstance(pkt.data, dict):
+                pkt.data["pingInterval"] = interval
 
     def _connected(self, eio_sid: str, namespaces: Iterable[str]) -> bool:
         return any(self.sio.manager.sid_from_eio_sid(eio_sid, n) is not None for n in namespaces)

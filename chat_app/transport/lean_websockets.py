@@ -108,6 +108,10 @@ class PacketQueue:
     def empty(self) -> bool:
         return self._items is None
 
+    def peek(self) -> list[Any]:
+        """The packets waiting, oldest first, left in the queue."""
+        return list(self._items) if self._items is not None else []
+
     def put(self, item: Any, block: bool = True, timeout: float | None = None) -> None:
         if self._items is None:
             self._items = collections.deque()
