@@ -96,7 +96,7 @@ def create_app(settings: Settings | None = None, async_mode: str | None = None) 
         cors_allowed_origins=settings.cors_allowed_origins,
         # Frames (and polling bodies) up to this are read, so that an oversized paste is
         # answered `message_too_large`; past it they are refused before they are read.
-        max_http_buffer_size=settings.max_payload_bytes,
+        max_http_buffer_size=settings.transport_max_bytes,
         ping_interval=settings.ping_interval,
         ping_timeout=settings.ping_timeout,
         logger=False,
