@@ -89,9 +89,12 @@ class RawWebSocket:
 
     def send_declared(self, declared: int, chunk: int = MIB, opcode: int = TEXT, fin: bool = True) -> int:
         """A frame whose header declares `declared` bytes, then as many of them as the
-        server reads (zeros... as text: spaces). Returns the bytes written before the server
+        server reads (spaces). Returns the bytes written before the server
         closed."""
-        self.sock.sendall(self.header(opcode, declared, fin))
+        try:
+            self.sock.sendall(self.header(opcode, declared, fin))
+        except OSError:
+            return 0
         return self.stream(declared, chunk)
 
     def stream(self, total: int, chunk: int = MIB) -> int:
@@ -122,9 +125,13 @@ class RawWebSocket:
                 continue
             return opcode, payload
 
-    def recv_text(self) -> str:
-        """The next text message; an Engine.IO PING is answered with a PONG and skipped."""
+    def recv_text(self, timeout: float = 10.0) -> str:
+        """The next text message; an Engine.IO PING is answered with a PONG and skipped.
+        TimeoutError when none comes within `timeout`."""
+        deadline = time.monotonic() + timeout
         while True:
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"no message within {timeout}s")
             opcode, payload = self.recv()
             if opcode == CLOSE:
                 raise Closed(f"close frame {struct.unpack('!H', payload[:2])[0] if len(payload) >= 2 else None}")
@@ -144,7 +151,7 @@ class RawWebSocket:
                 return False
             self.sock.settimeout(remaining)
             try:
-                self.recv_text()
+                self.recv_text(timeout=remaining)
             except (Closed, ConnectionError):
                 return True
             except TimeoutError:

@@ -5,7 +5,9 @@ says who it is.
 Each was seen with the official protocol suite (github.com/socketio/socket.io-protocol,
 `test-suite/`) or a hostile client against a node:
 
-- Engine.IO over HTTP: a request without `transport`, or with a method other than GET,
+- Engine.IO over HTTP: a POST longer than MAX_PAYLOAD_BYTES is refused 413 off its
+  Content-Length and its session closed (engine.io's own refusal hung the POST). A request
+  without `transport`, or with a method other than GET,
   POST (or OPTIONS, CORS's preflight), is answered 400 (engine.io took a missing one for
   polling and answered PUT 405). A long-polling request of a session whose pong is more than
   `ping_timeout` late closes the session and is answered 400 (engine.io answered it 200 with
@@ -129,6 +131,11 @@ class ProtocolGuard:
             return self._bad_request(start_response, "Invalid transport")
         sid = query.get("sid", [None])[0]
         sock = self.eio.sockets.get(sid) if sid else None
+        if method == "POST" and self._too_long(environ):
+            if sock is not None:
+                self._violation(sid, "polling body over max_http_buffer_size", abort=True)
+            start_response("413 PAYLOAD TOO LARGE", [("Content-Type", "text/plain"), ("Connection", "close")])
+            return [b"Payload too large"]
         if sock is not None and query["transport"][0] == "polling" and not _is_upgrade(environ):
             self._settle_upgrade(sock)
             if not sock.upgraded and not sock.closed:
@@ -136,6 +143,15 @@ class ProtocolGuard:
             if sock.closed and self.eio.sockets.get(sid) is sock:
                 del self.eio.sockets[sid]  # upstream then answers 400 "Invalid session"
         return self._handle_request(environ, start_response)
+
+    def _too_long(self, environ: dict[str, Any]) -> bool:
+        """A POST that says it is longer than engine.io reads: refused before a byte of it
+        is read (engine.io refused it too, but then waited, in `disconnect`, for a poll to
+        take the session's CLOSE packet: the POST hung until the client gave up)."""
+        try:
+            return int(environ.get("CONTENT_LENGTH") or 0) > self.eio.max_http_buffer_size
+        except ValueError:
+            return True
 
     def _settle_upgrade(self, sock: Socket) -> None:
         """A poll that arrives after the websocket probe was answered waits (bounded) for
@@ -197,16 +213,19 @@ class ProtocolGuard:
             or namespace in sio.namespaces
         )
 
-    def _violation(self, eio_sid: str, reason: str) -> None:
+    def _violation(self, eio_sid: str, reason: str, abort: bool = False) -> None:
         self.violations += 1
         log.info("event=protocol_violation sid=%s reason=%r", eio_sid, reason)
-        self._close(eio_sid)
+        self._close(eio_sid, abort)
 
-    def _close(self, eio_sid: str) -> None:
-        """Close the session with a CLOSE packet, without waiting for the client to read it."""
+    def _close(self, eio_sid: str, abort: bool = False) -> None:
+        """Close the session (with a CLOSE packet unless `abort`), without waiting for the
+        client to read it."""
         sock = self.eio.sockets.get(eio_sid)
         if sock is not None and not sock.closed and not sock.closing:
-            sock.close(wait=False, abort=False, reason=self.eio.reason.SERVER_DISCONNECT)
+            sock.close(wait=False, abort=abort, reason=self.eio.reason.SERVER_DISCONNECT)
+        if abort and sock is not None and self.eio.sockets.get(eio_sid) is sock:
+            del self.eio.sockets[eio_sid]
 
     # -- CONNECT_TIMEOUT ------------------------------------------------------------------
 
