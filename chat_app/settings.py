@@ -141,7 +141,7 @@ class Settings:
     connect_timeout: float = 10.0
     # Largest websocket message or polling POST body (engine.io's maxPayload): bigger
     # frames are refused off their header, before they are read (chat_app.transport.frames).
-    max_payload_bytes: int = 1_000_000
+    max_payload_bytes: int = 2 * 1024 * 1024
     send_rate: float = 20.0
     send_burst: int = 40
     join_rate: float = 5.0

@@ -28,7 +28,7 @@ PATH = "/socket.io/"
 def node(nodes):
     # Short heartbeats, as the protocol's own tests use, and a CONNECT_TIMEOUT above three
     # ping cycles: a session that pings without connecting lives that long.
-    return nodes.start(PING_INTERVAL="0.3", PING_TIMEOUT="0.2", CONNECT_TIMEOUT="1.5")
+    return nodes.start(PING_INTERVAL="0.3", PING_TIMEOUT="0.2", CONNECT_TIMEOUT="1.5", MAX_PAYLOAD_BYTES="1000000")
 
 
 @pytest.fixture
