@@ -382,7 +382,11 @@ def main() -> None:
             print(run_probe(name, port, pid).line(), flush=True)
     finally:
         process.send_signal(signal.SIGTERM)
-        process.wait(timeout=30)
+        try:
+            process.wait(timeout=30)
+        except subprocess.TimeoutExpired:  # a probe's connection holds the worker
+            process.kill()
+            process.wait(timeout=10)
 
 
 if __name__ == "__main__":
