@@ -107,6 +107,18 @@ def test_a_close_packet_ends_the_pending_poll_with_a_noop(slow_node) -> None:
     assert requests.get(url, timeout=5).status_code == 400
 
 
+def test_a_poll_that_follows_the_close_packet_gets_a_noop_then_400(slow_node) -> None:
+    """The close packet may reach the server before the client's poll does: that poll still
+    ends with a NOOP, and only later requests are refused."""
+    node = slow_node
+    sid = polling_session(node)
+    url = f"{node.url}{PATH}?EIO=4&transport=polling&sid={sid}"
+    assert requests.post(url, data="1", timeout=5).status_code == 200
+    answer = requests.get(url, timeout=5)
+    assert (answer.status_code, answer.text) == (200, "6")
+    assert requests.get(url, timeout=5).status_code == 400
+
+
 def test_http_requests_of_an_upgraded_session_are_400(node) -> None:
     for _ in range(5):  # the GET races the upgrade's last packet: every time, 400
         sid = polling_session(node)

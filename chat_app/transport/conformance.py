@@ -12,8 +12,10 @@ Each was seen with the official protocol suite (github.com/socketio/socket.io-pr
   polling and answered PUT 405). A long-polling request of a session whose pong is more than
   `ping_timeout` late closes the session and is answered 400 (engine.io answered it 200 with
   a PING until its service task came round). A close packet a client POSTs ends its pending
-  GET with a NOOP `6` (engine.io answered it an empty 200). A polling GET that arrives while
-  the session answers its websocket probe waits, a bounded UPGRADE_SETTLE, for the upgrade
+  GET with a NOOP `6` (engine.io answered it an empty 200), and so does the poll that comes
+  just after it (engine.io: 400, so the suite's concurrent GET and close failed when the
+  close came first). A polling GET that arrives while the session answers its websocket
+  probe waits, a bounded UPGRADE_SETTLE, for the upgrade
   to finish, and is answered 400 once upgraded (engine.io answered it a NOOP, or 400,
   depending on which greenlet ran first).
 - Socket.IO: every packet from a client is decoded once and checked against the packet
@@ -138,10 +140,19 @@ class ProtocolGuard:
             return [b"Payload too large"]
         if sock is not None and query["transport"][0] == "polling" and not _is_upgrade(environ):
             self._settle_upgrade(sock)
-            if not sock.upgraded and not sock.closed:
-                sock.check_ping_timeout()  # closes the session when its pong is late
-            if sock.closed and self.eio.sockets.get(sid) is sock:
-                del self.eio.sockets[sid]  # upstream then answers 400 "Invalid session"
+            # A session whose pong is late is closed here, and this request answered 400
+            # ("Invalid session") by upstream. One the client closed keeps its entry: the
+            # poll that follows its close packet is answered a NOOP, then upstream drops it.
+            if sock.closed and method == "GET" and self.eio.sockets.get(sid) is sock:
+                # The client's close packet came before this poll (engine.io answered it 400
+                # "Session is disconnected", or NOOP had the poll come first): NOOP, once.
+                del self.eio.sockets[sid]
+                r = self.eio._ok([eio_packet.Packet(eio_packet.NOOP)])
+                start_response(r["status"], r["headers"] + self.eio._cors_headers(environ))
+                return [r["response"]]
+            late = not sock.upgraded and not sock.closed and not sock.check_ping_timeout()
+            if late and self.eio.sockets.get(sid) is sock:
+                del self.eio.sockets[sid]
         return self._handle_request(environ, start_response)
 
     def _too_long(self, environ: dict[str, Any]) -> bool:
