@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import contextlib
 import logging
+from collections.abc import Callable
+from typing import Any
 
 from flask import Flask
 from flask_socketio import SocketIO
@@ -21,10 +23,6 @@ from .settings import Settings
 from .transport import SendShedding, install_transport
 
 log = logging.getLogger("chat_app")  # the lines it logged before it moved here
-
-# Socket.IO frames may be this large so that an oversized paste is answered with
-# `message_too_large` instead of the transport dropping the connection.
-TRANSPORT_MAX_BYTES = 2 * 1024 * 1024
 
 
 class _InstanceFilter(logging.Filter):
@@ -45,6 +43,31 @@ def configure_logging(settings: Settings) -> None:
     root.handlers[:] = [handler]
     root.setLevel(settings.log_level)
     root.propagate = False
+
+
+class CloseWhenAsked:
+    """WSGI middleware: a response to a request that said `Connection: close` says it too.
+
+    gevent's pywsgi closes such a connection after the response but does not say so on
+    HTTP/1.1 (RFC 9112 9.6: the server SHOULD send "close" in that response). Node's HTTP
+    client, which node-fetch asks for `Connection: close`, then kept the socket in its
+    keep-alive pool and its next request on it failed with "socket hang up" (seen with the
+    official Socket.IO protocol suite)."""
+
+    def __init__(self, app: Any) -> None:
+        self.app = app
+
+    def __call__(self, environ: dict[str, Any], start_response: Callable[..., Any]) -> Any:
+        tokens = {t.strip().lower() for t in environ.get("HTTP_CONNECTION", "").split(",")}
+        if "close" not in tokens:
+            return self.app(environ, start_response)
+
+        def start(status: str, headers: list[tuple[str, str]], exc_info: Any = None) -> Any:
+            if not any(name.lower() == "connection" for name, _ in headers):
+                headers = [*headers, ("Connection", "close")]
+            return start_response(status, headers, exc_info) if exc_info else start_response(status, headers)
+
+        return self.app(environ, start)
 
 
 def build_backends(settings: Settings) -> tuple[Broker, Presence]:
@@ -71,20 +94,23 @@ def create_app(settings: Settings | None = None, async_mode: str | None = None) 
         app,
         async_mode=async_mode,
         cors_allowed_origins=settings.cors_allowed_origins,
-        max_http_buffer_size=max(TRANSPORT_MAX_BYTES, 8 * settings.max_message_bytes),
+        # Frames (and polling bodies) up to this are read, so that an oversized paste is
+        # answered `message_too_large`; past it they are refused before they are read.
+        max_http_buffer_size=settings.transport_max_bytes,
         ping_interval=settings.ping_interval,
         ping_timeout=settings.ping_timeout,
         logger=False,
         engineio_logger=False,
         json=json_codec,
     )
-    transport = install_transport(socketio.server, settings.max_client_queue)
+    transport = install_transport(socketio.server, settings.max_client_queue, settings.connect_timeout)
     broker, presence = build_backends(settings)
     service = ChatService(settings, broker, presence, SocketIOEmitter(socketio, transport))
     register_events(socketio, service, transport)
     behind = ChatError(ErrorCode.OVERLOADED, BEHIND).to_wire()
     transport.shed_sends(SendShedding(service.load.shedding, service.load.refuses, behind))
     register_routes(app, service)
+    app.wsgi_app = CloseWhenAsked(app.wsgi_app)  # type: ignore[method-assign]
     register_api(app, service)
     app.extensions["chat_service"] = service
     app.extensions["chat_socketio"] = socketio

@@ -154,8 +154,15 @@ class Settings:
     max_rooms_per_connection: int = 50
     max_directs_per_user: int = 100  # a user's list of direct conversations keeps the newest
     max_client_queue: int = 1000
-    ping_interval: int = 25  # whole seconds: Engine.IO announces int(ping_interval) * 1000 ms
-    ping_timeout: int = 20
+    # Seconds; Engine.IO announces them in whole milliseconds (0.3 -> 300).
+    ping_interval: float = 25.0
+    ping_timeout: float = 20.0
+    # A session that has not completed a Socket.IO CONNECT this long after it opened is
+    # closed: without it, one that only answers pings holds a connection slot for ever.
+    connect_timeout: float = 10.0
+    # Largest websocket message or polling POST body (engine.io's maxPayload): bigger
+    # frames are refused off their header, before they are read (chat_app.transport.frames).
+    max_payload_bytes: int = 2 * 1024 * 1024
     send_rate: float = 20.0
     send_burst: int = 40
     join_rate: float = 5.0
@@ -219,6 +226,12 @@ class Settings:
             values[f.name] = parser(f.name.upper(), raw)
         values.update(overrides)
         return cls(**values)
+
+    @property
+    def transport_max_bytes(self) -> int:
+        """MAX_PAYLOAD_BYTES, raised to 8 x MAX_MESSAGE_BYTES when that is more: a message as
+        long as allowed, escaped in JSON (up to 6 bytes a character), must fit in a frame."""
+        return max(self.max_payload_bytes, 8 * self.max_message_bytes)
 
     @property
     def uses_redis(self) -> bool:

@@ -265,3 +265,5 @@ def test_a_graceful_failover_loses_nothing(ha_cluster, nodes) -> None:
     )
     assert refused == []
     assert traffic.lost_to_replication(ha_cluster, room, started) == 0
+    # One new epoch, in the failed-over room only: every sender took the new master's id.
+    assert [scrape(node.url)["chat_epoch_changes_total"] for node in traffic.nodes] == [1, 1]

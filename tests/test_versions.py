@@ -41,6 +41,9 @@ def test_a_node_on_other_versions_steps_aside_and_still_serves(
     for part in skipped:
         assert f"event=private_api_skipped part={part} " in a.log()
     assert transport_line in a.log()
+    # The frame limits and the protocol guard reach below engine.io and python-socketio too.
+    pinned_engine = distribution == "redis"
+    assert f"protocol_guard={pinned_engine} bounded_frames={pinned_engine}" in a.log()
 
     alice = ChatClient(a.url, "alice")
     bob = ChatClient(b.url, "bob", transports=("polling",))

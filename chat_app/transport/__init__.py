@@ -4,7 +4,11 @@
 - fanout: room emits framed once, written straight to the member websockets (gevent-websocket);
 - lean_websockets: fewer greenlets and smaller buffers per idle connection (gevent);
 - slow_clients: cut a client whose queue grows because it stopped reading (engine.io queues);
-- shedding: refuse sends in the receive loop while the node sheds load (with lean_websockets).
+- shedding: refuse sends in the receive loop while the node sheds load (with lean_websockets);
+- frames: websocket messages refused off their frame header past the size limit, and binary
+  frames (with lean_websockets);
+- conformance: the protocol's answers to malformed requests and packets, binary packets
+  refused, CONNECT_TIMEOUT (any mode).
 
 Each part asks chat_app.versions first: on versions other than the pinned ones it steps
 aside and python-socketio's public path runs, slower and never wrong.
@@ -17,8 +21,9 @@ from dataclasses import dataclass
 from typing import Any
 
 from .. import versions
-from . import fanout, lean_websockets
+from . import conformance, fanout, lean_websockets
 from .answers import Answers
+from .conformance import ProtocolGuard
 from .fanout import DirectWriter, RoomFanout
 from .lean_websockets import LeanWebsockets
 from .shedding import SendShedding
@@ -36,6 +41,7 @@ class Transport:
     fanout: RoomFanout
     writer: DirectWriter | None  # None: python-socketio's own sends
     lean_websockets: LeanWebsockets | None
+    guard: ProtocolGuard | None = None  # None: python-socketio's own answers, no CONNECT_TIMEOUT
 
     @property
     def lean(self) -> bool:
@@ -55,7 +61,7 @@ class Transport:
         return sock is not None and sock.upgraded
 
 
-def install_transport(sio: Any, max_client_queue: int) -> Transport:
+def install_transport(sio: Any, max_client_queue: int, connect_timeout: float = 10.0) -> Transport:
     """Apply every part that fits this server's mode and the installed versions."""
     gevent_mode = sio.eio.async_mode == "gevent"
     pinned = versions.matches("transport", *ENGINE)
@@ -64,13 +70,17 @@ def install_transport(sio: Any, max_client_queue: int) -> Transport:
     installed = lean_websockets.install(sio, send=ping) if gevent_mode and pinned else None
     if pinned:
         watch_slow_clients(sio, max_client_queue, longest=installed.longest_queue if installed else None)
-    transport = Transport(sio, Answers(sio), RoomFanout(sio, writer), writer, installed)
+    guard = conformance.install(sio, connect_timeout) if pinned else None
+    transport = Transport(sio, Answers(sio), RoomFanout(sio, writer), writer, installed, guard)
     log.info(
-        "event=transport direct_writes=%s lean_websockets=%s answers_tracked=%s slow_client_watch=%s",
+        "event=transport direct_writes=%s lean_websockets=%s answers_tracked=%s slow_client_watch=%s "
+        "protocol_guard=%s bounded_frames=%s",
         writer is not None,
         transport.lean,
         transport.answers.tracked,
         pinned,
+        guard is not None,
+        transport.lean,
     )
     return transport
 

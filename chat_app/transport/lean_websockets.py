@@ -69,6 +69,10 @@ import gevent.event
 import gevent.queue
 from engineio import exceptions, packet
 from engineio.socket import Socket
+from geventwebsocket.websocket import WebSocket
+
+from . import frames
+from .conformance import PROBE_ANSWERED
 
 log = logging.getLogger(__name__)
 
@@ -103,6 +107,10 @@ class PacketQueue:
 
     def empty(self) -> bool:
         return self._items is None
+
+    def peek(self) -> list[Any]:
+        """The packets waiting, oldest first, left in the queue."""
+        return list(self._items) if self._items is not None else []
 
     def put(self, item: Any, block: bool = True, timeout: float | None = None) -> None:
         if self._items is None:
@@ -202,16 +210,19 @@ class PingScheduler:
                 self._server.sleep(max(delay, PING_TICK))
                 continue
             while self._due and self._due[0][0] <= now:
-                _, sock = self._due.popleft()
+                due, sock = self._due.popleft()
                 try:
-                    self._ping(sock)
+                    self._ping(sock, time.time() - (now - due))
                 except Exception:
                     log.exception("event=ping_failed sid=%s", sock.sid)
 
-    def _ping(self, sock: Socket) -> None:
-        # Socket._send_ping after its sleep.
+    def _ping(self, sock: Socket, due: float) -> None:
+        # Socket._send_ping after its sleep. `last_ping` is when the ping was due, not when
+        # the tick sent it: the pong is then late `ping_timeout` after `ping_interval`, as
+        # the protocol says, not up to PING_TICK later (a polling request at that moment is
+        # refused 400, as the official protocol suite expects).
         if not sock.closing and not sock.closed:
-            sock.last_ping = time.time()
+            sock.last_ping = due
             pkt = packet.Packet(packet.PING)
             self._send(sock, pkt)
 
@@ -338,8 +349,13 @@ def _schedule_ping(sock: Socket) -> None:
 
 
 def _receive(sock: Socket, ws: Any) -> Any:
+    """The next message, refused off its frame header past `max_http_buffer_size`
+    (chat_app.transport.frames) when the websocket is gevent-websocket's."""
+    limit = sock.server.max_http_buffer_size
+    if isinstance(getattr(ws, "_sock", None), WebSocket):
+        return frames.receive(ws, limit, sock.sid)
     data = ws.wait()
-    if data and len(data) > sock.server.max_http_buffer_size:
+    if data and len(data) > limit:
         raise ValueError("packet is too large")
     return data
 
@@ -356,6 +372,7 @@ def _upgrade(sock: Socket, ws: Any) -> bool:
         return False
     ws.send(packet.Packet(packet.PONG, data="probe").encode())
     sock.queue.put(packet.Packet(packet.NOOP))  # end poll
+    setattr(sock, PROBE_ANSWERED, True)  # a poll from now on waits for the UPGRADE (conformance)
     pkt = _receive(sock, ws)
     decoded_pkt = packet.Packet(encoded_packet=pkt)
     if decoded_pkt.packet_type != packet.UPGRADE:
@@ -394,9 +411,11 @@ def _websocket_handler(sock: Socket, ws: Any) -> list[Any]:  # noqa: PLR0912, PL
     server.logger.info("%s: Upgrade to websocket successful", sock.sid)
 
     max_size = server.max_http_buffer_size
+    bounded = isinstance(getattr(ws, "_sock", None), WebSocket)  # frames refused off their header
     while True:
         try:
-            p = ws.wait()  # _receive, inlined: the frame the connection idles under
+            # _receive, inlined: the frame the connection idles under
+            p = frames.receive(ws, max_size, sock.sid) if bounded else ws.wait()
             if p and len(p) > max_size:
                 raise ValueError("packet is too large")
         except Exception as e:
