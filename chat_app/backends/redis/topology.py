@@ -33,6 +33,7 @@ log = logging.getLogger(__name__)
 DOWN_HOLD = 0.5
 # While a shard is down the map is looked at this often (and never more often).
 MIN_LOOK_GAP = 0.2
+EAGER_LOOKS = 5.0  # seconds of close looks after a shard gave a slot away
 
 Layout = tuple[tuple[int, int, str], ...]  # (first slot, last slot, master "host:port")
 
@@ -51,6 +52,7 @@ class SlotMaps:
         self._timeout = timeout
         self._down: dict[str, float] = {}  # shard "host:port" -> time it failed
         self._last_look = 0.0
+        self._eager_until = 0.0  # look_soon: look every MIN_LOOK_GAP until then
         self._probes: dict[str, redis.Redis] = {}
         self._wakeup = threading.Event()
         self._stopping = threading.Event()
@@ -91,6 +93,9 @@ class SlotMaps:
         self._wakeup.set()
 
     def look_soon(self) -> None:
+        """A shard gave a slot away (a graceful failover): look now, and closely for a while,
+        since the server asked first may not know the new map yet."""
+        self._eager_until = time.monotonic() + EAGER_LOOKS
         self._wakeup.set()
 
     def up(self, shard: str) -> None:
@@ -115,6 +120,7 @@ class SlotMaps:
         if not changed:
             return False
         self.failovers += 1
+        self._eager_until = 0.0
         masters = sorted({master for _, _, master in layout})
         for shard in [s for s in self._down if s not in masters]:
             del self._down[shard]  # replaced: nothing goes there any more
@@ -145,7 +151,8 @@ class SlotMaps:
 
     def _run(self) -> None:
         while not self._stopping.is_set():
-            self._wakeup.wait(MIN_LOOK_GAP if self._down else self._interval)
+            eager = self._down or time.monotonic() < self._eager_until
+            self._wakeup.wait(MIN_LOOK_GAP if eager else self._interval)
             self._wakeup.clear()
             if self._stopping.wait(max(0.0, self._last_look + MIN_LOOK_GAP - time.monotonic())):
                 break
