@@ -64,12 +64,12 @@ def test_dashboard_has_a_row_per_operator_question() -> None:
 
 
 @contextlib.contextmanager
-def prometheus(directory: Path, targets: list[str]) -> Iterator[str]:
+def prometheus(directory: Path, targets: list[str], rules: str | None = None) -> Iterator[str]:
     """Debian's Prometheus on a port of its own, with its own data folder, scraping
-    `targets` every second and evaluating alerts.yml; stopped by its pid."""
+    `targets` every second and evaluating alerts.yml (or `rules`); stopped by its pid."""
     require_program(PROMETHEUS, "apt-get install prometheus")
     directory.mkdir(parents=True)
-    shutil.copy(RULES, directory / "alerts.yml")
+    (directory / "alerts.yml").write_text(rules if rules is not None else RULES.read_text())
     config = {
         "global": {"scrape_interval": "1s", "evaluation_interval": "1s"},
         "rule_files": ["alerts.yml"],
@@ -190,3 +190,57 @@ def test_every_panel_query_returns_series_from_prometheus_scraping_two_nodes(
 
 def panels_by_title() -> dict[str, dict[str, Any]]:
     return {p["title"]: p for p in panels()}
+
+
+def alerts(url: str, name: str) -> list[dict[str, Any]]:
+    found = requests.get(f"{url}/api/v1/alerts", timeout=5).json()["data"]["alerts"]
+    return [a for a in found if a["labels"]["alertname"] == name]
+
+
+@pytest.mark.timeout(90)
+def test_listener_alert_fires_in_prometheus_when_redis_dies_and_resolves_after(
+    redis_server: RedisServer, nodes: NodeFactory, tmp_path: Path
+) -> None:
+    """The rule's expression on a real outage. Its `for: 1m` is shortened to 3 s in this
+    copy to keep the test short; that `for` itself is unit-tested by promtool
+    (alerts_test.yml)."""
+    rules = RULES.read_text()
+    block = rules.split("- alert: ChatRedisListenerDown", 1)[1].split("- alert:", 1)[0]
+    assert "for: 1m" in block
+    rules = rules.replace(block, block.replace("for: 1m", "for: 3s"))
+    node_a = nodes.start(redis_server.url)
+    node_b = nodes.start(redis_server.url)
+    alice = ChatClient(node_a.url, "alice")
+    try:
+        assert alice.call("join_room", {"room": "ops"})["ok"]
+        targets = [f"127.0.0.1:{node_a.port}", f"127.0.0.1:{node_b.port}"]
+        with prometheus(tmp_path / "prometheus", targets, rules) as url:
+            wait_until(
+                lambda: len(query(url, 'chat_redis_listener_connected{job="chat_app"} == 1')) == 2,
+                timeout=20,
+                interval=0.2,
+                what="both listeners scraped connected",
+            )
+            assert alerts(url, "ChatRedisListenerDown") == []
+            redis_server.kill()
+            firing = wait_until(
+                lambda: (
+                    {a["labels"]["instance_id"] for a in alerts(url, "ChatRedisListenerDown") if a["state"] == "firing"}
+                    == {node_a.instance_id, node_b.instance_id}
+                ),
+                timeout=30,
+                interval=0.5,
+                what="ChatRedisListenerDown firing for both nodes",
+                detail=lambda: alerts(url, "ChatRedisListenerDown"),
+            )
+            assert firing
+            redis_server.restart()
+            wait_until(
+                lambda: alerts(url, "ChatRedisListenerDown") == [],
+                timeout=30,
+                interval=0.5,
+                what="ChatRedisListenerDown resolved",
+                detail=lambda: alerts(url, "ChatRedisListenerDown"),
+            )
+    finally:
+        alice.close()
