@@ -47,6 +47,16 @@ class ChatCollector(Collector):
             g.add_metric([s.instance_id], value)
             yield g
 
+    def _health(self) -> Metric:
+        """/healthz's parts as a gauge: alerts see what the load balancer sees, no prober."""
+        s = self._service
+        health = GaugeMetricFamily(
+            "chat_health", "1 while this /healthz part is ok, 0 while it fails.", labels=["instance_id", "part"]
+        )
+        for part, ok in sorted(s.health().items()):
+            health.add_metric([s.instance_id, part], float(ok))
+        return health
+
     def _cluster(self) -> Iterator[Metric]:
         """Redis Cluster only: how the node follows the cluster's slot map."""
         maps = getattr(self._broker, "slot_maps", None)
@@ -101,6 +111,7 @@ class ChatCollector(Collector):
             return m
 
         yield gauge("chat_connected_clients", "Socket.IO connections on this node.", s.connection_count())
+        yield self._health()
         yield gauge("chat_local_rooms", "Rooms with at least one member on this node.", len(s.local_rooms()))
         yield counter("chat_messages_published", "Messages this node stored and published.", c.published)
         yield counter("chat_messages_delivered", "Room messages this node emitted to its members.", c.delivered)
