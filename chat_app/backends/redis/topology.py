@@ -34,6 +34,9 @@ DOWN_HOLD = 0.5
 # While a shard is down the map is looked at this often (and never more often).
 MIN_LOOK_GAP = 0.2
 EAGER_LOOKS = 5.0  # seconds of close looks after a shard gave a slot away
+# A shard no call has failed on for this long is no longer reported down: whatever still
+# uses a dead shard fails on it again well within it (the listener retries every 2 s at most).
+DOWN_FORGET = 10.0
 
 Layout = tuple[tuple[int, int, str], ...]  # (first slot, last slot, master "host:port")
 
@@ -57,7 +60,6 @@ class SlotMaps:
         self._wakeup = threading.Event()
         self._stopping = threading.Event()
         self._listeners: list[Callable[[], None]] = []
-        self.looks = 0
         self.refreshes = 0  # clients whose map was rebuilt
         self.failovers = 0  # changes of the map followed (a promotion, a failback, a reshard)
         for client in self._clients:
@@ -81,7 +83,7 @@ class SlotMaps:
 
     def down(self) -> list[str]:
         """Shards that failed and have not answered since, while the map still names them."""
-        return sorted(self._down)
+        return sorted(list(self._down))
 
     def failed(self, shard: str, exc: BaseException | None = None) -> None:
         """A connection to `shard` was refused or reset: hold it down, and have the map
@@ -108,7 +110,6 @@ class SlotMaps:
         layout = self._read()
         if layout is None:
             return False
-        self.looks += 1
         changed = [c for c in self._clients if not _agrees(c, layout)]
         for client in changed:
             try:
@@ -122,7 +123,7 @@ class SlotMaps:
         self.failovers += 1
         self._eager_until = 0.0
         masters = sorted({master for _, _, master in layout})
-        for shard in [s for s in self._down if s not in masters]:
+        for shard in [s for s in list(self._down) if s not in masters]:
             del self._down[shard]  # replaced: nothing goes there any more
         log.info("event=slot_map_changed masters=%s clients=%d", ",".join(masters), len(changed))
         for listener in self._listeners:
@@ -151,7 +152,10 @@ class SlotMaps:
 
     def _run(self) -> None:
         while not self._stopping.is_set():
-            eager = self._down or time.monotonic() < self._eager_until
+            now = time.monotonic()
+            for shard in [s for s, failed in list(self._down.items()) if now - failed > DOWN_FORGET]:
+                del self._down[shard]  # nothing has used it since: nothing to report
+            eager = self._down or now < self._eager_until
             self._wakeup.wait(MIN_LOOK_GAP if eager else self._interval)
             self._wakeup.clear()
             if self._stopping.wait(max(0.0, self._last_look + MIN_LOOK_GAP - time.monotonic())):
