@@ -13,12 +13,13 @@ from urllib.parse import quote
 import pytest
 import redis
 import requests
+from cluster_ha import PASSWORD, cluster_args, create_cluster, free_cluster_port
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 from helpers import ChatClient, wait_until
-from processes import free_port
+from processes import RedisServer, free_port
 
 
 def _write_key(key: ec.EllipticCurvePrivateKey, path: Path) -> None:
@@ -171,3 +172,35 @@ def test_redis_ssl_cert_reqs_only_touches_rediss_urls_without_their_own() -> Non
     assert url("rediss://h/0?ssl_cert_reqs=required") == "rediss://h/0?ssl_cert_reqs=required"
     assert url("redis://h/0") == "redis://h/0"
     assert url("rediss://h/0", None) == "rediss://h/0"
+
+
+def test_a_cluster_that_speaks_only_tls_to_clients(tmp_path: Path, nodes) -> None:
+    """REDIS_TLS=1 with REDIS_TLS_CA_FILE and REDIS_PASSWORD: every connection of the nodes
+    (commands, publisher, sharded subscribers, the slot-map probes) speaks verified TLS to a
+    password-protected cluster, whose TLS ports are all the nodes are told of. CLUSTER SLOTS
+    asked over TLS names TLS ports, so a part that spoke plain text to one would fail."""
+    certs = make_certificates(tmp_path / "certs")
+    tls = ["--tls-cert-file", str(certs["cert"]), "--tls-key-file", str(certs["key"])]
+    tls += ["--tls-ca-cert-file", str(certs["ca"]), "--tls-auth-clients", "no", "--tls-cluster", "yes"]
+    servers, tls_ports = [], []
+    for i in range(3):
+        tls_ports.append(free_port())
+        args = [*cluster_args(), *tls, "--tls-port", str(tls_ports[-1])]
+        servers.append(RedisServer(tmp_path / f"shard{i}", free_cluster_port(), args, password=PASSWORD))
+    try:
+        for server in servers:
+            server.start()  # the test's own checks use the plain ports
+        create_cluster(servers, password=PASSWORD)
+        env = {
+            "REDIS_CLUSTER_NODES": ",".join(f"localhost:{port}" for port in tls_ports),
+            "REDIS_PASSWORD": PASSWORD,
+            "REDIS_TLS": "1",
+            "REDIS_TLS_CA_FILE": str(certs["ca"]),
+        }
+        cross_node_message(nodes, "", **env)
+        on_tls = tuple(f":{port}" for port in tls_ports)
+        clients = [c for s in servers for c in s.client().client_list()]
+        assert any(c.get("laddr", "").endswith(on_tls) for c in clients), "the nodes came in on the TLS ports"
+    finally:
+        for server in servers:
+            server.stop()
