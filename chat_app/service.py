@@ -467,9 +467,8 @@ class ChatService:
             if room not in conn.rooms:
                 if not direct and len(conn.rooms) - len(conn.directs) >= limit:
                     raise ChatError(ErrorCode.TOO_MANY_ROOMS, f"a connection may be in at most {limit} rooms")
-                if limited and not conn.join_bucket.take():
-                    self.counters.rate_limited += 1
-                    raise ChatError(ErrorCode.RATE_LIMITED, "too many joins: slow down")
+                if limited:
+                    self._take(conn.join_bucket, "too many joins: slow down")
                 if direct and len(conn.directs) >= limit:
                     evicted = min(conn.directs, key=conn.directs.__getitem__)
                     self._leave_locally(conn, evicted)
@@ -560,6 +559,12 @@ class ChatService:
         self._leave(conn, room)
         return {"ok": True, "room": room}
 
+    @staticmethod
+    def _touch_direct(conn: Connection, room: str) -> None:
+        """A direct conversation's activity here: the least active one makes way first."""
+        if room in conn.directs:
+            conn.directs[room] = time.monotonic()
+
     def _take(self, bucket: TokenBucket, message: str) -> None:
         """One of the connection's per-event rate limits: `rate_limited`, nothing done, past it.
         No lock but for the counter (sends are the hot path): `take` does no I/O, so under
@@ -609,8 +614,7 @@ class ChatService:
         if req.room not in conn.rooms:
             raise ChatError(ErrorCode.NOT_IN_ROOM, f"join {req.room!r} before sending to it")
         self._take(conn.send_bucket, "too many messages: slow down")
-        if req.room in conn.directs:
-            conn.directs[req.room] = time.monotonic()
+        self._touch_direct(conn, req.room)
         sender = conn.user or clean_sender(req.sender) or self._rooms_user(req.room, sid)
         draft = Draft.new(req.room, sender, req.message, self.instance_id, req.key, self._clock, self._tokens.hex)
         started = time.perf_counter()
@@ -792,8 +796,7 @@ class ChatService:
             self._emitter.emit_to(sid, "room_left", {"room": room, "reason": command.reason})
             return True
         if room in conn.rooms:
-            if room in conn.directs:  # a message in the conversation: it is active here
-                conn.directs[room] = time.monotonic()
+            self._touch_direct(conn, room)  # a message in the conversation: it is active here
             return False  # a member already (or joining): nothing to tell it
         # The one join path, with its hand-over run after `room_joined` instead of the ack:
         # the event comes first, then what the room sent past its bound, then live messages.

@@ -281,7 +281,7 @@ class RedisPresence:
         out = []
         for room, result in zip(rooms, results, strict=True):
             if isinstance(result, CONNECTION_ERRORS):
-                unreached.add(f"{self._server_of(room)}")
+                unreached.add(self._server_of(room))
                 log.debug("event=beat_unreached room=%s error=%s", q(room), q(describe(result)))
             elif result:
                 out.append(room)
