@@ -21,7 +21,7 @@ from redis.exceptions import AskError, NoScriptError
 
 from ... import versions
 from .connection import CONNECTION_ERRORS
-from .topology import ClusterClient
+from .topology import shard
 
 try:  # redis-py's packer wraps this one in per-argument checks that cost more than packing
     from hiredis import pack_command
@@ -71,9 +71,9 @@ def run_scripts(client: AnyRedis, calls: Sequence[Call], rerun_moved: bool = Tru
         # Loaded only where they are missing: RedisCluster.script_load would go to every
         # master, and fail every call with one shard away.
         for node, _ in _by_node(client, again).values():
-            with contextlib.suppress(*CONNECTION_ERRORS):  # its calls then fail in their place
-                for script in scripts:
-                    client.get_redis_connection(node).script_load(script.source)
+            with contextlib.suppress(*CONNECTION_ERRORS), shard(client, node) as server:
+                for script in scripts:  # a shard away: its calls then fail in their place
+                    server.script_load(script.source)
         return _pipelined(client, again)
 
     results = _pipelined(client, calls)
@@ -114,20 +114,13 @@ def _pipelined(client: AnyRedis, calls: Sequence[Call]) -> list[object]:
     pipeline does."""
     if not isinstance(client, RedisCluster):
         return _pipeline(client, calls)
-    maps = client.slot_maps if isinstance(client, ClusterClient) else None
     results: list[object] = [None] * len(calls)
     for node, indexes in _by_node(client, calls).values():
         try:
-            if maps is not None and maps.is_down(node.name):
-                raise redis.ConnectionError(f"shard {node.name} is down")
-            part = _pipeline(client.get_redis_connection(node), [calls[i] for i in indexes])
+            with shard(client, node) as server:
+                part = _pipeline(server, [calls[i] for i in indexes])
         except CONNECTION_ERRORS as exc:
             part = [exc] * len(indexes)
-            if maps is not None:
-                maps.failed(node.name, exc)
-        else:
-            if maps is not None:
-                maps.up(node.name)
         for i, result in zip(indexes, part, strict=True):
             results[i] = result
     if results and all(isinstance(r, CONNECTION_ERRORS) for r in results):

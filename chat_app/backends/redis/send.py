@@ -16,10 +16,10 @@ from ...logsafe import q
 from ...protocol import BadEnvelope, Envelope, decode_envelope, envelope_head
 from ...settings import Settings
 from ..base import BackendUnavailable, Banned, Draft
-from .connection import CONNECTION_ERRORS, describe
+from .connection import describe
 from .keys import RoomKeys
 from .scripts import AnyRedis, Call, HeldConnection, LuaScript
-from .topology import ClusterClient
+from .topology import shard
 
 log = logging.getLogger(__name__)
 
@@ -83,15 +83,8 @@ class ServerIds:
             return self._ids[""]
         node = self._client.get_node_from_key(key)
         if node.name not in self._ids:
-            maps = self._client.slot_maps if isinstance(self._client, ClusterClient) else None
-            try:
-                if maps is not None and maps.is_down(node.name):
-                    raise redis.ConnectionError(f"shard {node.name} is down")
-                self._ids[node.name] = self._read(self._client.get_redis_connection(node))
-            except CONNECTION_ERRORS as exc:
-                if maps is not None:
-                    maps.failed(node.name, exc)
-                raise
+            with shard(self._client, node) as server:
+                self._ids[node.name] = self._read(server)
         return self._ids[node.name]
 
     def forget(self) -> None:

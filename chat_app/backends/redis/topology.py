@@ -17,11 +17,11 @@ import contextlib
 import logging
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 import redis
-from redis.cluster import RedisCluster
+from redis.cluster import ClusterNode, RedisCluster
 
 from ...logsafe import q
 from .connection import CONNECTION_ERRORS, describe
@@ -46,6 +46,25 @@ class ClusterClient(RedisCluster):
     sends through one of its shards' connections reports a dead shard the same way."""
 
     slot_maps: SlotMaps | None = None
+
+
+@contextlib.contextmanager
+def shard(client: RedisCluster, node: ClusterNode) -> Iterator[redis.Redis]:
+    """The connection to one shard of `client`, for a call made through it: refused at once
+    while the shard is held down, and the call's outcome told to the client's SlotMaps (a
+    connection error holds it down, success brings it back)."""
+    maps = client.slot_maps if isinstance(client, ClusterClient) else None
+    if maps is None:
+        yield client.get_redis_connection(node)
+        return
+    if maps.is_down(node.name):
+        raise redis.ConnectionError(f"shard {node.name} is down")
+    try:
+        yield client.get_redis_connection(node)
+    except CONNECTION_ERRORS as exc:
+        maps.failed(node.name, exc)
+        raise
+    maps.up(node.name)
 
 
 class SlotMaps:
