@@ -40,7 +40,6 @@ pinned versions (chat_app.versions); elsewhere upstream's answers stand.
 
 from __future__ import annotations
 
-import collections
 import logging
 import time
 import urllib.parse
@@ -51,6 +50,8 @@ import engineio.socket
 from engineio import packet as eio_packet
 from engineio.socket import Socket
 from socketio import packet as sio_packet
+
+from .delays import DelayQueue
 
 log = logging.getLogger(__name__)
 
@@ -113,9 +114,7 @@ class ProtocolGuard:
         self.connect_timeout = connect_timeout
         self.violations = 0  # connections closed for breaking the protocol
         self.connect_timeouts = 0  # sessions closed for not connecting in time
-        self._deadlines: collections.deque[tuple[float, str]] = collections.deque()
-        self._wake = self.eio.create_event()
-        self._task: Any = None
+        self._deadlines: DelayQueue[str] = DelayQueue(self.eio, self._expire, self.eio.create_event, "connect_timeout")
         self._handle_request = self.eio.handle_request
         self._handle_eio_connect = sio._handle_eio_connect
 
@@ -244,11 +243,7 @@ class ProtocolGuard:
         self._announce_ping_interval(eio_sid)
         result = self._handle_eio_connect(eio_sid, environ)
         if result is not False:
-            # One timeout for all: appended in due order, the FIFO stays sorted.
-            self._deadlines.append((time.monotonic() + self.connect_timeout, eio_sid))
-            if self._task is None:
-                self._task = self.eio.start_background_task(self._run)
-            self._wake.set()
+            self._deadlines.add(eio_sid, self.connect_timeout)
         return result
 
     def _announce_ping_interval(self, eio_sid: str) -> None:
@@ -268,25 +263,7 @@ class ProtocolGuard:
     def _connected(self, eio_sid: str, namespaces: Iterable[str]) -> bool:
         return any(self.sio.manager.sid_from_eio_sid(eio_sid, n) is not None for n in namespaces)
 
-    def _run(self) -> None:
-        while True:
-            if not self._deadlines:
-                self._wake.clear()
-                self._wake.wait()
-                continue
-            delay = self._deadlines[0][0] - time.monotonic()
-            if delay > 0:
-                self.eio.sleep(delay)
-                continue
-            now = time.monotonic()
-            while self._deadlines and self._deadlines[0][0] <= now:
-                _, eio_sid = self._deadlines.popleft()
-                try:
-                    self._expire(eio_sid)
-                except Exception:
-                    log.exception("event=connect_timeout_failed sid=%s", eio_sid)
-
-    def _expire(self, eio_sid: str) -> None:
+    def _expire(self, eio_sid: str, _due: float) -> None:
         sock = self.eio.sockets.get(eio_sid)
         if sock is None or sock.closed or self._connected(eio_sid, list(self.sio.manager.get_namespaces())):
             return

@@ -73,6 +73,7 @@ from geventwebsocket.websocket import WebSocket
 
 from . import frames
 from .conformance import PROBE_ANSWERED
+from .delays import DelayQueue
 
 log = logging.getLogger(__name__)
 
@@ -180,9 +181,7 @@ class PingScheduler:
     def __init__(self, server: Any, send: Callable[[Socket, packet.Packet], None] | None = None) -> None:
         self._server = server
         self._send = send or _socket_send
-        self._due: collections.deque[tuple[float, Socket]] = collections.deque()
-        self._wake = gevent.event.Event()
-        self._task: Any = None
+        self._due: DelayQueue[Socket] = DelayQueue(server, self._ping_due, gevent.event.Event, "ping", PING_TICK)
 
     def __len__(self) -> int:
         return len(self._due)
@@ -192,29 +191,10 @@ class PingScheduler:
         if not sock.last_ping:
             return
         sock.last_ping = None
-        # One interval for all: entries are appended in due order, the FIFO stays sorted.
-        self._due.append((time.monotonic() + self._server.ping_interval, sock))
-        if self._task is None:
-            self._task = self._server.start_background_task(self._run)
-        self._wake.set()
+        self._due.add(sock, self._server.ping_interval)
 
-    def _run(self) -> None:
-        while True:
-            if not self._due:
-                self._wake.clear()
-                self._wake.wait()
-                continue
-            now = time.monotonic()
-            delay = self._due[0][0] - now
-            if delay > 0:
-                self._server.sleep(max(delay, PING_TICK))
-                continue
-            while self._due and self._due[0][0] <= now:
-                due, sock = self._due.popleft()
-                try:
-                    self._ping(sock, time.time() - (now - due))
-                except Exception:
-                    log.exception("event=ping_failed sid=%s", sock.sid)
+    def _ping_due(self, sock: Socket, due: float) -> None:
+        self._ping(sock, time.time() - (time.monotonic() - due))
 
     def _ping(self, sock: Socket, due: float) -> None:
         # Socket._send_ping after its sleep. `last_ping` is when the ping was due, not when
