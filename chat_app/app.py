@@ -5,7 +5,7 @@ from __future__ import annotations
 import contextlib
 import logging
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from flask import Flask
 from flask_socketio import SocketIO
@@ -16,11 +16,15 @@ from .backends.base import Broker, Presence
 from .backends.memory import MemoryBroker, MemoryHub, MemoryPresence
 from .events import SocketIOEmitter, register_events
 from .http import register_routes
+from .logsafe import q
 from .metrics import register_metrics
-from .protocol import ChatError, ErrorCode
+from .protocol import ChatError, ErrorCode, max_wire_bytes
 from .service import BEHIND, ChatService
 from .settings import Settings
 from .transport import SendShedding, install_transport
+
+if TYPE_CHECKING:
+    from .archive.node import NodeArchive
 
 log = logging.getLogger("chat_app")  # the lines it logged before it moved here
 
@@ -70,20 +74,30 @@ class CloseWhenAsked:
         return self.app(environ, start)
 
 
-def build_backends(settings: Settings) -> tuple[Broker, Presence]:
+def build_backends(settings: Settings) -> tuple[Broker, Presence, NodeArchive | None]:
     if not settings.uses_redis:
         log.warning("event=backend backend=memory REDIS_URL is unset: single node, rooms are not shared")
         hub = MemoryHub(settings.history_length)
         presence = MemoryPresence(hub, settings.instance_id, settings.presence_events_max_members)
-        return MemoryBroker(hub, settings.instance_id), presence
+        return MemoryBroker(hub, settings.instance_id), presence, None
     from .backends.redis.broker import RedisBroker
     from .backends.redis.clients import RedisClients
     from .backends.redis.presence import RedisPresence
 
     clients = RedisClients.from_settings(settings)
     log.info("event=backend backend=redis sentinel=%s", settings.redis_sentinels is not None)
-    broker = RedisBroker(clients, settings)
-    return broker, RedisPresence(clients, settings, broker.batcher)
+    archive = None
+    if settings.database_url:
+        from .archive.node import NodeArchive
+
+        archive = NodeArchive.build(settings, clients.commands, max_wire_bytes(settings.max_message_bytes))  # type: ignore[arg-type]
+    else:
+        log.warning(
+            "event=archive_off detail=%s",
+            q("no DATABASE_URL: history is Redis's recent window of live rooms only, and goes with them"),
+        )
+    broker = RedisBroker(clients, settings, archive.reads if archive else None)
+    return broker, RedisPresence(clients, settings, broker.batcher), archive
 
 
 def create_app(settings: Settings | None = None, async_mode: str | None = None) -> Flask:
@@ -104,7 +118,7 @@ def create_app(settings: Settings | None = None, async_mode: str | None = None) 
         json=json_codec,
     )
     transport = install_transport(socketio.server, settings.max_client_queue, settings.connect_timeout)
-    broker, presence = build_backends(settings)
+    broker, presence, archive = build_backends(settings)
     service = ChatService(settings, broker, presence, SocketIOEmitter(socketio, transport))
     register_events(socketio, service, transport)
     behind = ChatError(ErrorCode.OVERLOADED, BEHIND).to_wire()
@@ -116,6 +130,9 @@ def create_app(settings: Settings | None = None, async_mode: str | None = None) 
     app.extensions["chat_socketio"] = socketio
     register_metrics(app, service, broker, transport.writer.counters if transport.writer else None, presence)
     service.start()
+    if archive is not None:
+        archive.start()
+        app.extensions["chat_archive"] = archive
     if socketio.async_mode == "gevent":
         service.measure_load()
     log.info("event=started")
@@ -126,6 +143,9 @@ def shutdown(app: Flask) -> None:
     """Leave every room at once, close Redis, then disconnect the clients (SIGTERM)."""
     service: ChatService = app.extensions["chat_service"]
     socketio: SocketIO = app.extensions["chat_socketio"]
+    archive: NodeArchive | None = app.extensions.get("chat_archive")
+    if archive is not None:
+        archive.writer.stop()  # the database connections close with the process
     for sid in service.stop():
         with contextlib.suppress(Exception):  # the client may already be gone
             socketio.server.disconnect(sid, namespace="/")

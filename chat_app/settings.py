@@ -112,6 +112,7 @@ _PARSERS: dict[str, Callable[[str, str], Any]] = {
     "int": _positive_int,
     "str": _text,
     "str | None": _text,
+    "float | None": _positive_float,
     "list[str] | None": _comma_list,
 }
 
@@ -191,6 +192,18 @@ class Settings:
     api_key: str | None = None  # the server API (HTTP) is off without it
     cors_allowed_origins: list[str] | None = _setting(None, _origins)  # noqa: RUF009 (immutable default)
     log_level: str = _setting("INFO", _log_level)
+    # The archive (chat_app/archive/): PostgreSQL keeps every message; Redis the live window.
+    database_url: str | None = None
+    archive_retention_days: float | None = None  # unset: keep every message for good
+    # How long a quiet room's epoch and seq outlive its other Redis keys (two small keys a
+    # room), so that its next message continues the archived stream. Unset: for good. A room
+    # quiet for longer starts a new epoch (its archived history stays readable).
+    archive_position_days: float | None = None
+    # Messages Redis holds for the archive while the database is away (at ~0.5 KiB each, the
+    # default is ~0.5 GiB of Redis memory, 16 minutes at 1,000 msg/s); past it the oldest go.
+    archive_outbox_max: int = 1_000_000
+    archive_batch: int = 500  # messages a writer takes from the outbox per round
+    archive_pool_size: int = 4  # database connections per node
 
     def __post_init__(self) -> None:
         if self.auth_secret is not None and len(self.auth_secret.encode()) < 32:
@@ -207,6 +220,15 @@ class Settings:
             )
         if self.cors_allowed_origins is not None and not self.cors_allowed_origins:
             raise SettingsError("CORS_ALLOWED_ORIGINS must name an origin (or `*`), or be unset: same origin only")
+        if self.database_url and self.redis_cluster_nodes:
+            raise SettingsError(
+                "DATABASE_URL (the archive) runs with REDIS_URL or REDIS_SENTINELS; not yet with a Redis Cluster"
+            )
+        if self.database_url and not self.uses_redis:
+            raise SettingsError(
+                "DATABASE_URL (the archive) needs REDIS_URL or REDIS_SENTINELS: its outbox and room "
+                "positions live in Redis"
+            )
         if self.heartbeat_interval >= self.presence_ttl:
             raise SettingsError(
                 f"HEARTBEAT_INTERVAL ({self.heartbeat_interval}) must be shorter than "
@@ -241,3 +263,13 @@ class Settings:
     def redis_room_ttl_ms(self) -> int:
         """Room keys outlive a presence entry so a crashed node's users can still be read."""
         return int(self.presence_ttl * 2000)
+
+    @property
+    def archive_marker(self) -> str:
+        """The value of the archive's marker key in Redis (common.lua archive_conf)."""
+        return f"{self.archive_position_ttl_ms} {self.archive_outbox_max}"
+
+    @property
+    def archive_position_ttl_ms(self) -> int:
+        """0: a room's position is kept for good."""
+        return int((self.archive_position_days or 0) * 86_400_000)

@@ -50,3 +50,26 @@ def nodes(request: pytest.FixtureRequest, tmp_path: Path):
 
 def pytest_report_header(config: pytest.Config) -> str:
     return f"redis-server: {os.popen('redis-server --version').read().strip()}"
+
+
+@pytest.fixture(scope="session")
+def postgres_server():
+    """One PostgreSQL of the suite's own for the session; each test takes a database of its own."""
+    from helpers import require_program
+    from postgres import PostgresServer, postgres_bin
+
+    require_program(postgres_bin("initdb"), "apt-get install postgresql")
+    server = PostgresServer(free_port())
+    server.start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def database_url(postgres_server) -> str:
+    """A fresh database at the archive's latest schema (as the release phase leaves it)."""
+    from chat_app.archive.schema import migrate
+
+    url = postgres_server.new_database()
+    migrate(url)
+    return url

@@ -147,7 +147,7 @@ class NodeFactory:
         self.directory.mkdir(parents=True, exist_ok=True)
         port = int(env.pop("PORT", "0")) or free_port()  # a fixed PORT: a node restarted in place
         instance_id = env.pop("INSTANCE_ID", f"node{len(self.nodes) + 1}-{port}")
-        environment = {k: v for k, v in os.environ.items() if k != "REDIS_URL"}
+        environment = {k: v for k, v in os.environ.items() if k not in ("REDIS_URL", "DATABASE_URL")}
         environment.update(
             {
                 "PORT": str(port),

@@ -288,3 +288,16 @@ class Presence(Protocol):
     def directs(self, user: str, limit: int) -> list[Direct]:
         """The user's conversations, newest activity first, each with its room's position."""
         ...
+
+
+class OlderHistory(Protocol):
+    """What a backend's history reads fall through to beyond what it still holds: the
+    archive (chat_app/archive/reads.py)."""
+
+    def before(
+        self, room: str, position: Position, held: Sequence[Envelope], last: int, after: int | None, limit: int
+    ) -> list[Envelope]:
+        """The room's envelopes just older than `held` (what the backend returned for a read
+        ending at `last`): after `after` up to `held`, or the newest to make `limit` in all
+        when `after` is None. Oldest first; [] when the archive cannot tell."""
+        ...

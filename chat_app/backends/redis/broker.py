@@ -26,6 +26,7 @@ from ..base import (
     CommandResult,
     Draft,
     History,
+    OlderHistory,
     Position,
 )
 from .clients import RedisClients
@@ -41,8 +42,9 @@ log = logging.getLogger(__name__)
 
 
 class RedisBroker:
-    def __init__(self, clients: RedisClients, settings: Settings) -> None:
+    def __init__(self, clients: RedisClients, settings: Settings, archive: OlderHistory | None = None) -> None:
         self._commands = clients.commands
+        self._archive = archive
         self._prefix = settings.key_prefix
         self._deadline = settings.send_deadline
         self._instance_id = settings.instance_id
@@ -142,6 +144,8 @@ class RedisBroker:
                 self.listener.bad_payloads += 1
         position = Position(epoch.decode() if epoch else "", int(seq or 0))
         last = position.seq if upto is None else min(upto, position.seq)
+        if self._archive is not None and position.seq:
+            envelopes = self._archive.before(room, position, envelopes, last, after, limit) + envelopes
         if after is None:
             complete = True
         else:

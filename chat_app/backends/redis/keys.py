@@ -114,3 +114,9 @@ def reply_prefix(prefix: str) -> str:
 def reply_key(prefix: str, token: str) -> str:
     """The list where the nodes answer one command; only its sender pops it, for its deadline."""
     return reply_prefix(prefix) + token
+
+
+def archive_key(prefix: str) -> str:
+    """The archive's marker (common.lua archive_conf); + ":outbox", the stream its writers
+    read. Not hash-tagged: the archive runs on one Redis (or Sentinel), not a Cluster."""
+    return f"{prefix}:archive"

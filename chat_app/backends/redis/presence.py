@@ -34,7 +34,7 @@ from .connection import CONNECTION_ERRORS, describe
 from .control import store_ban
 from .directs import DirectLists
 from .keys import RoomKeys, escape, room_nodes_pattern, room_of_nodes_key
-from .scripts import Call, HeldConnection, LuaScript, ScriptBatcher, run_scripts
+from .scripts import ArchiveLua, Call, HeldConnection, LuaScript, ScriptBatcher, run_scripts
 
 log = logging.getLogger(__name__)
 
@@ -57,10 +57,11 @@ class RedisPresence:
         self._settings = settings
         self._node = escape(settings.instance_id)
         sharded = isinstance(self._redis, RedisCluster)
-        self._touch = LuaScript.load("prelude.lua", "touch.lua", sharded=sharded)
-        self._beat = LuaScript.load("prelude.lua", "beat.lua", sharded=sharded)
-        self._leave = LuaScript.load("prelude.lua", "leave.lua", sharded=sharded)
-        self._names = LuaScript.load("prelude.lua", "names.lua", sharded=sharded)
+        archive = ArchiveLua.of(settings, sharded)
+        self._touch = LuaScript.load("prelude.lua", "touch.lua", sharded=sharded, archive=archive)
+        self._beat = LuaScript.load("prelude.lua", "beat.lua", sharded=sharded, archive=archive)
+        self._leave = LuaScript.load("prelude.lua", "leave.lua", sharded=sharded, archive=archive)
+        self._names = LuaScript.load("prelude.lua", "names.lua", sharded=sharded, archive=archive)
         self._members = LuaScript.load("members.lua", sharded=sharded)
         self._calls = batcher or ScriptBatcher(self._redis, "presence-calls")
         self._directs = DirectLists(self._redis, settings.key_prefix, settings.redis_room_ttl_ms)

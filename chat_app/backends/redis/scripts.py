@@ -5,6 +5,7 @@ from __future__ import annotations
 import codecs
 import contextlib
 import hashlib
+import json
 import logging
 import threading
 import time
@@ -20,7 +21,9 @@ from redis.connection import ConnectionInterface
 from redis.exceptions import AskError, NoScriptError
 
 from ... import versions
+from ...settings import Settings
 from .connection import CONNECTION_ERRORS
+from .keys import archive_key
 from .topology import shard
 
 try:  # redis-py's packer wraps this one in per-argument checks that cost more than packing
@@ -35,15 +38,37 @@ IDLE_RECHECK = 0.1  # seconds a held connection may sit unused before the pool c
 
 
 @dataclass(frozen=True)
+class ArchiveLua:
+    """What the scripts know of the archive (common.lua): the marker's key, None where the
+    archive cannot run (a Cluster: the outbox is one key); `required` in a process that runs
+    the archive, whose scripts refuse to start a room while the marker is missing."""
+
+    key: str | None = None
+    required: bool = False
+
+    @classmethod
+    def of(cls, settings: Settings, sharded: bool) -> ArchiveLua:
+        if sharded:
+            return cls()
+        return cls(archive_key(settings.key_prefix), bool(settings.database_url))
+
+    def header(self) -> str:
+        if self.key is None:
+            return "local ARCHIVE_KEY = nil\nlocal ARCHIVE_REQUIRED = false\n"
+        key = json.dumps(self.key, ensure_ascii=False)  # a Lua string literal too: the prefix is printable
+        return f"local ARCHIVE_KEY = {key}\nlocal ARCHIVE_REQUIRED = {str(self.required).lower()}\n"
+
+
+@dataclass(frozen=True)
 class LuaScript:
     source: str
     sha: str
 
     @classmethod
-    def load(cls, *names: str, sharded: bool) -> LuaScript:
+    def load(cls, *names: str, sharded: bool, archive: ArchiveLua = ArchiveLua()) -> LuaScript:
         """common.lua, then the named files; `PUBLISH` is SPUBLISH on a cluster, so a room's
         traffic stays on its shard instead of being copied to every cluster node."""
-        header = f"local PUBLISH = '{'SPUBLISH' if sharded else 'PUBLISH'}'\n"
+        header = f"local PUBLISH = '{'SPUBLISH' if sharded else 'PUBLISH'}'\n" + archive.header()
         source = header + "".join((_LUA / name).read_text() for name in ("common.lua", *names))
         return cls(source, hashlib.sha1(source.encode()).hexdigest())
 

@@ -18,7 +18,7 @@ from ...settings import Settings
 from ..base import BackendUnavailable, Banned, Draft
 from .connection import describe
 from .keys import RoomKeys
-from .scripts import AnyRedis, Call, HeldConnection, LuaScript
+from .scripts import AnyRedis, ArchiveLua, Call, HeldConnection, LuaScript
 from .topology import shard
 
 log = logging.getLogger(__name__)
@@ -28,7 +28,8 @@ class SendScript:
     """send.lua (seq + history + PUBLISH) for one deployment's settings."""
 
     def __init__(self, client: AnyRedis, settings: Settings) -> None:
-        self.script = LuaScript.load("send.lua", sharded=isinstance(client, RedisCluster))
+        sharded = isinstance(client, RedisCluster)
+        self.script = LuaScript.load("send.lua", sharded=sharded, archive=ArchiveLua.of(settings, sharded))
         self._history_length = settings.history_length
         self._room_ttl_ms = settings.redis_room_ttl_ms
 

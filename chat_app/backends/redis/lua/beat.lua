@@ -13,5 +13,5 @@ if held == 0 or redis.call('HLEN', KEYS[2]) ~= held
 end
 redis.call('PEXPIRE', KEYS[2], ARGV[6])
 redis.call('ZADD', KEYS[1], now + tonumber(ARGV[5]), ARGV[1])
-keep_alive()
+keep_alive(archive_now())
 return 0

@@ -20,3 +20,42 @@ end
 local function pexpire(ttl_ms, ...)
   for _, key in ipairs({...}) do redis.call('PEXPIRE', key, ttl_ms) end
 end
+
+-- The archive (DATABASE_URL). Its marker, ARCHIVE_KEY = "<position ttl ms> <outbox max>",
+-- is written by the nodes that run it once they have put back every room position the
+-- archive knows (archive/positions.py). While it exists, a room's epoch and seq outlive the
+-- room's other keys for the position ttl, so a room that emptied or expired continues where
+-- it stopped, and every message is also added to the outbox the archive's writers read.
+-- ARCHIVE_KEY is nil where the archive cannot run (a Cluster). Returns nil when it is off.
+local function archive_conf(marker)
+  if not marker then return nil end
+  local ttl, most = string.match(marker, '^(%d+) (%d+)$')
+  if not ttl then return nil end
+  return {ttl = tonumber(ttl), most = tonumber(most)}
+end
+
+local function archive_now()
+  if not ARCHIVE_KEY then return nil end
+  return archive_conf(redis.call('GET', ARCHIVE_KEY))
+end
+
+-- Called before a script writes anything, where it would start a room afresh: a node that
+-- runs the archive (ARCHIVE_REQUIRED) must not start an epoch on a Redis whose positions
+-- the archive has not put back yet (a Redis restarted empty), or the room's seqs would
+-- begin again under a new epoch beside the archived ones.
+local function refuse_unseeded()
+  if ARCHIVE_REQUIRED and redis.call('EXISTS', ARCHIVE_KEY) == 0 then
+    error({err = 'UNSEEDED the archive is restoring room positions'})
+  end
+end
+
+-- With the archive on, a room's position lives for the archive's position ttl (0: for good).
+local function keep_position(conf, epoch_key, seq_key)
+  if not conf then return end
+  if conf.ttl > 0 then
+    pexpire(conf.ttl, epoch_key, seq_key)
+  else
+    redis.call('PERSIST', epoch_key)
+    redis.call('PERSIST', seq_key)
+  end
+end

@@ -64,16 +64,24 @@ local function prune()
   end
 end
 
--- When nobody is left on any live node and no departure is pending, the room is gone.
+-- When nobody is left on any live node and no departure is pending, the room is gone; with
+-- the archive on, its position (epoch, seq) stays for the archive's position ttl.
 local function delete_if_empty()
   if redis.call('ZCARD', KEYS[1]) == 0 and redis.call('ZCARD', KEYS[8]) == 0 then
-    redis.call('DEL', KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6], KEYS[7], KEYS[8], KEYS[9], KEYS[10])
+    local archive = archive_now()
+    if archive then
+      redis.call('DEL', KEYS[1], KEYS[2], KEYS[5], KEYS[6], KEYS[7], KEYS[8], KEYS[9], KEYS[10])
+      keep_position(archive, KEYS[3], KEYS[4])
+    else
+      redis.call('DEL', KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6], KEYS[7], KEYS[8], KEYS[9], KEYS[10])
+    end
     return 1
   end
   return 0
 end
 
 -- Every room key but this node's own entry, which expires with the node (touch.lua).
-local function keep_alive()
+local function keep_alive(archive)
   pexpire(ARGV[6], KEYS[1], KEYS[3], KEYS[4], KEYS[5], KEYS[6], KEYS[7], KEYS[8], KEYS[9], KEYS[10])
+  keep_position(archive, KEYS[3], KEYS[4])
 end

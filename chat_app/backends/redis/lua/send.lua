@@ -10,8 +10,14 @@
 -- Every command here runs once per message, so the common path is kept to reads and the
 -- writes a message needs: the TTLs are renewed only when this send created a key or a
 -- tenth of the room TTL has run out, and the dedup ids are trimmed every 16th seq.
--- The ban is read with the epoch and server id, in the one MGET every send makes anyway.
-local epoch, srv, banned = unpack(redis.call('MGET', KEYS[3], KEYS[5], KEYS[6]))
+-- The ban and the archive's marker are read with the epoch and server id, in the one MGET
+-- every send makes anyway.
+local epoch, srv, banned, marker
+if ARCHIVE_KEY then
+  epoch, srv, banned, marker = unpack(redis.call('MGET', KEYS[3], KEYS[5], KEYS[6], ARCHIVE_KEY))
+else
+  epoch, srv, banned = unpack(redis.call('MGET', KEYS[3], KEYS[5], KEYS[6]))
+end
 if banned then return {-1, math.max(redis.call('PTTL', KEYS[6]), 0)} end
 local seen = redis.call('ZSCORE', KEYS[4], ARGV[2])
 if seen and epoch then
@@ -21,6 +27,8 @@ if seen and epoch then
   end
 end
 
+if not epoch then refuse_unseeded() end
+local archive = archive_conf(marker)
 local ttl_ms = tonumber(ARGV[5])
 local seq_ttl = redis.call('PTTL', KEYS[1])  -- -2: no seq, -1: no TTL
 local renew = seq_ttl < ttl_ms - ttl_ms / 10
@@ -54,6 +62,8 @@ if seq % 16 == 0 then
 end
 if renew or redis.call('PTTL', KEYS[4]) < 0 then
   pexpire(ARGV[5], KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5])
+  keep_position(archive, KEYS[3], KEYS[1])
 end
+if archive then redis.call('XADD', ARCHIVE_KEY .. ':outbox', 'MAXLEN', '~', archive.most, '*', 'e', envelope) end
 redis.call(PUBLISH, ARGV[6], envelope)
 return {seq, epoch, envelope, 0}

@@ -10,6 +10,8 @@ if KEYS[11] then
   local left = redis.call('PTTL', KEYS[11])
   if left ~= -2 then return {'', math.max(left, 0)} end
 end
+local epoch = redis.call('GET', KEYS[3])
+if not epoch then refuse_unseeded() end
 prune()
 local net = {}
 if ARGV[10] == '1' then
@@ -35,9 +37,8 @@ else
   redis.call('ZREM', KEYS[1], ARGV[1])
 end
 
-local epoch = redis.call('GET', KEYS[3])
 if not epoch then epoch = start_epoch(KEYS[3], KEYS[4], KEYS[5], KEYS[6], KEYS[9], ARGV[8], '') end
-keep_alive()
+keep_alive(archive_now())
 local result = {epoch, tonumber(redis.call('GET', KEYS[4]) or '0'), redis.call('HLEN', KEYS[7])}
 local wanted = tonumber(ARGV[11])
 if wanted > 0 then

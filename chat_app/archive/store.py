@@ -1,0 +1,184 @@
+"""The archive's queries. Every call takes a pooled connection for one statement or one
+transaction; psycopg 3 waits on gevent's patched sockets, so a slow query parks only the
+greenlet that made it (tests/test_archive.py shows it), never the hub."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+
+import psycopg
+from psycopg_pool import ConnectionPool, PoolTimeout
+
+from ..protocol import Envelope, direct_members
+from .schema import check
+
+log = logging.getLogger(__name__)
+
+# Errors that mean "the database is away or refused this now", not "this row is wrong".
+DATABASE_ERRORS = (psycopg.OperationalError, psycopg.InterfaceError, psycopg.errors.QueryCanceled, PoolTimeout)
+
+
+@dataclass(frozen=True, slots=True)
+class Archived:
+    """A message from the outbox, as the writer stores it."""
+
+    room: str
+    epoch: str
+    seq: int
+    id: str
+    sender: str
+    body: str
+    sent_at: datetime
+    envelope: str  # the JSON clients receive
+
+    @classmethod
+    def of(cls, envelope: Envelope, raw: str) -> Archived:
+        sent = datetime.fromtimestamp(envelope.timestamp / 1000, UTC)
+        return cls(
+            envelope.room, envelope.epoch, envelope.seq, envelope.id, envelope.sender, envelope.message, sent, raw
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class RoomPosition:
+    room: str
+    epoch: str
+    seq: int
+
+
+_INSERT = """
+INSERT INTO messages (room, epoch, seq, id, sender, body, sent_at, envelope)
+SELECT %s, %s, %s, %s, %s, %s, %s, %s
+WHERE NOT EXISTS (SELECT 1 FROM erasures e WHERE e.sender = %s AND e.erased_at >= %s)
+ON CONFLICT DO NOTHING
+"""
+# A room's newest position wins; an older batch (a taken-over one) never moves it back.
+_ROOM = """
+INSERT INTO rooms (room, epoch, seq, last_at) VALUES (%s, %s, %s, %s)
+ON CONFLICT (room) DO UPDATE SET epoch = excluded.epoch, seq = excluded.seq, last_at = excluded.last_at
+WHERE rooms.last_at < excluded.last_at OR (rooms.epoch = excluded.epoch AND rooms.seq < excluded.seq)
+"""
+_DIRECT = """
+INSERT INTO directs (username, room, last_at) VALUES (%s, %s, %s)
+ON CONFLICT (username, room) DO UPDATE SET last_at = greatest(directs.last_at, excluded.last_at)
+"""
+
+
+class ArchiveStore:
+    def __init__(self, url: str, pool_size: int, timeout: float = 5.0) -> None:
+        # statement_timeout: a read that a join or an HTTP call waits on is bounded.
+        self._pool = ConnectionPool(
+            url,
+            min_size=1,
+            max_size=pool_size,
+            timeout=timeout,
+            open=False,
+            kwargs={"autocommit": True, "options": f"-c statement_timeout={int(timeout * 1000)}"},
+            name="archive",
+        )
+        self.timeout = timeout
+
+    def open(self) -> None:
+        self._pool.open(wait=False)
+
+    def close(self) -> None:
+        self._pool.close()
+
+    def check_schema(self) -> None:
+        with self._pool.connection() as conn:
+            check(conn)
+
+    def write(self, batch: Sequence[Archived]) -> int:
+        """Store a batch once: a message already there (a retried or taken-over batch) or
+        from a user erased since is skipped. Returns the rows written."""
+        rooms: dict[str, Archived] = {}
+        directs: dict[tuple[str, str], datetime] = {}
+        for m in batch:
+            newest = rooms.get(m.room)
+            if newest is None or (m.sent_at, m.seq) > (newest.sent_at, newest.seq):
+                rooms[m.room] = m
+            users = direct_members(m.room) if m.room.startswith("@") else None
+            for user in users or ():
+                directs[(user, m.room)] = max(directs.get((user, m.room), m.sent_at), m.sent_at)
+        with self._pool.connection() as conn, conn.transaction(), conn.cursor() as cur:
+            cur.executemany(
+                _INSERT,
+                [
+                    (m.room, m.epoch, m.seq, m.id, m.sender, m.body, m.sent_at, m.envelope, m.sender, m.sent_at)
+                    for m in batch
+                ],
+                returning=False,
+            )
+            written = cur.rowcount
+            cur.executemany(_ROOM, [(m.room, m.epoch, m.seq, m.sent_at) for m in rooms.values()])
+            if directs:
+                cur.executemany(_DIRECT, [(user, room, at) for (user, room), at in directs.items()])
+        return max(written, 0)
+
+    def page(self, room: str, before: int | None, limit: int, after: int = 0, epoch: str | None = None) -> list[str]:
+        """Envelopes (JSON) of the room with seq in (after, before), the newest `limit`,
+        oldest first; of one epoch only when it is given."""
+        sql = "SELECT envelope FROM messages WHERE room = %s AND seq < %s AND seq > %s"
+        args: list[object] = [room, before if before is not None else 2**62, after]
+        if epoch is not None:
+            sql += " AND epoch = %s"
+            args.append(epoch)
+        with self._pool.connection() as conn:
+            rows = conn.execute(sql + " ORDER BY seq DESC LIMIT %s", (*args, limit)).fetchall()  # type: ignore[arg-type]
+        return [row[0] for row in reversed(rows)]
+
+    def search(self, room: str, query: str, limit: int) -> list[str]:
+        """Newest first: the room's messages matching a web-search style query."""
+        with self._pool.connection() as conn:
+            rows = conn.execute(
+                "SELECT envelope FROM messages WHERE room = %s AND search @@ websearch_to_tsquery('simple', %s)"
+                " ORDER BY seq DESC LIMIT %s",
+                (room, query, limit),
+            ).fetchall()
+        return [row[0] for row in rows]
+
+    def directs(self, user: str, limit: int) -> list[tuple[str, int, RoomPosition | None]]:
+        """The user's direct conversations, newest first: (room, last message ms, position)."""
+        with self._pool.connection() as conn:
+            rows = conn.execute(
+                "SELECT d.room, d.last_at, r.epoch, r.seq FROM directs d LEFT JOIN rooms r ON r.room = d.room"
+                " WHERE d.username = %s ORDER BY d.last_at DESC LIMIT %s",
+                (user, limit),
+            ).fetchall()
+        return [
+            (room, int(at.timestamp() * 1000), RoomPosition(room, epoch, int(seq)) if epoch else None)
+            for room, at, epoch, seq in rows
+        ]
+
+    def positions(self) -> Iterable[RoomPosition]:
+        """Every room's last known position, streamed (a Redis that lost them gets them back)."""
+        with self._pool.connection() as conn, conn.cursor(name="positions") as cur, conn.transaction():
+            cur.itersize = 5000
+            cur.execute("SELECT room, epoch, seq FROM rooms")
+            for room, epoch, seq in cur:
+                yield RoomPosition(room, epoch, int(seq))
+
+    def expire(self, days: float, batch: int = 5000) -> int:
+        """Delete one batch of messages older than `days` (short transactions, no table lock)."""
+        with self._pool.connection() as conn:
+            cur = conn.execute(
+                "DELETE FROM messages WHERE ctid = ANY(ARRAY(SELECT ctid FROM messages"
+                " WHERE sent_at < now() - make_interval(secs => %s) LIMIT %s))",
+                (days * 86400, batch),
+            )
+            return max(cur.rowcount, 0)
+
+    def erase(self, user: str) -> list[tuple[str, int, str]]:
+        """Forget a user's messages: (room, seq, id) of each one deleted; messages of theirs
+        still on the way to the archive are refused by the erasure record."""
+        with self._pool.connection() as conn, conn.transaction():
+            conn.execute(
+                "INSERT INTO erasures (sender, erased_at) VALUES (%s, now())"
+                " ON CONFLICT (sender) DO UPDATE SET erased_at = now()",
+                (user,),
+            )
+            rows = conn.execute("DELETE FROM messages WHERE sender = %s RETURNING room, seq, id", (user,)).fetchall()
+        return [(room, int(seq), mid) for room, seq, mid in rows]

@@ -1,0 +1,162 @@
+"""The node's archive writer: one thread (a greenlet under gevent) that moves messages from
+the outbox into PostgreSQL in batches, behind the sends, which never wait for it."""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import redis
+
+from ..backends.redis.connection import CONNECTION_ERRORS, describe
+from ..logsafe import LogThrottle, q
+from ..protocol import BadEnvelope, decode_envelope
+from ..settings import Settings
+from .outbox import Backlog, Outbox
+from .positions import put_back
+from .schema import SchemaError
+from .store import DATABASE_ERRORS, Archived, ArchiveStore
+
+log = logging.getLogger(__name__)
+throttled = LogThrottle(log, rate=0.2, burst=3)
+
+TAKE_OVER_IDLE_MS = 15_000  # a batch read this long ago and never acknowledged: its writer died
+TAKE_OVER_EVERY = 5.0
+BACKLOG_EVERY = 1.0
+RETENTION_EVERY = 60.0
+BACKOFF = (0.2, 5.0)  # seconds: first and longest wait after the database refused a batch
+
+
+@dataclass
+class WriterStats:
+    written: int = 0  # messages stored
+    skipped: int = 0  # already stored (a retried or taken-over batch) or erased
+    rejected: int = 0  # outbox entries that were not a message: dropped
+    failures: int = 0  # batches the database refused
+    taken_over: int = 0  # entries of a dead writer
+    expired: int = 0  # deleted by retention
+    backlog: Backlog = field(default_factory=lambda: Backlog(0, 0.0))
+    database_ok: bool = True
+
+
+class ArchiveWriter:
+    def __init__(
+        self,
+        client: redis.Redis,
+        store: ArchiveStore,
+        settings: Settings,
+        observe_lag: Callable[[float], None] = lambda _seconds: None,
+    ) -> None:
+        self._redis = client
+        self._store = store
+        self._settings = settings
+        self._outbox = Outbox(client, settings.key_prefix, settings.instance_id, settings.archive_marker)
+        self._observe_lag = observe_lag
+        self.stats = WriterStats()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._run, name="archive-writer", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread:
+            self._thread.join(timeout=2)
+
+    def healthy(self) -> bool:
+        return self.stats.database_ok
+
+    def _run(self) -> None:
+        pending = True  # first, whatever this writer's id left unacknowledged
+        backoff = BACKOFF[0]
+        due = {"take_over": 0.0, "backlog": 0.0, "retention": time.monotonic() + RETENTION_EVERY}
+        while not self._stop.is_set():
+            try:
+                now = time.monotonic()
+                if not self._outbox.marked():
+                    self._seed()
+                if now >= due["backlog"]:
+                    self.stats.backlog = self._outbox.backlog()
+                    due["backlog"] = now + BACKLOG_EVERY
+                if now >= due["retention"]:
+                    self._expire()
+                    due["retention"] = now + RETENTION_EVERY
+                if now >= due["take_over"]:
+                    due["take_over"] = now + TAKE_OVER_EVERY
+                    entries = self._outbox.take_over(TAKE_OVER_IDLE_MS, self._settings.archive_batch)
+                    self.stats.taken_over += len(entries)
+                else:
+                    entries = self._outbox.read(self._settings.archive_batch, 1000, pending)
+                    if pending and not entries:
+                        pending = False
+                        continue
+                if entries:
+                    self._write(entries)
+                self.stats.database_ok = True
+                backoff = BACKOFF[0]
+            except DATABASE_ERRORS as exc:
+                self._refused(exc)
+                pending = True
+                self._stop.wait(backoff)
+                backoff = min(backoff * 2, BACKOFF[1])
+            except SchemaError as exc:
+                self.stats.database_ok = False
+                throttled.log(logging.ERROR, "schema", "event=archive_schema error=%s", q(str(exc)))
+                self._stop.wait(BACKOFF[1])
+            except CONNECTION_ERRORS as exc:
+                throttled.log(logging.WARNING, "redis", "event=archive_redis_error error=%s", q(describe(exc)))
+                pending = True
+                self._stop.wait(backoff)
+                backoff = min(backoff * 2, BACKOFF[1])
+            except Exception:  # a writer that stops would let the outbox grow unseen
+                log.exception("event=archive_writer_error")
+                pending = True
+                self._stop.wait(BACKOFF[1])
+
+    def _refused(self, exc: BaseException) -> None:
+        self.stats.failures += 1
+        self.stats.database_ok = False
+        throttled.log(
+            logging.WARNING,
+            "database",
+            "event=archive_database_error backlog=%d error=%s",
+            self.stats.backlog.entries,
+            q(describe(exc)),
+        )
+
+    def _write(self, entries: list[tuple[bytes, bytes]]) -> None:
+        batch: list[Archived] = []
+        for _entry_id, raw in entries:
+            try:
+                envelope = decode_envelope(raw, max_bytes=len(raw) + 1)
+            except BadEnvelope as exc:
+                self.stats.rejected += 1
+                throttled.log(logging.ERROR, "rejected", "event=archive_rejected error=%s", q(str(exc)))
+                continue
+            batch.append(Archived.of(envelope, raw.decode()))
+        written = self._store.write(batch) if batch else 0
+        self._outbox.done([entry_id for entry_id, _ in entries])
+        self.stats.written += written
+        self.stats.skipped += len(batch) - written
+        now = time.time()
+        for m in batch:
+            self._observe_lag(max(now - m.sent_at.timestamp(), 0.0))
+
+    def _seed(self) -> None:
+        self._store.check_schema()
+        self._outbox.ensure_group()
+        s = self._settings
+        put_back(self._redis, self._store, self._outbox, s.key_prefix, s.archive_position_ttl_ms)
+
+    def _expire(self) -> None:
+        days = self._settings.archive_retention_days
+        if days is None or not self._redis.set(self._outbox.marker_key + ":retention", "1", nx=True, px=50_000):
+            return
+        while not self._stop.is_set() and (deleted := self._store.expire(days)):
+            self.stats.expired += deleted
+            self._stop.wait(0.05)  # short transactions, with room between them for the writers
