@@ -1,0 +1,66 @@
+"""The archive (DATABASE_URL) on real nodes, a real Redis and a PostgreSQL of the suite's own:
+what was said outlives its room, Redis and its users' absence."""
+
+from __future__ import annotations
+
+import psycopg
+from helpers import ChatClient, wait_until
+
+FAST = {"SEND_RATE": "1000", "SEND_BURST": "1000", "JOIN_RATE": "100", "JOIN_BURST": "100"}
+
+
+def archived(url: str, room: str) -> list[tuple[int, str]]:
+    with psycopg.connect(url) as conn:
+        rows = conn.execute("SELECT seq, body FROM messages WHERE room = %s ORDER BY seq", (room,)).fetchall()
+    return [(int(seq), body) for seq, body in rows]
+
+
+def test_history_outlives_the_room_and_its_seq_continues(redis_server, database_url, nodes) -> None:
+    a = nodes.start(redis_server.url, DATABASE_URL=database_url, **FAST)
+    b = nodes.start(redis_server.url, DATABASE_URL=database_url, **FAST)
+    alice = ChatClient(a.url, "alice")
+    joined = alice.call("join_room", "team")
+    sent = alice.call("send_message", {"room": "team", "message": "meet at 5"})
+    assert sent["ok"] and sent["seq"] == 1
+    wait_until(lambda: archived(database_url, "team") == [(1, "meet at 5")], timeout=10, what="archived")
+    assert alice.call("leave_room", "team")["ok"]  # the last member: Redis forgets the room
+    alice.close()
+    r = redis_server.client()
+    wait_until(lambda: not r.exists(f"chat:{{room:team}}:hist"), timeout=5, what="room's history gone from Redis")
+
+    bob = ChatClient(b.url, "bob")
+    try:
+        ack = bob.call("join_room", "team")
+        assert [m["message"] for m in ack["history"]] == ["meet at 5"]
+        assert (ack["epoch"], ack["seq"]) == (joined["epoch"], 1)
+        again = bob.call("send_message", {"room": "team", "message": "on my way"})
+        assert (again["seq"], again["epoch"]) == (2, joined["epoch"])
+    finally:
+        bob.close()
+
+
+def test_redis_restarted_empty_keeps_seq_epoch_and_history(redis_server, database_url, nodes) -> None:
+    a = nodes.start(redis_server.url, DATABASE_URL=database_url, **FAST)
+    alice = ChatClient(a.url, "alice")
+    joined = alice.call("join_room", "ops")
+    for i in range(5):
+        assert alice.call("send_message", {"room": "ops", "message": f"m{i}"})["ok"]
+    wait_until(lambda: len(archived(database_url, "ops")) == 5, timeout=10, what="archived")
+    alice.close()
+    redis_server.kill()
+    redis_server.restart()  # empty: nothing is saved to disk
+
+    def rejoined() -> dict | None:
+        try:
+            client = ChatClient(a.url, "bob")
+        except Exception:
+            return None
+        try:
+            ack = client.call("join_room", "ops")
+            return ack if ack.get("ok") else None
+        finally:
+            client.close()
+
+    ack = wait_until(rejoined, timeout=30, interval=0.5, what="a join after Redis came back")
+    assert (ack["epoch"], ack["seq"]) == (joined["epoch"], 5)
+    assert [m["message"] for m in ack["history"]] == [f"m{i}" for i in range(5)]
