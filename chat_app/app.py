@@ -97,7 +97,8 @@ def build_backends(settings: Settings) -> tuple[Broker, Presence, NodeArchive | 
             q("no DATABASE_URL: history is Redis's recent window of live rooms only, and goes with them"),
         )
     broker = RedisBroker(clients, settings, archive.reads if archive else None)
-    return broker, RedisPresence(clients, settings, broker.batcher), archive
+    reads = archive.reads if archive else None
+    return broker, RedisPresence(clients, settings, broker.batcher, reads), archive
 
 
 def create_app(settings: Settings | None = None, async_mode: str | None = None) -> Flask:

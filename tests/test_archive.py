@@ -64,3 +64,31 @@ def test_redis_restarted_empty_keeps_seq_epoch_and_history(redis_server, databas
     ack = wait_until(rejoined, timeout=30, interval=0.5, what="a join after Redis came back")
     assert (ack["epoch"], ack["seq"]) == (joined["epoch"], 5)
     assert [m["message"] for m in ack["history"]] == [f"m{i}" for i in range(5)]
+
+
+def test_direct_message_to_an_offline_user_waits_for_them(redis_server, database_url, nodes) -> None:
+    """bob is away; alice writes and leaves; every Redis TTL runs out (the keys are deleted
+    here, as expiry would); bob connects on the other node and finds the conversation."""
+    a = nodes.start(redis_server.url, DATABASE_URL=database_url, **FAST)
+    b = nodes.start(redis_server.url, DATABASE_URL=database_url, **FAST)
+    alice = ChatClient(a.url, "alice")
+    opened = alice.call("open_direct", {"with": "bob"})
+    assert opened["ok"], opened
+    room = opened["room"]
+    sent = alice.call("send_message", {"room": room, "message": "lunch tomorrow?"})
+    assert sent["ok"], sent
+    wait_until(lambda: archived(database_url, room) == [(1, "lunch tomorrow?")], timeout=10, what="archived")
+    alice.close()
+    r = redis_server.client()
+    wait_until(lambda: not r.exists(f"chat:{{room:{room}}}:nodes"), timeout=10, what="the room emptied")
+    for key in r.scan_iter(match="chat:{user:*}:directs"):
+        r.delete(key)  # the lists' TTL, run out
+
+    bob = ChatClient(b.url, "bob")
+    try:
+        listed = bob.call("list_directs", {})
+        assert [(d["room"], d["with"], d["seq"]) for d in listed["directs"]] == [(room, "alice", 1)]
+        ack = bob.call("open_direct", {"with": "alice"})
+        assert [m["message"] for m in ack["history"]] == ["lunch tomorrow?"]
+    finally:
+        bob.close()

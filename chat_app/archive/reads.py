@@ -54,10 +54,12 @@ class ArchiveReads:
         return self._decode(self._store.search(room, query, limit))
 
     def directs(self, user: str, limit: int) -> list[Direct]:
-        return [
-            Direct(room, at, Position(p.epoch, p.seq) if p else None)
-            for room, at, p in self._store.directs(user, limit)
-        ]
+        try:
+            found = self._store.directs(user, limit)
+        except DATABASE_ERRORS as exc:
+            throttled.log(logging.WARNING, "read", "event=archive_read_failed error=%s", q(str(exc)))
+            return []
+        return [Direct(room, at, Position(p.epoch, p.seq) if p else None) for room, at, p in found]
 
     def _decode(self, rows: Sequence[str]) -> list[Envelope]:
         found = []

@@ -290,9 +290,9 @@ class Presence(Protocol):
         ...
 
 
-class OlderHistory(Protocol):
-    """What a backend's history reads fall through to beyond what it still holds: the
-    archive (chat_app/archive/reads.py)."""
+class ArchiveReader(Protocol):
+    """What a backend's reads fall through to beyond what it still holds: the archive
+    (chat_app/archive/reads.py)."""
 
     def before(
         self, room: str, position: Position, held: Sequence[Envelope], last: int, after: int | None, limit: int
@@ -300,4 +300,8 @@ class OlderHistory(Protocol):
         """The room's envelopes just older than `held` (what the backend returned for a read
         ending at `last`): after `after` up to `held`, or the newest to make `limit` in all
         when `after` is None. Oldest first; [] when the archive cannot tell."""
+        ...
+
+    def directs(self, user: str, limit: int) -> list[Direct]:
+        """The user's direct conversations the archive knows, newest first."""
         ...

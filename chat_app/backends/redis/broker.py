@@ -21,12 +21,12 @@ from ...protocol import (
 from ...settings import Settings
 from ..base import (
     RECENT_HISTORY,
+    ArchiveReader,
     BackendUnavailable,
     BrokerHooks,
     CommandResult,
     Draft,
     History,
-    OlderHistory,
     Position,
 )
 from .clients import RedisClients
@@ -42,7 +42,7 @@ log = logging.getLogger(__name__)
 
 
 class RedisBroker:
-    def __init__(self, clients: RedisClients, settings: Settings, archive: OlderHistory | None = None) -> None:
+    def __init__(self, clients: RedisClients, settings: Settings, archive: ArchiveReader | None = None) -> None:
         self._commands = clients.commands
         self._archive = archive
         self._prefix = settings.key_prefix

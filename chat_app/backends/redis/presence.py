@@ -19,6 +19,7 @@ from ...protocol import (
 )
 from ...settings import Settings
 from ..base import (
+    ArchiveReader,
     BackendUnavailable,
     Banned,
     Direct,
@@ -52,7 +53,14 @@ class HeartbeatStats:
 
 
 class RedisPresence:
-    def __init__(self, clients: RedisClients, settings: Settings, batcher: ScriptBatcher | None = None) -> None:
+    def __init__(
+        self,
+        clients: RedisClients,
+        settings: Settings,
+        batcher: ScriptBatcher | None = None,
+        archive: ArchiveReader | None = None,
+    ) -> None:
+        self._archive = archive
         self._redis = clients.commands
         self._settings = settings
         self._node = escape(settings.instance_id)
@@ -219,7 +227,16 @@ class RedisPresence:
         self._directs.record(room, users, at, keep)
 
     def directs(self, user: str, limit: int) -> list[Direct]:
-        return self._directs.read(user, limit)
+        """Redis's list, and with the archive on, the conversations Redis forgot (a list
+        expires with its user's absence; the archive keeps them)."""
+        held = self._directs.read(user, limit)
+        if self._archive is None:
+            return held
+        found = {d.room: d for d in self._archive.directs(user, limit)}
+        for d in held:
+            kept = found.get(d.room)
+            found[d.room] = Direct(d.room, max(d.at, kept.at if kept else 0), d.position or (kept and kept.position))
+        return sorted(found.values(), key=lambda d: d.at, reverse=True)[:limit]
 
     def start(self, local: LocalRooms) -> None:
         self._local = local
