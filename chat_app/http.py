@@ -70,6 +70,8 @@ def register_routes(app: Flask, service: ChatService) -> None:
         parts = service.health()
         body = {"status": "ok" if all(parts.values()) else "failing", "instance_id": service.instance_id, **parts}
         body["backend"] = "redis" if service.settings.uses_redis else "memory"
+        if (archive := app.extensions.get("chat_archive")) is not None:
+            body["archive"] = archive.status()  # informative: the archive's trouble fails no send
         if not all(parts.values()):
             body["failing"] = [name for name, ok in parts.items() if not ok]
             if unreached := service.unreached():

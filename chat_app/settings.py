@@ -204,6 +204,8 @@ class Settings:
     archive_outbox_max: int = 1_000_000
     archive_batch: int = 500  # messages a writer takes from the outbox per round
     archive_pool_size: int = 4  # database connections per node
+    # A batch a writer read and has not stored this long after: its node died; another takes it.
+    archive_take_over_after: float = 15.0
 
     def __post_init__(self) -> None:
         if self.auth_secret is not None and len(self.auth_secret.encode()) < 32:

@@ -92,3 +92,73 @@ def test_direct_message_to_an_offline_user_waits_for_them(redis_server, database
         assert [m["message"] for m in ack["history"]] == ["lunch tomorrow?"]
     finally:
         bob.close()
+
+
+def test_database_blackholed_then_reset_costs_no_send_and_loses_nothing(redis_server, postgres_server, nodes) -> None:
+    from chat_app.archive.schema import migrate
+    from tcpproxy import TcpProxy
+
+    url = postgres_server.new_database()
+    migrate(url)
+    proxy = TcpProxy(postgres_server.port)
+    through_proxy = url.replace(f":{postgres_server.port}/", f":{proxy.port}/")
+    a = nodes.start(redis_server.url, DATABASE_URL=through_proxy, **FAST)
+    b = nodes.start(redis_server.url, DATABASE_URL=through_proxy, **FAST)
+    alice, bob = ChatClient(a.url, "alice"), ChatClient(b.url, "bob")
+    try:
+        alice.call("join_room", "stream")
+        bob.call("join_room", "stream")
+        acked: list[int] = []
+
+        def send(count: int) -> None:
+            for i in range(count):
+                sender = alice if i % 2 else bob
+                ack = sender.call("send_message", {"room": "stream", "message": f"m{len(acked)}"})
+                assert ack["ok"], ack  # no send waits for, or fails with, the database
+                acked.append(ack["seq"])
+
+        send(50)
+        proxy.go_silent()  # blackholed: connections stay open, nothing comes back
+        send(100)
+        wait_until(lambda: a.health()["archive"]["backlog"] > 0, timeout=10, what="a backlog in /healthz")
+        assert a.health()["status"] == "ok"  # the archive's trouble does not take the node out
+        proxy.go_dead()  # then reset: every connection refused
+        send(50)
+        proxy.come_back()
+        send(50)
+        wait_until(
+            lambda: [seq for seq, _ in archived(url, "stream")] == sorted(acked),
+            timeout=30,
+            what="every acked message archived once",
+            detail=lambda: len(archived(url, "stream")),
+        )
+        assert sorted(acked) == list(range(1, 251))
+    finally:
+        alice.close()
+        bob.close()
+        proxy.close()
+
+
+def test_a_writer_killed_mid_batch_loses_nothing(redis_server, database_url, nodes) -> None:
+    """Node a's writer reads a batch and dies before it is stored (SIGKILL while the database
+    holds its insert behind a lock); node b's writer takes the batch over."""
+    import signal
+
+    a = nodes.start(redis_server.url, DATABASE_URL=database_url, ARCHIVE_TAKE_OVER_AFTER="2", **FAST)
+    alice = ChatClient(a.url, "alice")
+    alice.call("join_room", "kill")
+    with psycopg.connect(database_url) as blocker:
+        blocker.execute("LOCK TABLE messages IN ACCESS EXCLUSIVE MODE")  # held until this block ends
+        acked = [alice.call("send_message", {"room": "kill", "message": f"m{i}"})["seq"] for i in range(20)]
+        r = redis_server.client()
+        wait_until(
+            lambda: r.xpending("chat:archive:outbox", "archive")["pending"] > 0,
+            timeout=10,
+            what="node a's writer holding the batch",
+        )
+        nodes.signal(a, signal.SIGKILL)
+        a.process.wait(timeout=10)
+        blocker.rollback()
+    b = nodes.start(redis_server.url, DATABASE_URL=database_url, ARCHIVE_TAKE_OVER_AFTER="2", **FAST)
+    wait_until(lambda: [s for s, _ in archived(database_url, "kill")] == acked, timeout=30, what="taken over")
+    wait_until(lambda: b.health()["archive"]["backlog"] == 0, timeout=5, what="the outbox drained")

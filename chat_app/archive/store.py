@@ -4,8 +4,10 @@ greenlet that made it (tests/test_archive.py shows it), never the hub."""
 
 from __future__ import annotations
 
+import contextlib
 import logging
-from collections.abc import Iterable, Sequence
+import sys
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
@@ -67,6 +69,17 @@ ON CONFLICT (username, room) DO UPDATE SET last_at = greatest(directs.last_at, e
 """
 
 
+def _deadline(seconds: float) -> contextlib.AbstractContextManager[object]:
+    """gevent.Timeout under a node (gevent patched the sockets psycopg waits on); outside one
+    (tools, unit tests) the server's statement_timeout alone."""
+    gevent = sys.modules.get("gevent.monkey")
+    if gevent is None or not gevent.is_module_patched("socket"):  # type: ignore[attr-defined]
+        return contextlib.nullcontext()
+    from gevent import Timeout
+
+    return Timeout(seconds)
+
+
 class ArchiveStore:
     def __init__(self, url: str, pool_size: int, timeout: float = 5.0) -> None:
         # statement_timeout: a read that a join or an HTTP call waits on is bounded.
@@ -81,6 +94,23 @@ class ArchiveStore:
         )
         self.timeout = timeout
 
+    @contextlib.contextmanager
+    def _connection(self) -> Iterator[psycopg.Connection]:
+        """A pooled connection whose statements must finish within the timeout. The server's
+        statement_timeout bounds a slow query; a database that stops answering altogether (a
+        partition: the socket stays open, nothing comes back) is bounded here, by gevent's
+        Timeout, and the connection, left mid-protocol, is closed so the pool drops it."""
+        with self._pool.connection() as conn:
+            deadline = _deadline(self.timeout + 1)
+            try:
+                with deadline:
+                    yield conn
+            except BaseException as exc:
+                if exc is not deadline:
+                    raise
+                conn.close()
+                raise psycopg.OperationalError(f"the database did not answer within {self.timeout + 1:g} s") from None
+
     def open(self) -> None:
         self._pool.open(wait=False)
 
@@ -88,7 +118,7 @@ class ArchiveStore:
         self._pool.close()
 
     def check_schema(self) -> None:
-        with self._pool.connection() as conn:
+        with self._connection() as conn:
             check(conn)
 
     def write(self, batch: Sequence[Archived]) -> int:
@@ -103,7 +133,7 @@ class ArchiveStore:
             users = direct_members(m.room) if m.room.startswith("@") else None
             for user in users or ():
                 directs[(user, m.room)] = max(directs.get((user, m.room), m.sent_at), m.sent_at)
-        with self._pool.connection() as conn, conn.transaction(), conn.cursor() as cur:
+        with self._connection() as conn, conn.transaction(), conn.cursor() as cur:
             cur.executemany(
                 _INSERT,
                 [
@@ -126,13 +156,13 @@ class ArchiveStore:
         if epoch is not None:
             sql += " AND epoch = %s"
             args.append(epoch)
-        with self._pool.connection() as conn:
+        with self._connection() as conn:
             rows = conn.execute(sql + " ORDER BY seq DESC LIMIT %s", (*args, limit)).fetchall()  # type: ignore[arg-type]
         return [row[0] for row in reversed(rows)]
 
     def search(self, room: str, query: str, limit: int) -> list[str]:
         """Newest first: the room's messages matching a web-search style query."""
-        with self._pool.connection() as conn:
+        with self._connection() as conn:
             rows = conn.execute(
                 "SELECT envelope FROM messages WHERE room = %s AND search @@ websearch_to_tsquery('simple', %s)"
                 " ORDER BY seq DESC LIMIT %s",
@@ -142,7 +172,7 @@ class ArchiveStore:
 
     def directs(self, user: str, limit: int) -> list[tuple[str, int, RoomPosition | None]]:
         """The user's direct conversations, newest first: (room, last message ms, position)."""
-        with self._pool.connection() as conn:
+        with self._connection() as conn:
             rows = conn.execute(
                 "SELECT d.room, d.last_at, r.epoch, r.seq FROM directs d LEFT JOIN rooms r ON r.room = d.room"
                 " WHERE d.username = %s ORDER BY d.last_at DESC LIMIT %s",
@@ -163,7 +193,7 @@ class ArchiveStore:
 
     def expire(self, days: float, batch: int = 5000) -> int:
         """Delete one batch of messages older than `days` (short transactions, no table lock)."""
-        with self._pool.connection() as conn:
+        with self._connection() as conn:
             cur = conn.execute(
                 "DELETE FROM messages WHERE ctid = ANY(ARRAY(SELECT ctid FROM messages"
                 " WHERE sent_at < now() - make_interval(secs => %s) LIMIT %s))",
@@ -174,7 +204,7 @@ class ArchiveStore:
     def erase(self, user: str) -> list[tuple[str, int, str]]:
         """Forget a user's messages: (room, seq, id) of each one deleted; messages of theirs
         still on the way to the archive are refused by the erasure record."""
-        with self._pool.connection() as conn, conn.transaction():
+        with self._connection() as conn, conn.transaction():
             conn.execute(
                 "INSERT INTO erasures (sender, erased_at) VALUES (%s, now())"
                 " ON CONFLICT (sender) DO UPDATE SET erased_at = now()",

@@ -23,8 +23,6 @@ from .store import DATABASE_ERRORS, Archived, ArchiveStore
 log = logging.getLogger(__name__)
 throttled = LogThrottle(log, rate=0.2, burst=3)
 
-TAKE_OVER_IDLE_MS = 15_000  # a batch read this long ago and never acknowledged: its writer died
-TAKE_OVER_EVERY = 5.0
 BACKLOG_EVERY = 1.0
 RETENTION_EVERY = 60.0
 BACKOFF = (0.2, 5.0)  # seconds: first and longest wait after the database refused a batch
@@ -74,6 +72,7 @@ class ArchiveWriter:
     def _run(self) -> None:
         pending = True  # first, whatever this writer's id left unacknowledged
         backoff = BACKOFF[0]
+        take_over_ms = int(self._settings.archive_take_over_after * 1000)
         due = {"take_over": 0.0, "backlog": 0.0, "retention": time.monotonic() + RETENTION_EVERY}
         while not self._stop.is_set():
             try:
@@ -87,8 +86,8 @@ class ArchiveWriter:
                     self._expire()
                     due["retention"] = now + RETENTION_EVERY
                 if now >= due["take_over"]:
-                    due["take_over"] = now + TAKE_OVER_EVERY
-                    entries = self._outbox.take_over(TAKE_OVER_IDLE_MS, self._settings.archive_batch)
+                    due["take_over"] = now + self._settings.archive_take_over_after / 3
+                    entries = self._outbox.take_over(take_over_ms, self._settings.archive_batch)
                     self.stats.taken_over += len(entries)
                 else:
                     entries = self._outbox.read(self._settings.archive_batch, 1000, pending)
