@@ -26,7 +26,7 @@ def test_history_outlives_the_room_and_its_seq_continues(redis_server, database_
     assert alice.call("leave_room", "team")["ok"]  # the last member: Redis forgets the room
     alice.close()
     r = redis_server.client()
-    wait_until(lambda: not r.exists(f"chat:{{room:team}}:hist"), timeout=5, what="room's history gone from Redis")
+    wait_until(lambda: not r.exists("chat:{room:team}:hist"), timeout=5, what="room's history gone from Redis")
 
     bob = ChatClient(b.url, "bob")
     try:
@@ -95,8 +95,9 @@ def test_direct_message_to_an_offline_user_waits_for_them(redis_server, database
 
 
 def test_database_blackholed_then_reset_costs_no_send_and_loses_nothing(redis_server, postgres_server, nodes) -> None:
-    from chat_app.archive.schema import migrate
     from tcpproxy import TcpProxy
+
+    from chat_app.archive.schema import migrate
 
     url = postgres_server.new_database()
     migrate(url)
@@ -162,3 +163,76 @@ def test_a_writer_killed_mid_batch_loses_nothing(redis_server, database_url, nod
     b = nodes.start(redis_server.url, DATABASE_URL=database_url, ARCHIVE_TAKE_OVER_AFTER="2", **FAST)
     wait_until(lambda: [s for s, _ in archived(database_url, "kill")] == acked, timeout=30, what="taken over")
     wait_until(lambda: b.health()["archive"]["backlog"] == 0, timeout=5, what="the outbox drained")
+
+
+def test_paging_back_through_500_messages_reaches_seq_1(redis_server, database_url, nodes) -> None:
+    import requests
+
+    key = "k" * 40
+    a = nodes.start(redis_server.url, DATABASE_URL=database_url, API_KEY=key, **FAST)
+    auth = {"Authorization": f"Bearer {key}"}
+    alice = ChatClient(a.url, "alice")
+    try:
+        alice.call("join_room", "long")
+        for i in range(500):
+            assert alice.call("send_message", {"room": "long", "message": f"m{i + 1}"})["ok"]
+        wait_until(lambda: len(archived(database_url, "long")) == 500, timeout=20, what="archived")
+        seen: list[int] = []
+        before = None
+        while True:
+            params = {"limit": 100, **({"before": before} if before else {})}
+            page = requests.get(f"{a.url}/api/rooms/long/history", params=params, headers=auth, timeout=10).json()
+            seqs = [m["seq"] for m in page["messages"]]
+            if not seqs:
+                break
+            assert seqs == sorted(seqs)
+            seen = seqs + seen
+            before = seqs[0]
+        assert seen == list(range(1, 501))  # Redis keeps 100 of them; the rest came from the archive
+    finally:
+        alice.close()
+
+
+HUB_PROBE = r"""
+from gevent import monkey; monkey.patch_all()
+import sys, time, gevent
+from chat_app.archive.store import ArchiveStore
+store = ArchiveStore(sys.argv[1], 2)
+store.open()
+store.check_schema()
+gaps, last = [], time.monotonic()
+def tick():
+    global last
+    while True:
+        gevent.sleep(0.01)
+        now = time.monotonic(); gaps.append(now - last); last = now
+ticker = gevent.spawn(tick)
+started = time.monotonic()
+with store._connection() as conn:
+    conn.execute("SELECT pg_sleep(1)")
+took = time.monotonic() - started
+ticker.kill()
+print(f"{took:.3f} {max(gaps):.3f} {len(gaps)}")
+"""
+
+
+def test_a_slow_query_parks_only_its_greenlet(database_url) -> None:
+    """psycopg 3 waits on gevent's sockets: a one-second query leaves the hub free (a ticker
+    greenlet keeps its 10 ms beat), as a node's joins and sends need."""
+    import subprocess
+    import sys
+
+    from processes import ROOT
+
+    out = subprocess.run(
+        [sys.executable, "-c", HUB_PROBE, database_url],
+        check=False,
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert out.returncode == 0, out.stderr
+    took, worst_gap, ticks = (float(x) for x in out.stdout.split())
+    assert took >= 1.0
+    assert ticks > 50 and worst_gap < 0.25, (ticks, worst_gap)

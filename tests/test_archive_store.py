@@ -1,0 +1,90 @@
+"""The archive's database side on a PostgreSQL of the suite's own: migrations, idempotent
+writes, pages, search, retention and erasure."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+
+import psycopg
+import pytest
+
+from chat_app.archive.schema import LATEST, SchemaError, check, current_version, migrate
+from chat_app.archive.store import Archived, ArchiveStore
+from chat_app.protocol import Envelope, envelope_head
+
+
+def message(room: str, seq: int, text: str, sender: str = "alice", epoch: str = "e1", age: float = 0) -> Archived:
+    sent = datetime.now(UTC) - timedelta(seconds=age)
+    env = Envelope(f"id{room}{seq}", room, sender, text, int(sent.timestamp() * 1000), seq, epoch, "n1")
+    head = envelope_head(env.id, room, sender, text, env.timestamp, "n1").decode()
+    return Archived.of(env, head + f',"seq":{seq},"epoch":"{epoch}"}}')  # send.lua's form
+
+
+@pytest.fixture
+def store(database_url):
+    s = ArchiveStore(database_url, 2)
+    s.open()
+    yield s
+    s.close()
+
+
+def test_migrations_from_empty_and_from_the_previous_schema(postgres_server) -> None:
+    url = postgres_server.new_database()
+    with psycopg.connect(url) as conn:
+        assert current_version(conn) == 0
+        with pytest.raises(SchemaError, match=r"run `python -m chat_app\.archive migrate`"):
+            check(conn)
+    assert migrate(url, target=1) == [1]
+    with psycopg.connect(url, autocommit=True) as conn:
+        conn.execute("INSERT INTO messages VALUES ('r', 'e', 1, 'i', 'alice', 'kept across a migration', now(), '{}')")
+    assert migrate(url) == list(range(2, LATEST + 1))
+    assert migrate(url) == []  # idempotent: a second release phase changes nothing
+    with psycopg.connect(url) as conn:
+        check(conn)
+        found = conn.execute("SELECT body FROM messages WHERE search @@ websearch_to_tsquery('simple', 'migration')")
+        assert found.fetchall() == [("kept across a migration",)]
+        conn.execute("UPDATE chat_schema_version SET version = %s", (LATEST + 1,))
+        with pytest.raises(SchemaError, match="newer than this release"):
+            check(conn)
+
+
+def test_a_batch_written_twice_is_stored_once(store) -> None:
+    batch = [message("r", seq, f"m{seq}") for seq in range(1, 11)]
+    assert store.write(batch) == 10
+    assert store.write([*batch[5:], message("r", 11, "m11")]) == 1
+    assert len(store.page("r", None, 100)) == 11
+
+
+def test_pages_go_back_by_seq(store) -> None:
+    store.write([message("r", seq, f"m{seq}") for seq in range(1, 301)])
+    page = store.page("r", 101, 50)
+    assert [int(p.split('"seq":')[1].split(",")[0]) for p in page] == list(range(51, 101))
+
+
+def test_search_finds_words_in_one_room_newest_first(store) -> None:
+    store.write(
+        [
+            message("a", 1, "Deploy at noon"),
+            message("a", 2, "lunch?"),
+            message("a", 3, "the deploy failed"),
+            message("b", 1, "deploy elsewhere"),
+        ]
+    )
+    found = store.search("a", "deploy", 10)
+    assert [f.split('"message":"')[1].split('"')[0] for f in found] == ["the deploy failed", "Deploy at noon"]
+    assert store.search("a", '"deploy failed"', 10) and not store.search("a", "-deploy lunch deploy", 10)
+
+
+def test_retention_deletes_only_what_is_older(store) -> None:
+    store.write([message("r", 1, "old", age=3 * 86400), message("r", 2, "new")])
+    assert store.expire(2) == 1
+    assert store.expire(2) == 0
+    assert len(store.page("r", None, 10)) == 1
+
+
+def test_erasure_deletes_and_keeps_late_arrivals_out(store) -> None:
+    store.write([message("r", 1, "mine", sender="eve"), message("r", 2, "theirs", sender="bob")])
+    assert store.erase("eve") == [("r", 1, "idr1")]
+    late = message("r", 3, "still in the outbox", sender="eve", age=1)
+    assert store.write([late]) == 0  # sent before the erasure, archived after: refused
+    assert len(store.page("r", None, 10)) == 1
