@@ -51,7 +51,7 @@ class PostgresServer:
         )
         args = [postgres_bin("postgres"), "-D", str(data), "-p", str(self.port), "-h", "127.0.0.1"]
         args += ["-k", str(self.directory), "-c", "fsync=off", "-c", "full_page_writes=off"]
-        log = open(self.directory / "postgres.log", "ab")  # noqa: SIM115 (the server's for its life)
+        log = open(self.directory / "postgres.log", "ab")
         self.process = subprocess.Popen(self._as_owner(args), stdout=log, stderr=subprocess.STDOUT)
         wait_until(self._ready, timeout=30, what=f"postgres on {self.port}")
 
