@@ -212,6 +212,7 @@ with store._connection() as conn:
     conn.execute("SELECT pg_sleep(1)")
 took = time.monotonic() - started
 ticker.kill()
+store.close()
 print(f"{took:.3f} {max(gaps):.3f} {len(gaps)}")
 """
 
