@@ -15,9 +15,20 @@ def compose() -> dict:
     return yaml.safe_load((ROOT / "docker-compose.yml").read_text())
 
 
+def procfile_line(kind: str) -> str:
+    for line in (ROOT / "Procfile").read_text().splitlines():
+        if line.startswith(f"{kind}:"):
+            return line.removeprefix(f"{kind}:").strip()
+    raise AssertionError(f"Procfile has no {kind}: line")
+
+
 def web_services() -> dict[str, dict]:
-    """Every service built from this repository is a chat node."""
-    services = {name: s for name, s in compose()["services"].items() if "build" in s}
+    """Every service built from this repository is a chat node, but the release phase."""
+    services = {
+        name: s
+        for name, s in compose()["services"].items()
+        if "build" in s and " ".join(s["command"]) != procfile_line("release")
+    }
     assert services, "docker-compose.yml builds no web service"
     return services
 
@@ -43,6 +54,19 @@ def test_every_web_service_runs_the_procfile_command_against_the_redis_service()
         assert "PORT" in env
         assert service["depends_on"][url.hostname]["condition"] == "service_healthy"
     assert sum(s.get("deploy", {}).get("replicas", 1) for s in web_services().values()) >= 2
+
+
+def test_the_release_phase_migrates_the_archive_before_any_node_starts() -> None:
+    services = compose()["services"]
+    release = [
+        name for name, s in services.items() if "build" in s and " ".join(s["command"]) == procfile_line("release")
+    ]
+    assert release == ["migrate"]
+    url = urlparse(services["migrate"]["environment"]["DATABASE_URL"])
+    assert url.scheme == "postgresql" and services[url.hostname]["image"].startswith("postgres:")
+    for name, web in web_services().items():
+        assert web["environment"]["DATABASE_URL"] == services["migrate"]["environment"]["DATABASE_URL"], name
+        assert web["depends_on"]["migrate"]["condition"] == "service_completed_successfully", name
 
 
 def test_dockerfile_runs_the_procfile_command() -> None:
