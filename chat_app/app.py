@@ -129,9 +129,12 @@ def create_app(settings: Settings | None = None, async_mode: str | None = None) 
     register_api(app, service)
     app.extensions["chat_service"] = service
     app.extensions["chat_socketio"] = socketio
-    register_metrics(app, service, broker, transport.writer.counters if transport.writer else None, presence)
+    registry = register_metrics(app, service, broker, transport.writer.counters if transport.writer else None, presence)
     service.start()
     if archive is not None:
+        from .archive.metrics import register_archive_metrics
+
+        register_archive_metrics(registry, archive, settings.instance_id)
         archive.start()
         app.extensions["chat_archive"] = archive
     if socketio.async_mode == "gevent":

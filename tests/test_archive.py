@@ -237,3 +237,22 @@ def test_a_slow_query_parks_only_its_greenlet(database_url) -> None:
     took, worst_gap, ticks = (float(x) for x in out.stdout.split())
     assert took >= 1.0
     assert ticks > 50 and worst_gap < 0.25, (ticks, worst_gap)
+
+
+def test_archive_metrics(redis_server, database_url, nodes) -> None:
+    from helpers import scrape
+
+    a = nodes.start(redis_server.url, DATABASE_URL=database_url, **FAST)
+    alice = ChatClient(a.url, "alice")
+    try:
+        alice.call("join_room", "m")
+        for i in range(3):
+            alice.call("send_message", {"room": "m", "message": f"m{i}"})
+        wait_until(lambda: len(archived(database_url, "m")) == 3, timeout=10, what="archived")
+        metrics = wait_until(
+            lambda: (m := scrape(a.url)).get("chat_archive_written_total") == 3 and m, timeout=5, what="counted"
+        )
+        assert metrics["chat_archive_lag_seconds_count"] == 3
+        assert metrics["chat_archive_database_up"] == 1
+    finally:
+        alice.close()

@@ -46,13 +46,12 @@ class ArchiveWriter:
         client: redis.Redis,
         store: ArchiveStore,
         settings: Settings,
-        observe_lag: Callable[[float], None] = lambda _seconds: None,
     ) -> None:
         self._redis = client
         self._store = store
         self._settings = settings
         self._outbox = Outbox(client, settings.key_prefix, settings.instance_id, settings.archive_marker)
-        self._observe_lag = observe_lag
+        self.observe_lag: Callable[[float], None] = lambda _seconds: None  # metrics set it
         self.stats = WriterStats()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -144,7 +143,7 @@ class ArchiveWriter:
         self.stats.skipped += len(batch) - written
         now = time.time()
         for m in batch:
-            self._observe_lag(max(now - m.sent_at.timestamp(), 0.0))
+            self.observe_lag(max(now - m.sent_at.timestamp(), 0.0))
 
     def _seed(self) -> None:
         self._store.check_schema()
