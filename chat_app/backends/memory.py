@@ -66,7 +66,7 @@ class MemoryBroker:
     def stop(self) -> None:
         self._hub.listeners.pop(self._id, None)
 
-    def publish(self, draft: Draft) -> Envelope:
+    def send(self, draft: Draft) -> Envelope:
         hub = self._hub
         dedup_id = draft.dedup_id
         with hub.lock:

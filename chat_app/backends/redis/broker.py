@@ -31,7 +31,7 @@ from ..base import (
 from .clients import RedisClients
 from .cluster_listener import ShardedListener
 from .connection import CONNECTION_ERRORS, describe
-from .control import ControlClient, answer, publish
+from .control import ControlClient, answer, to_channel
 from .keys import RoomKeys
 from .listener import Listener
 from .publisher import Publisher
@@ -97,8 +97,8 @@ class RedisBroker:
         self.publisher.stop()
         self.batcher.stop()
 
-    def publish(self, draft: Draft) -> Envelope:
-        return self.publisher.publish(draft)
+    def send(self, draft: Draft) -> Envelope:
+        return self.publisher.send(draft)
 
     def subscribe(self, room: str) -> threading.Event:
         return self.listener.want(room)
@@ -108,7 +108,7 @@ class RedisBroker:
 
     def signal(self, event: TypingEvent) -> None:
         try:
-            publish(self._commands, RoomKeys.of(self._prefix, event.room).channel, event.encode())
+            to_channel(self._commands, RoomKeys.of(self._prefix, event.room).channel, event.encode())
         except CONNECTION_ERRORS as exc:
             log.debug("event=signal_dropped room=%s error=%s", q(event.room), q(describe(exc)))
 

@@ -37,7 +37,7 @@ WINDOW_MARGIN = 0.05
 REPLY_TTL_MS = 60_000
 
 
-def publish(client: AnyRedis, channel: str, data: bytes) -> int:
+def to_channel(client: AnyRedis, channel: str, data: bytes) -> int:
     """PUBLISH, or SPUBLISH on the channel's shard: how many subscribers got it."""
     if isinstance(client, RedisCluster):
         shard = client.get_redis_connection(client.get_node_from_key(channel))
@@ -81,7 +81,7 @@ class ControlClient:
             self._client.exists(command.reply_to)
             if time.monotonic() >= end:
                 raise redis.TimeoutError("redis answered past the command's deadline")
-            expected = publish(self._client, self._commands, command.encode())
+            expected = to_channel(self._client, self._commands, command.encode())
             answers = self._answers(command.reply_to, token, expected, end)
         except CONNECTION_ERRORS as exc:
             raise BackendUnavailable(f"redis unreachable: {exc}") from exc
