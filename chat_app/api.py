@@ -21,10 +21,8 @@ from werkzeug.exceptions import HTTPException
 from werkzeug.routing import PathConverter
 
 from .logsafe import q
-from .protocol import (
-    ChatError,
-    CommandAction,
-    ErrorCode,
+from .protocol.errors import ChatError, ErrorCode
+from .protocol.requests import (
     HistoryQuery,
     LeaveRequest,
     PublishRequest,
@@ -34,6 +32,7 @@ from .protocol import (
     UserRoomRequest,
     parse,
 )
+from .protocol.wire import CommandAction
 from .service import ChatService, throttled
 
 log = logging.getLogger(__name__)

@@ -16,7 +16,7 @@ from .backends.base import Broker, Presence
 from .backends.memory import MemoryBroker, MemoryHub, MemoryPresence
 from .http import register_routes
 from .metrics import register_metrics
-from .protocol import ChatError, ErrorCode
+from .protocol.errors import ChatError, ErrorCode
 from .service import BEHIND, ChatService
 from .settings import Settings
 from .socketio_handlers import register_handlers

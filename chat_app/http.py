@@ -14,7 +14,9 @@ from flask import Flask, Response, jsonify, render_template, request
 
 from .api import key_refusal
 from .backends.base import BackendUnavailable
-from .protocol import SENDER_MAX_CHARS, ChatError, ErrorCode, LeaveRequest, direct_members, parse
+from .protocol.errors import ChatError, ErrorCode
+from .protocol.names import SENDER_MAX_CHARS, direct_members
+from .protocol.requests import LeaveRequest, parse
 from .service import ChatService, unavailable
 
 # Every HTTP answer Flask makes (the page, its static files, the JSON routes): the page runs

@@ -16,9 +16,8 @@ from flask_socketio import SocketIO
 from socketio.exceptions import ConnectionRefusedError as Refused
 
 from .auth import identify
-from .protocol import (
-    ChatError,
-    ErrorCode,
+from .protocol.errors import ChatError, ErrorCode
+from .protocol.requests import (
     JoinRequest,
     LeaveRequest,
     ListDirectsRequest,

@@ -11,7 +11,7 @@ from collections import Counter, deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
-from ..protocol import Command, Envelope, PresenceEvent, TypingEvent
+from ..protocol.wire import Command, Envelope, PresenceEvent, TypingEvent
 from .base import (
     RECENT_HISTORY,
     Banned,

@@ -9,15 +9,7 @@ import threading
 from redis.cluster import RedisCluster
 
 from ...logsafe import q
-from ...protocol import (
-    BadEnvelope,
-    Command,
-    CommandReply,
-    Envelope,
-    TypingEvent,
-    decode_envelope,
-    max_wire_bytes,
-)
+from ...protocol.wire import BadEnvelope, Command, CommandReply, Envelope, TypingEvent, decode_envelope, max_wire_bytes
 from ...settings import Settings
 from ..base import (
     RECENT_HISTORY,

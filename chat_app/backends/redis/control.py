@@ -22,7 +22,7 @@ import redis
 from redis.cluster import RedisCluster
 
 from ...logsafe import q
-from ...protocol import BadEnvelope, Command, decode_reply
+from ...protocol.wire import BadEnvelope, Command, decode_reply
 from ..base import BackendUnavailable, CommandResult, within
 from .connection import CONNECTION_ERRORS
 from .keys import RoomKeys, commands_channel, reply_key

@@ -25,7 +25,7 @@ import redis
 
 from ... import versions
 from ...logsafe import q
-from ...protocol import BadEnvelope, Envelope, decode_command, decode_wire, max_wire_bytes
+from ...protocol.wire import BadEnvelope, Envelope, decode_command, decode_wire, max_wire_bytes
 from ...settings import Settings
 from ..base import BrokerHooks
 from .connection import CONNECTION_ERRORS, describe, reconnect_backoff

@@ -14,9 +14,7 @@ import redis
 from redis.cluster import RedisCluster
 
 from ...logsafe import q
-from ...protocol import (
-    direct_members,
-)
+from ...protocol.names import direct_members
 from ...settings import Settings
 from ..base import (
     BackendUnavailable,

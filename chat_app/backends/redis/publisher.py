@@ -22,7 +22,7 @@ import redis
 from redis.cluster import RedisCluster
 
 from ...logsafe import q
-from ...protocol import Envelope
+from ...protocol.wire import Envelope
 from ...random_ids import RandomIds
 from ...settings import Settings
 from ..base import BackendUnavailable, Banned, Draft, Overloaded
