@@ -818,7 +818,7 @@ class ChatService:
 
     def member_page(self, room: str, after: str | None, limit: int) -> dict[str, Any]:
         """A page of the room's member names, in name order: the full list of a big room."""
-        count, names = self._presence.names(room, after, limit)
+        count, names = self._bounded(lambda: self._presence.names(room, after, limit), "members")
         return {
             "ok": True,
             "room": room,
