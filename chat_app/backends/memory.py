@@ -27,6 +27,7 @@ from .base import (
     RoomCount,
     RoomsPage,
 )
+from .stats import BrokerStats, PresenceStats
 
 
 @dataclass
@@ -123,6 +124,9 @@ class MemoryBroker:
     def healthy(self) -> dict[str, bool]:
         return {"publisher": True, "listener": True}
 
+    def stats(self) -> BrokerStats:
+        return BrokerStats()  # no Redis parts to count
+
     def unreached(self) -> list[str]:
         return []
 
@@ -141,6 +145,9 @@ class MemoryPresence:
 
     def healthy(self) -> dict[str, bool]:
         return {}
+
+    def stats(self) -> PresenceStats | None:
+        return None  # no heartbeat
 
     def unreached(self) -> list[str]:
         return []

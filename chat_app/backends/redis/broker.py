@@ -20,6 +20,7 @@ from ..base import (
     History,
     Position,
 )
+from ..stats import BrokerStats, ClusterStats, ListenerStats
 from .clients import RedisClients
 from .cluster_listener import ShardedListener
 from .connection import CONNECTION_ERRORS, describe
@@ -91,6 +92,20 @@ class RedisBroker:
 
     def send(self, draft: Draft) -> Envelope:
         return self.publisher.send(draft)
+
+    def stats(self) -> BrokerStats:
+        listener = self.listener
+        cluster = None
+        if self.slot_maps is not None and isinstance(listener, ShardedListener):
+            maps = self.slot_maps
+            cluster = ClusterStats(maps.refreshes, maps.failovers, len(maps.down()), listener.subscriptions())
+        return BrokerStats(
+            publish_batches=self.publisher.batches,
+            batched_calls=self.batcher.calls,
+            batched_round_trips=self.batcher.round_trips,
+            listener=ListenerStats(listener.reconnects, listener.received, listener.bad_payloads, listener.connected),
+            cluster=cluster,
+        )
 
     def subscribe(self, room: str) -> threading.Event:
         return self.listener.want(room)

@@ -27,6 +27,7 @@ from ..base import (
     RoomCount,
     RoomsPage,
 )
+from ..stats import PresenceStats
 from .clients import RedisClients
 from .connection import CONNECTION_ERRORS, describe
 from .control import store_ban
@@ -221,6 +222,10 @@ class RedisPresence:
     def start(self, local: LocalRooms) -> None:
         self._local = local
         self._thread.start()
+
+    def stats(self) -> PresenceStats:
+        beat = self.heartbeat
+        return PresenceStats(beat.rounds, beat.last_seconds, beat.total_seconds, beat.rooms_rewritten)
 
     def stop(self) -> None:
         self._stopping.set()
