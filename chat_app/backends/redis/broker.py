@@ -23,7 +23,7 @@ from ..base import (
 from ..stats import BrokerStats, ClusterStats, ListenerStats
 from .clients import RedisClients
 from .cluster_listener import ShardedListener
-from .connection import CONNECTION_ERRORS, describe
+from .connection import CONNECTION_ERRORS, describe, unavailable_when_unreachable
 from .control import ControlClient, answer, to_channel
 from .keys import RoomKeys
 from .listener import Listener
@@ -134,10 +134,8 @@ class RedisBroker:
     def history(self, room: str, after: int | None, upto: int | None = None, limit: int = RECENT_HISTORY) -> History:
         keys = RoomKeys.of(self._prefix, room)
         args = ["" if after is None else after, "" if upto is None else upto, limit]
-        try:
+        with unavailable_when_unreachable():
             reply = self.batcher.run((self._history, [keys.epoch, keys.seq, keys.hist], args), self._deadline)
-        except CONNECTION_ERRORS as exc:
-            raise BackendUnavailable(f"redis unreachable: {exc}") from exc
         if isinstance(reply, Exception):
             raise BackendUnavailable(f"redis refused a history read: {reply}")
         epoch, seq, *stored = reply  # type: ignore[misc]

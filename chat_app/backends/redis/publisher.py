@@ -91,7 +91,6 @@ class Publisher:
         self._wakeup = threading.Event()
         self._thread = threading.Thread(target=self._run, name="publisher", daemon=True)
         self._stopping = threading.Event()
-        self.last_ok = 0.0
         self.last_error: str | None = None
         self._unreached: list[_Pending] = []  # sends whose server was away, for another attempt
         self._retry_at = 0.0
@@ -223,7 +222,6 @@ class Publisher:
                     log.info("event=publish_recovered")
                 self.last_error = None
                 self._failures = 0
-                self.last_ok = time.monotonic()
             return
         self._server_ids.forget()
         self._unreached += unreached
