@@ -1,11 +1,21 @@
-"""The server API over HTTP, for backends that are not Python (ChatEmitter is the same from
-Python): post into rooms, read a room's history, list rooms, act on users on every node.
+"""Every route under /api: a room's state and members (open), and the server API (keyed)
+for backends that are not Python (ChatEmitter is the same from Python): post into rooms,
+read a room's history, list rooms, act on users on every node.
 
-Off unless API_KEY is set; every call must then carry `Authorization: Bearer <API_KEY>`,
-compared in constant time, before anything else is looked at. JSON in and out; an error
-is `{ok: false, error: {code, message}}` with the socket protocol's codes, and the status
-says its kind (400 bad input, 401 key, 404 off or no such route, 503 Redis not answering
-within SEND_DEADLINE). Views are thin: validate (protocol.py), call ChatService, answer."""
+The server API is off unless API_KEY is set; every call must then carry `Authorization:
+Bearer <API_KEY>`, compared in constant time, before anything else is looked at.
+
+The two open room routes (`/api/rooms/<room>` and its `/members`) answer for ordinary rooms
+of a deployment without AUTH_SECRET, where anyone may join any room under any name and so
+learn the same. They need the API key for a direct conversation (who talks to whom) and,
+with AUTH_SECRET, for every room: a token's `rooms` claim may fence a room, and no node can
+tell which rooms some token fences. Either way they read O(page) from Redis, never every
+member's entry.
+
+JSON in and out; an error is `{ok: false, error: {code, message}}` with the socket
+protocol's codes, and the status says its kind (400 bad input, 401 key, 404 off or no such
+route, 503 Redis not answering within SEND_DEADLINE: ChatService bounds every Redis call).
+Views are thin: validate (protocol.requests), call ChatService, answer."""
 
 from __future__ import annotations
 
@@ -21,12 +31,11 @@ from werkzeug.exceptions import HTTPException
 from werkzeug.routing import PathConverter
 
 from .logsafe import q
-from .protocol import (
-    ChatError,
-    CommandAction,
-    ErrorCode,
+from .protocol.errors import ChatError, ErrorCode
+from .protocol.names import check_room_name, direct_members
+from .protocol.requests import (
     HistoryQuery,
-    LeaveRequest,
+    MemberPageQuery,
     PublishRequest,
     RoomsQuery,
     UserDisconnectRequest,
@@ -34,6 +43,7 @@ from .protocol import (
     UserRoomRequest,
     parse,
 )
+from .protocol.wire import CommandAction
 from .service import ChatService, throttled
 
 log = logging.getLogger(__name__)
@@ -49,6 +59,7 @@ STATUS = {
 }  # every other code is bad input: 400
 
 View = Callable[..., dict[str, Any]]
+ROOM_INFO_MEMBERS = 100  # names in GET /api/rooms/<room>; the members route pages the rest
 
 
 class AnyText(PathConverter):
@@ -60,6 +71,17 @@ class AnyText(PathConverter):
 
 def _error(error: ChatError, status: int | None = None) -> tuple[Response, int]:
     return jsonify({"ok": False, "error": error.to_wire()}), status or STATUS.get(error.code, 400)
+
+
+def _answer(call: Callable[[], dict[str, Any]]) -> Any:
+    """The one error shape: a ChatError with its status, anything else a logged 500."""
+    try:
+        return jsonify(call())
+    except ChatError as exc:
+        return _error(exc)
+    except Exception:
+        log.exception("event=api_failed path=%s", q(request.path))
+        return _error(ChatError(ErrorCode.INTERNAL, "the server failed to handle this call"))
 
 
 def key_refusal(api_key: str | None) -> tuple[Response, int] | None:
@@ -78,7 +100,42 @@ def key_refusal(api_key: str | None) -> tuple[Response, int] | None:
     return response, status
 
 
+def _register_open_rooms(app: Flask, service: ChatService) -> None:
+    """GET /api/rooms/<room> and its /members: open, but for private rooms (above)."""
+    settings = service.settings
+
+    def open_room(view: Callable[[str], dict[str, Any]]) -> Callable[..., Any]:
+        """The room's name first (a bad one is a 400 to anyone), then the key, for a room
+        whose state only the key may read."""
+
+        @functools.wraps(view)
+        def guarded(room: str) -> Any:
+            try:
+                name = check_room_name(room)
+            except ChatError as exc:
+                return _error(exc)
+            private = settings.auth_secret is not None or direct_members(name) is not None
+            if private and (refused := key_refusal(settings.api_key)) is not None:
+                return refused
+            return _answer(lambda: view(name))
+
+        return guarded
+
+    @app.get("/api/rooms/<path:room>")
+    @open_room
+    def room_info(room: str) -> dict[str, Any]:
+        return service.room_info(room, ROOM_INFO_MEMBERS)
+
+    @app.get("/api/rooms/<path:room>/members")
+    @open_room
+    def room_members(room: str) -> dict[str, Any]:
+        """`?cursor=` (the last name of the previous page) and `?limit=` (1-1000)."""
+        query = parse(MemberPageQuery, request.args.to_dict())
+        return service.member_page(room, query.cursor or None, query.limit)
+
+
 def register_api(app: Flask, service: ChatService) -> None:
+    _register_open_rooms(app, service)
     settings = service.settings
     body_limit = 8 * settings.max_message_bytes + 4096  # a full message, JSON-escaped, and the rest
     app.url_map.converters["text"] = AnyText
@@ -107,18 +164,9 @@ def register_api(app: Flask, service: ChatService) -> None:
         def guarded(**kwargs: Any) -> Any:
             if (refused := key_refusal(settings.api_key)) is not None:
                 return refused
-            try:
-                return jsonify(view(**kwargs))
-            except ChatError as exc:
-                return _error(exc)
-            except Exception:
-                log.exception("event=api_failed path=%s", q(request.path))
-                return _error(ChatError(ErrorCode.INTERNAL, "the server failed to handle this call"))
+            return _answer(lambda: view(**kwargs))
 
         return guarded
-
-    def room_of(name: str) -> str:
-        return parse(LeaveRequest, {"room": name}).room
 
     @app.post("/api/rooms/<text:room>/messages")
     @keyed
@@ -129,7 +177,7 @@ def register_api(app: Flask, service: ChatService) -> None:
     @app.get("/api/rooms/<text:room>/history")
     @keyed
     def room_history(room: str) -> dict[str, Any]:
-        name = room_of(room)
+        name = check_room_name(room)
         query = parse(HistoryQuery, request.args.to_dict())
         return service.history_page(name, query.before, query.limit)
 

@@ -14,14 +14,16 @@ from . import json_codec
 from .api import register_api
 from .backends.base import Broker, Presence
 from .backends.memory import MemoryBroker, MemoryHub, MemoryPresence
-from .events import SocketIOEmitter, register_events
 from .http import register_routes
 from .logsafe import q
 from .metrics import register_metrics
-from .protocol import ChatError, ErrorCode, max_wire_bytes
+from .protocol.errors import ChatError, ErrorCode
+from .protocol.wire import max_wire_bytes
 from .service import BEHIND, ChatService
 from .settings import Settings
+from .socketio_handlers import register_handlers
 from .transport import SendShedding, install_transport
+from .transport.socketio_out import SocketIOOut
 
 if TYPE_CHECKING:
     from .archive.node import NodeArchive
@@ -120,8 +122,8 @@ def create_app(settings: Settings | None = None, async_mode: str | None = None) 
     )
     transport = install_transport(socketio.server, settings.max_client_queue, settings.connect_timeout)
     broker, presence, archive = build_backends(settings)
-    service = ChatService(settings, broker, presence, SocketIOEmitter(socketio, transport))
-    register_events(socketio, service, transport)
+    service = ChatService(settings, broker, presence, SocketIOOut(socketio, transport))
+    register_handlers(socketio, service, transport)
     behind = ChatError(ErrorCode.OVERLOADED, BEHIND).to_wire()
     transport.shed_sends(SendShedding(service.load.shedding, service.load.refuses, behind))
     register_routes(app, service)

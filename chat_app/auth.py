@@ -12,7 +12,8 @@ from typing import Any
 import jwt
 from pydantic_core import PydanticCustomError
 
-from .protocol import ChatError, ErrorCode, check_room_name, check_user, clean_sender
+from .protocol.errors import ChatError, ErrorCode
+from .protocol.names import check_room_name, check_user, clean_sender
 
 # In a `rooms` claim: every direct conversation of the token's user (`open_direct`, and the
 # ones others start). Without it a claim allows only the direct rooms it names.

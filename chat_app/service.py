@@ -46,9 +46,9 @@ from .protocol import (
     direct_members,
     direct_room,
 )
+from .random_ids import RandomIds
 from .ratelimit import TokenBucket
 from .settings import Settings
-from .tokens import Tokens
 
 log = logging.getLogger(__name__)
 # Lines a client (or a flood of direct messages) can cause at will: bounded per kind.
@@ -150,7 +150,7 @@ class ChatService:
         self._presence = presence
         self._emitter = emitter
         self._clock = clock
-        self._tokens = Tokens()
+        self._tokens = RandomIds()
         self._lock = threading.RLock()
         self._connections: dict[str, Connection] = {}
         self._rooms: dict[str, LocalRoom] = {}
@@ -633,7 +633,7 @@ class ChatService:
         if not shed and self.load.refuses():
             raise ChatError(ErrorCode.OVERLOADED, BEHIND)
         try:
-            envelope = self._broker.publish(draft)
+            envelope = self._broker.send(draft)
         except Banned as exc:
             raise ChatError(ErrorCode.BANNED, f"{draft.sender!r} may not send to {draft.room!r}: {exc}") from None
         except Overloaded as exc:
@@ -818,7 +818,7 @@ class ChatService:
 
     def member_page(self, room: str, after: str | None, limit: int) -> dict[str, Any]:
         """A page of the room's member names, in name order: the full list of a big room."""
-        count, names = self._presence.names(room, after, limit)
+        count, names = self._bounded(lambda: self._presence.names(room, after, limit), "members")
         return {
             "ok": True,
             "room": room,

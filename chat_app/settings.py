@@ -140,7 +140,6 @@ class Settings:
     redis_sentinel_password: str | None = None
     redis_tls: bool = _setting(False, _flag)
     redis_tls_ca_file: str | None = None
-    port: int = 5000
     instance_id: str = field(default_factory=lambda: secrets.token_hex(6))
     key_prefix: str = _setting("chat", _key_prefix)
     presence_ttl: float = 30.0

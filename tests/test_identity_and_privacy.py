@@ -188,8 +188,8 @@ def test_memory_backend_refuses_a_banned_sender_too() -> None:
     broker, presence = MemoryBroker(hub, "n"), MemoryPresence(hub, "n")
     presence.ban("lobby", "mallory", 60)
     with pytest.raises(Banned):
-        broker.publish(Draft.new("lobby", "mallory", "x", "n"))
-    assert broker.publish(Draft.new("lobby", "bob", "x", "n")).seq == 1
+        broker.send(Draft.new("lobby", "mallory", "x", "n"))
+    assert broker.send(Draft.new("lobby", "bob", "x", "n")).seq == 1
 
 
 # -- 3. direct messages cannot lock anyone out ------------------------------------------

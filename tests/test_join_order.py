@@ -21,10 +21,11 @@ from socketio import packet as sio_packet
 from chat_app import json_codec
 from chat_app.backends.base import Position
 from chat_app.backends.memory import MemoryBroker, MemoryHub, MemoryPresence
-from chat_app.events import SocketIOEmitter, register_events
 from chat_app.service import ChatService
 from chat_app.settings import Settings
+from chat_app.socketio_handlers import register_handlers
 from chat_app.transport import install_transport
+from chat_app.transport.socketio_out import SocketIOOut
 
 
 class RacingPresence(MemoryPresence):
@@ -96,8 +97,8 @@ def make_node(hub: MemoryHub, instance_id: str) -> Node:
     server.eio.send_packet = wire.send_packet
     presence = RacingPresence(hub, instance_id)
     transport = install_transport(server, settings.max_client_queue)
-    service = ChatService(settings, MemoryBroker(hub, instance_id), presence, SocketIOEmitter(socketio, transport))
-    register_events(socketio, service, transport)
+    service = ChatService(settings, MemoryBroker(hub, instance_id), presence, SocketIOOut(socketio, transport))
+    register_handlers(socketio, service, transport)
     service.start()
     return Node(service, server, presence, wire)
 

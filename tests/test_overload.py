@@ -230,7 +230,7 @@ def test_a_send_drawn_in_the_receive_loop_is_not_drawn_again() -> None:
 
 
 def test_the_send_handler_passes_the_transports_answer_and_asks_only_while_shedding(monkeypatch) -> None:
-    """The wiring in events.py: the transport's `shed_already` decides whether ChatService
+    """The wiring in socketio_handlers.py: the transport's `shed_already` decides whether ChatService
     draws again, and it is not asked at all while nothing sheds."""
     asked: list[str] = []
     drawn = {"ws": True}

@@ -78,7 +78,7 @@ def test_a_full_queue_refuses_at_once_unstored_and_sends_are_accepted_again_afte
     pub.start()
 
     def send(text: str) -> int:
-        return pub.publish(Draft.new("lobby", "alice", text, "test", None)).seq
+        return pub.send(Draft.new("lobby", "alice", text, "test", None)).seq
 
     try:
         assert send("warm-up") == 1

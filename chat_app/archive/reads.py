@@ -9,7 +9,7 @@ from collections.abc import Sequence
 
 from ..backends.base import Direct, Position
 from ..logsafe import LogThrottle, q
-from ..protocol import BadEnvelope, Envelope, decode_envelope
+from ..protocol.wire import BadEnvelope, Envelope, decode_envelope
 from .store import DATABASE_ERRORS, ArchiveStore
 
 log = logging.getLogger(__name__)

@@ -14,7 +14,8 @@ from datetime import UTC, datetime
 import psycopg
 from psycopg_pool import ConnectionPool, PoolTimeout
 
-from ..protocol import Envelope, direct_members
+from ..protocol.names import direct_members
+from ..protocol.wire import Envelope
 from .schema import check
 
 log = logging.getLogger(__name__)

@@ -13,7 +13,7 @@ import redis
 
 from ..backends.redis.connection import CONNECTION_ERRORS, describe
 from ..logsafe import LogThrottle, q
-from ..protocol import BadEnvelope, decode_envelope
+from ..protocol.wire import BadEnvelope, decode_envelope
 from ..settings import Settings
 from .outbox import Backlog, Outbox
 from .positions import put_back

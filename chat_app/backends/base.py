@@ -184,7 +184,7 @@ class BrokerHooks:
 
 class Broker(Protocol):
     def start(self, hooks: BrokerHooks) -> None: ...
-    def publish(self, draft: Draft) -> Envelope:
+    def send(self, draft: Draft) -> Envelope:
         """Store in history and publish; the same `id` (or `key`) twice yields one message."""
         ...
 

@@ -11,7 +11,7 @@ from collections import Counter, deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
-from ..protocol import Command, Envelope, PresenceEvent, TypingEvent
+from ..protocol.wire import Command, Envelope, PresenceEvent, TypingEvent
 from .base import (
     RECENT_HISTORY,
     Banned,
@@ -27,6 +27,7 @@ from .base import (
     RoomCount,
     RoomsPage,
 )
+from .stats import BrokerStats, PresenceStats
 
 
 @dataclass
@@ -66,7 +67,7 @@ class MemoryBroker:
     def stop(self) -> None:
         self._hub.listeners.pop(self._id, None)
 
-    def publish(self, draft: Draft) -> Envelope:
+    def send(self, draft: Draft) -> Envelope:
         hub = self._hub
         dedup_id = draft.dedup_id
         with hub.lock:
@@ -123,6 +124,9 @@ class MemoryBroker:
     def healthy(self) -> dict[str, bool]:
         return {"publisher": True, "listener": True}
 
+    def stats(self) -> BrokerStats:
+        return BrokerStats()  # no Redis parts to count
+
     def unreached(self) -> list[str]:
         return []
 
@@ -141,6 +145,9 @@ class MemoryPresence:
 
     def healthy(self) -> dict[str, bool]:
         return {}
+
+    def stats(self) -> PresenceStats | None:
+        return None  # no heartbeat
 
     def unreached(self) -> list[str]:
         return []

@@ -8,7 +8,9 @@
 - frames: websocket messages refused off their frame header past the size limit, and binary
   frames (with lean_websockets);
 - conformance: the protocol's answers to malformed requests and packets, binary packets
-  refused, CONNECT_TIMEOUT (any mode).
+  refused, CONNECT_TIMEOUT (any mode);
+- socketio_out: SocketIOOut, what ChatService sends to this node's sockets (the outbound
+  half of Socket.IO; chat_app/socketio_handlers.py is the inbound one).
 
 Each part asks chat_app.versions first: on versions other than the pinned ones it steps
 aside and python-socketio's public path runs, slower and never wrong.
@@ -42,6 +44,7 @@ class Transport:
     writer: DirectWriter | None  # None: python-socketio's own sends
     lean_websockets: LeanWebsockets | None
     guard: ProtocolGuard | None = None  # None: python-socketio's own answers, no CONNECT_TIMEOUT
+    pinned: bool = False  # the installed versions are the pinned ones: private reaches allowed
 
     @property
     def lean(self) -> bool:
@@ -71,7 +74,7 @@ def install_transport(sio: Any, max_client_queue: int, connect_timeout: float = 
     if pinned:
         watch_slow_clients(sio, max_client_queue, longest=installed.longest_queue if installed else None)
     guard = conformance.install(sio, connect_timeout) if pinned else None
-    transport = Transport(sio, Answers(sio), RoomFanout(sio, writer), writer, installed, guard)
+    transport = Transport(sio, Answers(sio), RoomFanout(sio, writer), writer, installed, guard, pinned)
     log.info(
         "event=transport direct_writes=%s lean_websockets=%s answers_tracked=%s slow_client_watch=%s "
         "protocol_guard=%s bounded_frames=%s",

@@ -9,15 +9,7 @@ import threading
 from redis.cluster import RedisCluster
 
 from ...logsafe import q
-from ...protocol import (
-    BadEnvelope,
-    Command,
-    CommandReply,
-    Envelope,
-    TypingEvent,
-    decode_envelope,
-    max_wire_bytes,
-)
+from ...protocol.wire import BadEnvelope, Command, CommandReply, Envelope, TypingEvent, decode_envelope, max_wire_bytes
 from ...settings import Settings
 from ..base import (
     RECENT_HISTORY,
@@ -29,10 +21,11 @@ from ..base import (
     History,
     Position,
 )
+from ..stats import BrokerStats, ClusterStats, ListenerStats
 from .clients import RedisClients
 from .cluster_listener import ShardedListener
-from .connection import CONNECTION_ERRORS, describe
-from .control import ControlClient, answer, publish
+from .connection import CONNECTION_ERRORS, describe, unavailable_when_unreachable
+from .control import ControlClient, answer, to_channel
 from .keys import RoomKeys
 from .listener import Listener
 from .publisher import Publisher
@@ -99,8 +92,22 @@ class RedisBroker:
         self.publisher.stop()
         self.batcher.stop()
 
-    def publish(self, draft: Draft) -> Envelope:
-        return self.publisher.publish(draft)
+    def send(self, draft: Draft) -> Envelope:
+        return self.publisher.send(draft)
+
+    def stats(self) -> BrokerStats:
+        listener = self.listener
+        cluster = None
+        if self.slot_maps is not None and isinstance(listener, ShardedListener):
+            maps = self.slot_maps
+            cluster = ClusterStats(maps.refreshes, maps.failovers, len(maps.down()), listener.subscriptions())
+        return BrokerStats(
+            publish_batches=self.publisher.batches,
+            batched_calls=self.batcher.calls,
+            batched_round_trips=self.batcher.round_trips,
+            listener=ListenerStats(listener.reconnects, listener.received, listener.bad_payloads, listener.connected),
+            cluster=cluster,
+        )
 
     def subscribe(self, room: str) -> threading.Event:
         return self.listener.want(room)
@@ -110,7 +117,7 @@ class RedisBroker:
 
     def signal(self, event: TypingEvent) -> None:
         try:
-            publish(self._commands, RoomKeys.of(self._prefix, event.room).channel, event.encode())
+            to_channel(self._commands, RoomKeys.of(self._prefix, event.room).channel, event.encode())
         except CONNECTION_ERRORS as exc:
             log.debug("event=signal_dropped room=%s error=%s", q(event.room), q(describe(exc)))
 
@@ -129,10 +136,8 @@ class RedisBroker:
     def history(self, room: str, after: int | None, upto: int | None = None, limit: int = RECENT_HISTORY) -> History:
         keys = RoomKeys.of(self._prefix, room)
         args = ["" if after is None else after, "" if upto is None else upto, limit]
-        try:
+        with unavailable_when_unreachable():
             reply = self.batcher.run((self._history, [keys.epoch, keys.seq, keys.hist], args), self._deadline)
-        except CONNECTION_ERRORS as exc:
-            raise BackendUnavailable(f"redis unreachable: {exc}") from exc
         if isinstance(reply, Exception):
             raise BackendUnavailable(f"redis refused a history read: {reply}")
         epoch, seq, *stored = reply  # type: ignore[misc]

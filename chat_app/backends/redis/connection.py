@@ -3,12 +3,31 @@ mean it is gone, and how long to wait before trying again."""
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
+
 import redis
 from redis.backoff import ExponentialWithJitterBackoff
 
 from ...settings import Settings
+from ..base import BackendUnavailable
 
 CONNECTION_ERRORS = (redis.ConnectionError, redis.TimeoutError, OSError)
+
+
+def unreachable(exc: BaseException) -> BackendUnavailable:
+    """What the service is told when Redis could not be reached: `unavailable`, whatever the
+    connection error was (the detail is for the log)."""
+    return BackendUnavailable(f"redis unreachable: {exc}")
+
+
+@contextlib.contextmanager
+def unavailable_when_unreachable() -> Iterator[None]:
+    """A connection error inside becomes BackendUnavailable (`unreachable`)."""
+    try:
+        yield
+    except CONNECTION_ERRORS as exc:
+        raise unreachable(exc) from exc
 
 
 def describe(exc: BaseException) -> str:

@@ -22,9 +22,9 @@ import redis
 from redis.cluster import RedisCluster
 
 from ...logsafe import q
-from ...protocol import BadEnvelope, Command, decode_reply
-from ..base import BackendUnavailable, CommandResult, within
-from .connection import CONNECTION_ERRORS
+from ...protocol.wire import BadEnvelope, Command, decode_reply
+from ..base import CommandResult, within
+from .connection import unavailable_when_unreachable
 from .keys import RoomKeys, commands_channel, reply_key
 from .scripts import AnyRedis
 
@@ -37,7 +37,7 @@ WINDOW_MARGIN = 0.05
 REPLY_TTL_MS = 60_000
 
 
-def publish(client: AnyRedis, channel: str, data: bytes) -> int:
+def to_channel(client: AnyRedis, channel: str, data: bytes) -> int:
     """PUBLISH, or SPUBLISH on the channel's shard: how many subscribers got it."""
     if isinstance(client, RedisCluster):
         shard = client.get_redis_connection(client.get_node_from_key(channel))
@@ -74,17 +74,15 @@ class ControlClient:
         end = time.monotonic() + window
         token = secrets.token_hex(8)
         command = dataclasses.replace(command, id=token, reply_to=reply_key(self._prefix, token))
-        try:
+        with unavailable_when_unreachable():
             # A round trip on the reply list's shard first: back past the window (a Redis that
             # stalled and came back), the caller may have been told `unavailable` already,
             # and a command given up on is never sent late.
             self._client.exists(command.reply_to)
             if time.monotonic() >= end:
                 raise redis.TimeoutError("redis answered past the command's deadline")
-            expected = publish(self._client, self._commands, command.encode())
+            expected = to_channel(self._client, self._commands, command.encode())
             answers = self._answers(command.reply_to, token, expected, end)
-        except CONNECTION_ERRORS as exc:
-            raise BackendUnavailable(f"redis unreachable: {exc}") from exc
         log.info(
             "event=command action=%s nodes=%d expected=%d connections=%d",
             command.action,

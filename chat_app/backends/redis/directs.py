@@ -10,8 +10,8 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 
-from ..base import BackendUnavailable, Direct, Position
-from .connection import CONNECTION_ERRORS
+from ..base import Direct, Position
+from .connection import unavailable_when_unreachable
 from .keys import RoomKeys, user_directs
 from .scripts import AnyRedis
 
@@ -23,16 +23,13 @@ class DirectLists:
         self._ttl_ms = ttl_ms
 
     def record(self, room: str, users: Sequence[str], at: int, keep: int) -> None:
-        try:
-            with self._redis.pipeline(transaction=False) as pipe:
-                for user in users:
-                    key = user_directs(self._prefix, user)
-                    pipe.zadd(key, {room: at}, gt=True)
-                    pipe.zremrangebyrank(key, 0, -keep - 1)
-                    pipe.pexpire(key, self._ttl_ms)
-                pipe.execute()
-        except CONNECTION_ERRORS as exc:
-            raise BackendUnavailable(f"redis unreachable: {exc}") from exc
+        with unavailable_when_unreachable(), self._redis.pipeline(transaction=False) as pipe:
+            for user in users:
+                key = user_directs(self._prefix, user)
+                pipe.zadd(key, {room: at}, gt=True)
+                pipe.zremrangebyrank(key, 0, -keep - 1)
+                pipe.pexpire(key, self._ttl_ms)
+            pipe.execute()
 
     def refresh(self, users: Iterable[str]) -> None:
         """Keep the lists of users whose conversations are live as long as their rooms (the
@@ -40,18 +37,15 @@ class DirectLists:
         keys = sorted({user_directs(self._prefix, user) for user in users})
         if not keys:
             return
-        try:
-            with self._redis.pipeline(transaction=False) as pipe:
-                for key in keys:
-                    pipe.pexpire(key, self._ttl_ms)
-                pipe.execute()
-        except CONNECTION_ERRORS as exc:
-            raise BackendUnavailable(f"redis unreachable: {exc}") from exc
+        with unavailable_when_unreachable(), self._redis.pipeline(transaction=False) as pipe:
+            for key in keys:
+                pipe.pexpire(key, self._ttl_ms)
+            pipe.execute()
 
     def read(self, user: str, limit: int) -> list[Direct]:
         """Two round trips: the list, then every room's epoch and seq (cross-slot on a
         Cluster, so a pipeline, not a script)."""
-        try:
+        with unavailable_when_unreachable():
             entries = self._redis.zrevrange(user_directs(self._prefix, user), 0, limit - 1, withscores=True)
             if not entries:
                 return []
@@ -62,8 +56,6 @@ class DirectLists:
                     pipe.get(keys.epoch)
                     pipe.get(keys.seq)
                 stored = pipe.execute()
-        except CONNECTION_ERRORS as exc:
-            raise BackendUnavailable(f"redis unreachable: {exc}") from exc
         out = []
         for i, (room, (_raw, at)) in enumerate(zip(rooms, entries, strict=True)):
             epoch, seq = stored[2 * i], stored[2 * i + 1]

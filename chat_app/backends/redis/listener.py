@@ -25,7 +25,7 @@ import redis
 
 from ... import versions
 from ...logsafe import q
-from ...protocol import BadEnvelope, Envelope, decode_command, decode_wire, max_wire_bytes
+from ...protocol.wire import BadEnvelope, Envelope, decode_command, decode_wire, max_wire_bytes
 from ...settings import Settings
 from ..base import BrokerHooks
 from .connection import CONNECTION_ERRORS, describe, reconnect_backoff
@@ -237,14 +237,19 @@ class Listener:
         """The next message Redis has sent, or None without waiting. `get_message(timeout=0)`
         would poll the socket (and peek it) each time its parser has nothing buffered: three
         polls per message when they come one at a time. Here `_wait`'s select says when the
-        socket has data, and the parser's buffer says whether more replies came with it."""
+        socket has data, and the parser's buffer says whether more replies came with it.
+        `read_response`'s `disconnect_on_error`/`push_request` are redis-py 8's own keywords
+        (what get_message passes): on other versions the public get_message reads instead."""
         conn = pubsub.connection
         if conn is None:
             raise redis.ConnectionError("the pub/sub connection is closed")
         while readable or _buffered(conn, self._known):
             readable = False
-            response = conn.read_response(disconnect_on_error=False, push_request=True, timeout=self._probe_timeout)
-            message = pubsub.handle_message(response)
+            if self._known:
+                response = conn.read_response(disconnect_on_error=False, push_request=True, timeout=self._probe_timeout)
+                message = pubsub.handle_message(response)
+            else:
+                message = pubsub.get_message(timeout=0)
             if message is not None:
                 return message
         return None

@@ -14,9 +14,7 @@ import redis
 from redis.cluster import RedisCluster
 
 from ...logsafe import q
-from ...protocol import (
-    direct_members,
-)
+from ...protocol.names import direct_members
 from ...settings import Settings
 from ..base import (
     ArchiveReader,
@@ -30,8 +28,9 @@ from ..base import (
     RoomCount,
     RoomsPage,
 )
+from ..stats import PresenceStats
 from .clients import RedisClients
-from .connection import CONNECTION_ERRORS, describe
+from .connection import CONNECTION_ERRORS, describe, unavailable_when_unreachable, unreachable
 from .control import store_ban
 from .directs import DirectLists
 from .keys import RoomKeys, escape, room_nodes_pattern, room_of_nodes_key
@@ -95,11 +94,11 @@ class RedisPresence:
         except CONNECTION_ERRORS as exc:
             if partial:
                 return [exc] * len(calls)
-            raise BackendUnavailable(f"redis unreachable: {exc}") from exc
+            raise unreachable(exc) from exc
         for result in results:
             if isinstance(result, CONNECTION_ERRORS):
                 if not partial:
-                    raise BackendUnavailable(f"redis unreachable: {result}")
+                    raise unreachable(result)
             elif isinstance(result, Exception):
                 log.error("event=presence_script_error error=%s", q(describe(result)))
                 raise BackendUnavailable(f"redis refused a presence update: {result}")
@@ -107,10 +106,8 @@ class RedisPresence:
 
     def _run_one(self, call: Call) -> Any:
         """One call, batched with those of other members' joins and leaves."""
-        try:
+        with unavailable_when_unreachable():
             result = self._calls.run(call, self._settings.send_deadline)
-        except CONNECTION_ERRORS as exc:
-            raise BackendUnavailable(f"redis unreachable: {exc}") from exc
         if isinstance(result, Exception):
             log.error("event=presence_script_error error=%s", q(describe(result)))
             raise BackendUnavailable(f"redis refused a presence update: {result}")
@@ -143,10 +140,8 @@ class RedisPresence:
         return Joined(Position(epoch.decode(), int(seq)), int(count), [n.decode() for n in first])
 
     def ban(self, room: str, user: str, seconds: int) -> None:
-        try:
+        with unavailable_when_unreachable():
             store_ban(self._redis, self._settings.key_prefix, room, user, seconds)
-        except CONNECTION_ERRORS as exc:
-            raise BackendUnavailable(f"redis unreachable: {exc}") from exc
 
     def rooms(self, cursor: str | None, limit: int) -> RoomsPage:
         """SCAN (never KEYS) for rooms' `nodes` keys, server by server on a Cluster; the
@@ -155,14 +150,12 @@ class RedisPresence:
         servers = self._servers()
         prefix = self._settings.key_prefix
         found: list[str] = []
-        try:
+        with unavailable_when_unreachable():
             while shard < len(servers) and len(found) < limit:
                 position, keys = servers[shard].scan(position, match=room_nodes_pattern(prefix), count=limit)
                 found += [r for k in keys if (r := room_of_nodes_key(prefix, k.decode())) is not None]
                 if position == 0:
                     shard += 1
-        except CONNECTION_ERRORS as exc:
-            raise BackendUnavailable(f"redis unreachable: {exc}") from exc
         found = list(dict.fromkeys(found))  # SCAN may return a key twice
         calls = [self._members_call(room) for room in found]
         rooms = []
@@ -201,13 +194,10 @@ class RedisPresence:
     def counts(self, rooms: Sequence[str]) -> dict[str, int]:
         if not rooms:
             return {}
-        try:
-            with self._redis.pipeline(transaction=False) as pipe:
-                for room in rooms:
-                    pipe.hlen(self._keys(room).users)
-                return dict(zip(rooms, pipe.execute(), strict=True))
-        except CONNECTION_ERRORS as exc:
-            raise BackendUnavailable(f"redis unreachable: {exc}") from exc
+        with unavailable_when_unreachable(), self._redis.pipeline(transaction=False) as pipe:
+            for room in rooms:
+                pipe.hlen(self._keys(room).users)
+            return dict(zip(rooms, pipe.execute(), strict=True))
 
     def room_state(self, room: str) -> tuple[Position | None, list[Member]]:
         epoch, seq, *flat = self._run([self._members_call(room)])[0]
@@ -241,6 +231,10 @@ class RedisPresence:
     def start(self, local: LocalRooms) -> None:
         self._local = local
         self._thread.start()
+
+    def stats(self) -> PresenceStats:
+        beat = self.heartbeat
+        return PresenceStats(beat.rounds, beat.last_seconds, beat.total_seconds, beat.rooms_rewritten)
 
     def stop(self) -> None:
         self._stopping.set()

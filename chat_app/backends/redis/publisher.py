@@ -22,9 +22,9 @@ import redis
 from redis.cluster import RedisCluster
 
 from ...logsafe import q
-from ...protocol import Envelope
+from ...protocol.wire import Envelope
+from ...random_ids import RandomIds
 from ...settings import Settings
-from ...tokens import Tokens
 from ..base import BackendUnavailable, Banned, Draft, Overloaded
 from .connection import CONNECTION_ERRORS, describe, reconnect_backoff
 from .keys import RoomKeys
@@ -91,13 +91,12 @@ class Publisher:
         self._wakeup = threading.Event()
         self._thread = threading.Thread(target=self._run, name="publisher", daemon=True)
         self._stopping = threading.Event()
-        self.last_ok = 0.0
         self.last_error: str | None = None
         self._unreached: list[_Pending] = []  # sends whose server was away, for another attempt
         self._retry_at = 0.0
         self._failures = 0  # attempts in a row that left some send unreached
         self._server_ids = ServerIds(client, self._held)
-        self._tokens = Tokens()
+        self._ids = RandomIds()
 
     def start(self) -> None:
         self._thread.start()
@@ -107,7 +106,7 @@ class Publisher:
         self._wakeup.set()
         self._thread.join(timeout=self._deadline)
 
-    def publish(self, draft: Draft) -> Envelope:
+    def send(self, draft: Draft) -> Envelope:
         """Refused at once, unstored (`overloaded`), when the queue is full."""
         if len(self._queue) >= self._max_queue:
             raise Overloaded("the publish queue is full")
@@ -223,7 +222,6 @@ class Publisher:
                     log.info("event=publish_recovered")
                 self.last_error = None
                 self._failures = 0
-                self.last_ok = time.monotonic()
             return
         self._server_ids.forget()
         self._unreached += unreached
@@ -253,7 +251,7 @@ class Publisher:
     def _execute(self, batch: list[_Pending]) -> list[object]:
         """Each send's script answer, or the connection error that kept it from its server
         (on a Cluster, only the sends of a shard that is away fail)."""
-        epochs = self._tokens.hex(8 * len(batch))  # a candidate epoch per send
+        epochs = self._ids.hex(8 * len(batch))  # a candidate epoch per send
         if self._held is not None:  # one server: all or nothing
             try:
                 calls = [

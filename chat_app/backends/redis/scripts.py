@@ -24,7 +24,7 @@ from ... import versions
 from ...settings import Settings
 from .connection import CONNECTION_ERRORS
 from .keys import archive_key
-from .topology import shard
+from .topology import follow_moved, shard
 
 try:  # redis-py's packer wraps this one in per-argument checks that cost more than packing
     from hiredis import pack_command
@@ -92,7 +92,7 @@ def run_scripts(client: AnyRedis, calls: Sequence[Call], rerun_moved: bool = Tru
                 client.script_load(script.source)
             return _pipeline(client, again)
         if moved:
-            client.nodes_manager.initialize()
+            follow_moved(client, [keys[0] for _, keys, _ in again if keys])
         # Loaded only where they are missing: RedisCluster.script_load would go to every
         # master, and fail every call with one shard away.
         for node, _ in _by_node(client, again).values():
@@ -103,7 +103,7 @@ def run_scripts(client: AnyRedis, calls: Sequence[Call], rerun_moved: bool = Tru
 
     results = _pipelined(client, calls)
     if not rerun_moved and isinstance(client, RedisCluster) and any(is_moved(r) for r in results):
-        client.nodes_manager.initialize()
+        follow_moved(client, [keys[0] for (_, keys, _), r in zip(calls, results, strict=True) if keys and is_moved(r)])
     return _rerun_missing(calls, results, rerun, rerun_moved)
 
 

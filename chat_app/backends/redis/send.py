@@ -13,7 +13,7 @@ import redis
 from redis.cluster import RedisCluster
 
 from ...logsafe import q
-from ...protocol import BadEnvelope, Envelope, decode_envelope, envelope_head
+from ...protocol.wire import BadEnvelope, Envelope, decode_envelope, envelope_head
 from ...settings import Settings
 from ..base import BackendUnavailable, Banned, Draft
 from .connection import describe

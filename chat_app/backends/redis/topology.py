@@ -14,6 +14,7 @@ and a steady cluster costs one command a second.
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import threading
 import time
@@ -23,6 +24,7 @@ from typing import Any
 import redis
 from redis.cluster import ClusterNode, RedisCluster
 
+from ... import versions
 from ...logsafe import q
 from .connection import CONNECTION_ERRORS, describe
 
@@ -39,6 +41,27 @@ EAGER_LOOKS = 5.0  # seconds of close looks after a shard gave a slot away
 DOWN_FORGET = 10.0
 
 Layout = tuple[tuple[int, int, str], ...]  # (first slot, last slot, master "host:port")
+
+
+@functools.cache
+def _pinned() -> bool:
+    """redis-py's cluster internals below (`nodes_manager.initialize`, `slots_cache`,
+    `connection_kwargs`) are reached as written only on the pinned redis-py."""
+    return versions.matches("slot_maps", "redis")
+
+
+def follow_moved(client: RedisCluster, keys: Sequence[str]) -> None:
+    """After MOVED on a shard's own connection: the pinned redis-py rebuilds the whole map at
+    once (`nodes_manager.initialize`, which also reconnects the connections it lent out);
+    redis-py has no public call for that, so on other versions one public command per key
+    (EXISTS) goes through the cluster client, which follows MOVED itself and learns each
+    slot's new owner."""
+    if _pinned():
+        client.nodes_manager.initialize()
+        return
+    for key in dict.fromkeys(keys):
+        with contextlib.suppress(*CONNECTION_ERRORS, redis.ResponseError):
+            client.exists(key)
 
 
 class ClusterClient(RedisCluster):
@@ -125,7 +148,10 @@ class SlotMaps:
 
     def look(self) -> bool:
         """Read the map from a server that is not down; rebuild the clients whose map differs.
-        True when one did."""
+        True when one did. Pinned redis-py only: the map is read and rebuilt through its
+        internals; on other versions the clients follow MOVED alone (`follow_moved`)."""
+        if not _pinned():
+            return False
         layout = self._read()
         if layout is None:
             return False

@@ -1,4 +1,6 @@
-"""Random tokens from the OS, read a page at a time.
+"""Random ids (message ids, candidate epochs) from the OS, read a page at a time.
+
+Not tokens in the JWT sense (auth.py has those): plain unpredictable hex strings.
 
 Every send takes a fresh message id and every publisher batch its candidate epochs: at light
 load that was two getrandom() syscalls per message, 3 % of a node's busy samples under W2.
@@ -14,16 +16,16 @@ import weakref
 PAGE_BYTES = 4096
 
 
-class Tokens:
-    """Hex tokens of OS randomness; a forked child drops the page it inherited, so no two
-    processes hand out the same token."""
+class RandomIds:
+    """Hex ids of OS randomness; a forked child drops the page it inherited, so no two
+    processes hand out the same id."""
 
     def __init__(self) -> None:
         self._page = b""
         self._at = 0
         self._lock = threading.Lock()
         ref = weakref.ref(self)
-        os.register_at_fork(after_in_child=lambda: (tokens := ref()) is not None and tokens._drop())
+        os.register_at_fork(after_in_child=lambda: (ids := ref()) is not None and ids._drop())
 
     def _drop(self) -> None:
         self._page, self._at = b"", 0

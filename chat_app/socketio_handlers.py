@@ -7,9 +7,8 @@ learns why nothing happened.
 
 from __future__ import annotations
 
-import contextlib
 import logging
-from collections.abc import Callable, Collection
+from collections.abc import Callable
 from typing import Any
 from urllib.parse import parse_qs
 
@@ -17,9 +16,8 @@ from flask_socketio import SocketIO
 from socketio.exceptions import ConnectionRefusedError as Refused
 
 from .auth import identify
-from .protocol import (
-    ChatError,
-    ErrorCode,
+from .protocol.errors import ChatError, ErrorCode
+from .protocol.requests import (
     JoinRequest,
     LeaveRequest,
     ListDirectsRequest,
@@ -33,53 +31,8 @@ from .transport import Transport
 
 log = logging.getLogger(__name__)
 
-CLOSE_GRACE = 1.0  # seconds a client disconnected by the server has to close its transport
 
-
-def _socketio_room(room: str) -> str:
-    """Socket.IO's own room for a chat room; '/' cannot occur in a chat room or a sid."""
-    return "r/" + room
-
-
-class SocketIOEmitter:
-    """ChatService's Emitter over python-socketio's rooms on this node, sent through the
-    fan-out (framed once, written directly)."""
-
-    def __init__(self, socketio: SocketIO, transport: Transport) -> None:
-        self._socketio = socketio
-        self._fanout = transport.fanout
-
-    def emit_room(self, event: str, data: dict[str, Any], room: str, skip: Collection[str] = ()) -> None:
-        self._fanout.emit(event, data, _socketio_room(room), skip)
-
-    def emit_to(self, sid: str, event: str, data: dict[str, Any]) -> None:
-        self._fanout.emit(event, data, sid)  # every sid is a Socket.IO room of its own
-
-    def enter_room(self, sid: str, room: str) -> None:
-        self._socketio.server.enter_room(sid, _socketio_room(room), namespace="/")
-
-    def leave_room(self, sid: str, room: str) -> None:
-        self._socketio.server.leave_room(sid, _socketio_room(room), namespace="/")
-
-    def disconnect(self, sid: str) -> None:
-        """Socket.IO's DISCONNECT goes out behind what was emitted to the socket, and a
-        client closes the transport on it; one that does not is cut after CLOSE_GRACE."""
-        server = self._socketio.server
-        eio_sid = server.manager.eio_sid_from_sid(sid, "/")
-        server.disconnect(sid, namespace="/")
-        if eio_sid is not None:
-            self._socketio.start_background_task(self._close_later, eio_sid)
-
-    def _close_later(self, eio_sid: str) -> None:
-        self._socketio.sleep(CLOSE_GRACE)
-        eio = self._socketio.server.eio
-        if eio_sid in eio.sockets:
-            log.info("event=transport_closed_by_server eio_sid=%s", eio_sid)
-            with contextlib.suppress(Exception):  # it may be going away by itself right now
-                eio.disconnect(eio_sid)
-
-
-def register_events(socketio: SocketIO, service: ChatService, transport: Transport) -> None:
+def register_handlers(socketio: SocketIO, service: ChatService, transport: Transport) -> None:
     """Handlers go on python-socketio's server itself: Flask-SocketIO's wrapper would build a
     Flask request context and session for every event, and none of them reads either."""
     sio = socketio.server

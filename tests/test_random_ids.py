@@ -1,4 +1,4 @@
-"""Tokens read OS randomness a page at a time: still distinct, and never repeated by a
+"""RandomIds read OS randomness a page at a time: still distinct, and never repeated by a
 forked child (which inherits the parent's unread page)."""
 
 from __future__ import annotations
@@ -7,13 +7,13 @@ import os
 
 import pytest
 
-from chat_app.tokens import PAGE_BYTES, Tokens
+from chat_app.random_ids import PAGE_BYTES, RandomIds
 
 pytestmark = pytest.mark.timeout(10)
 
 
 def test_tokens_are_hex_of_the_asked_length_and_distinct_across_pages() -> None:
-    tokens = Tokens()
+    tokens = RandomIds()
     seen = [tokens.hex(16) for _ in range(3 * PAGE_BYTES // 16)]
     assert all(len(t) == 32 and int(t, 16) >= 0 for t in seen)
     assert len(set(seen)) == len(seen)
@@ -21,7 +21,7 @@ def test_tokens_are_hex_of_the_asked_length_and_distinct_across_pages() -> None:
 
 
 def test_a_forked_child_does_not_repeat_the_parents_tokens() -> None:
-    tokens = Tokens()
+    tokens = RandomIds()
     tokens.hex(16)  # the parent now holds a page, the child inherits it
     read, write = os.pipe()
     pid = os.fork()
