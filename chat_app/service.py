@@ -1,26 +1,33 @@
-"""ChatService: the domain. It knows this node's connections and rooms, and delivers every
-room's envelopes to its local members in seq order, exactly once, filling gaps from
-history. It talks to the world only through a Broker, a Presence and an Emitter."""
+"""ChatService: the domain. It knows this node's connections and which rooms they are in,
+and runs what a connection asks: join (the one join path, with its hand-over), leave, send,
+typing, direct conversations, and the server API's commands on users. It talks to the world
+only through a Broker, a Presence and an Emitter.
+
+What it hands on, each with its own state and lock: the delivery engine (delivery.py:
+cursors, catch-up, epochs, what is held for a join in flight), the presence feed
+(presence_feed.py: presence and typing events, big rooms' counts, the departure sweep),
+token expiry (expiry.py), reads of rooms (room_reads.py) and the command policy it shares
+with ChatEmitter (commands.py). Lock order: ChatService -> presence feed -> delivery engine."""
 
 from __future__ import annotations
 
 import functools
-import heapq
 import logging
 import threading
 import time
 from collections.abc import Callable, Collection
 from dataclasses import dataclass, field
-from typing import Any, Literal, Protocol
+from typing import Any, Literal
 
+from . import commands
 from .auth import ALL_DIRECTS, Identity
 from .backends.base import (
     BackendUnavailable,
     Banned,
     Broker,
     BrokerHooks,
+    CommandResult,
     Draft,
-    History,
     Joined,
     LocalRooms,
     Overloaded,
@@ -28,8 +35,12 @@ from .backends.base import (
     Presence,
     within,
 )
+from .delivery import DeliveryCounters, DeliveryEngine, Held, Stream
+from .expiry import TokenExpiry
 from .load import LoadGauge
+from .local_sockets import Emitter
 from .logsafe import LogThrottle, q
+from .presence_feed import PresenceFeed
 from .protocol import (
     ChatError,
     Command,
@@ -38,7 +49,6 @@ from .protocol import (
     ErrorCode,
     JoinRequest,
     OpenDirectRequest,
-    PresenceEvent,
     PublishRequest,
     SendRequest,
     TypingEvent,
@@ -47,8 +57,11 @@ from .protocol import (
     direct_room,
 )
 from .ratelimit import TokenBucket
+from .room_reads import RoomReads
 from .settings import Settings
 from .tokens import Tokens
+
+__all__ = ["BEHIND", "ChatService", "Emitter", "throttled", "unavailable"]
 
 log = logging.getLogger(__name__)
 # Lines a client (or a flood of direct messages) can cause at will: bounded per kind.
@@ -64,18 +77,6 @@ def unavailable(what: str, exc: BaseException) -> ChatError:
     detail logged (throttled: in an outage every request would say it)."""
     throttled.log(logging.WARNING, "unavailable", "event=unavailable what=%s error=%s", q(what), q(exc))
     return ChatError(ErrorCode.UNAVAILABLE, f"{what}: {UNAVAILABLE}")
-
-
-class Emitter(Protocol):
-    """Emits to this node's sockets only: a room's local members, or one socket."""
-
-    def emit_room(self, event: str, data: dict[str, Any], room: str, skip: Collection[str] = ()) -> None: ...
-    def emit_to(self, sid: str, event: str, data: dict[str, Any]) -> None: ...
-    def enter_room(self, sid: str, room: str) -> None: ...
-    def leave_room(self, sid: str, room: str) -> None: ...
-    def disconnect(self, sid: str) -> None:
-        """Close the socket after what was emitted to it so far."""
-        ...
 
 
 @dataclass
@@ -101,38 +102,46 @@ BEHIND = "message not sent, the node is running behind: send it again shortly"
 
 TYPING_INTERVAL = 2.0  # seconds: at most one typing event per connection per room
 
-
-# What a room emitted while a member's join was in flight: (event, data, position of a message).
-Held = list[tuple[str, dict[str, Any], Position | None]]
-
-
-@dataclass
-class LocalRoom:
-    members: dict[str, str] = field(default_factory=dict)  # sid -> user, admitted or joining
-    cursor: Position | None = None  # last envelope delivered here; None until the join read it
-    members_count: int = 0  # users across nodes, as last learnt
-    count_told: int = 0  # what the last periodic count said (big rooms)
-    # Joining members receive nothing live until their ack is written: what the room emits
-    # meanwhile is held for them, and handed over after the ack (less what it covered).
-    joining: dict[str, Held] = field(default_factory=dict)
+# A room's members on this node: sid -> user, admitted or joining. The dict's identity is the
+# room's stay here: a join that finds another dict under the room's name lost a race to a leave.
+Members = dict[str, str]
 
 
 @dataclass
-class Counters:
-    """Updated under the service's lock: the listener updates them too (real threads in the
-    tests' threading mode)."""
+class Counters(DeliveryCounters):
+    """The node's counter sheet (/metrics). The delivery engine writes its part (the
+    inherited fields) under its lock; the fields below are written under the service's."""
 
     published: int = 0
-    delivered: int = 0
-    duplicates_dropped: int = 0
-    gaps_filled: int = 0
-    messages_lost: int = 0
-    epoch_changes: int = 0
     recoveries_ok: int = 0
     recoveries_failed: int = 0
     rate_limited: int = 0
     queue_full: int = 0  # sends refused `overloaded` because the publish queue was full
     commands: int = 0  # server API commands on users this node acted on
+
+
+class _NodePort:
+    """The node's CommandPort (commands.py): its backends, errors as `unavailable`."""
+
+    def __init__(self, broker: Broker, presence: Presence, settings: Settings) -> None:
+        self._broker = broker
+        self._presence = presence
+        self._settings = settings
+
+    def ban(self, room: str, user: str, seconds: int) -> None:
+        try:
+            within(self._settings.send_deadline, lambda: self._presence.ban(room, user, seconds), "ban")
+        except BackendUnavailable as exc:
+            raise unavailable("ban not stored", exc) from None
+
+    def send(self, command: Command, deadline: float) -> CommandResult:
+        try:
+            return self._broker.command(command, deadline)
+        except BackendUnavailable as exc:
+            raise unavailable("command not sent", exc) from None
+
+    def record_direct(self, room: str, users: tuple[str, str], at: int) -> None:
+        self._presence.record_direct(room, users, at, self._settings.max_directs_per_user)
 
 
 class ChatService:
@@ -153,28 +162,27 @@ class ChatService:
         self._tokens = Tokens()
         self._lock = threading.RLock()
         self._connections: dict[str, Connection] = {}
-        self._rooms: dict[str, LocalRoom] = {}
+        self._rooms: dict[str, Members] = {}
         self._users: dict[str, set[str]] = {}  # user -> this node's sids of theirs (server API)
         self.counters = Counters()
         self._stopped = False
         self._stopping = threading.Event()
-        self._sweeps: dict[str, float] = {}  # room -> when its departures' grace has run out
-        self._sweep_wake = threading.Event()
-        self._expiries: list[tuple[float, str]] = []  # heap of (token exp, sid); stale entries skipped
-        self._expiry_wake = threading.Event()
+        self.delivery = DeliveryEngine(broker, emitter, self.counters)
+        self.feed = PresenceFeed(settings, presence, self.delivery, emitter, self._members_of)
+        self._expiry = TokenExpiry(emitter, clock, self._expires_of, self._expiring)
+        self.reads = RoomReads(broker, presence, settings.send_deadline, unavailable)
+        self._port = _NodePort(broker, presence, settings)
         self.load = LoadGauge(settings.overload_lag)
         self.observe_publish: Callable[[float], None] = lambda seconds: None  # metrics hook
 
     # -- lifecycle -------------------------------------------------------------------
 
     def start(self) -> None:
-        self._broker.start(
-            BrokerHooks(self._on_envelope, self._on_presence, self._catch_up, self._on_reconnected, self._on_control)
-        )
+        d, feed = self.delivery, self.feed
+        self._broker.start(BrokerHooks(d.on_envelope, feed.on_event, d.catch_up, feed.on_reconnected, self._on_control))
         self._presence.start(LocalRooms(self._sizes, self._snapshot))
-        threading.Thread(target=self._count_rooms, name="room-counts", daemon=True).start()
-        threading.Thread(target=self._sweep_departures, name="departures", daemon=True).start()
-        threading.Thread(target=self._end_expired, name="token-expiry", daemon=True).start()
+        feed.start()
+        self._expiry.start()
 
     def measure_load(self) -> None:
         """Tick the load gauge; without it nothing is ever shed. Under gevent only: its
@@ -190,10 +198,11 @@ class ChatService:
                 return []
             self._stopped = True
             self._stopping.set()
-            self._sweep_wake.set()
-            self._expiry_wake.set()
+            self.feed.stop()
+            self._expiry.stop()
             rooms = list(self._rooms)
             sids = list(self._connections)
+            self.delivery.clear()
             self._rooms.clear()
             self._connections.clear()
             self._users.clear()
@@ -223,43 +232,17 @@ class ChatService:
             )
             if identity.user is not None:
                 self._users.setdefault(identity.user, set()).add(sid)
-            if identity.expires is not None:
-                self._note_expiry(identity.expires, sid)
+        if identity.expires is not None:  # off the lock: the expiry thread takes its lock, then ours
+            self._expiry.note(identity.expires, sid, len(self._connections))
         log.info("event=connect sid=%s", sid)
 
-    def _note_expiry(self, expires: float, sid: str) -> None:
-        """Under the lock. Entries of connections gone meanwhile stay until due; the heap is
-        rebuilt from the live ones when they outnumber them, so year-long tokens on churning
-        connections cannot grow it without bound."""
-        if len(self._expiries) > 2 * len(self._connections) + 64:
-            self._expiries = [(c.expires, c.sid) for c in self._connections.values() if c.expires is not None]
-            heapq.heapify(self._expiries)
-        else:
-            heapq.heappush(self._expiries, (expires, sid))
-        if self._expiries[0][1] == sid:
-            self._expiry_wake.set()  # the nearest one now: the waiter wakes earlier
+    def _expires_of(self, sid: str) -> float | None:
+        conn = self._connections.get(sid)
+        return conn.expires if conn is not None else None
 
-    def _end_expired(self) -> None:
-        """A token's `exp` holds on a live connection too: at exp the connection is told
-        `error` {code: token_expired} and closed; the client reconnects with a fresh token.
-        One thread for all (no timer per connection)."""
-        while not self._stopping.is_set():
-            with self._lock:
-                now = self._clock()
-                due = []
-                while self._expiries and self._expiries[0][0] <= now:
-                    expires, sid = heapq.heappop(self._expiries)
-                    conn = self._connections.get(sid)
-                    if conn is not None and conn.expires == expires:
-                        due.append(sid)
-                nearest = self._expiries[0][0] if self._expiries else None
-            for sid in due:
-                log.info("event=token_expired sid=%s", sid)
-                told = ChatError(ErrorCode.TOKEN_EXPIRED, "your token has expired: connect again with a fresh one")
-                self._emitter.emit_to(sid, "error", {**told.to_wire(), "event": None})
-                self._emitter.disconnect(sid)
-            self._expiry_wake.wait(None if nearest is None else max(0.0, nearest - self._clock()))
-            self._expiry_wake.clear()
+    def _expiring(self) -> list[tuple[float, str]]:
+        with self._lock:
+            return [(c.expires, c.sid) for c in self._connections.values() if c.expires is not None]
 
     def disconnect(self, sid: str) -> None:
         """Leave every room, with grace: a client that reconnects at once causes no churn."""
@@ -276,33 +259,8 @@ class ChatService:
         for room in rooms:
             self._leave(conn, room, grace=True)
         if rooms:
-            due = time.monotonic() + self.settings.presence_grace + 0.05
-            with self._lock:
-                for room in rooms:
-                    self._sweeps.setdefault(room, due)  # an earlier due one covers this one too
-            self._sweep_wake.set()
+            self.feed.sweep_later(rooms)
         log.info("event=disconnect sid=%s rooms=%d", sid, len(rooms))
-
-    def _sweep_departures(self) -> None:
-        """One greenlet for every node's grace expiries (was a timer per disconnect): settle
-        and announce the departures whose grace ran out, once per room however many left
-        (another node's heartbeat would too, later)."""
-        while not self._stopping.is_set():
-            with self._lock:
-                now = time.monotonic()
-                due = [room for room, at in self._sweeps.items() if at <= now]
-                for room in due:
-                    del self._sweeps[room]
-                nearest = min(self._sweeps.values(), default=None)
-            for room in due:
-                try:
-                    self._presence.sweep(room)
-                except BackendUnavailable as exc:
-                    log.warning("event=sweep_failed room=%s error=%s", q(room), q(exc))
-                except Exception:
-                    log.exception("event=sweep_error room=%s", q(room))
-            self._sweep_wake.wait(None if nearest is None else max(0.0, nearest - time.monotonic()))
-            self._sweep_wake.clear()
 
     def _connection(self, sid: str) -> Connection:
         """Once the node is stopping, every event is `unavailable`, a connection gunicorn
@@ -314,6 +272,12 @@ class ChatService:
         if conn is None:
             raise ChatError(ErrorCode.UNAUTHORIZED, "this connection is not registered")
         return conn
+
+    def _members_of(self, room: str) -> Members | None:
+        """For the presence feed: the room's members here (a copy), None when not hosted."""
+        with self._lock:
+            members = self._rooms.get(room)
+            return dict(members) if members is not None else None
 
     # -- join / leave ----------------------------------------------------------------
 
@@ -330,9 +294,10 @@ class ChatService:
         (the socket handler: after python-socketio sent it); without it, before returning.
 
         Until then the member is joined (presence, subscription) but not yet in the
-        emitter's room: everything delivered meanwhile is held for it, and whatever of
-        that the ack's history covers (seq <= B) is dropped, so history and live messages
-        never overlap, never reorder and leave no gap, whatever the round trips let through.
+        emitter's room: everything delivered meanwhile is held for it (delivery.hold), and
+        whatever of that the ack's history covers (seq <= B) is dropped, so history and live
+        messages never overlap, never reorder and leave no gap, whatever the round trips let
+        through.
 
         `limited=False`: a join the server API asked for, which the connection's join rate
         does not apply to (every other check does)."""
@@ -342,7 +307,7 @@ class ChatService:
         pair = direct_members(room)
         if pair is not None and conn.user not in pair:
             raise ChatError(ErrorCode.FORBIDDEN_ROOM, f"{room!r} is a direct conversation of others")
-        local, held, hosted, evicted = self._start_joining(conn, room, user, limited)
+        members, stream, held, hosted, evicted = self._start_joining(conn, room, user, limited)
         if evicted is not None:
             self._record_leave(conn.sid, evicted)
             self._emitter.emit_to(sid, "room_left", {"room": evicted, "reason": "idle"})
@@ -354,15 +319,8 @@ class ChatService:
         # rejoins then delay every member's messages).
         if not hosted and not self._broker.subscribe(room).wait(self.settings.send_deadline):
             log.warning("event=subscribe_slow room=%s", q(room))
-        try:
-            joined = self._presence.join(room, sid, user)
-        except BackendUnavailable as exc:
-            self._leave_locally(conn, room)
-            raise unavailable("could not join", exc) from None
-        except Banned as exc:
-            self._leave_locally(conn, room)
-            raise ChatError(ErrorCode.FORBIDDEN_ROOM, f"you may not join {room!r}: {exc}") from None
-        placed = self._place(local, room, sid, joined)
+        joined = self._join_presence(conn, room, sid, user)
+        placed = self._place(members, stream, room, sid, joined)
         if placed == "gone":  # left or disconnected meanwhile: undo, keep no subscription
             with self._lock:
                 if room not in self._rooms:
@@ -372,23 +330,31 @@ class ChatService:
         if placed != "hosted":
             # New here: what the channel brought before the room had a cursor was dropped.
             # Moved (the store is in another epoch than the node): follow the new stream.
-            # Asked again, the listener catches the room up from history.
-            self._broker.subscribe(room)
-        with self._lock:
-            bound = local.cursor
-        assert bound is not None
+            self._broker.catch_up(room)
+        bound = self.delivery.bound(stream)
         try:
             ack = self._join_ack(room, req, bound, joined)
         except ChatError:
             self._leave(conn, room)
             raise
         log.info("event=join room=%s sid=%s seq=%d", q(room), sid, bound.seq)
-        admit = functools.partial(self._admit, sid, room, held, bound)
+        admit = functools.partial(self.delivery.admit, sid, room, held, bound)
         if after_ack is None:
             admit()
         else:
             after_ack(admit)
         return ack
+
+    def _join_presence(self, conn: Connection, room: str, sid: str, user: str) -> Joined:
+        """The presence write of a join; refused or failed, the membership here is undone."""
+        try:
+            return self._presence.join(room, sid, user)
+        except BackendUnavailable as exc:
+            self._leave_locally(conn, room)
+            raise unavailable("could not join", exc) from None
+        except Banned as exc:
+            self._leave_locally(conn, room)
+            raise ChatError(ErrorCode.FORBIDDEN_ROOM, f"you may not join {room!r}: {exc}") from None
 
     def join_room(
         self,
@@ -426,7 +392,7 @@ class ChatService:
             raise ChatError(ErrorCode.UNAUTHORIZED, "direct conversations need a name given at connect")
         self._take(conn.list_bucket, "too many list_directs: slow down")
         limit = self.settings.max_directs_per_user
-        found = self._bounded(lambda: self._presence.directs(user, limit), "directs")
+        found = self.reads.bounded(lambda: self._presence.directs(user, limit), "directs")
         directs = []
         for d in found:
             pair = direct_members(d.room)
@@ -451,7 +417,7 @@ class ChatService:
 
     def _start_joining(
         self, conn: Connection, room: str, user: str, limited: bool
-    ) -> tuple[LocalRoom, Held, bool, str | None]:
+    ) -> tuple[Members, Stream, Held, bool, str | None]:
         """Check the limits and make `conn` a member that receives nothing live yet; True
         when the room is hosted here already (it has a cursor). Direct conversations have an
         allowance of their own: a new one when it is full makes the least active one (last
@@ -472,46 +438,27 @@ class ChatService:
                 if direct and len(conn.directs) >= limit:
                     evicted = min(conn.directs, key=conn.directs.__getitem__)
                     self._leave_locally(conn, evicted)
-            local = self._rooms.setdefault(room, LocalRoom())
-            local.members[conn.sid] = user
+            members = self._rooms.get(room)
+            if members is None:
+                members = self._rooms[room] = {}
+                self.feed.track(room)
+            members[conn.sid] = user
             conn.rooms.add(room)
             if direct:
                 conn.directs[room] = time.monotonic()
-            held: Held = []
-            local.joining[conn.sid] = held
-            self._emitter.leave_room(conn.sid, room)  # a member joining again waits for its new ack too
-            return local, held, local.cursor is not None, evicted
+            stream, held, hosted = self.delivery.hold(room, conn.sid)
+            return members, stream, held, hosted, evicted
 
     def _place(
-        self, local: LocalRoom, room: str, sid: str, joined: Joined
+        self, members: Members, stream: Stream, room: str, sid: str, joined: Joined
     ) -> Literal["new", "hosted", "moved", "gone"]:
-        """Start the node's cursor at the store's position if the room is new here; "moved"
-        when the store's epoch is not the node's; "gone" when the member left meanwhile."""
+        """The room's cursor and users count from the join's read; "gone" when the member
+        left meanwhile (see delivery.place for the rest)."""
         with self._lock:
-            if self._rooms.get(room) is not local or sid not in local.members:
+            if self._rooms.get(room) is not members or sid not in members:
                 return "gone"
-            local.members_count = joined.members_count
-            if local.cursor is None:
-                local.cursor = joined.position
-                return "new"
-            if joined.position.epoch != local.cursor.epoch:
-                log.info("event=epoch_seen_on_join room=%s", q(room))
-                return "moved"
-            return "hosted"
-
-    def _admit(self, sid: str, room: str, held: Held, bound: Position) -> None:
-        """The ack is written: hand over what was held past its bound, then go live. Under
-        the lock, so the listener delivers nothing between the two."""
-        with self._lock:
-            local = self._rooms.get(room)
-            if local is None or local.joining.get(sid) is not held:
-                return  # left meanwhile, or a newer join of the same member took over
-            del local.joining[sid]
-            for event, data, position in held:
-                if position is not None and position.epoch == bound.epoch and position.seq <= bound.seq:
-                    continue  # in the ack's history
-                self._emitter.emit_to(sid, event, data)
-            self._emitter.enter_room(sid, room)
+            self.feed.note_count(room, joined.members_count)
+            return self.delivery.place(room, stream, joined.position)
 
     def _undo_presence(self, room: str, sid: str) -> None:
         try:
@@ -543,11 +490,10 @@ class ChatService:
         }
         if recovering:
             ack["recovered"] = recovered
-            if recovered:
-                with self._lock:
+            with self._lock:
+                if recovered:
                     self.counters.recoveries_ok += 1
-            else:
-                with self._lock:
+                else:
                     self.counters.recoveries_failed += 1
         return ack
 
@@ -580,15 +526,15 @@ class ChatService:
         with self._lock:
             conn.rooms.discard(room)
             conn.directs.pop(room, None)
-            self._emitter.leave_room(conn.sid, room)
-            local = self._rooms.get(room)
-            if local is None:
-                return False
-            local.members.pop(conn.sid, None)
-            local.joining.pop(conn.sid, None)
-            if local.members:
+            members = self._rooms.get(room)
+            if members is not None:
+                members.pop(conn.sid, None)
+            last = members is not None and not members
+            self.delivery.release(room, conn.sid, last)
+            if not last:
                 return False
             del self._rooms[room]
+            self.feed.forget(room)
             # Under the lock: a join arriving now must not have its subscription dropped.
             self._broker.unsubscribe(room)
         return True
@@ -606,7 +552,7 @@ class ChatService:
             return
         log.info("event=leave room=%s sid=%s room_deleted=%s", q(room), sid, deleted)
 
-    # -- send ------------------------------------------------------------------------
+    # -- send, typing ----------------------------------------------------------------
 
     def send(self, sid: str, req: SendRequest, shed: bool = False) -> dict[str, Any]:
         """`shed`: the transport already drew this send against the load gauge."""
@@ -624,7 +570,7 @@ class ChatService:
             self.observe_publish(time.perf_counter() - started)
         log.debug("event=send room=%s sid=%s seq=%d id=%s", q(req.room), sid, envelope.seq, q(envelope.id))
         self._reach_direct(envelope)
-        return {"ok": True, **_ack(envelope)}
+        return {"ok": True, **commands.ack(envelope)}
 
     def _publish(self, draft: Draft, shed: bool = False) -> Envelope:
         """Store and publish, with the protocol's answer when the node cannot. A node that runs
@@ -647,37 +593,11 @@ class ChatService:
         return envelope
 
     def _reach_direct(self, envelope: Envelope) -> None:
-        """A message stored in a direct conversation, from a member or the server API,
-        reaches both users whether or not they opened it."""
-        pair = direct_members(envelope.room)
-        if pair is not None:
-            args = (envelope.room, pair, envelope.timestamp)
-            threading.Thread(target=self._join_everywhere, args=args, name="direct", daemon=True).start()
-
-    def _join_everywhere(self, room: str, users: tuple[str, str], at: int) -> None:
-        """Note the message in both users' lists of conversations, then every connection of
-        both, on every node, joins the conversation (the server API's join command; members
-        already in it are skipped), so it reaches someone who never opened it. Off the
-        sender's ack: `room_joined`'s history carries the message. The list goes first, so a
-        client that reads it on `room_joined` finds the conversation there."""
-        try:
-            self._presence.record_direct(room, users, at, self.settings.max_directs_per_user)
-        except BackendUnavailable as exc:
-            log.warning("event=direct_list_failed room=%s error=%s", q(room), q(exc))
-        except Exception:
-            log.exception("event=direct_list_error room=%s", q(room))
-        for user in users:
-            try:
-                self.command(CommandAction.JOIN, user, room)
-            except ChatError as exc:
-                throttled.log(
-                    logging.WARNING,
-                    "direct_join_failed",
-                    "event=direct_join_failed room=%s user=%s code=%s",
-                    q(room),
-                    q(user),
-                    exc.code,
-                )
+        """A message stored in a direct conversation reaches both users (commands.py), on a
+        thread of its own: off the sender's ack, `room_joined`'s history carries the message."""
+        if direct_members(envelope.room) is not None:
+            args = (self._port, envelope, self.settings.send_deadline)
+            threading.Thread(target=commands.reach_direct, args=args, name="direct", daemon=True).start()
 
     def typing(self, sid: str, room: str) -> None:
         """Tell the room's other members that this one is typing. Quiet by design: from a
@@ -685,16 +605,20 @@ class ChatService:
         conn = self._connections.get(sid)
         now = time.monotonic()
         with self._lock:
-            local = self._rooms.get(room)
-            if conn is None or room not in conn.rooms or local is None or sid in local.joining:
+            members = self._rooms.get(room)
+            if conn is None or room not in conn.rooms or members is None or self.delivery.joining(room, sid):
                 return
-            if local.members_count > self.settings.presence_events_max_members:
+            if self.feed.is_big(room):
                 return
             if now - conn.typed.get(room, -TYPING_INTERVAL) < TYPING_INTERVAL:
                 return
             conn.typed[room] = now
-            user = local.members.get(sid) or "anonymous"
+            user = members.get(sid) or "anonymous"
         self._broker.signal(TypingEvent(room, user, self.instance_id))
+
+    def _rooms_user(self, room: str, sid: str) -> str:
+        members = self._rooms.get(room)
+        return (members.get(sid) if members else None) or "anonymous"
 
     # -- server API: posts and commands from outside the rooms ---------------------------
 
@@ -707,24 +631,7 @@ class ChatService:
         envelope = self._publish(draft)
         log.debug("event=api_publish room=%s seq=%d id=%s", q(req.room), envelope.seq, q(envelope.id))
         self._reach_direct(envelope)
-        return {"ok": True, **_ack(envelope)}
-
-    def history_page(self, room: str, before: int | None, limit: int) -> dict[str, Any]:
-        """Up to `limit` messages with seq < `before` (the newest without it), oldest first,
-        of the room's current epoch only: "load older messages", within what it keeps."""
-        upto = None if before is None else before - 1
-        history = self._bounded(lambda: self._broker.history(room, after=None, upto=upto, limit=limit), "history")
-        epoch = history.position.epoch
-        messages = [e.to_client() for e in history.envelopes if e.epoch == epoch]
-        return {"ok": True, "room": room, "epoch": epoch or None, "messages": messages}
-
-    def rooms_page(self, cursor: str | None, limit: int) -> dict[str, Any]:
-        try:
-            page = self._bounded(lambda: self._presence.rooms(cursor, limit), "rooms")
-        except ValueError as exc:
-            raise ChatError(ErrorCode.INVALID_PAYLOAD, f"cursor: {exc}") from None
-        rooms = [{"room": r.room, "members": r.members, "connections": r.connections} for r in page.rooms]
-        return {"ok": True, "rooms": rooms, "cursor": page.cursor}
+        return {"ok": True, **commands.ack(envelope)}
 
     def command(
         self,
@@ -734,26 +641,11 @@ class ChatService:
         reason: str | None = None,
         ban_seconds: int | None = None,
     ) -> dict[str, Any]:
-        """Act on every connection of `user` on every node; within SEND_DEADLINE in all.
-        A ban is stored before the leave goes out, so no node lets the user straight back."""
-        started = time.monotonic()
-        if action is CommandAction.LEAVE:
-            assert room is not None
-            if ban_seconds is not None:
-                self._bounded(lambda: self._presence.ban(room, user, ban_seconds), "ban")
-            reason = "banned" if ban_seconds is not None else "removed"
-        left = self.settings.send_deadline - (time.monotonic() - started)
-        try:
-            result = self._broker.command(Command("", action, user, room, reason), left)
-        except BackendUnavailable as exc:
-            raise unavailable("command not sent", exc) from None
-        return {"ok": True, "connections": result.connections, "nodes": result.nodes}
-
-    def _bounded(self, call: Callable[[], Any], what: str) -> Any:
-        try:
-            return within(self.settings.send_deadline, call, what)
-        except BackendUnavailable as exc:
-            raise unavailable(f"{what} not read", exc) from None
+        """Act on every connection of `user` on every node; within SEND_DEADLINE in all
+        (the policy, a leave's ban first: commands.run)."""
+        deadline = self.settings.send_deadline
+        result = commands.run(self._port, action, user, room, reason, ban_seconds, deadline=deadline)
+        return commands.answer(result)
 
     def _on_control(self, command: Command) -> int:
         """A command on a user, from this node's API, another node's or a ChatEmitter's: act
@@ -802,49 +694,34 @@ class ChatService:
         # the event comes first, then what the room sent past its bound, then live messages.
         admit: list[Callable[[], None]] = []
         ack = self.join(sid, JoinRequest(room=room), after_ack=admit.append, limited=False)
-        self._emitter.emit_to(sid, "room_joined", {k: ack[k] for k in ("room", "seq", "epoch", "history", "members")})
+        self._emitter.emit_to(sid, "room_joined", commands.room_joined(ack))
         for call in admit:
             call()
         return True
 
-    def _rooms_user(self, room: str, sid: str) -> str:
-        local = self._rooms.get(room)
-        return (local.members.get(sid) if local else None) or "anonymous"
+    # -- reads (room_reads.py; the HTTP modules call them here) -----------------------
 
-    # -- reads -----------------------------------------------------------------------
+    def history_page(self, room: str, before: int | None, limit: int) -> dict[str, Any]:
+        return self.reads.history_page(room, before, limit)
+
+    def rooms_page(self, cursor: str | None, limit: int) -> dict[str, Any]:
+        return self.reads.rooms_page(cursor, limit)
 
     def members(self, room: str) -> list[str]:
-        return sorted(m.user for m in self._presence.members(room))
+        return self.reads.members(room)
 
     def member_page(self, room: str, after: str | None, limit: int) -> dict[str, Any]:
-        """A page of the room's member names, in name order: the full list of a big room."""
-        count, names = self._presence.names(room, after, limit)
-        return {
-            "ok": True,
-            "room": room,
-            "members_count": count,
-            "members": names,
-            "next_cursor": names[-1] if len(names) == limit else None,
-        }
+        return self.reads.member_page(room, after, limit)
 
     def is_room_active(self, room: str) -> bool:
-        return self._presence.is_active(room)
+        return self.reads.is_room_active(room)
 
     def room_info(self, room: str, limit: int) -> dict[str, Any]:
-        """The room's seq, how many users it has and the first `limit` of their names: one
-        read of O(limit), since the route is open (members.lua read every connection)."""
-        position, count, names = self._bounded(lambda: self._presence.summary(room, limit), "room")
-        return {
-            "room": room,
-            "active": count > 0,
-            "members": names,
-            "members_count": count,
-            "seq": position.seq if position else 0,
-        }
+        return self.reads.room_info(room, limit)
 
     def local_rooms(self) -> dict[str, int]:
         with self._lock:
-            return {room: len(local.members) for room, local in self._rooms.items()}
+            return {room: len(members) for room, members in self._rooms.items()}
 
     def connection_count(self) -> int:
         return len(self._connections)
@@ -855,186 +732,14 @@ class ChatService:
     def unreached(self) -> list[str]:
         return sorted({*self._broker.unreached(), *self._presence.unreached()})
 
-    # -- delivery (called from the broker's listener only) ------------------------------
-
-    def _on_envelope(self, envelope: Envelope) -> None:
-        with self._lock:
-            local = self._rooms.get(envelope.room)
-            cursor = local.cursor if local else None
-            if cursor is None:
-                return  # not hosted here (or not yet): a join's catch-up covers it
-            if envelope.epoch == cursor.epoch:
-                if envelope.seq <= cursor.seq:
-                    self.counters.duplicates_dropped += 1
-                    return
-                if envelope.seq == cursor.seq + 1:
-                    self._deliver(local, envelope)
-                    return
-        self._catch_up(envelope.room)
-
-    def _catch_up(self, room: str) -> None:
-        """Deliver everything after this node's cursor from history, in order."""
-        with self._lock:
-            local = self._rooms.get(room)
-            cursor = local.cursor if local else None
-        if local is None or cursor is None:
-            return
-        try:
-            history = self._broker.history(room, after=cursor.seq)
-            continued = history.position.epoch == cursor.epoch or self._stream_kept(room, cursor)
-            if history.position.epoch and not continued:
-                history = self._broker.history(room, after=0)  # the new epoch, from its start
-        except BackendUnavailable as exc:
-            log.warning("event=catch_up_failed room=%s error=%s", q(room), q(exc))
-            return
-        position = history.position
-        if not position.epoch:
-            return  # the store has no stream for the room (yet); the heartbeat recreates it
-        with self._lock:
-            if self._rooms.get(room) is not local or local.cursor is None:
-                return
-            if position.epoch != local.cursor.epoch:
-                self._start_epoch(room, local, history, continued)
-            for envelope in history.envelopes:
-                if envelope.seq > local.cursor.seq and (continued or envelope.epoch == position.epoch):
-                    self._note_missing(room, local.cursor.seq, envelope.seq)
-                    self.counters.gaps_filled += 1
-                    self._deliver(local, envelope)
-            if local.cursor.epoch == position.epoch and local.cursor.seq < position.seq:
-                self._note_missing(room, local.cursor.seq, position.seq + 1)
-                local.cursor = Position(position.epoch, position.seq)
-
-    def _stream_kept(self, room: str, cursor: Position) -> bool:
-        """The room has a new epoch: whether over the stream this node followed (a failover
-        keeps it and its seqs go on: the messages after the cursor come in seq order, in
-        whichever epochs they were sent) or over a new one (the store lost the room)."""
-        if cursor.seq == 0:
-            return False
-        around = self._broker.history(room, after=cursor.seq - 1, upto=cursor.seq)
-        return any(e.seq == cursor.seq and e.epoch == cursor.epoch for e in around.envelopes)
-
-    def _start_epoch(self, room: str, local: LocalRoom, history: History, continued: bool) -> None:
-        """A new epoch: over the stream this node followed (`continued`), the cursor's seq
-        stays; over a new stream (the store lost the room), it is followed from its first
-        stored message instead of waiting for seqs that will never come."""
-        assert local.cursor is not None
-        if continued:
-            start = local.cursor.seq
-        else:
-            fresh = [e.seq for e in history.envelopes if e.epoch == history.position.epoch]
-            start = fresh[0] - 1 if fresh else history.position.seq
-        log.warning(
-            "event=epoch_changed room=%s old=%s new=%s from_seq=%d",
-            q(room),
-            local.cursor.epoch,
-            history.position.epoch,
-            start + 1,
-        )
-        self.counters.epoch_changes += 1
-        local.cursor = Position(history.position.epoch, start)
-
-    def _note_missing(self, room: str, delivered: int, arriving: int) -> None:
-        """Seqs between the last delivered and the one arriving are gone from history too:
-        reported, never waited for."""
-        missing = arriving - delivered - 1
-        if missing > 0:
-            self.counters.messages_lost += missing
-            log.error("event=messages_lost room=%s from_seq=%d count=%d", q(room), delivered + 1, missing)
-
-    def _deliver(self, local: LocalRoom, envelope: Envelope) -> None:
-        local.cursor = Position(envelope.epoch, envelope.seq)
-        self.counters.delivered += 1
-        self._emit(local, envelope.room, "broadcast_message", envelope.to_client(), local.cursor)
-
-    def _emit(
-        self,
-        local: LocalRoom,
-        room: str,
-        event: str,
-        data: dict[str, Any],
-        position: Position | None,
-        skip: Collection[str] = (),
-    ) -> None:
-        """To the room's admitted members now, and held for those whose join is in flight,
-        except the sids in `skip`. Called under the lock."""
-        self._emitter.emit_room(event, data, room, skip)
-        for sid, held in local.joining.items():
-            if sid not in skip:
-                held.append((event, data, position))
-
-    def _on_presence(self, event: PresenceEvent | TypingEvent) -> None:
-        if isinstance(event, TypingEvent):
-            self._on_typing(event)
-            return
-        with self._lock:
-            local = self._rooms.get(event.room)
-            if local is not None:
-                local.members_count = event.members_count
-                # A member is never told of its own arrival or departure: it knows.
-                own = [sid for sid, user in local.members.items() if user == event.user]
-                self._emit(local, event.room, "presence", event.to_client(), None, own)
-
-    def _on_typing(self, event: TypingEvent) -> None:
-        """To the room's admitted members here, less the typer's own connections; never
-        held for a join in flight (it is not recovered either)."""
-        with self._lock:
-            local = self._rooms.get(event.room)
-            if local is None:
-                return
-            own = [sid for sid, user in local.members.items() if user == event.user]
-            self._emitter.emit_room("typing", event.to_client(), event.room, own)
-
-    def _count_rooms(self) -> None:
-        """Every PRESENCE_COUNT_INTERVAL, tell the members of big rooms how many they are, if
-        that changed: above PRESENCE_EVENTS_MAX_MEMBERS joins and leaves are not announced
-        one by one. Each node tells its own members, so each gets at most one per interval."""
-        limit = self.settings.presence_events_max_members
-        while not self._stopping.wait(self.settings.presence_count_interval):
-            with self._lock:
-                rooms = [room for room, local in self._rooms.items() if local.members_count >= limit]
-            try:
-                counts = self._presence.counts(rooms)
-            except BackendUnavailable as exc:
-                log.warning("event=count_failed rooms=%d error=%s", len(rooms), q(exc))
-                continue
-            except Exception:
-                log.exception("event=count_error")
-                continue
-            with self._lock:
-                for room, count in counts.items():
-                    local = self._rooms.get(room)
-                    if local is None or count == local.count_told or max(count, local.count_told) <= limit:
-                        continue
-                    local.members_count = local.count_told = count
-                    told = {"room": room, "action": "count", "user": None, "members_count": count}
-                    self._emit(local, room, "presence", told, None)
-
-    def _on_reconnected(self) -> None:
-        """Presence events sent while we were away are lost: rewrite ours, resend the list."""
-        self._presence.beat(rewrite=True)
-        for room in list(self._rooms):
-            try:
-                count, names = self._presence.names(room, None, self.settings.presence_events_max_members)
-            except BackendUnavailable as exc:
-                log.warning("event=presence_sync_failed room=%s error=%s", q(room), q(exc))
-                continue
-            sync = {"room": room, "action": "sync", "user": None, "members_count": count, "members": names}
-            with self._lock:
-                local = self._rooms.get(room)
-                if local is not None:
-                    self._emit(local, room, "presence", sync, None)
+    # -- what the presence heartbeat reads (LocalRooms) -------------------------------
 
     def _sizes(self) -> dict[str, int]:
         with self._lock:
-            return {room: len(local.members) for room, local in self._rooms.items() if local.cursor is not None}
+            return {room: len(members) for room, members in self._rooms.items() if self.delivery.hosted(room)}
 
     def _snapshot(self, rooms: Collection[str]) -> dict[str, dict[str, str]]:
         with self._lock:
             found = ((room, self._rooms.get(room)) for room in rooms)
-            joined = ((room, local) for room, local in found if local is not None and local.cursor is not None)
-            return {room: dict(local.members) for room, local in joined}
-
-
-def _ack(envelope: Envelope) -> dict[str, Any]:
-    """What a sender is told of its stored message."""
-    return {"id": envelope.id, "seq": envelope.seq, "epoch": envelope.epoch, "timestamp": envelope.timestamp}
+            joined = ((room, m) for room, m in found if m is not None and self.delivery.hosted(room))
+            return {room: dict(members) for room, members in joined}

@@ -19,6 +19,7 @@ from chat_app.backends.redis.broker import RedisBroker
 from chat_app.backends.redis.clients import RedisClients
 from chat_app.backends.redis.keys import RoomKeys
 from chat_app.backends.redis.presence import RedisPresence
+from chat_app.delivery import DeliveryEngine
 from chat_app.protocol import ChatError, ErrorCode, JoinRequest, SendRequest
 from chat_app.service import ChatService
 from chat_app.settings import Settings
@@ -314,8 +315,8 @@ def test_joins_into_a_hosted_room_cost_the_listener_no_catch_up(server, monkeypa
     """A room new to a node catches up once, after its cursor is set; every later join of
     it must not: the catch-up reads history on the one greenlet that delivers."""
     catch_ups: list[str] = []
-    catch_up = ChatService._catch_up
-    monkeypatch.setattr(ChatService, "_catch_up", lambda self, room: (catch_ups.append(room), catch_up(self, room)))
+    catch_up = DeliveryEngine.catch_up
+    monkeypatch.setattr(DeliveryEngine, "catch_up", lambda self, room: (catch_ups.append(room), catch_up(self, room)))
     a, _ = make_node(server, "A")
     for i in range(10):
         a.connect(f"s{i}", Identity(f"u{i}"))

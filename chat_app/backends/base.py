@@ -193,6 +193,12 @@ class Broker(Protocol):
         follows so the service can catch up from history."""
         ...
 
+    def catch_up(self, room: str) -> None:
+        """Have the listener run `on_subscribed` for a subscribed room again (the delivery
+        engine then reads what it missed from history), in its turn with the room's live
+        messages: a room new to the node, or whose store moved to another epoch."""
+        ...
+
     def unsubscribe(self, room: str) -> None: ...
     def signal(self, event: TypingEvent) -> None:
         """Publish an ephemeral event on its room's channel: not stored, best effort (a

@@ -1,0 +1,80 @@
+"""RoomReads: what the HTTP routes and the server API read of rooms (history pages, room
+lists, member pages, a room's summary). No connection of this node is involved, so it
+stands apart from ChatService, which hands these calls on."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+from .backends.base import BackendUnavailable, Broker, Presence, within
+from .protocol import ChatError, ErrorCode
+
+T = TypeVar("T")
+
+
+class RoomReads:
+    def __init__(
+        self,
+        broker: Broker,
+        presence: Presence,
+        deadline: float,
+        unavailable: Callable[[str, BaseException], ChatError],
+    ) -> None:
+        self._broker = broker
+        self._presence = presence
+        self._deadline = deadline
+        self._unavailable = unavailable
+
+    def bounded(self, call: Callable[[], T], what: str) -> T:
+        """`call()` within SEND_DEADLINE, else `unavailable`: the server API promises an answer."""
+        try:
+            return within(self._deadline, call, what)
+        except BackendUnavailable as exc:
+            raise self._unavailable(f"{what} not read", exc) from None
+
+    def history_page(self, room: str, before: int | None, limit: int) -> dict[str, Any]:
+        """Up to `limit` messages with seq < `before` (the newest without it), oldest first,
+        of the room's current epoch only: "load older messages", within what it keeps."""
+        upto = None if before is None else before - 1
+        history = self.bounded(lambda: self._broker.history(room, after=None, upto=upto, limit=limit), "history")
+        epoch = history.position.epoch
+        messages = [e.to_client() for e in history.envelopes if e.epoch == epoch]
+        return {"ok": True, "room": room, "epoch": epoch or None, "messages": messages}
+
+    def rooms_page(self, cursor: str | None, limit: int) -> dict[str, Any]:
+        try:
+            page = self.bounded(lambda: self._presence.rooms(cursor, limit), "rooms")
+        except ValueError as exc:
+            raise ChatError(ErrorCode.INVALID_PAYLOAD, f"cursor: {exc}") from None
+        rooms = [{"room": r.room, "members": r.members, "connections": r.connections} for r in page.rooms]
+        return {"ok": True, "rooms": rooms, "cursor": page.cursor}
+
+    def members(self, room: str) -> list[str]:
+        return sorted(m.user for m in self._presence.members(room))
+
+    def member_page(self, room: str, after: str | None, limit: int) -> dict[str, Any]:
+        """A page of the room's member names, in name order: the full list of a big room."""
+        count, names = self._presence.names(room, after, limit)
+        return {
+            "ok": True,
+            "room": room,
+            "members_count": count,
+            "members": names,
+            "next_cursor": names[-1] if len(names) == limit else None,
+        }
+
+    def is_room_active(self, room: str) -> bool:
+        return self._presence.is_active(room)
+
+    def room_info(self, room: str, limit: int) -> dict[str, Any]:
+        """The room's seq, how many users it has and the first `limit` of their names: one
+        read of O(limit), since the route is open (members.lua read every connection)."""
+        position, count, names = self.bounded(lambda: self._presence.summary(room, limit), "room")
+        return {
+            "room": room,
+            "active": count > 0,
+            "members": names,
+            "members_count": count,
+            "seq": position.seq if position else 0,
+        }
