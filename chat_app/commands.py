@@ -15,9 +15,10 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
 from typing import Any, Protocol
 
-from .backends.base import BackendUnavailable, CommandResult
+from .backends.base import BackendUnavailable, Bans, Broker, CommandResult, DirectLists, within
 from .logsafe import LogThrottle, q
 from .protocol import ChatError, Command, CommandAction, Envelope, direct_members
 
@@ -34,6 +35,44 @@ class CommandPort(Protocol):
     def ban(self, room: str, user: str, seconds: int) -> None: ...
     def send(self, command: Command, deadline: float) -> CommandResult: ...
     def record_direct(self, room: str, users: tuple[str, str], at: int) -> None: ...
+
+
+class _Stores(Bans, DirectLists, Protocol):
+    """The two presence ports a command uses."""
+
+
+class NodePort:
+    """A node's CommandPort: its backends, each error as the `unavailable` a client sees."""
+
+    def __init__(
+        self,
+        broker: Broker,
+        stores: _Stores,
+        deadline: float,
+        keep: int,
+        unavailable: Callable[[str, BaseException], ChatError],
+    ) -> None:
+        """`keep`: MAX_DIRECTS_PER_USER."""
+        self._broker = broker
+        self._stores = stores
+        self._deadline = deadline
+        self._keep = keep
+        self._unavailable = unavailable
+
+    def ban(self, room: str, user: str, seconds: int) -> None:
+        try:
+            within(self._deadline, lambda: self._stores.ban(room, user, seconds), "ban")
+        except BackendUnavailable as exc:
+            raise self._unavailable("ban not stored", exc) from None
+
+    def send(self, command: Command, deadline: float) -> CommandResult:
+        try:
+            return self._broker.command(command, deadline)
+        except BackendUnavailable as exc:
+            raise self._unavailable("command not sent", exc) from None
+
+    def record_direct(self, room: str, users: tuple[str, str], at: int) -> None:
+        self._stores.record_direct(room, users, at, self._keep)
 
 
 def run(

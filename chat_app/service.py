@@ -1,13 +1,16 @@
-"""ChatService: the domain. It knows this node's connections and which rooms they are in,
-and runs what a connection asks: join (the one join path, with its hand-over), leave, send,
-typing, direct conversations, and the server API's commands on users. It talks to the world
-only through a Broker, a Presence and an Emitter.
+"""ChatService: the domain's front door. It keeps this node's connections and runs what a
+connection asks: join (the one join path, with its hand-over), leave, send, typing, direct
+conversations; and the node's lifecycle. It talks to the world only through a Broker, a
+Presence and an Emitter.
 
-What it hands on, each with its own state and lock: the delivery engine (delivery.py:
-cursors, catch-up, epochs, what is held for a join in flight), the presence feed
-(presence_feed.py: presence and typing events, big rooms' counts, the departure sweep),
-token expiry (expiry.py), reads of rooms (room_reads.py) and the command policy it shares
-with ChatEmitter (commands.py). Lock order: ChatService -> presence feed -> delivery engine."""
+What it hands on, each with its own state and lock:
+- membership.py: which connections are in which room, a join's and a leave's bookkeeping;
+- delivery.py: the delivery engine (cursors, catch-up, epochs, what is held for a join);
+- presence_feed.py: presence and typing events, big rooms' counts, the departure sweep;
+- server_commands.py: the server API's posts and commands (policy: commands.py, shared
+  with ChatEmitter); room_reads.py: reads for acks and HTTP; expiry.py: token expiry.
+Lock order: membership -> presence feed -> delivery engine. The service's own lock (the
+connection registry, its counters) is never held while calling any of them."""
 
 from __future__ import annotations
 
@@ -15,35 +18,32 @@ import functools
 import logging
 import threading
 import time
-from collections.abc import Callable, Collection
-from dataclasses import dataclass, field
-from typing import Any, Literal
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
 
 from . import commands
-from .auth import ALL_DIRECTS, Identity
+from .auth import Identity
 from .backends.base import (
     BackendUnavailable,
     Banned,
     Broker,
     BrokerHooks,
-    CommandResult,
     Draft,
     Joined,
     LocalRooms,
     Overloaded,
-    Position,
     Presence,
-    within,
 )
-from .delivery import DeliveryCounters, DeliveryEngine, Held, Stream
+from .delivery import DeliveryCounters, DeliveryEngine
 from .expiry import TokenExpiry
 from .load import LoadGauge
 from .local_sockets import Emitter
 from .logsafe import LogThrottle, q
+from .membership import Connection, Membership
 from .presence_feed import PresenceFeed
 from .protocol import (
     ChatError,
-    Command,
     CommandAction,
     Envelope,
     ErrorCode,
@@ -58,6 +58,7 @@ from .protocol import (
 )
 from .ratelimit import TokenBucket
 from .room_reads import RoomReads
+from .server_commands import CommandCounters, ServerCommands
 from .settings import Settings
 from .tokens import Tokens
 
@@ -79,69 +80,21 @@ def unavailable(what: str, exc: BaseException) -> ChatError:
     return ChatError(ErrorCode.UNAVAILABLE, f"{what}: {UNAVAILABLE}")
 
 
-@dataclass
-class Connection:
-    sid: str
-    user: str | None  # fixed at connect (auth); None: each payload's sender is used
-    send_bucket: TokenBucket
-    join_bucket: TokenBucket
-    leave_bucket: TokenBucket
-    list_bucket: TokenBucket  # list_directs: each costs up to MAX_DIRECTS_PER_USER * 2 Redis reads
-    allowed_rooms: frozenset[str] | None = None  # from the token's rooms claim
-    expires: float | None = None  # the token's exp (wall clock): the connection is ended then
-    rooms: set[str] = field(default_factory=set)
-    # The direct conversations among `rooms`, with their last activity here (monotonic):
-    # they have an allowance of their own, MAX_ROOMS_PER_CONNECTION, where the least active
-    # one makes way for a new one, so messages from strangers never take a room slot.
-    directs: dict[str, float] = field(default_factory=dict)
-    typed: dict[str, float] = field(default_factory=dict)  # room -> monotonic time of the last typing sent
-
-
 # What a send refused by the load gauge is told, here and where the transport refuses it.
 BEHIND = "message not sent, the node is running behind: send it again shortly"
 
-TYPING_INTERVAL = 2.0  # seconds: at most one typing event per connection per room
-
-# A room's members on this node: sid -> user, admitted or joining. The dict's identity is the
-# room's stay here: a join that finds another dict under the room's name lost a race to a leave.
-Members = dict[str, str]
-
 
 @dataclass
-class Counters(DeliveryCounters):
-    """The node's counter sheet (/metrics). The delivery engine writes its part (the
-    inherited fields) under its lock; the fields below are written under the service's."""
+class Counters(DeliveryCounters, CommandCounters):
+    """The node's counter sheet (/metrics). The delivery engine and ServerCommands write
+    their parts (the inherited fields) under their own locks; the fields below are written
+    under the service's."""
 
     published: int = 0
     recoveries_ok: int = 0
     recoveries_failed: int = 0
     rate_limited: int = 0
     queue_full: int = 0  # sends refused `overloaded` because the publish queue was full
-    commands: int = 0  # server API commands on users this node acted on
-
-
-class _NodePort:
-    """The node's CommandPort (commands.py): its backends, errors as `unavailable`."""
-
-    def __init__(self, broker: Broker, presence: Presence, settings: Settings) -> None:
-        self._broker = broker
-        self._presence = presence
-        self._settings = settings
-
-    def ban(self, room: str, user: str, seconds: int) -> None:
-        try:
-            within(self._settings.send_deadline, lambda: self._presence.ban(room, user, seconds), "ban")
-        except BackendUnavailable as exc:
-            raise unavailable("ban not stored", exc) from None
-
-    def send(self, command: Command, deadline: float) -> CommandResult:
-        try:
-            return self._broker.command(command, deadline)
-        except BackendUnavailable as exc:
-            raise unavailable("command not sent", exc) from None
-
-    def record_direct(self, room: str, users: tuple[str, str], at: int) -> None:
-        self._presence.record_direct(room, users, at, self._settings.max_directs_per_user)
 
 
 class ChatService:
@@ -162,16 +115,18 @@ class ChatService:
         self._tokens = Tokens()
         self._lock = threading.RLock()
         self._connections: dict[str, Connection] = {}
-        self._rooms: dict[str, Members] = {}
         self._users: dict[str, set[str]] = {}  # user -> this node's sids of theirs (server API)
         self.counters = Counters()
         self._stopped = False
         self._stopping = threading.Event()
         self.delivery = DeliveryEngine(broker, emitter, self.counters)
         self.feed = PresenceFeed(settings, presence, self.delivery, emitter, self._members_of)
+        self.membership = Membership(settings, broker, self.delivery, self.feed, self._take)
         self._expiry = TokenExpiry(emitter, clock, self._expires_of, self._expiring)
         self.reads = RoomReads(broker, presence, settings.send_deadline, unavailable)
-        self._port = _NodePort(broker, presence, settings)
+        deadline, keep = settings.send_deadline, settings.max_directs_per_user
+        port = commands.NodePort(broker, presence, deadline, keep, unavailable)
+        self.server = ServerCommands(self, port, emitter, self.instance_id, deadline, self.counters)
         self.load = LoadGauge(settings.overload_lag)
         self.observe_publish: Callable[[float], None] = lambda seconds: None  # metrics hook
 
@@ -179,8 +134,10 @@ class ChatService:
 
     def start(self) -> None:
         d, feed = self.delivery, self.feed
-        self._broker.start(BrokerHooks(d.on_envelope, feed.on_event, d.catch_up, feed.on_reconnected, self._on_control))
-        self._presence.start(LocalRooms(self._sizes, self._snapshot))
+        self._broker.start(
+            BrokerHooks(d.on_envelope, feed.on_event, d.catch_up, feed.on_reconnected, self.server.on_control)
+        )
+        self._presence.start(LocalRooms(self.membership.sizes, self.membership.snapshot))
         feed.start()
         self._expiry.start()
 
@@ -198,14 +155,12 @@ class ChatService:
                 return []
             self._stopped = True
             self._stopping.set()
-            self.feed.stop()
-            self._expiry.stop()
-            rooms = list(self._rooms)
             sids = list(self._connections)
-            self.delivery.clear()
-            self._rooms.clear()
             self._connections.clear()
             self._users.clear()
+        self.feed.stop()
+        self._expiry.stop()
+        rooms = self.membership.clear()
         try:
             self._presence.remove_node(rooms, grace=True)
         except Exception:
@@ -273,11 +228,8 @@ class ChatService:
             raise ChatError(ErrorCode.UNAUTHORIZED, "this connection is not registered")
         return conn
 
-    def _members_of(self, room: str) -> Members | None:
-        """For the presence feed: the room's members here (a copy), None when not hosted."""
-        with self._lock:
-            members = self._rooms.get(room)
-            return dict(members) if members is not None else None
+    def _members_of(self, room: str) -> dict[str, str] | None:
+        return self.membership.members_of(room)
 
     # -- join / leave ----------------------------------------------------------------
 
@@ -307,11 +259,9 @@ class ChatService:
         pair = direct_members(room)
         if pair is not None and conn.user not in pair:
             raise ChatError(ErrorCode.FORBIDDEN_ROOM, f"{room!r} is a direct conversation of others")
-        members, stream, held, hosted, evicted = self._start_joining(conn, room, user, limited)
+        members, stream, held, hosted, evicted = self.membership.start_joining(conn, room, user, limited)
         if evicted is not None:
-            self._record_leave(conn.sid, evicted)
-            self._emitter.emit_to(sid, "room_left", {"room": evicted, "reason": "idle"})
-            log.info("event=direct_made_way room=%s sid=%s for_room=%s", evicted, sid, room)
+            self._made_way(sid, evicted, room)
         # The channel is live before the presence write, so every presence event after the
         # names that write reads reaches this member (held until its ack). A room hosted here
         # is subscribed already: asking again would make the listener read its history to
@@ -320,11 +270,9 @@ class ChatService:
         if not hosted and not self._broker.subscribe(room).wait(self.settings.send_deadline):
             log.warning("event=subscribe_slow room=%s", q(room))
         joined = self._join_presence(conn, room, sid, user)
-        placed = self._place(members, stream, room, sid, joined)
+        placed = self.membership.place(members, stream, room, sid, joined)
         if placed == "gone":  # left or disconnected meanwhile: undo, keep no subscription
-            with self._lock:
-                if room not in self._rooms:
-                    self._broker.unsubscribe(room)
+            self.membership.unsubscribe_if_left(room)
             self._undo_presence(room, sid)
             raise ChatError(ErrorCode.NOT_IN_ROOM, f"left {room!r} while joining it")
         if placed != "hosted":
@@ -333,10 +281,11 @@ class ChatService:
             self._broker.catch_up(room)
         bound = self.delivery.bound(stream)
         try:
-            ack = self._join_ack(room, req, bound, joined)
+            ack = self.reads.join_ack(room, req, bound, joined)
         except ChatError:
             self._leave(conn, room)
             raise
+        self._count_recovery(ack)
         log.info("event=join room=%s sid=%s seq=%d", q(room), sid, bound.seq)
         admit = functools.partial(self.delivery.admit, sid, room, held, bound)
         if after_ack is None:
@@ -345,15 +294,29 @@ class ChatService:
             after_ack(admit)
         return ack
 
+    def _made_way(self, sid: str, evicted: str, room: str) -> None:
+        """A direct conversation left to make way for `room` (Membership.start_joining)."""
+        self._record_leave(sid, evicted)
+        self._emitter.emit_to(sid, "room_left", {"room": evicted, "reason": "idle"})
+        log.info("event=direct_made_way room=%s sid=%s for_room=%s", evicted, sid, room)
+
+    def _count_recovery(self, ack: dict[str, Any]) -> None:
+        if "recovered" in ack:  # the client asked with `since`
+            with self._lock:
+                if ack["recovered"]:
+                    self.counters.recoveries_ok += 1
+                else:
+                    self.counters.recoveries_failed += 1
+
     def _join_presence(self, conn: Connection, room: str, sid: str, user: str) -> Joined:
         """The presence write of a join; refused or failed, the membership here is undone."""
         try:
             return self._presence.join(room, sid, user)
         except BackendUnavailable as exc:
-            self._leave_locally(conn, room)
+            self.membership.leave_locally(conn, room)
             raise unavailable("could not join", exc) from None
         except Banned as exc:
-            self._leave_locally(conn, room)
+            self.membership.leave_locally(conn, room)
             raise ChatError(ErrorCode.FORBIDDEN_ROOM, f"you may not join {room!r}: {exc}") from None
 
     def join_room(
@@ -391,111 +354,14 @@ class ChatService:
         if user is None:
             raise ChatError(ErrorCode.UNAUTHORIZED, "direct conversations need a name given at connect")
         self._take(conn.list_bucket, "too many list_directs: slow down")
-        limit = self.settings.max_directs_per_user
-        found = self.reads.bounded(lambda: self._presence.directs(user, limit), "directs")
-        directs = []
-        for d in found:
-            pair = direct_members(d.room)
-            if pair is None or user not in pair or not self._allows(conn, d.room):
-                continue  # not a name this server writes, or one the token's claim fences off
-            directs.append(
-                {
-                    "room": d.room,
-                    "with": pair[1] if pair[0] == user else pair[0],
-                    "seq": d.position.seq if d.position else 0,
-                    "epoch": d.position.epoch if d.position else None,
-                    "at": d.at,
-                }
-            )
+        directs = self.reads.directs(user, self.settings.max_directs_per_user, conn.allows)
         return {"ok": True, "directs": directs}
-
-    def _allows(self, conn: Connection, room: str) -> bool:
-        """The token's rooms claim: a room it names, or any direct conversation of the user
-        with `@*` (that the user is one of the two is checked where the room is joined)."""
-        allowed = conn.allowed_rooms
-        return allowed is None or room in allowed or (ALL_DIRECTS in allowed and direct_members(room) is not None)
-
-    def _start_joining(
-        self, conn: Connection, room: str, user: str, limited: bool
-    ) -> tuple[Members, Stream, Held, bool, str | None]:
-        """Check the limits and make `conn` a member that receives nothing live yet; True
-        when the room is hosted here already (it has a cursor). Direct conversations have an
-        allowance of their own: a new one when it is full makes the least active one (last
-        joined, reached by a message or sent to here) leave, returned last, whose presence
-        the caller then removes and which it tells `room_left` {reason: "idle"}: the
-        conversation stays in list_directs and comes back with its next message."""
-        evicted = None
-        limit = self.settings.max_rooms_per_connection
-        with self._lock:
-            if not self._allows(conn, room):
-                raise ChatError(ErrorCode.FORBIDDEN_ROOM, f"your token does not allow {room!r}")
-            direct = direct_members(room) is not None
-            if room not in conn.rooms:
-                if not direct and len(conn.rooms) - len(conn.directs) >= limit:
-                    raise ChatError(ErrorCode.TOO_MANY_ROOMS, f"a connection may be in at most {limit} rooms")
-                if limited:
-                    self._take(conn.join_bucket, "too many joins: slow down")
-                if direct and len(conn.directs) >= limit:
-                    evicted = min(conn.directs, key=conn.directs.__getitem__)
-                    self._leave_locally(conn, evicted)
-            members = self._rooms.get(room)
-            if members is None:
-                members = self._rooms[room] = {}
-                self.feed.track(room)
-            members[conn.sid] = user
-            conn.rooms.add(room)
-            if direct:
-                conn.directs[room] = time.monotonic()
-            stream, held, hosted = self.delivery.hold(room, conn.sid)
-            return members, stream, held, hosted, evicted
-
-    def _place(
-        self, members: Members, stream: Stream, room: str, sid: str, joined: Joined
-    ) -> Literal["new", "hosted", "moved", "gone"]:
-        """The room's cursor and users count from the join's read; "gone" when the member
-        left meanwhile (see delivery.place for the rest)."""
-        with self._lock:
-            if self._rooms.get(room) is not members or sid not in members:
-                return "gone"
-            self.feed.note_count(room, joined.members_count)
-            return self.delivery.place(room, stream, joined.position)
 
     def _undo_presence(self, room: str, sid: str) -> None:
         try:
             self._presence.leave(room, sid)
         except BackendUnavailable as exc:
             log.warning("event=leave_unrecorded room=%s sid=%s error=%s", q(room), sid, q(exc))
-
-    def _join_ack(self, room: str, req: JoinRequest, cursor: Position, joined: Joined) -> dict[str, Any]:
-        recovering = req.since is not None
-        try:
-            if recovering and (req.epoch is None or req.epoch == cursor.epoch) and req.since <= cursor.seq:
-                history = self._broker.history(room, after=req.since, upto=cursor.seq)
-                recovered = history.complete and history.position.epoch == cursor.epoch
-            else:
-                history = self._broker.history(room, after=None, upto=cursor.seq)
-                recovered = False
-        except BackendUnavailable as exc:
-            raise unavailable("could not read the room", exc) from None
-        ack: dict[str, Any] = {
-            "ok": True,
-            "room": room,
-            "seq": cursor.seq,
-            "epoch": cursor.epoch,
-            "members": list(joined.names),
-            "members_count": joined.members_count,
-            "history": [e.to_client() for e in history.envelopes if e.epoch == cursor.epoch]
-            if recovered or not recovering
-            else [],
-        }
-        if recovering:
-            ack["recovered"] = recovered
-            with self._lock:
-                if recovered:
-                    self.counters.recoveries_ok += 1
-                else:
-                    self.counters.recoveries_failed += 1
-        return ack
 
     def leave(self, sid: str, room: str) -> dict[str, Any]:
         conn = self._connection(sid)
@@ -504,12 +370,6 @@ class ChatService:
         self._take(conn.leave_bucket, "too many leaves: slow down")
         self._leave(conn, room)
         return {"ok": True, "room": room}
-
-    @staticmethod
-    def _touch_direct(conn: Connection, room: str) -> None:
-        """A direct conversation's activity here: the least active one makes way first."""
-        if room in conn.directs:
-            conn.directs[room] = time.monotonic()
 
     def _take(self, bucket: TokenBucket, message: str) -> None:
         """One of the connection's per-event rate limits: `rate_limited`, nothing done, past it.
@@ -521,26 +381,8 @@ class ChatService:
             self.counters.rate_limited += 1
         raise ChatError(ErrorCode.RATE_LIMITED, message)
 
-    def _leave_locally(self, conn: Connection, room: str) -> bool:
-        """Drop the membership on this node; True when it was the room's last local member."""
-        with self._lock:
-            conn.rooms.discard(room)
-            conn.directs.pop(room, None)
-            members = self._rooms.get(room)
-            if members is not None:
-                members.pop(conn.sid, None)
-            last = members is not None and not members
-            self.delivery.release(room, conn.sid, last)
-            if not last:
-                return False
-            del self._rooms[room]
-            self.feed.forget(room)
-            # Under the lock: a join arriving now must not have its subscription dropped.
-            self._broker.unsubscribe(room)
-        return True
-
     def _leave(self, conn: Connection, room: str, grace: bool = False) -> None:
-        self._leave_locally(conn, room)
+        self.membership.leave_locally(conn, room)
         self._record_leave(conn.sid, room, grace)
 
     def _record_leave(self, sid: str, room: str, grace: bool = False) -> None:
@@ -560,19 +402,19 @@ class ChatService:
         if req.room not in conn.rooms:
             raise ChatError(ErrorCode.NOT_IN_ROOM, f"join {req.room!r} before sending to it")
         self._take(conn.send_bucket, "too many messages: slow down")
-        self._touch_direct(conn, req.room)
-        sender = conn.user or clean_sender(req.sender) or self._rooms_user(req.room, sid)
+        conn.touch(req.room)
+        sender = conn.user or clean_sender(req.sender) or self.membership.user_of(req.room, sid)
         draft = Draft.new(req.room, sender, req.message, self.instance_id, req.key, self._clock, self._tokens.hex)
         started = time.perf_counter()
         try:
-            envelope = self._publish(draft, shed)
+            envelope = self.store(draft, shed)
         finally:
             self.observe_publish(time.perf_counter() - started)
         log.debug("event=send room=%s sid=%s seq=%d id=%s", q(req.room), sid, envelope.seq, q(envelope.id))
-        self._reach_direct(envelope)
+        self.server.reach_direct(envelope)
         return {"ok": True, **commands.ack(envelope)}
 
-    def _publish(self, draft: Draft, shed: bool = False) -> Envelope:
+    def store(self, draft: Draft, shed: bool = False) -> Envelope:
         """Store and publish, with the protocol's answer when the node cannot. A node that runs
         behind refuses at once: accepting would only make this send, and every one already
         accepted, later."""
@@ -592,46 +434,18 @@ class ChatService:
             self.counters.published += 1
         return envelope
 
-    def _reach_direct(self, envelope: Envelope) -> None:
-        """A message stored in a direct conversation reaches both users (commands.py), on a
-        thread of its own: off the sender's ack, `room_joined`'s history carries the message."""
-        if direct_members(envelope.room) is not None:
-            args = (self._port, envelope, self.settings.send_deadline)
-            threading.Thread(target=commands.reach_direct, args=args, name="direct", daemon=True).start()
-
     def typing(self, sid: str, room: str) -> None:
         """Tell the room's other members that this one is typing. Quiet by design: from a
         non-member, too soon after the last one, or in a big room it is dropped unanswered."""
         conn = self._connections.get(sid)
-        now = time.monotonic()
-        with self._lock:
-            members = self._rooms.get(room)
-            if conn is None or room not in conn.rooms or members is None or self.delivery.joining(room, sid):
-                return
-            if self.feed.is_big(room):
-                return
-            if now - conn.typed.get(room, -TYPING_INTERVAL) < TYPING_INTERVAL:
-                return
-            conn.typed[room] = now
-            user = members.get(sid) or "anonymous"
-        self._broker.signal(TypingEvent(room, user, self.instance_id))
+        user = self.membership.typist(conn, room) if conn is not None else None
+        if user is not None:
+            self._broker.signal(TypingEvent(room, user, self.instance_id))
 
-    def _rooms_user(self, room: str, sid: str) -> str:
-        members = self._rooms.get(room)
-        return (members.get(sid) if members else None) or "anonymous"
-
-    # -- server API: posts and commands from outside the rooms ---------------------------
+    # -- server API (server_commands.py; api.py calls it here) ---------------------------
 
     def publish(self, req: PublishRequest) -> dict[str, Any]:
-        """A post from a backend (HTTP): stored and delivered exactly as a member's send,
-        under the sender it names; `instance_id` says it came through this node's API."""
-        draft = Draft.new(
-            req.room, req.sender, req.message, f"api:{self.instance_id}", req.key, self._clock, self._tokens.hex
-        )
-        envelope = self._publish(draft)
-        log.debug("event=api_publish room=%s seq=%d id=%s", q(req.room), envelope.seq, q(envelope.id))
-        self._reach_direct(envelope)
-        return {"ok": True, **commands.ack(envelope)}
+        return self.server.publish(req)
 
     def command(
         self,
@@ -641,63 +455,23 @@ class ChatService:
         reason: str | None = None,
         ban_seconds: int | None = None,
     ) -> dict[str, Any]:
-        """Act on every connection of `user` on every node; within SEND_DEADLINE in all
-        (the policy, a leave's ban first: commands.run)."""
-        deadline = self.settings.send_deadline
-        result = commands.run(self._port, action, user, room, reason, ban_seconds, deadline=deadline)
-        return commands.answer(result)
+        return self.server.command(action, user, room, reason, ban_seconds)
 
-    def _on_control(self, command: Command) -> int:
-        """A command on a user, from this node's API, another node's or a ChatEmitter's: act
-        on this node's connections of that user, as if each had asked itself; the count is
-        this node's answer."""
-        with self._lock:
-            sids = sorted(self._users.get(command.user, ()))
-        acted = 0
-        for sid in sids:
-            try:
-                acted += self._act(command, sid)
-            except ChatError as exc:
-                throttled.log(
-                    logging.INFO,
-                    "command_refused",
-                    "event=command_refused action=%s sid=%s code=%s",
-                    command.action,
-                    sid,
-                    exc.code,
-                )
-        with self._lock:
-            self.counters.commands += 1
-        log.info("event=command_done action=%s room=%s connections=%d", command.action, q(command.room), acted)
-        return acted
+    # What ServerCommands needs of the node (server_commands.Node).
 
-    def _act(self, command: Command, sid: str) -> bool:
-        conn = self._connections.get(sid)
-        if conn is None:
-            return False  # disconnected meanwhile
-        if command.action is CommandAction.DISCONNECT:
-            self._emitter.emit_to(sid, "disconnected_by_server", {"reason": command.reason})
-            self._emitter.disconnect(sid)
-            return True
-        room = command.room
-        assert room is not None
-        if command.action is CommandAction.LEAVE:
-            if room not in conn.rooms:
-                return False
-            self._leave(conn, room)
-            self._emitter.emit_to(sid, "room_left", {"room": room, "reason": command.reason})
-            return True
-        if room in conn.rooms:
-            self._touch_direct(conn, room)  # a message in the conversation: it is active here
-            return False  # a member already (or joining): nothing to tell it
-        # The one join path, with its hand-over run after `room_joined` instead of the ack:
-        # the event comes first, then what the room sent past its bound, then live messages.
-        admit: list[Callable[[], None]] = []
-        ack = self.join(sid, JoinRequest(room=room), after_ack=admit.append, limited=False)
-        self._emitter.emit_to(sid, "room_joined", commands.room_joined(ack))
-        for call in admit:
-            call()
-        return True
+    def connection_of(self, sid: str) -> Connection | None:
+        return self._connections.get(sid)
+
+    def sids_of(self, user: str) -> list[str]:
+        with self._lock:
+            return sorted(self._users.get(user, ()))
+
+    def remove(self, conn: Connection, room: str) -> None:
+        """Out of the room here and in presence, as a leave (the server API's)."""
+        self._leave(conn, room)
+
+    def draft(self, room: str, sender: str, message: str, instance_id: str, key: str | None) -> Draft:
+        return Draft.new(room, sender, message, instance_id, key, self._clock, self._tokens.hex)
 
     # -- reads (room_reads.py; the HTTP modules call them here) -----------------------
 
@@ -720,8 +494,7 @@ class ChatService:
         return self.reads.room_info(room, limit)
 
     def local_rooms(self) -> dict[str, int]:
-        with self._lock:
-            return {room: len(members) for room, members in self._rooms.items()}
+        return self.membership.local_rooms()
 
     def connection_count(self) -> int:
         return len(self._connections)
@@ -731,15 +504,3 @@ class ChatService:
 
     def unreached(self) -> list[str]:
         return sorted({*self._broker.unreached(), *self._presence.unreached()})
-
-    # -- what the presence heartbeat reads (LocalRooms) -------------------------------
-
-    def _sizes(self) -> dict[str, int]:
-        with self._lock:
-            return {room: len(members) for room, members in self._rooms.items() if self.delivery.hosted(room)}
-
-    def _snapshot(self, rooms: Collection[str]) -> dict[str, dict[str, str]]:
-        with self._lock:
-            found = ((room, self._rooms.get(room)) for room in rooms)
-            joined = ((room, m) for room, m in found if m is not None and self.delivery.hosted(room))
-            return {room: dict(members) for room, members in joined}
