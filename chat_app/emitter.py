@@ -18,7 +18,8 @@ Thread-safe: redis-py's pool gives each thread its own connection."""
 from __future__ import annotations
 
 import socket
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from typing import Any
 
 from . import commands
@@ -64,16 +65,12 @@ class _EmitterPort:
         self._store = store
 
     def ban(self, room: str, user: str, seconds: int) -> None:
-        try:
+        with _unavailable("ban not stored"):
             self._store.ban(room, user, seconds)
-        except BackendUnavailable as exc:
-            raise EmitterUnavailable(f"ban not stored: {exc}") from None
 
     def send(self, command: Command, deadline: float) -> CommandResult:
-        try:
+        with _unavailable("command not sent"):
             return self._store.command(command, deadline)
-        except BackendUnavailable as exc:
-            raise EmitterUnavailable(f"command not sent: {exc}") from None
 
     def record_direct(self, room: str, users: tuple[str, str], at: int) -> None:
         self._store.record_direct(room, users, at)
@@ -130,12 +127,11 @@ class ChatEmitter:
         )
         draft = Draft.new(req.room, req.sender, req.message, self.instance_id, req.key)
         try:
-            envelope = self._store.publish(draft)
+            with _unavailable("message not sent"):
+                envelope = self._store.publish(draft)
         except Banned as exc:
             refused = f"{req.sender!r} may not send to {req.room!r}: {exc}"
             raise EmitterInputError(ErrorCode.BANNED, refused) from None
-        except BackendUnavailable as exc:
-            raise EmitterUnavailable(f"message not sent: {exc}") from None
         # As a node does after a member's message to a direct conversation (waiting here for
         # the nodes' answers); a failure is logged: the message is stored already.
         commands.reach_direct(self._port, envelope, self._deadline)
@@ -181,6 +177,15 @@ class ChatEmitter:
         return commands.run(
             self._port, action, leave.user, leave.room, None, leave.ban_seconds, deadline=self._deadline, least=0.1
         )
+
+
+@contextmanager
+def _unavailable(what: str) -> Iterator[None]:
+    """The store's BackendUnavailable as EmitterUnavailable, saying what was not done."""
+    try:
+        yield
+    except BackendUnavailable as exc:
+        raise EmitterUnavailable(f"{what}: {exc}") from None
 
 
 def _valid(model: Any, payload: dict[str, Any], **context: Any) -> Any:

@@ -44,12 +44,10 @@ from .membership import Connection, Membership
 from .presence_feed import PresenceFeed
 from .protocol import (
     ChatError,
-    CommandAction,
     Envelope,
     ErrorCode,
     JoinRequest,
     OpenDirectRequest,
-    PublishRequest,
     SendRequest,
     TypingEvent,
     clean_sender,
@@ -127,6 +125,11 @@ class ChatService:
         deadline, keep = settings.send_deadline, settings.max_directs_per_user
         port = commands.NodePort(broker, presence, deadline, keep, unavailable)
         self.server = ServerCommands(self, port, emitter, self.instance_id, deadline, self.counters)
+        # What the HTTP modules and the socket handlers call on the service, done elsewhere.
+        self.publish, self.command = self.server.publish, self.server.command
+        r = self.reads
+        self.history_page, self.rooms_page, self.member_page = r.history_page, r.rooms_page, r.member_page
+        self.room_info, self.members, self.is_room_active = r.room_info, r.members, r.is_room_active
         self.load = LoadGauge(settings.overload_lag)
         self.observe_publish: Callable[[float], None] = lambda seconds: None  # metrics hook
 
@@ -404,7 +407,7 @@ class ChatService:
         self._take(conn.send_bucket, "too many messages: slow down")
         conn.touch(req.room)
         sender = conn.user or clean_sender(req.sender) or self.membership.user_of(req.room, sid)
-        draft = Draft.new(req.room, sender, req.message, self.instance_id, req.key, self._clock, self._tokens.hex)
+        draft = self.draft(req.room, sender, req.message, self.instance_id, req.key)
         started = time.perf_counter()
         try:
             envelope = self.store(draft, shed)
@@ -442,21 +445,6 @@ class ChatService:
         if user is not None:
             self._broker.signal(TypingEvent(room, user, self.instance_id))
 
-    # -- server API (server_commands.py; api.py calls it here) ---------------------------
-
-    def publish(self, req: PublishRequest) -> dict[str, Any]:
-        return self.server.publish(req)
-
-    def command(
-        self,
-        action: CommandAction,
-        user: str,
-        room: str | None = None,
-        reason: str | None = None,
-        ban_seconds: int | None = None,
-    ) -> dict[str, Any]:
-        return self.server.command(action, user, room, reason, ban_seconds)
-
     # What ServerCommands needs of the node (server_commands.Node).
 
     def connection_of(self, sid: str) -> Connection | None:
@@ -473,25 +461,7 @@ class ChatService:
     def draft(self, room: str, sender: str, message: str, instance_id: str, key: str | None) -> Draft:
         return Draft.new(room, sender, message, instance_id, key, self._clock, self._tokens.hex)
 
-    # -- reads (room_reads.py; the HTTP modules call them here) -----------------------
-
-    def history_page(self, room: str, before: int | None, limit: int) -> dict[str, Any]:
-        return self.reads.history_page(room, before, limit)
-
-    def rooms_page(self, cursor: str | None, limit: int) -> dict[str, Any]:
-        return self.reads.rooms_page(cursor, limit)
-
-    def members(self, room: str) -> list[str]:
-        return self.reads.members(room)
-
-    def member_page(self, room: str, after: str | None, limit: int) -> dict[str, Any]:
-        return self.reads.member_page(room, after, limit)
-
-    def is_room_active(self, room: str) -> bool:
-        return self.reads.is_room_active(room)
-
-    def room_info(self, room: str, limit: int) -> dict[str, Any]:
-        return self.reads.room_info(room, limit)
+    # -- reads of the node's own state ----------------------------------------------
 
     def local_rooms(self) -> dict[str, int]:
         return self.membership.local_rooms()

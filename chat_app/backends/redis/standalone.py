@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import secrets
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from functools import lru_cache, partial
 
 import redis
@@ -71,19 +73,22 @@ class StandaloneRedis:
                 time.sleep(wait)
 
     def ban(self, room: str, user: str, seconds: int) -> None:
-        try:
+        with _reached():
             store_ban(self._client, self._settings.key_prefix, room, user, seconds)
-        except REDIS_ERRORS as exc:
-            raise BackendUnavailable(f"redis unreachable: {exc}") from None
 
     def command(self, command: Command, deadline: float) -> CommandResult:
-        try:
+        with _reached():
             return self._control.send(command, deadline)
-        except REDIS_ERRORS as exc:
-            raise BackendUnavailable(f"redis unreachable: {exc}") from None
 
     def record_direct(self, room: str, users: tuple[str, str], at: int) -> None:
-        try:
+        with _reached():
             self._directs.record(room, users, at, self._settings.max_directs_per_user)
-        except REDIS_ERRORS as exc:
-            raise BackendUnavailable(f"redis unreachable: {exc}") from None
+
+
+@contextmanager
+def _reached() -> Iterator[None]:
+    """A redis error as BackendUnavailable: ChatEmitter never sees a bare one."""
+    try:
+        yield
+    except REDIS_ERRORS as exc:
+        raise BackendUnavailable(f"redis unreachable: {exc}") from None
