@@ -10,7 +10,10 @@ What it hands on, each with its own state and lock:
 - server_commands.py: the server API's posts and commands (policy: commands.py, shared
   with ChatEmitter); room_reads.py: reads for acks and HTTP; expiry.py: token expiry.
 Lock order: membership -> presence feed -> delivery engine. The service's own lock (the
-connection registry, its counters) is never held while calling any of them."""
+connection registry, its counters) is never held while calling any of them.
+
+About 470 lines, past the house's ~400: the one join path (join and its undo steps) reads
+best whole, beside the connection registry it checks, and both stay here by design."""
 
 from __future__ import annotations
 
