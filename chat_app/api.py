@@ -124,14 +124,14 @@ def _register_open_rooms(app: Flask, service: ChatService) -> None:
     @app.get("/api/rooms/<path:room>")
     @open_room
     def room_info(room: str) -> dict[str, Any]:
-        return service.room_info(room, ROOM_INFO_MEMBERS)
+        return service.reads.room_info(room, ROOM_INFO_MEMBERS)
 
     @app.get("/api/rooms/<path:room>/members")
     @open_room
     def room_members(room: str) -> dict[str, Any]:
         """`?cursor=` (the last name of the previous page) and `?limit=` (1-1000)."""
         query = parse(MemberPageQuery, request.args.to_dict())
-        return service.member_page(room, query.cursor or None, query.limit)
+        return service.reads.member_page(room, query.cursor or None, query.limit)
 
 
 def register_api(app: Flask, service: ChatService) -> None:
@@ -172,38 +172,38 @@ def register_api(app: Flask, service: ChatService) -> None:
     @keyed
     def post_message(room: str) -> dict[str, Any]:
         req = parse(PublishRequest, {**body(), "room": room}, max_message_bytes=settings.max_message_bytes)
-        return service.publish(req)
+        return service.server.publish(req)
 
     @app.get("/api/rooms/<text:room>/history")
     @keyed
     def room_history(room: str) -> dict[str, Any]:
         name = check_room_name(room)
         query = parse(HistoryQuery, request.args.to_dict())
-        return service.history_page(name, query.before, query.limit)
+        return service.reads.history_page(name, query.before, query.limit)
 
     @app.get("/api/rooms")
     @keyed
     def rooms() -> dict[str, Any]:
         query = parse(RoomsQuery, request.args.to_dict())
-        return service.rooms_page(query.cursor, query.limit)
+        return service.reads.rooms_page(query.cursor, query.limit)
 
     @app.post("/api/users/<text:user>/rooms/<text:room>")
     @keyed
     def join_user(user: str, room: str) -> dict[str, Any]:
         req = parse(UserRoomRequest, {**body(), "user": user, "room": room})
-        return service.command(CommandAction.JOIN, req.user, req.room)
+        return service.server.command(CommandAction.JOIN, req.user, req.room)
 
     @app.delete("/api/users/<text:user>/rooms/<text:room>")
     @keyed
     def leave_user(user: str, room: str) -> dict[str, Any]:
         req = parse(UserLeaveRequest, {**body(), "user": user, "room": room})
-        return service.command(CommandAction.LEAVE, req.user, req.room, ban_seconds=req.ban_seconds)
+        return service.server.command(CommandAction.LEAVE, req.user, req.room, ban_seconds=req.ban_seconds)
 
     @app.post("/api/users/<text:user>/disconnect")
     @keyed
     def disconnect_user(user: str) -> dict[str, Any]:
         req = parse(UserDisconnectRequest, {**body(), "user": user})
-        return service.command(CommandAction.DISCONNECT, req.user, reason=req.reason)
+        return service.server.command(CommandAction.DISCONNECT, req.user, reason=req.reason)
 
     @app.errorhandler(HTTPException)
     def api_http_error(exc: HTTPException) -> Any:

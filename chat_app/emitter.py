@@ -17,25 +17,14 @@ Thread-safe: redis-py's pool gives each thread its own connection."""
 
 from __future__ import annotations
 
-import logging
-import secrets
 import socket
-import time
-from collections.abc import Mapping
-from functools import lru_cache, partial
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from typing import Any
 
-import redis
-
+from . import commands
 from .backends.base import BackendUnavailable, Banned, CommandResult, Draft
-from .backends.redis.clients import no_retry, redis_client
-from .backends.redis.connection import reconnect_backoff
-from .backends.redis.control import ControlClient, store_ban
-from .backends.redis.directs import DirectLists
-from .backends.redis.keys import RoomKeys
-from .backends.redis.scripts import is_moved, run_scripts
-from .backends.redis.send import SendScript, ServerIds
-from .logsafe import q
+from .backends.redis.standalone import StandaloneRedis
 from .protocol import (
     ChatError,
     Command,
@@ -45,12 +34,9 @@ from .protocol import (
     UserDisconnectRequest,
     UserLeaveRequest,
     UserRoomRequest,
-    direct_members,
     parse,
 )
 from .settings import Settings, SettingsError
-
-log = logging.getLogger(__name__)
 
 __all__ = ["ChatEmitter", "ChatEmitterError", "EmitterInputError", "EmitterUnavailable"]
 
@@ -71,7 +57,23 @@ class EmitterUnavailable(ChatEmitterError):
         super().__init__(ErrorCode.UNAVAILABLE, message)
 
 
-REDIS_ERRORS = (redis.RedisError, OSError)
+class _EmitterPort:
+    """ChatEmitter's CommandPort (commands.py): the standalone Redis backend, its errors as
+    EmitterUnavailable."""
+
+    def __init__(self, store: StandaloneRedis) -> None:
+        self._store = store
+
+    def ban(self, room: str, user: str, seconds: int) -> None:
+        with _unavailable("ban not stored"):
+            self._store.ban(room, user, seconds)
+
+    def send(self, command: Command, deadline: float) -> CommandResult:
+        with _unavailable("command not sent"):
+            return self._store.command(command, deadline)
+
+    def record_direct(self, room: str, users: tuple[str, str], at: int) -> None:
+        self._store.record_direct(room, users, at)
 
 
 class ChatEmitter:
@@ -96,16 +98,8 @@ class ChatEmitter:
         self.settings = settings
         self.instance_id = (source or f"emitter:{socket.gethostname()}")[:64]
         self._deadline = settings.send_deadline
-        # No retries inside redis-py: one read waits at most the deadline, and the loop in
-        # `publish` retries only failures that leave time.
-        socket_timeout = min(settings.redis_socket_timeout, settings.send_deadline)
-        self._client = redis_client(settings, no_retry(), socket_timeout=socket_timeout)
-        self._send = SendScript(self._client, settings)
-        self._server_ids = ServerIds(self._client)
-        self._room_keys = lru_cache(maxsize=1024)(partial(RoomKeys.of, settings.key_prefix))
-        self._control = ControlClient(self._client, settings.key_prefix, socket_timeout)
-        self._directs = DirectLists(self._client, settings.key_prefix, settings.redis_room_ttl_ms)
-        self._backoff = reconnect_backoff(settings)
+        self._store = StandaloneRedis(settings)
+        self._port = _EmitterPort(self._store)
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None, **overrides: Any) -> ChatEmitter:
@@ -113,7 +107,7 @@ class ChatEmitter:
         return cls(settings=Settings.from_env(env, **overrides))
 
     def close(self) -> None:
-        self._client.close()
+        self._store.close()
 
     def __enter__(self) -> ChatEmitter:
         return self
@@ -132,47 +126,16 @@ class ChatEmitter:
             max_message_bytes=self.settings.max_message_bytes,
         )
         draft = Draft.new(req.room, req.sender, req.message, self.instance_id, req.key)
-        keys = self._room_keys(req.room)
-        deadline = time.monotonic() + self._deadline
-        failures = 0
-        moved = False
-        while True:
-            try:
-                call = self._send.call(draft, keys, secrets.token_hex(8), self._server_ids.of(keys.seq))
-                result = run_scripts(self._client, [call], rerun_moved=False)[0]
-                if is_moved(result) and not moved:  # the slot has a new master: read its server id
-                    moved = True
-                    self._server_ids.forget()
-                    continue
-                envelope = SendScript.envelope(draft, result)
-            except Banned as exc:
-                refused = f"{req.sender!r} may not send to {req.room!r}: {exc}"
-                raise EmitterInputError(ErrorCode.BANNED, refused) from None
-            except BackendUnavailable as exc:
-                raise EmitterUnavailable(f"message not sent: {exc}") from None
-            except REDIS_ERRORS as exc:
-                self._server_ids.forget()  # another server may answer next: read its id again
-                failures += 1
-                wait = self._backoff.compute(failures)
-                timed_out = isinstance(exc, (redis.TimeoutError, TimeoutError))
-                if timed_out or time.monotonic() + wait >= deadline:
-                    raise EmitterUnavailable(f"message not sent: redis unreachable: {exc}") from None
-                time.sleep(wait)  # the same draft again: its id makes a second store impossible
-                continue
-            if (pair := direct_members(req.room)) is not None:
-                self._reach_direct(req.room, pair, envelope.timestamp)
-            return {"id": envelope.id, "seq": envelope.seq, "epoch": envelope.epoch, "timestamp": envelope.timestamp}
-
-    def _reach_direct(self, room: str, users: tuple[str, str], at: int) -> None:
-        """As a node does after a member's message to a direct conversation: both users'
-        lists, then every connection of both joins it. The message is stored already, so a
-        failure here is logged, not raised: it reaches them when they next open it."""
         try:
-            self._directs.record(room, users, at, self.settings.max_directs_per_user)
-            for user in users:
-                self._send_command(Command("", CommandAction.JOIN, user, room), self._deadline)
-        except (ChatError, BackendUnavailable, *REDIS_ERRORS) as exc:
-            log.warning("event=direct_reach_failed room=%s error=%s", q(room), q(exc))
+            with _unavailable("message not sent"):
+                envelope = self._store.send(draft)
+        except Banned as exc:
+            refused = f"{req.sender!r} may not send to {req.room!r}: {exc}"
+            raise EmitterInputError(ErrorCode.BANNED, refused) from None
+        # As a node does after a member's message to a direct conversation (waiting here for
+        # the nodes' answers); a failure is logged: the message is stored already.
+        commands.reach_direct(self._port, envelope, self._deadline)
+        return commands.ack(envelope)
 
     # -- commands on users, on every node ---------------------------------------------
 
@@ -206,28 +169,23 @@ class ChatEmitter:
             raise EmitterInputError(ErrorCode.INVALID_PAYLOAD, f"no such command: {action!r}") from None
         if action is CommandAction.DISCONNECT:
             req = _valid(UserDisconnectRequest, {"user": user, "reason": reason})
-            return self._send_command(Command("", action, req.user, None, req.reason), self._deadline)
+            return commands.run(self._port, action, req.user, None, req.reason, deadline=self._deadline)
         if action is CommandAction.JOIN:
             req = _valid(UserRoomRequest, {"user": user, "room": room})
-            return self._send_command(Command("", action, req.user, req.room), self._deadline)
+            return commands.run(self._port, action, req.user, req.room, deadline=self._deadline)
         leave = _valid(UserLeaveRequest, {"user": user, "room": room, "ban_seconds": ban_seconds})
-        started = time.monotonic()
-        if leave.ban_seconds is not None:  # stored first: no node lets the user straight back
-            try:
-                store_ban(self._client, self.settings.key_prefix, leave.room, leave.user, leave.ban_seconds)
-            except REDIS_ERRORS as exc:
-                raise EmitterUnavailable(f"ban not stored: {exc}") from None
-        reason = "banned" if leave.ban_seconds is not None else "removed"
-        left = max(self._deadline - (time.monotonic() - started), 0.1)
-        return self._send_command(Command("", action, leave.user, leave.room, reason), left)
+        return commands.run(
+            self._port, action, leave.user, leave.room, None, leave.ban_seconds, deadline=self._deadline, least=0.1
+        )
 
-    def _send_command(self, command: Command, deadline: float) -> CommandResult:
-        try:
-            return self._control.send(command, deadline)
-        except BackendUnavailable as exc:
-            raise EmitterUnavailable(f"command not sent: {exc}") from None
-        except REDIS_ERRORS as exc:
-            raise EmitterUnavailable(f"command not sent: redis unreachable: {exc}") from None
+
+@contextmanager
+def _unavailable(what: str) -> Iterator[None]:
+    """The store's BackendUnavailable as EmitterUnavailable, saying what was not done."""
+    try:
+        yield
+    except BackendUnavailable as exc:
+        raise EmitterUnavailable(f"{what}: {exc}") from None
 
 
 def _valid(model: Any, payload: dict[str, Any], **context: Any) -> Any:

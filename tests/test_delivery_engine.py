@@ -1,4 +1,4 @@
-"""The delivery engine's promises, deterministically: one room hosted by one ChatService,
+"""The delivery engine's promises, deterministically: one room hosted by one DeliveryEngine,
 envelopes handed to it as the listener would, history served by a stub broker."""
 
 from __future__ import annotations
@@ -9,10 +9,8 @@ import pytest
 from helpers import RecordingEmitter
 
 from chat_app.backends.base import History, Position
-from chat_app.backends.memory import MemoryHub, MemoryPresence
+from chat_app.delivery import DeliveryEngine
 from chat_app.protocol import Envelope
-from chat_app.service import ChatService, LocalRoom
-from chat_app.settings import Settings
 
 ROOM = "lobby"
 SID = "sid-1"
@@ -38,13 +36,14 @@ class StubHistory:
 
 
 @pytest.fixture
-def engine() -> tuple[ChatService, StubHistory, RecordingEmitter]:
+def engine() -> tuple[DeliveryEngine, StubHistory, RecordingEmitter]:
+    """The room hosted at (e1, 1) with one admitted member, as a join leaves it."""
     store = StubHistory()
     emitter = RecordingEmitter()
-    settings = Settings(instance_id="here")
-    service = ChatService(settings, store, MemoryPresence(MemoryHub(), "here"), emitter)  # type: ignore[arg-type]
-    service._rooms[ROOM] = LocalRoom(members={SID: "bob"}, cursor=Position("e1", 1))
-    emitter.enter_room(SID, ROOM)
+    service = DeliveryEngine(store, emitter)
+    stream, held, _ = service.hold(ROOM, SID)
+    service.place(ROOM, stream, Position("e1", 1))
+    service.admit(SID, ROOM, held, Position("e1", 1))
     return service, store, emitter
 
 
@@ -55,7 +54,7 @@ def delivered(emitter: RecordingEmitter) -> list[tuple[str, int]]:
 def test_an_envelope_two_ahead_waits_for_the_missing_one_from_history(engine) -> None:
     service, store, emitter = engine
     store.stored = [envelope(1), envelope(2), envelope(3)]
-    service._on_envelope(envelope(3))
+    service.on_envelope(envelope(3))
     assert delivered(emitter) == [("e1", 2), ("e1", 3)]
     assert store.reads == [1]
     assert service.counters.gaps_filled == 2  # both came from history, in order
@@ -64,9 +63,9 @@ def test_an_envelope_two_ahead_waits_for_the_missing_one_from_history(engine) ->
 def test_a_replayed_or_older_seq_is_dropped_and_counted(engine) -> None:
     service, store, emitter = engine
     store.stored = [envelope(1), envelope(2)]
-    service._on_envelope(envelope(2))
-    service._on_envelope(envelope(2))
-    service._on_envelope(envelope(1))
+    service.on_envelope(envelope(2))
+    service.on_envelope(envelope(2))
+    service.on_envelope(envelope(1))
     assert delivered(emitter) == [("e1", 2)]
     assert service.counters.duplicates_dropped == 2
     assert service.counters.gaps_filled == 0
@@ -78,7 +77,7 @@ def test_a_failovers_new_epoch_comes_after_the_old_epochs_last_messages(engine) 
     old master, are delivered before the new epoch's 4 and 5."""
     service, store, emitter = engine
     store.stored = [envelope(1), envelope(2), envelope(3), envelope(4, "e2"), envelope(5, "e2")]
-    service._on_envelope(envelope(5, "e2"))
+    service.on_envelope(envelope(5, "e2"))
     assert delivered(emitter) == [("e1", 2), ("e1", 3), ("e2", 4), ("e2", 5)]
     assert service.counters.epoch_changes == 1
 
@@ -88,10 +87,10 @@ def test_epochs_that_changed_several_times_over_one_stream_lose_nothing_between(
     the stream still holds every message after the cursor, in seq order."""
     service, store, emitter = engine
     store.stored = [envelope(1), envelope(2, "e2"), envelope(3, "e3"), envelope(4, "e4")]
-    service._on_envelope(envelope(4, "e4"))
+    service.on_envelope(envelope(4, "e4"))
     assert delivered(emitter) == [("e2", 2), ("e3", 3), ("e4", 4)]
-    service._on_envelope(envelope(3, "e3"))
-    service._on_envelope(envelope(5, "e4"))
+    service.on_envelope(envelope(3, "e3"))
+    service.on_envelope(envelope(5, "e4"))
     assert delivered(emitter) == [("e2", 2), ("e3", 3), ("e4", 4), ("e4", 5)]
 
 
@@ -99,8 +98,8 @@ def test_a_store_that_lost_the_room_resynchronises_on_the_new_epoch(engine) -> N
     """Redis came back empty: the new epoch's seqs start over at 1."""
     service, store, emitter = engine
     store.stored = [envelope(1, "e2"), envelope(2, "e2")]
-    service._on_envelope(envelope(2, "e2"))
+    service.on_envelope(envelope(2, "e2"))
     assert delivered(emitter) == [("e2", 1), ("e2", 2)]
-    service._on_envelope(envelope(2, "e2"))
+    service.on_envelope(envelope(2, "e2"))
     assert delivered(emitter) == [("e2", 1), ("e2", 2)]
     assert service.counters.duplicates_dropped == 1

@@ -56,7 +56,7 @@ def test_room_joined_comes_first_then_every_later_seq_once(hub_nodes, hosted) ->
 
     a.presence.during_join = during_join
 
-    answer = b.service.command(CommandAction.JOIN, "alice", "lobby")  # asked on the other node
+    answer = b.service.server.command(CommandAction.JOIN, "alice", "lobby")  # asked on the other node
     a.presence.during_join = lambda: None
     b.emit("sender", "send_message", {"room": "lobby", "message": "after"})  # seq 6, live
 
@@ -78,6 +78,6 @@ def test_a_member_already_in_the_room_is_left_alone(hub_nodes) -> None:  # noqa:
     a.connect("joiner", "alice")
     a.emit("joiner", "join_room", {"room": "lobby"})
     a.connect("other", "alice")  # a second connection of hers, not in the room
-    assert b.service.command(CommandAction.JOIN, "alice", "lobby")["connections"] == 1
+    assert b.service.server.command(CommandAction.JOIN, "alice", "lobby")["connections"] == 1
     assert [k for k, _ in joiner_wire(a, "joiner")] == []
     assert [k for k, _ in joiner_wire(a, "other")] == ["room_joined"]

@@ -1,5 +1,7 @@
-"""The two interfaces ChatService talks to. Backends implement them; the service imports
-nothing else from here, so it never learns whether Redis is behind them."""
+"""The interfaces ChatService talks to: the Broker, and the presence side split into small
+ports (RoomPresence, Bans, DirectLists, RoomListing; Presence is the four together, as one
+backend object implements them). Backends implement them; the service imports nothing else
+from here, so it never learns whether Redis is behind them."""
 
 from __future__ import annotations
 
@@ -193,6 +195,12 @@ class Broker(Protocol):
         follows so the service can catch up from history."""
         ...
 
+    def catch_up(self, room: str) -> None:
+        """Have the listener run `on_subscribed` for a subscribed room again (the delivery
+        engine then reads what it missed from history), in its turn with the room's live
+        messages: a room new to the node, or whose store moved to another epoch."""
+        ...
+
     def unsubscribe(self, room: str) -> None: ...
     def signal(self, event: TypingEvent) -> None:
         """Publish an ephemeral event on its room's channel: not stored, best effort (a
@@ -216,7 +224,7 @@ class Broker(Protocol):
     def stop(self) -> None: ...
 
 
-class Presence(Protocol):
+class RoomPresence(Protocol):
     """Who is in which room, across nodes. Joins and last departures are announced on the
     room's channel by the backend itself (BrokerHooks.on_presence), each exactly once, in
     rooms of at most PRESENCE_EVENTS_MAX_MEMBERS users; bigger rooms are told counts."""
@@ -238,14 +246,6 @@ class Presence(Protocol):
     def stop(self) -> None: ...
     def join(self, room: str, sid: str, user: str) -> Joined:
         """Raises Banned (and changes nothing) while the user is banned from the room."""
-        ...
-
-    def ban(self, room: str, user: str, seconds: int) -> None:
-        """Refuse the user's joins of the room on every node for `seconds`."""
-        ...
-
-    def rooms(self, cursor: str | None, limit: int) -> RoomsPage:
-        """Rooms with live members, about `limit` per page, resumed from `cursor`."""
         ...
 
     def leave(self, room: str, sid: str, grace: bool = False) -> bool:
@@ -280,6 +280,18 @@ class Presence(Protocol):
         """Drop this node's entries at once (graceful shutdown)."""
         ...
 
+
+class Bans(Protocol):
+    """Server API bans: a banned user's joins (RoomPresence.join) and sends are refused."""
+
+    def ban(self, room: str, user: str, seconds: int) -> None:
+        """Refuse the user's joins of the room on every node for `seconds`."""
+        ...
+
+
+class DirectLists(Protocol):
+    """Each user's list of direct conversations (list_directs)."""
+
     def record_direct(self, room: str, users: Sequence[str], at: int, keep: int) -> None:
         """Note a message of the direct conversation at `at` (ms) in each user's list, which
         keeps its `keep` newest conversations."""
@@ -288,6 +300,19 @@ class Presence(Protocol):
     def directs(self, user: str, limit: int) -> list[Direct]:
         """The user's conversations, newest activity first, each with its room's position."""
         ...
+
+
+class RoomListing(Protocol):
+    """The server API's list of rooms."""
+
+    def rooms(self, cursor: str | None, limit: int) -> RoomsPage:
+        """Rooms with live members, about `limit` per page, resumed from `cursor`."""
+        ...
+
+
+class Presence(RoomPresence, Bans, DirectLists, RoomListing, Protocol):
+    """The four ports as one backend object provides them (MemoryPresence, RedisPresence);
+    each part of the node asks for the smallest one it uses."""
 
 
 class ArchiveReader(Protocol):

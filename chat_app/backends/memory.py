@@ -96,6 +96,10 @@ class MemoryBroker:
         ready.set()
         return ready
 
+    def catch_up(self, room: str) -> None:
+        if room in self._rooms:
+            self._hub.listeners[self._id][1].on_subscribed(room)
+
     def unsubscribe(self, room: str) -> None:
         self._rooms.discard(room)
 

@@ -112,6 +112,10 @@ class RedisBroker:
     def subscribe(self, room: str) -> threading.Event:
         return self.listener.want(room)
 
+    def catch_up(self, room: str) -> None:
+        """Wanted again while live, the room is caught up by the listener, in its turn."""
+        self.listener.want(room)
+
     def unsubscribe(self, room: str) -> None:
         self.listener.unwant(room)
 

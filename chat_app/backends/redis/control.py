@@ -25,7 +25,7 @@ from ...logsafe import q
 from ...protocol.wire import BadEnvelope, Command, decode_reply
 from ..base import CommandResult, within
 from .connection import unavailable_when_unreachable
-from .keys import RoomKeys, commands_channel, reply_key
+from .keys import commands_channel, reply_key
 from .scripts import AnyRedis
 
 log = logging.getLogger(__name__)
@@ -51,10 +51,6 @@ def answer(client: AnyRedis, key: str, data: bytes) -> None:
     pipe.rpush(key, data)
     pipe.pexpire(key, REPLY_TTL_MS)
     pipe.execute()
-
-
-def store_ban(client: AnyRedis, prefix: str, room: str, user: str, seconds: int) -> None:
-    client.set(RoomKeys.of(prefix, room).ban(user), b"1", ex=seconds)
 
 
 class ControlClient:

@@ -31,12 +31,19 @@ from ..base import (
 from ..stats import PresenceStats
 from .clients import RedisClients
 from .connection import CONNECTION_ERRORS, describe, unavailable_when_unreachable, unreachable
-from .control import store_ban
 from .directs import DirectLists
 from .keys import RoomKeys, escape, room_nodes_pattern, room_of_nodes_key
-from .scripts import ArchiveLua, Call, HeldConnection, LuaScript, ScriptBatcher, run_scripts
+from .scripts import AnyRedis, ArchiveLua, Call, HeldConnection, LuaScript, ScriptBatcher, run_scripts
 
 log = logging.getLogger(__name__)
+
+
+def store_ban(client: AnyRedis, prefix: str, room: str, user: str, seconds: int) -> None:
+    """Refuse the user's joins of the room for `seconds`: touch.lua (a join) checks the key,
+    and send.lua refuses the user's sends. Beside the join that reads it; ChatEmitter's
+    StandaloneRedis writes it too."""
+    client.set(RoomKeys.of(prefix, room).ban(user), b"1", ex=seconds)
+
 
 BEAT_CHUNK = 100  # rooms per heartbeat round trip
 
