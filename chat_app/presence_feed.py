@@ -21,7 +21,7 @@ from .backends.base import BackendUnavailable
 from .delivery import DeliveryEngine
 from .local_sockets import Emitter
 from .logsafe import q
-from .protocol import PresenceEvent, TypingEvent
+from .protocol import DeletedEvent, RoomEvent, TypingEvent
 from .settings import Settings
 
 log = logging.getLogger(__name__)
@@ -98,9 +98,12 @@ class PresenceFeed:
 
     # -- events from the room's channel (the broker's listener) ------------------------
 
-    def on_event(self, event: PresenceEvent | TypingEvent) -> None:
+    def on_event(self, event: RoomEvent) -> None:
         members = self._members(event.room)
         if members is None:
+            return
+        if isinstance(event, DeletedEvent):
+            self._delivery.emit(event.room, "message_deleted", event.to_client())
             return
         # A member is never told of its own arrival, departure or typing: it knows.
         own = [sid for sid, user in members.items() if user == event.user]

@@ -56,7 +56,21 @@ class ArchiveWriter:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
-    def start(self) -> None:
+    def start(self, wait: float = 10.0) -> None:
+        """Put room positions back first when Redis has none (a first start, or a Redis that
+        restarted empty), for up to `wait` seconds, so the node does not refuse its first joins
+        `unavailable`; then write in the background. A database away at start: the writer
+        goes on trying, and rooms Redis still holds go on meanwhile."""
+        deadline = time.monotonic() + wait
+        while time.monotonic() < deadline:
+            try:
+                if self._outbox.marked():
+                    break
+                self._seed()
+            except (*DATABASE_ERRORS, *CONNECTION_ERRORS, SchemaError) as exc:
+                log.warning("event=archive_positions_pending error=%s", q(describe(exc)))
+                break
+            time.sleep(0.05)  # another node holds the seeding lock: its marker comes soon
         self._thread = threading.Thread(target=self._run, name="archive-writer", daemon=True)
         self._thread.start()
 

@@ -12,7 +12,7 @@ from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol, TypeVar
 
-from ..protocol import Command, Envelope, PresenceEvent, TypingEvent
+from ..protocol import Command, DeletedEvent, Envelope, RoomEvent, TypingEvent
 
 RECENT_HISTORY = 50  # envelopes in a join ack without `since`
 T = TypeVar("T")
@@ -176,7 +176,7 @@ class BrokerHooks:
     """Called from the broker's listener, the only place envelopes are delivered from."""
 
     on_envelope: Callable[[Envelope], None]
-    on_presence: Callable[[PresenceEvent | TypingEvent], None]  # the room's ephemeral events
+    on_presence: Callable[[RoomEvent], None]  # the room's other events: presence, typing, deletions
     on_subscribed: Callable[[str], None]  # room's channel is live: catch up from history
     on_reconnected: Callable[[], None]
     # A command for every node: act on this node's connections of the user, answer how many.
@@ -202,9 +202,13 @@ class Broker(Protocol):
         ...
 
     def unsubscribe(self, room: str) -> None: ...
-    def signal(self, event: TypingEvent) -> None:
+    def signal(self, event: TypingEvent | DeletedEvent) -> None:
         """Publish an ephemeral event on its room's channel: not stored, best effort (a
         store that cannot take it drops it)."""
+        ...
+
+    def forget(self, room: str, seqs: Sequence[int]) -> None:
+        """Delete these messages from the room's history (an erasure)."""
         ...
 
     def history(self, room: str, after: int | None, upto: int | None = None, limit: int = RECENT_HISTORY) -> History:

@@ -11,7 +11,7 @@ from collections import Counter, deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
-from ..protocol.wire import Command, Envelope, PresenceEvent, TypingEvent
+from ..protocol.wire import Command, DeletedEvent, Envelope, PresenceEvent, TypingEvent
 from .base import (
     RECENT_HISTORY,
     Banned,
@@ -103,7 +103,13 @@ class MemoryBroker:
     def unsubscribe(self, room: str) -> None:
         self._rooms.discard(room)
 
-    def signal(self, event: TypingEvent) -> None:
+    def forget(self, room: str, seqs: Sequence[int]) -> None:
+        gone = set(seqs)
+        with self._hub.lock:
+            if (state := self._hub.rooms.get(room)) is not None:
+                state.history = deque(e for e in state.history if e.seq not in gone)
+
+    def signal(self, event: TypingEvent | DeletedEvent) -> None:
         for hooks in self._hub.hooks_for(event.room):
             hooks.on_presence(event)
 

@@ -118,6 +118,22 @@ class TypingEvent(_Wire):
         return {"room": self.room, "user": self.user}
 
 
+@dataclass(frozen=True, slots=True)
+class DeletedEvent(_Wire):
+    """A message erased (a user asked to be forgotten): members drop it from their view."""
+
+    KIND: ClassVar[str] = "deleted"
+    room: Room
+    id: Id
+    instance_id: Id
+
+    def to_client(self) -> dict[str, Any]:
+        return {"room": self.room, "id": self.id}
+
+
+RoomEvent = PresenceEvent | TypingEvent | DeletedEvent  # a room's channel, besides its messages
+
+
 class CommandAction(StrEnum):
     JOIN = "join"
     LEAVE = "leave"
@@ -162,10 +178,13 @@ def _declared(cls: type[_Wire]) -> type[BaseModel]:
 
 
 _MODELS: dict[type[_Wire], type[BaseModel]] = {
-    cls: _declared(cls) for cls in (Envelope, PresenceEvent, TypingEvent, Command, CommandReply)
+    cls: _declared(cls) for cls in (Envelope, PresenceEvent, TypingEvent, DeletedEvent, Command, CommandReply)
 }
 _ROOM_CHANNEL = TypeAdapter(
-    Annotated[_MODELS[Envelope] | _MODELS[PresenceEvent] | _MODELS[TypingEvent], Field(discriminator="kind")]
+    Annotated[
+        _MODELS[Envelope] | _MODELS[PresenceEvent] | _MODELS[TypingEvent] | _MODELS[DeletedEvent],
+        Field(discriminator="kind"),
+    ]
 )
 _KINDS = {cls.KIND: cls for cls in _MODELS}
 
@@ -280,7 +299,7 @@ _STORED_HEAD = orjson.dumps({"v": WIRE_VERSION, "kind": Envelope.KIND})[:-1] + b
 _decode_stored = _stored_form_decoder()
 
 
-def decode_wire(raw: bytes | str, max_bytes: int) -> Envelope | PresenceEvent | TypingEvent:
+def decode_wire(raw: bytes | str, max_bytes: int) -> Envelope | RoomEvent:
     """Parse what arrived on a room channel; never evaluates or unpickles anything."""
     if len(raw) > max_bytes:
         raise BadEnvelope(f"payload of {len(raw)} bytes is over the {max_bytes} limit")

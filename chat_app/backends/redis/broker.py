@@ -5,11 +5,21 @@ from __future__ import annotations
 import dataclasses
 import logging
 import threading
+from collections.abc import Sequence
 
 from redis.cluster import RedisCluster
 
 from ...logsafe import q
-from ...protocol.wire import BadEnvelope, Command, CommandReply, Envelope, TypingEvent, decode_envelope, max_wire_bytes
+from ...protocol.wire import (
+    BadEnvelope,
+    Command,
+    CommandReply,
+    DeletedEvent,
+    Envelope,
+    TypingEvent,
+    decode_envelope,
+    max_wire_bytes,
+)
 from ...settings import Settings
 from ..base import (
     RECENT_HISTORY,
@@ -119,7 +129,11 @@ class RedisBroker:
     def unsubscribe(self, room: str) -> None:
         self.listener.unwant(room)
 
-    def signal(self, event: TypingEvent) -> None:
+    def forget(self, room: str, seqs: Sequence[int]) -> None:
+        with unavailable_when_unreachable():
+            self._commands.xdel(RoomKeys.of(self._prefix, room).hist, *(f"{seq}-0" for seq in seqs))
+
+    def signal(self, event: TypingEvent | DeletedEvent) -> None:
         try:
             to_channel(self._commands, RoomKeys.of(self._prefix, event.room).channel, event.encode())
         except CONNECTION_ERRORS as exc:
