@@ -38,8 +38,10 @@ from .protocol.requests import (
     MemberPageQuery,
     PublishRequest,
     RoomsQuery,
+    SearchQuery,
     UserDisconnectRequest,
     UserLeaveRequest,
+    UserRequest,
     UserRoomRequest,
     parse,
 )
@@ -56,6 +58,7 @@ STATUS = {
     ErrorCode.UNAVAILABLE: 503,
     ErrorCode.OVERLOADED: 503,
     ErrorCode.INTERNAL: 500,
+    ErrorCode.NO_ARCHIVE: 501,
 }  # every other code is bad input: 400
 
 View = Callable[..., dict[str, Any]]
@@ -180,6 +183,20 @@ def register_api(app: Flask, service: ChatService) -> None:
         name = check_room_name(room)
         query = parse(HistoryQuery, request.args.to_dict())
         return service.reads.history_page(name, query.before, query.limit)
+
+    @app.get("/api/rooms/<text:room>/search")
+    @keyed
+    def room_search(room: str) -> dict[str, Any]:
+        """`?q=` (web-search syntax: words, "a phrase", -not, or) and `?limit=` (1-100)."""
+        name = check_room_name(room)
+        query = parse(SearchQuery, request.args.to_dict())
+        return service.reads.search(name, query.q, query.limit)
+
+    @app.delete("/api/users/<text:user>/messages")
+    @keyed
+    def erase_user(user: str) -> dict[str, Any]:
+        """Forget a user: their messages leave the archive and Redis; members are told."""
+        return service.erasure.erase(parse(UserRequest, {"user": user}).user)
 
     @app.get("/api/rooms")
     @keyed

@@ -45,6 +45,7 @@ class Connection:
     # they have an allowance of their own, MAX_ROOMS_PER_CONNECTION, where the least active
     # one makes way for a new one, so messages from strangers never take a room slot.
     directs: dict[str, float] = field(default_factory=dict)
+    search_bucket: TokenBucket | None = None  # made at the first search: most connections never search
     typed: dict[str, float] = field(default_factory=dict)  # room -> monotonic time of the last typing sent
 
     def allows(self, room: str) -> bool:

@@ -8,7 +8,17 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any, Protocol, TypeVar
 
-from .backends.base import BackendUnavailable, Broker, DirectLists, Joined, Position, RoomListing, RoomPresence, within
+from .backends.base import (
+    Archive,
+    BackendUnavailable,
+    Broker,
+    DirectLists,
+    Joined,
+    Position,
+    RoomListing,
+    RoomPresence,
+    within,
+)
 from .protocol import ChatError, ErrorCode, JoinRequest, direct_members
 
 T = TypeVar("T")
@@ -25,7 +35,9 @@ class RoomReads:
         presence: _Reads,
         deadline: float,
         unavailable: Callable[[str, BaseException], ChatError],
+        archive: Archive | None = None,
     ) -> None:
+        self._archive = archive
         self._broker = broker
         self._presence = presence
         self._deadline = deadline
@@ -94,6 +106,15 @@ class RoomReads:
         epoch = history.position.epoch
         messages = [e.to_client() for e in history.envelopes if e.epoch == epoch]
         return {"ok": True, "room": room, "epoch": epoch or None, "messages": messages}
+
+    def search(self, room: str, query: str, limit: int) -> dict[str, Any]:
+        """The room's archived messages that match, newest first (the archive's full-text
+        search; the caller has checked who may read the room)."""
+        archive = self._archive
+        if archive is None:
+            raise ChatError(ErrorCode.NO_ARCHIVE, "search needs the archive: DATABASE_URL is not set")
+        found = self.bounded(lambda: archive.search(room, query, limit), "search")
+        return {"ok": True, "room": room, "messages": [e.to_client() for e in found]}
 
     def rooms_page(self, cursor: str | None, limit: int) -> dict[str, Any]:
         try:

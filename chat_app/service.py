@@ -28,6 +28,7 @@ from typing import Any
 from . import commands
 from .auth import Identity
 from .backends.base import (
+    Archive,
     BackendUnavailable,
     Banned,
     Broker,
@@ -39,6 +40,7 @@ from .backends.base import (
     Presence,
 )
 from .delivery import DeliveryCounters, DeliveryEngine
+from .erasure import Erasure
 from .expiry import TokenExpiry
 from .load import LoadGauge
 from .local_sockets import Emitter
@@ -51,6 +53,7 @@ from .protocol import (
     ErrorCode,
     JoinRequest,
     OpenDirectRequest,
+    SearchRequest,
     SendRequest,
     TypingEvent,
     clean_sender,
@@ -106,6 +109,7 @@ class ChatService:
         presence: Presence,
         emitter: Emitter,
         clock: Callable[[], float] = time.time,
+        archive: Archive | None = None,
     ) -> None:
         self.settings = settings
         self.instance_id = settings.instance_id
@@ -124,7 +128,8 @@ class ChatService:
         self.feed = PresenceFeed(settings, presence, self.delivery, emitter, self._members_of)
         self.membership = Membership(settings, broker, self.delivery, self.feed, self._take)
         self._expiry = TokenExpiry(emitter, clock, self._expires_of, self._expiring)
-        self.reads = RoomReads(broker, presence, settings.send_deadline, unavailable)
+        self.reads = RoomReads(broker, presence, settings.send_deadline, unavailable, archive)
+        self.erasure = Erasure(archive, broker, self.instance_id, self.reads.bounded)
         deadline, keep = settings.send_deadline, settings.max_directs_per_user
         port = commands.NodePort(broker, presence, deadline, keep, unavailable)
         self.server = ServerCommands(self, port, emitter, self.instance_id, deadline, self.counters)
@@ -357,6 +362,17 @@ class ChatService:
         self._take(conn.list_bucket, "too many list_directs: slow down")
         directs = self.reads.directs(user, self.settings.max_directs_per_user, conn.allows)
         return {"ok": True, "directs": directs}
+
+    def search(self, sid: str, req: SearchRequest) -> dict[str, Any]:
+        """A member's search of a room it is in: a direct conversation only by its two users
+        (the only ones who can join it), a fenced room only within the token's claim."""
+        conn = self._connection(sid)
+        if req.room not in conn.rooms:
+            raise ChatError(ErrorCode.NOT_IN_ROOM, "join the room to search it")
+        if conn.search_bucket is None:
+            conn.search_bucket = TokenBucket(self.settings.search_rate, self.settings.search_burst)
+        self._take(conn.search_bucket, "too many searches: slow down")
+        return self.reads.search(req.room, req.q, req.limit)
 
     def _undo_presence(self, room: str, sid: str) -> None:
         try:

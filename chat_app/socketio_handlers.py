@@ -22,6 +22,7 @@ from .protocol.requests import (
     LeaveRequest,
     ListDirectsRequest,
     OpenDirectRequest,
+    SearchRequest,
     SendRequest,
     TypingRequest,
     parse,
@@ -98,6 +99,10 @@ def register_handlers(socketio: SocketIO, service: ChatService, transport: Trans
             return service.list_directs(sid)
 
         return answer(sid, "list_directs", run)
+
+    @sio.on("search")
+    def on_search(sid: str, payload: Any = None, *_: Any) -> dict[str, Any] | None:
+        return answer(sid, "search", lambda: service.search(sid, parse(SearchRequest, payload)))
 
     @sio.on("leave_room")
     def on_leave(sid: str, payload: Any = None, *_: Any) -> dict[str, Any] | None:

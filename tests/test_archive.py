@@ -256,3 +256,67 @@ def test_archive_metrics(redis_server, database_url, nodes) -> None:
         assert metrics["chat_archive_database_up"] == 1
     finally:
         alice.close()
+
+
+KEY = "k" * 40
+AUTH = {"Authorization": f"Bearer {KEY}"}
+
+
+def test_search_by_members_and_the_server_api(redis_server, database_url, nodes) -> None:
+    import requests
+
+    a = nodes.start(redis_server.url, DATABASE_URL=database_url, API_KEY=KEY, **FAST)
+    alice, eve = ChatClient(a.url, "alice"), ChatClient(a.url, "eve")
+    try:
+        alice.call("join_room", "ops")
+        for text in ("deploy at noon", "lunch?", "the deploy failed", "rollback done"):
+            alice.call("send_message", {"room": "ops", "message": text})
+        wait_until(lambda: len(archived(database_url, "ops")) == 4, timeout=10, what="archived")
+        found = alice.call("search", {"room": "ops", "q": "deploy"})
+        assert [m["message"] for m in found["messages"]] == ["the deploy failed", "deploy at noon"]
+        assert found["messages"][0]["seq"] == 3
+        assert eve.call("search", {"room": "ops", "q": "deploy"})["error"]["code"] == "not_in_room"
+        assert alice.call("search", {"room": "ops", "q": ""})["error"]["code"] == "invalid_payload"
+        url = f"{a.url}/api/rooms/ops/search"
+        page = requests.get(url, params={"q": '"deploy failed" OR rollback'}, headers=AUTH, timeout=10).json()
+        assert [m["message"] for m in page["messages"]] == ["rollback done", "the deploy failed"]
+        assert requests.get(url, params={"q": "deploy"}, timeout=10).status_code == 401
+        assert requests.get(url, params={"q": "x", "limit": 0}, headers=AUTH, timeout=10).status_code == 400
+    finally:
+        alice.close()
+        eve.close()
+
+
+def test_search_without_the_archive_says_so(redis_server, nodes) -> None:
+    a = nodes.start(redis_server.url, **FAST)
+    alice = ChatClient(a.url, "alice")
+    try:
+        alice.call("join_room", "ops")
+        assert alice.call("search", {"room": "ops", "q": "deploy"})["error"]["code"] == "no_archive"
+    finally:
+        alice.close()
+
+
+def test_erasure_removes_a_users_messages_everywhere_and_tells_members(redis_server, database_url, nodes) -> None:
+    import requests
+
+    a = nodes.start(redis_server.url, DATABASE_URL=database_url, API_KEY=KEY, **FAST)
+    b = nodes.start(redis_server.url, DATABASE_URL=database_url, API_KEY=KEY, **FAST)
+    eve, bob = ChatClient(a.url, "eve"), ChatClient(b.url, "bob")
+    bob.RECORDED = frozenset({*ChatClient.RECORDED, "message_deleted"})
+    try:
+        eve.call("join_room", "r")
+        bob.call("join_room", "r")
+        mine = [eve.call("send_message", {"room": "r", "message": f"eve {i}"})["id"] for i in range(3)]
+        bob.call("send_message", {"room": "r", "message": "bob stays"})
+        wait_until(lambda: len(archived(database_url, "r")) == 4, timeout=10, what="archived")
+        answer = requests.delete(f"{a.url}/api/users/eve/messages", headers=AUTH, timeout=10).json()
+        assert answer == {"ok": True, "user": "eve", "deleted": 3, "rooms": ["r"]}
+        deleted = bob.wait_for(3, event="message_deleted")
+        assert sorted(d["id"] for d in deleted) == sorted(mine) and {d["room"] for d in deleted} == {"r"}
+        assert archived(database_url, "r") == [(4, "bob stays")]
+        history = requests.get(f"{b.url}/api/rooms/r/history", headers=AUTH, timeout=10).json()
+        assert [m["message"] for m in history["messages"]] == ["bob stays"]
+    finally:
+        eve.close()
+        bob.close()

@@ -4,10 +4,11 @@ error of its own (sends and joins go on)."""
 
 from __future__ import annotations
 
+import contextlib
 import logging
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 
-from ..backends.base import Direct, Position
+from ..backends.base import BackendUnavailable, Direct, Position
 from ..logsafe import LogThrottle, q
 from ..protocol.wire import BadEnvelope, Envelope, decode_envelope
 from .store import DATABASE_ERRORS, ArchiveStore
@@ -16,6 +17,14 @@ log = logging.getLogger(__name__)
 throttled = LogThrottle(log, rate=0.2, burst=3)
 
 MAX_FILL = 1000  # a catch-up gap the archive fills in one read; past it, the client pages instead
+
+
+@contextlib.contextmanager
+def _unavailable(what: str) -> Iterator[None]:
+    try:
+        yield
+    except DATABASE_ERRORS as exc:
+        raise BackendUnavailable(f"the archive did not answer the {what}: {exc}") from exc
 
 
 class ArchiveReads:
@@ -51,7 +60,12 @@ class ArchiveReads:
         return self._decode(self._store.page(room, before, limit, 0, None))
 
     def search(self, room: str, query: str, limit: int) -> list[Envelope]:
-        return self._decode(self._store.search(room, query, limit))
+        with _unavailable("search"):
+            return self._decode(self._store.search(room, query, limit))
+
+    def erase(self, user: str) -> list[tuple[str, int, str]]:
+        with _unavailable("erasure"):
+            return self._store.erase(user)
 
     def directs(self, user: str, limit: int) -> list[Direct]:
         try:

@@ -334,3 +334,16 @@ class ArchiveReader(Protocol):
     def directs(self, user: str, limit: int) -> list[Direct]:
         """The user's direct conversations the archive knows, newest first."""
         ...
+
+
+class Archive(ArchiveReader, Protocol):
+    """The archive as the node's reads and the server API use it. BackendUnavailable when the
+    database does not answer."""
+
+    def search(self, room: str, query: str, limit: int) -> list[Envelope]:
+        """The room's messages matching a web-search style query, newest first."""
+        ...
+
+    def erase(self, user: str) -> list[tuple[str, int, str]]:
+        """Delete every archived message of the user: (room, seq, id) of each."""
+        ...

@@ -20,6 +20,7 @@ class ErrorCode(StrEnum):
     UNAVAILABLE = "unavailable"
     OVERLOADED = "overloaded"
     INTERNAL = "internal_error"
+    NO_ARCHIVE = "no_archive"  # search and erasure need the archive (DATABASE_URL)
     # The server API's own (HTTP and ChatEmitter); clients of the socket never see them.
     INVALID_USER = "invalid_user"
     NOT_FOUND = "not_found"

@@ -16,6 +16,7 @@ from .names import SENDER_MAX_CHARS, Reason, Room, User
 
 KEY_MAX_CHARS = 64
 PAGE_MAX = 100  # history messages or rooms in one page of the server API
+SEARCH_MAX_CHARS = 256  # a search query (websearch_to_tsquery syntax)
 MEMBER_PAGE_MAX = 1000  # names in one page of GET /api/rooms/<room>/members
 BAN_MAX_SECONDS = 366 * 24 * 3600
 
@@ -42,6 +43,14 @@ class OpenDirectRequest(_Payload):
 
 class ListDirectsRequest(_Payload):
     """`list_directs {}`: no fields yet, but an object, so one can be added later."""
+
+
+class SearchRequest(_Payload):
+    """`search {room, q, limit?}`: a member's full-text search of the room's archive."""
+
+    room: Room
+    q: Annotated[str, Field(min_length=1, max_length=SEARCH_MAX_CHARS)]
+    limit: Annotated[int, Field(ge=1, le=PAGE_MAX)] = 20
 
 
 class TypingRequest(_Payload):
@@ -83,6 +92,11 @@ class HistoryQuery(_Query):
     limit: Annotated[int, Field(ge=1, le=PAGE_MAX)] = 50
 
 
+class SearchQuery(_Query):
+    q: Annotated[str, Field(min_length=1, max_length=SEARCH_MAX_CHARS)]
+    limit: Annotated[int, Field(ge=1, le=PAGE_MAX)] = 20
+
+
 class RoomsQuery(_Query):
     cursor: Annotated[str, Field(min_length=1, max_length=64)] | None = None
     limit: Annotated[int, Field(ge=1, le=PAGE_MAX)] = 50
@@ -102,6 +116,10 @@ class UserRoomRequest(_Payload):
 
 class UserLeaveRequest(UserRoomRequest):
     ban_seconds: Annotated[int, Field(ge=1, le=BAN_MAX_SECONDS)] | None = None
+
+
+class UserRequest(_Payload):
+    user: User
 
 
 class UserDisconnectRequest(_Payload):
