@@ -51,6 +51,7 @@ from .protocol import (
     ChatError,
     Envelope,
     ErrorCode,
+    HistoryRequest,
     JoinRequest,
     OpenDirectRequest,
     SearchRequest,
@@ -363,16 +364,26 @@ class ChatService:
         directs = self.reads.directs(user, self.settings.max_directs_per_user, conn.allows)
         return {"ok": True, "directs": directs}
 
+    def history(self, sid: str, req: HistoryRequest) -> dict[str, Any]:
+        """A member's page of older messages: Redis's window, then the archive, back to the
+        room's first message. Costs like a search: a read beyond the window is a query."""
+        self._member_read(sid, req.room)
+        return self.reads.history_page(req.room, req.before, req.limit)
+
     def search(self, sid: str, req: SearchRequest) -> dict[str, Any]:
         """A member's search of a room it is in: a direct conversation only by its two users
         (the only ones who can join it), a fenced room only within the token's claim."""
+        self._member_read(sid, req.room)
+        return self.reads.search(req.room, req.q, req.limit)
+
+    def _member_read(self, sid: str, room: str) -> None:
+        """Reads of a room's past (pages, search) are its members' only, within SEARCH_RATE."""
         conn = self._connection(sid)
-        if req.room not in conn.rooms:
-            raise ChatError(ErrorCode.NOT_IN_ROOM, "join the room to search it")
+        if room not in conn.rooms:
+            raise ChatError(ErrorCode.NOT_IN_ROOM, "join the room to read its past")
         if conn.search_bucket is None:
             conn.search_bucket = TokenBucket(self.settings.search_rate, self.settings.search_burst)
-        self._take(conn.search_bucket, "too many searches: slow down")
-        return self.reads.search(req.room, req.q, req.limit)
+        self._take(conn.search_bucket, "too many history pages and searches: slow down")
 
     def _undo_presence(self, room: str, sid: str) -> None:
         try:

@@ -172,9 +172,9 @@ class Settings:
     # list_directs costs up to 2 * MAX_DIRECTS_PER_USER reads; a page asks once per connect.
     list_directs_rate: float = 1.0
     list_directs_burst: int = 5
-    # search: each is a full-text query on the archive.
-    search_rate: float = 1.0
-    search_burst: int = 5
+    # search and history pages: each may be a query on the archive.
+    search_rate: float = 2.0
+    search_burst: int = 10
     reconnect_backoff_base: float = 0.05
     reconnect_backoff_cap: float = 2.0
     listener_idle_probe: float = 5.0

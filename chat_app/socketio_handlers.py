@@ -18,6 +18,7 @@ from socketio.exceptions import ConnectionRefusedError as Refused
 from .auth import identify
 from .protocol.errors import ChatError, ErrorCode
 from .protocol.requests import (
+    HistoryRequest,
     JoinRequest,
     LeaveRequest,
     ListDirectsRequest,
@@ -99,6 +100,10 @@ def register_handlers(socketio: SocketIO, service: ChatService, transport: Trans
             return service.list_directs(sid)
 
         return answer(sid, "list_directs", run)
+
+    @sio.on("history")
+    def on_history(sid: str, payload: Any = None, *_: Any) -> dict[str, Any] | None:
+        return answer(sid, "history", lambda: service.history(sid, parse(HistoryRequest, payload)))
 
     @sio.on("search")
     def on_search(sid: str, payload: Any = None, *_: Any) -> dict[str, Any] | None:

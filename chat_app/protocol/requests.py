@@ -45,6 +45,14 @@ class ListDirectsRequest(_Payload):
     """`list_directs {}`: no fields yet, but an object, so one can be added later."""
 
 
+class HistoryRequest(_Payload):
+    """`history {room, before?, limit?}`: a member's page of older messages ("load older")."""
+
+    room: Room
+    before: Annotated[int, Field(ge=1)] | None = None
+    limit: Annotated[int, Field(ge=1, le=PAGE_MAX)] = 50
+
+
 class SearchRequest(_Payload):
     """`search {room, q, limit?}`: a member's full-text search of the room's archive."""
 

@@ -209,6 +209,8 @@
         ? `Write to ${room.direct}`
         : "Write a message";
     markSeen(room);
+    $("load-older").hidden = Boolean(room.allOlder);
+    if (previous !== room) closeSearch();
     renderMembers();
     renderRooms();
     renderTyping();
@@ -441,6 +443,75 @@
       }
     }
     if (after && after.nextElementSibling !== item) after.after(item);
+  }
+
+  // "Load older": the page before the oldest message shown, from Redis's window and then the
+  // archive, back to the room's first message.
+  const PAGE = 50;
+  async function loadOlder() {
+    const room = state.current;
+    if (!room || !room.joined) return;
+    const shown = [...room.list.children].map((li) => Number(li.dataset.seq)).filter((s) => s > 0);
+    const before = shown.length ? Math.min(...shown) : null;
+    if (before === 1) return olderDone(room);
+    const answer = await call("history", before ? { room: room.name, before, limit: PAGE } : { room: room.name, limit: PAGE });
+    if (!answer.ok) return notice(`Could not load older messages: ${answer.error.message}`);
+    const messages = Array.isArray(answer.messages) ? answer.messages : [];
+    for (const envelope of messages.slice().reverse()) {
+      if (!envelope || room.byId.has(envelope.id) || envelope.room !== room.name) continue;
+      const item = messageItem(String(envelope.sender), String(envelope.message), envelope.sender === state.name);
+      fill(room, item, envelope, "received");
+      const later = [...room.list.children].find(
+        (li) => li.dataset.epoch === item.dataset.epoch && Number(li.dataset.seq) > envelope.seq,
+      );
+      if (later) later.before(item);
+      else room.list.prepend(item);
+    }
+    if (messages.length < PAGE || messages.some((e) => e.seq === 1)) olderDone(room);
+  }
+
+  function olderDone(room) {
+    room.allOlder = true;
+    if (room === state.current) $("load-older").hidden = true;
+  }
+
+  // Search: the current room's archive, newest first, in a list above the conversation.
+  async function search(text) {
+    const room = state.current;
+    if (!room || !room.joined) return;
+    const answer = await call("search", { room: room.name, q: text });
+    const list = $("search-results");
+    list.replaceChildren();
+    if (!answer.ok) {
+      list.append(el("li", "msg separator", answer.error.code === "no_archive" ? "Search is not on for this server." : answer.error.message));
+    } else if (!answer.messages.length) {
+      list.append(el("li", "msg separator", "Nothing found."));
+    } else {
+      for (const e of answer.messages) {
+        const item = messageItem(String(e.sender), String(e.message), e.sender === state.name);
+        const time = item.querySelector("time");
+        time.textContent = clock(e.timestamp);
+        item.dataset.seq = String(e.seq);
+        list.append(item);
+      }
+    }
+    list.hidden = false;
+    $("search-close").hidden = false;
+  }
+
+  function closeSearch() {
+    $("search-results").hidden = true;
+    $("search-results").replaceChildren();
+    $("search-close").hidden = true;
+  }
+
+  // A message erased (its author asked to be forgotten): gone from every view of it.
+  function onDeleted(event) {
+    const room = event && state.rooms.get(event.room);
+    const item = room && room.byId.get(event.id);
+    if (!item) return;
+    item.remove();
+    room.byId.delete(event.id);
   }
 
   function separator(room, text) {
@@ -749,6 +820,7 @@
     }));
     socket.on("broadcast_message", mine(onBroadcast));
     socket.on("presence", mine(onPresence));
+    socket.on("message_deleted", mine(onDeleted));
     socket.on("room_joined", mine(onRoomJoined));
     socket.on("room_left", mine(onRoomLeft));
     socket.on("typing", mine(onTyping));
@@ -878,6 +950,13 @@
 
   $("message").addEventListener("input", typed);
   $("leave").addEventListener("click", leaveCurrent);
+  $("load-older").addEventListener("click", loadOlder);
+  $("search").addEventListener("submit", (event) => {
+    event.preventDefault();
+    const text = $("search-q").value.trim();
+    if (text) search(text);
+  });
+  $("search-close").addEventListener("click", closeSearch);
   $("reconnect").addEventListener("click", reconnectByHand);
   window.addEventListener("offline", () => {
     if (state.socket && !state.kicked) showOffline();
