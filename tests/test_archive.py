@@ -320,3 +320,25 @@ def test_erasure_removes_a_users_messages_everywhere_and_tells_members(redis_ser
     finally:
         eve.close()
         bob.close()
+
+
+def test_a_post_from_chat_emitter_is_archived_and_continues_the_room(redis_server, database_url, nodes) -> None:
+    """ChatEmitter knows nothing of DATABASE_URL: the archive's marker in Redis tells its
+    send.lua to add the post to the outbox, like a node's."""
+    from chat_app.emitter import ChatEmitter
+
+    a = nodes.start(redis_server.url, DATABASE_URL=database_url, **FAST)
+    alice = ChatClient(a.url, "alice")
+    try:
+        alice.call("join_room", "orders")
+        alice.call("send_message", {"room": "orders", "message": "where is my order?"})
+        with ChatEmitter(redis_server.url) as chat:
+            posted = chat.publish("orders", "Your order shipped", sender="shop")
+        assert posted["seq"] == 2
+        wait_until(
+            lambda: archived(database_url, "orders") == [(1, "where is my order?"), (2, "Your order shipped")],
+            timeout=10,
+            what="the post archived",
+        )
+    finally:
+        alice.close()

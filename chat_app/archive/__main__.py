@@ -18,9 +18,9 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s %(message)s")
     url = os.environ.get("DATABASE_URL", "")
-    if not url:
-        print("DATABASE_URL is not set: there is no archive to migrate", file=sys.stderr)
-        return 2
+    if not url:  # a deployment without the archive: its release phase must still pass
+        print("DATABASE_URL is not set: no archive, nothing to migrate")
+        return 0
     try:
         applied = migrate(url, args.to)
     except SchemaError as exc:
