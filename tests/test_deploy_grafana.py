@@ -58,7 +58,13 @@ def test_committed_dashboard_is_what_build_py_generates() -> None:
 def test_dashboard_has_a_row_per_operator_question() -> None:
     dashboard = json.loads((GRAFANA / "chat_app.json").read_text())
     rows = [p["title"] for p in dashboard["panels"] if p["type"] == "row"]
-    assert rows == ["Is it up?", "Is it keeping up?", "Is it losing anything?", "Is Redis healthy?"]
+    assert rows == [
+        "Is it up?",
+        "Is it keeping up?",
+        "Is it losing anything?",
+        "Is Redis healthy?",
+        "Is the archive keeping up?",
+    ]
     ids = [p["id"] for p in dashboard["panels"]]
     assert len(ids) == len(set(ids))
 
@@ -121,11 +127,12 @@ def query(url: str, expr: str) -> list[dict[str, Any]]:
 
 @pytest.mark.timeout(90)
 def test_every_panel_query_returns_series_from_prometheus_scraping_two_nodes(
-    redis_server: RedisServer, nodes: NodeFactory, tmp_path: Path
+    redis_server: RedisServer, nodes: NodeFactory, tmp_path: Path, database_url: str
 ) -> None:
     started = time.monotonic()
-    node_a = nodes.start(redis_server.url, SEND_RATE="100", SEND_BURST="100")
-    node_b = nodes.start(redis_server.url, SEND_RATE="100", SEND_BURST="100")
+    env = {"SEND_RATE": "100", "SEND_BURST": "100", "DATABASE_URL": database_url}  # the archive's panels too
+    node_a = nodes.start(redis_server.url, **env)
+    node_b = nodes.start(redis_server.url, **env)
     alice = ChatClient(node_a.url, "alice")
     bob = ChatClient(node_b.url, "bob")
     try:

@@ -190,6 +190,43 @@ ROWS: tuple[Row, ...] = (
             ),
         ),
     ),
+    Row(
+        "Is the archive keeping up?",
+        (
+            Panel(
+                "Archive lag p50 / p99",
+                "From a message's send to its row in PostgreSQL (DATABASE_URL).",
+                (
+                    (
+                        "histogram_quantile(0.5, sum by (le) "
+                        '(rate(chat_archive_lag_seconds_bucket{job="chat_app"}[1m])))',
+                        "p50",
+                    ),
+                    (
+                        "histogram_quantile(0.99, sum by (le) "
+                        '(rate(chat_archive_lag_seconds_bucket{job="chat_app"}[1m])))',
+                        "p99",
+                    ),
+                ),
+                unit="s",
+            ),
+            Panel(
+                "Messages waiting for the archive",
+                "The outbox (the whole deployment's): grows while the database is away, drains after.",
+                (('max(chat_archive_backlog{job="chat_app"})', "backlog"),),
+            ),
+            Panel(
+                "Archive database up",
+                "1 while the database takes the node's batches.",
+                (('min by (instance_id) (chat_archive_database_up{job="chat_app"})', "{{instance_id}}"),),
+            ),
+            Panel(
+                "Archived per second",
+                "Messages written to the archive, all nodes.",
+                (('sum(rate(chat_archive_written_total{job="chat_app"}[1m]))', "messages/s"),),
+            ),
+        ),
+    ),
 )
 
 WIDTH = 6  # four panels per 24-column line
