@@ -30,9 +30,10 @@ from .transport.fanout import WriteCounters
 PUBLISH_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
 
 
-def _one(
+def per_node(
     kind: type[CounterMetricFamily | GaugeMetricFamily], name: str, doc: str, instance: str, value: float
 ) -> Metric:
+    """One family with this node's one sample."""
     metric = kind(name, doc, labels=["instance_id"])
     metric.add_metric([instance], value)
     return metric
@@ -65,7 +66,7 @@ class ChatCollector(Collector):
             ("chat_load_lag_seconds", "How far behind the node runs, smoothed (OVERLOAD_LAG).", s.load.lag),
             ("chat_load_shed_share", "The share of new sends the node refuses now.", s.load.share),
         ):
-            yield _one(GaugeMetricFamily, name, doc, s.instance_id, value)
+            yield per_node(GaugeMetricFamily, name, doc, s.instance_id, value)
 
     def _health(self) -> Metric:
         """/healthz's parts as a gauge: alerts see what the load balancer sees, no prober."""
@@ -81,7 +82,7 @@ class ChatCollector(Collector):
         s = self._service
         c = s.counters
         instance = s.instance_id
-        yield _one(
+        yield per_node(
             GaugeMetricFamily,
             "chat_connected_clients",
             "Socket.IO connections on this node.",
@@ -89,7 +90,7 @@ class ChatCollector(Collector):
             s.connection_count(),
         )
         yield self._health()
-        yield _one(
+        yield per_node(
             GaugeMetricFamily,
             "chat_local_rooms",
             "Rooms with at least one member on this node.",
@@ -104,14 +105,14 @@ class ChatCollector(Collector):
             ("chat_messages_lost", "Seqs that were gone from history when a gap was filled.", c.messages_lost),
             ("chat_epoch_changes", "Rooms found to have lost their data in the store.", c.epoch_changes),
         ):
-            yield _one(CounterMetricFamily, name, doc, instance, value)
+            yield per_node(CounterMetricFamily, name, doc, instance, value)
         recoveries = CounterMetricFamily(
             "chat_recoveries", "Client joins with `since`, by outcome.", labels=["instance_id", "result"]
         )
         recoveries.add_metric([instance, "ok"], c.recoveries_ok)
         recoveries.add_metric([instance, "failed"], c.recoveries_failed)
         yield recoveries
-        yield _one(
+        yield per_node(
             CounterMetricFamily,
             "chat_rate_limited",
             "Events refused by a per-connection rate limit.",
@@ -119,7 +120,7 @@ class ChatCollector(Collector):
             c.rate_limited,
         )
         yield from self._load()
-        yield _one(
+        yield per_node(
             CounterMetricFamily,
             "chat_control_commands",
             "Server API commands on users (join, leave, disconnect) this node acted on.",
@@ -139,7 +140,7 @@ class ChatCollector(Collector):
     def _broker_stats(self, b: BrokerStats) -> Iterator[Metric]:
         instance = self._service.instance_id
         if b.publish_batches is not None:
-            yield _one(
+            yield per_node(
                 CounterMetricFamily,
                 "chat_redis_publish_batches",
                 "Round trips that stored and published sends; under load one carries several.",
@@ -147,14 +148,14 @@ class ChatCollector(Collector):
                 b.publish_batches,
             )
         if b.batched_calls is not None and b.batched_round_trips is not None:
-            yield _one(
+            yield per_node(
                 CounterMetricFamily,
                 "chat_redis_batched_calls",
                 "Joins, leaves and history reads sent to Redis (the join path's scripts).",
                 instance,
                 b.batched_calls,
             )
-            yield _one(
+            yield per_node(
                 CounterMetricFamily,
                 "chat_redis_batched_round_trips",
                 "Round trips that carried them; a burst of joins shares few.",
@@ -164,24 +165,24 @@ class ChatCollector(Collector):
 
     def _presence_stats(self, p: PresenceStats) -> Iterator[Metric]:
         instance = self._service.instance_id
-        yield _one(
+        yield per_node(
             GaugeMetricFamily,
             "chat_presence_heartbeat_seconds",
             "How long the last presence heartbeat round took (renewing every room's entries).",
             instance,
             p.heartbeat_last_seconds,
         )
-        yield _one(
+        yield per_node(
             CounterMetricFamily, "chat_presence_heartbeats", "Presence heartbeat rounds.", instance, p.heartbeat_rounds
         )
-        yield _one(
+        yield per_node(
             CounterMetricFamily,
             "chat_presence_heartbeat_duration_seconds",
             "Time spent in presence heartbeat rounds (over chat_presence_heartbeats: the mean round).",
             instance,
             p.heartbeat_total_seconds,
         )
-        yield _one(
+        yield per_node(
             CounterMetricFamily,
             "chat_presence_rooms_rewritten",
             "Rooms whose entries a heartbeat found lost from Redis and wrote again.",
@@ -191,28 +192,28 @@ class ChatCollector(Collector):
 
     def _listener_stats(self, listener: ListenerStats) -> Iterator[Metric]:
         instance = self._service.instance_id
-        yield _one(
+        yield per_node(
             CounterMetricFamily,
             "chat_redis_reconnects",
             "Times the pub/sub listener reconnected.",
             instance,
             listener.reconnects,
         )
-        yield _one(
+        yield per_node(
             CounterMetricFamily,
             "chat_redis_messages_received",
             "Room channel payloads taken from Redis (only rooms hosted here are subscribed).",
             instance,
             listener.received,
         )
-        yield _one(
+        yield per_node(
             CounterMetricFamily,
             "chat_bad_payloads",
             "Payloads from Redis (room or control channel) that were not ours, dropped.",
             instance,
             listener.bad_payloads,
         )
-        yield _one(
+        yield per_node(
             GaugeMetricFamily,
             "chat_redis_listener_connected",
             "1 while listening.",
@@ -223,21 +224,21 @@ class ChatCollector(Collector):
     def _cluster_stats(self, cluster: ClusterStats) -> Iterator[Metric]:
         """Redis Cluster only: how the node follows the cluster's slot map."""
         instance = self._service.instance_id
-        yield _one(
+        yield per_node(
             CounterMetricFamily,
             "chat_cluster_slot_map_refreshes",
             "Cluster clients whose slot map was rebuilt because the cluster's had changed.",
             instance,
             cluster.refreshes,
         )
-        yield _one(
+        yield per_node(
             CounterMetricFamily,
             "chat_cluster_failovers_followed",
             "Changes of the cluster's slot map (a promotion, a failback, a reshard) this node followed.",
             instance,
             cluster.failovers,
         )
-        yield _one(
+        yield per_node(
             GaugeMetricFamily,
             "chat_cluster_shards_down",
             "Shards that failed a call and have not answered since.",

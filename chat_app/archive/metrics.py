@@ -9,6 +9,7 @@ from prometheus_client import CollectorRegistry, Histogram
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
+from ..metrics import per_node
 from .node import NodeArchive
 
 LAG_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0)
@@ -29,9 +30,7 @@ class ArchiveCollector(Collector):
             ("chat_archive_taken_over", "Outbox entries of a dead writer this node took over.", s.taken_over),
             ("chat_archive_expired", "Messages deleted by ARCHIVE_RETENTION_DAYS.", s.expired),
         ):
-            counter = CounterMetricFamily(name, doc, labels=["instance_id"])
-            counter.add_metric([self._instance], value)
-            yield counter
+            yield per_node(CounterMetricFamily, name, doc, self._instance, value)
         for name, doc, value in (
             (
                 "chat_archive_backlog",
@@ -41,9 +40,7 @@ class ArchiveCollector(Collector):
             ("chat_archive_backlog_age_seconds", "Age of the oldest message not yet archived.", s.backlog.oldest_age),
             ("chat_archive_database_up", "1 while the database takes this node's batches.", float(s.database_ok)),
         ):
-            gauge = GaugeMetricFamily(name, doc, labels=["instance_id"])
-            gauge.add_metric([self._instance], value)
-            yield gauge
+            yield per_node(GaugeMetricFamily, name, doc, self._instance, value)
 
 
 def register_archive_metrics(registry: CollectorRegistry, archive: NodeArchive, instance_id: str) -> None:
