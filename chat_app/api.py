@@ -138,6 +138,7 @@ def _register_open_rooms(app: Flask, service: ChatService) -> None:
 
 
 def register_api(app: Flask, service: ChatService) -> None:
+    """The keyed routes. Long only by count: one short view per route, sharing `keyed` and `body`."""
     _register_open_rooms(app, service)
     settings = service.settings
     body_limit = 8 * settings.max_message_bytes + 4096  # a full message, JSON-escaped, and the rest
