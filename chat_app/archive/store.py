@@ -52,20 +52,27 @@ class RoomPosition:
     seq: int
 
 
+# One statement per batch, the rows as arrays: a statement per row cost the node more than
+# the rest of the writer (bench/README.md, "Archive").
 _INSERT = """
 INSERT INTO messages (room, epoch, seq, id, sender, body, sent_at, envelope)
-SELECT %s, %s, %s, %s, %s, %s, %s, %s
-WHERE NOT EXISTS (SELECT 1 FROM erasures e WHERE e.sender = %s AND e.erased_at >= %s)
+SELECT m.* FROM unnest(
+    %s::text[], %s::text[], %s::bigint[], %s::text[], %s::text[], %s::text[], %s::timestamptz[], %s::text[]
+) AS m(room, epoch, seq, id, sender, body, sent_at, envelope)
+WHERE NOT EXISTS (SELECT 1 FROM erasures e WHERE e.sender = m.sender AND e.erased_at >= m.sent_at)
 ON CONFLICT DO NOTHING
 """
-# A room's newest position wins; an older batch (a taken-over one) never moves it back.
-_ROOM = """
-INSERT INTO rooms (room, epoch, seq, last_at) VALUES (%s, %s, %s, %s)
+# A room's newest position wins; an older batch (a taken-over one) never moves it back. Rows
+# in key order: two writers updating the same rooms lock them in the same order (no deadlock).
+_ROOMS = """
+INSERT INTO rooms (room, epoch, seq, last_at)
+SELECT * FROM unnest(%s::text[], %s::text[], %s::bigint[], %s::timestamptz[]) ORDER BY 1
 ON CONFLICT (room) DO UPDATE SET epoch = excluded.epoch, seq = excluded.seq, last_at = excluded.last_at
 WHERE rooms.last_at < excluded.last_at OR (rooms.epoch = excluded.epoch AND rooms.seq < excluded.seq)
 """
-_DIRECT = """
-INSERT INTO directs (username, room, last_at) VALUES (%s, %s, %s)
+_DIRECTS = """
+INSERT INTO directs (username, room, last_at)
+SELECT * FROM unnest(%s::text[], %s::text[], %s::timestamptz[]) ORDER BY 1, 2
 ON CONFLICT (username, room) DO UPDATE SET last_at = greatest(directs.last_at, excluded.last_at)
 """
 
@@ -134,19 +141,17 @@ class ArchiveStore:
             users = direct_members(m.room) if m.room.startswith("@") else None
             for user in users or ():
                 directs[(user, m.room)] = max(directs.get((user, m.room), m.sent_at), m.sent_at)
-        with self._connection() as conn, conn.transaction(), conn.cursor() as cur:
-            cur.executemany(
-                _INSERT,
-                [
-                    (m.room, m.epoch, m.seq, m.id, m.sender, m.body, m.sent_at, m.envelope, m.sender, m.sent_at)
-                    for m in batch
-                ],
-                returning=False,
-            )
-            written = cur.rowcount
-            cur.executemany(_ROOM, [(m.room, m.epoch, m.seq, m.sent_at) for m in rooms.values()])
-            if directs:
-                cur.executemany(_DIRECT, [(user, room, at) for (user, room), at in directs.items()])
+        fields = ("room", "epoch", "seq", "id", "sender", "body", "sent_at", "envelope")
+        columns = [[getattr(m, f) for m in batch] for f in fields]
+        newest = sorted(rooms.values(), key=lambda m: m.room)
+        ordered = sorted(directs.items())
+        with self._connection() as conn, conn.transaction():
+            written = conn.execute(_INSERT, columns).rowcount  # type: ignore[arg-type]
+            conn.execute(_ROOMS, [[getattr(m, f) for m in newest] for f in ("room", "epoch", "seq", "sent_at")])
+            if ordered:
+                conn.execute(
+                    _DIRECTS, [[u for (u, _), _ in ordered], [r for (_, r), _ in ordered], [at for _, at in ordered]]
+                )
         return max(written, 0)
 
     def page(self, room: str, before: int | None, limit: int, after: int = 0, epoch: str | None = None) -> list[str]:

@@ -25,6 +25,10 @@ throttled = LogThrottle(log, rate=0.2, burst=3)
 
 BACKLOG_EVERY = 1.0
 RETENTION_EVERY = 60.0
+MARKER_EVERY = 1.0  # how often a writer looks for the marker (a Redis that restarted empty)
+# After a batch under half ARCHIVE_BATCH, wait this long before the next read: under load the
+# batches grow instead of each message costing its own round trips (Redis CPU per message).
+LINGER = 0.1
 BACKOFF = (0.2, 5.0)  # seconds: first and longest wait after the database refused a batch
 
 
@@ -85,32 +89,17 @@ class ArchiveWriter:
     def _run(self) -> None:
         pending = True  # first, whatever this writer's id left unacknowledged
         backoff = BACKOFF[0]
-        take_over_ms = int(self._settings.archive_take_over_after * 1000)
-        due = {"take_over": 0.0, "backlog": 0.0, "retention": time.monotonic() + RETENTION_EVERY}
+        due = {"take_over": 0.0, "backlog": 0.0, "marker": 0.0, "retention": time.monotonic() + RETENTION_EVERY}
         while not self._stop.is_set():
             try:
-                now = time.monotonic()
-                if not self._outbox.marked():
-                    self._seed()
-                if now >= due["backlog"]:
-                    self.stats.backlog = self._outbox.backlog()
-                    due["backlog"] = now + BACKLOG_EVERY
-                if now >= due["retention"]:
-                    self._expire()
-                    due["retention"] = now + RETENTION_EVERY
-                if now >= due["take_over"]:
-                    due["take_over"] = now + self._settings.archive_take_over_after / 3
-                    entries = self._outbox.take_over(take_over_ms, self._settings.archive_batch)
-                    self.stats.taken_over += len(entries)
-                else:
-                    entries = self._outbox.read(self._settings.archive_batch, 1000, pending)
-                    if pending and not entries:
-                        pending = False
-                        continue
+                self._chores(due)
+                entries, pending = self._next(due, pending)
                 if entries:
                     self._write(entries)
                 self.stats.database_ok = True
                 backoff = BACKOFF[0]
+                if len(entries) < self._settings.archive_batch // 2:
+                    self._stop.wait(LINGER)
             except DATABASE_ERRORS as exc:
                 self._refused(exc)
                 pending = True
@@ -129,6 +118,33 @@ class ArchiveWriter:
                 log.exception("event=archive_writer_error")
                 pending = True
                 self._stop.wait(BACKOFF[1])
+
+    def _chores(self, due: dict[str, float]) -> None:
+        """What a writer does now and then: the marker, the backlog's reading, retention."""
+        now = time.monotonic()
+        if now >= due["marker"]:
+            if not self._outbox.marked():
+                self._seed()
+            due["marker"] = now + MARKER_EVERY
+        if now >= due["backlog"]:
+            self.stats.backlog = self._outbox.backlog()
+            due["backlog"] = now + BACKLOG_EVERY
+        if now >= due["retention"]:
+            self._expire()
+            due["retention"] = now + RETENTION_EVERY
+
+    def _next(self, due: dict[str, float], pending: bool) -> tuple[list[tuple[bytes, bytes]], bool]:
+        """The next batch: now and then a dead writer's, else this writer's own unacknowledged
+        one while `pending`, else new entries. Returns it and whether to read pending next."""
+        now = time.monotonic()
+        batch = self._settings.archive_batch
+        if now >= due["take_over"]:
+            due["take_over"] = now + self._settings.archive_take_over_after / 3
+            entries = self._outbox.take_over(int(self._settings.archive_take_over_after * 1000), batch)
+            self.stats.taken_over += len(entries)
+            return entries, pending
+        entries = self._outbox.read(batch, 1000, pending)
+        return entries, pending and bool(entries)
 
     def _refused(self, exc: BaseException) -> None:
         self.stats.failures += 1
