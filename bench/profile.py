@@ -1,6 +1,6 @@
 """Profile node A's gunicorn worker with py-spy while W2 runs, and print the top costs.
 
-    python -m bench.profile [--rate 1000] [--seconds 8] [--server chat_app|baseline]
+    python -m bench.profile [--rate 1000] [--seconds 8] [--server chat_app|baseline] [--archive]
 
 py-spy samples the worker from outside (no change to the node). It pauses the worker for
 each sample: `--nonblocking` reads the stack while Python runs and loses samples then, which
@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import subprocess
 from collections import Counter
 from pathlib import Path
@@ -75,11 +76,21 @@ def main() -> None:
     parser.add_argument("--rate", type=float, default=1000)
     parser.add_argument("--seconds", type=float, default=8)
     parser.add_argument("--server", choices=("chat_app", "baseline"), default="chat_app")
+    parser.add_argument("--archive", action="store_true", help="chat_app with the archive on a PostgreSQL of its own")
     args = parser.parse_args()
     RESULTS.mkdir(parents=True, exist_ok=True)
-    out = RESULTS / f"profile-{args.server}-{int(args.rate)}.txt"
+    out = RESULTS / f"profile-{args.server}{'-archive' if args.archive else ''}-{int(args.rate)}.txt"
     server = OURS if args.server == "chat_app" else BASELINE
-    result = asyncio.run(w2(server, args.rate, duration=args.seconds + 1, on_sending=start_py_spy(out, args.seconds)))
+    with contextlib.ExitStack() as stack:
+        if args.archive:  # the writer runs in every node: its share of node A shows here
+            from .archive import archive_server, fresh_archive
+            from .pg import BenchPostgres
+
+            pg = BenchPostgres().start()
+            stack.callback(pg.stop)
+            server = archive_server(fresh_archive(pg))
+        on_sending = start_py_spy(out, args.seconds)
+        result = asyncio.run(w2(server, args.rate, duration=args.seconds + 1, on_sending=on_sending))
     print(
         f"W2 @{args.rate:.0f} under py-spy: p50 {result['p50_ms']:.1f} ms, p99 {result['p99_ms']:.1f} ms, "
         f"loss {result['loss_pct']:.2f} %, node µs/delivery {result['node_cpu_us_per_delivery']:.0f}"

@@ -485,7 +485,9 @@ async def w3(server: Server, connections: int = 2000, rooms: int = 100, generato
         await asyncio.sleep(1.0)
         rss0 = [n.rss() for n in c.nodes]
         members = [Member(c.nodes[i % 2].port, f"idle{i}", i % rooms) for i in range(connections)]
+        nodes_cpu0, redis_cpu0 = c.cpu()
         async with generator.idle(members) as joined:
+            nodes_cpu1, redis_cpu1 = c.cpu()  # what the connects and joins cost
             await asyncio.sleep(3.0)
             rss1 = [n.rss() for n in c.nodes]
     per_conn = (sum(rss1) - sum(rss0)) / connections
@@ -500,6 +502,8 @@ async def w3(server: Server, connections: int = 2000, rooms: int = 100, generato
         "rss_before_mib": [x / 2**20 for x in rss0],
         "rss_after_mib": [x / 2**20 for x in rss1],
         "rss_kib_per_connection": per_conn / 1024,
+        "node_cpu_us_per_connect_join": 1e6 * (sum(nodes_cpu1) - sum(nodes_cpu0)) / connections,
+        "redis_cpu_us_per_join": 1e6 * (redis_cpu1 - redis_cpu0) / connections,
     }
 
 
