@@ -1,6 +1,7 @@
 """Every route under /api: a room's state and members (open), and the server API (keyed)
 for backends that are not Python (ChatEmitter is the same from Python): post into rooms,
-read a room's history, list rooms, act on users on every node.
+read a room's history, list rooms, act on users on every node; and the OpenAPI document
+of every route (chat_app.openapi), open.
 
 The server API is off unless API_KEY is set; every call must then carry `Authorization:
 Bearer <API_KEY>`, compared in constant time, before anything else is looked at.
@@ -222,6 +223,13 @@ def register_api(app: Flask, service: ChatService) -> None:
     def disconnect_user(user: str) -> dict[str, Any]:
         req = parse(UserDisconnectRequest, {**body(), "user": user})
         return service.server.command(CommandAction.DISCONNECT, req.user, reason=req.reason)
+
+    @app.get("/api/openapi.json")
+    def openapi_document() -> Response:
+        """This API's OpenAPI document, open: it says what the README says, nothing of a deployment."""
+        from .openapi import render  # it reads STATUS from this module
+
+        return Response(render(), mimetype="application/json")
 
     @app.errorhandler(HTTPException)
     def api_http_error(exc: HTTPException) -> Any:

@@ -39,10 +39,12 @@ class Archived:
 
     @classmethod
     def of(cls, envelope: Envelope, raw: str) -> Archived:
+        """PostgreSQL's text holds no NUL, which a message may: one such message failed its
+        whole batch, again and again, and held up every message behind it. The envelope keeps
+        it (JSON escapes it); the searched `body` and `sender` columns get a space instead."""
         sent = datetime.fromtimestamp(envelope.timestamp / 1000, UTC)
-        return cls(
-            envelope.room, envelope.epoch, envelope.seq, envelope.id, envelope.sender, envelope.message, sent, raw
-        )
+        sender, body = envelope.sender.replace("\x00", " "), envelope.message.replace("\x00", " ")
+        return cls(envelope.room, envelope.epoch, envelope.seq, envelope.id, sender, body, sent, raw)
 
 
 @dataclass(frozen=True, slots=True)

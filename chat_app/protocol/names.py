@@ -11,7 +11,7 @@ import unicodedata
 from typing import Annotated, Any
 from urllib.parse import unquote
 
-from pydantic import AfterValidator
+from pydantic import AfterValidator, WithJsonSchema
 from pydantic_core import PydanticCustomError
 
 from .errors import ChatError, ErrorCode
@@ -107,6 +107,24 @@ def check_reason(value: str) -> str:
     return value
 
 
-Room = Annotated[str, AfterValidator(check_room)]
-User = Annotated[str, AfterValidator(check_user)]
-Reason = Annotated[str, AfterValidator(check_reason)]
+# What the OpenAPI document says of each name: JSON Schema cannot state the Unicode rules
+# (letters of any script, NFC), so the schema bounds the length and the text says the rest.
+ROOM_SCHEMA = {
+    "type": "string",
+    "minLength": 1,
+    "description": f"1-{ROOM_MAX_CHARS} letters or digits of any script, inner spaces and _ - . : # @ "
+    "(NFC); or a direct conversation's name, @<a>+<b>",
+    "examples": ["orders"],
+}
+USER_SCHEMA = {
+    "type": "string",
+    "minLength": 1,
+    "maxLength": SENDER_MAX_CHARS,
+    "description": f"1-{SENDER_MAX_CHARS} printable characters, single inner spaces, no padding (NFC)",
+    "examples": ["alice"],
+}
+REASON_SCHEMA = {"type": "string", "minLength": 1, "maxLength": REASON_MAX_CHARS, "description": "printable text"}
+
+Room = Annotated[str, AfterValidator(check_room), WithJsonSchema(ROOM_SCHEMA)]
+User = Annotated[str, AfterValidator(check_user), WithJsonSchema(USER_SCHEMA)]
+Reason = Annotated[str, AfterValidator(check_reason), WithJsonSchema(REASON_SCHEMA)]

@@ -19,6 +19,9 @@ PAGE_MAX = 100  # history messages or rooms in one page of the server API
 SEARCH_MAX_CHARS = 256  # a search query (websearch_to_tsquery syntax)
 MEMBER_PAGE_MAX = 1000  # names in one page of GET /api/rooms/<room>/members
 BAN_MAX_SECONDS = 366 * 24 * 3600
+# A room's seq is Redis's int64 counter, read by Lua as a double: past 2^53 a `before` names no
+# message, and Redis (or PostgreSQL's bigint) would refuse it as a failure, not as bad input.
+SEQ_MAX = 2**53
 
 
 class _Payload(BaseModel):
@@ -49,15 +52,19 @@ class HistoryRequest(_Payload):
     """`history {room, before?, limit?}`: a member's page of older messages ("load older")."""
 
     room: Room
-    before: Annotated[int, Field(ge=1)] | None = None
+    before: Annotated[int, Field(ge=1, le=SEQ_MAX)] | None = None
     limit: Annotated[int, Field(ge=1, le=PAGE_MAX)] = 50
+
+
+# PostgreSQL's text holds no NUL: a query with one was a database error (a 500), not bad input.
+SearchText = Annotated[str, Field(min_length=1, max_length=SEARCH_MAX_CHARS, pattern=r"^[^\x00]*$")]
 
 
 class SearchRequest(_Payload):
     """`search {room, q, limit?}`: a member's full-text search of the room's archive."""
 
     room: Room
-    q: Annotated[str, Field(min_length=1, max_length=SEARCH_MAX_CHARS)]
+    q: SearchText
     limit: Annotated[int, Field(ge=1, le=PAGE_MAX)] = 20
 
 
@@ -96,12 +103,12 @@ class _Query(BaseModel):
 
 
 class HistoryQuery(_Query):
-    before: Annotated[int, Field(ge=1)] | None = None
+    before: Annotated[int, Field(ge=1, le=SEQ_MAX)] | None = None
     limit: Annotated[int, Field(ge=1, le=PAGE_MAX)] = 50
 
 
 class SearchQuery(_Query):
-    q: Annotated[str, Field(min_length=1, max_length=SEARCH_MAX_CHARS)]
+    q: SearchText
     limit: Annotated[int, Field(ge=1, le=PAGE_MAX)] = 20
 
 
