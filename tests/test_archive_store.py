@@ -88,3 +88,26 @@ def test_erasure_deletes_and_keeps_late_arrivals_out(store) -> None:
     late = message("r", 3, "still in the outbox", sender="eve", age=1)
     assert store.write([late]) == 0  # sent before the erasure, archived after: refused
     assert len(store.page("r", None, 10)) == 1
+
+
+def test_a_row_the_database_refuses_is_dropped_alone_not_the_batch_behind_it() -> None:
+    """A value PostgreSQL cannot hold fails the batch's one statement; the writer then stores
+    the messages one by one and drops (counts) only the one still refused."""
+    from chat_app.archive.writer import ArchiveWriter
+    from chat_app.settings import Settings
+
+    class Store:
+        def __init__(self) -> None:
+            self.stored: list[int] = []
+
+        def write(self, batch: list[Archived]) -> int:
+            if any(m.body == "poison" for m in batch):
+                raise psycopg.errors.DataError("invalid byte sequence")
+            self.stored += [m.seq for m in batch]
+            return len(batch)
+
+    store = Store()
+    writer = ArchiveWriter(None, store, Settings(redis_url="redis://x", database_url="postgresql://x"))  # type: ignore[arg-type]
+    batch = [message("r", 1, "a"), message("r", 2, "poison"), message("r", 3, "c")]
+    assert writer._store_each(batch) == 2
+    assert store.stored == [1, 3] and writer.stats.rejected == 1

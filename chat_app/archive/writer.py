@@ -9,6 +9,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+import psycopg
 import redis
 
 from ..backends.redis.connection import CONNECTION_ERRORS, describe
@@ -167,13 +168,40 @@ class ArchiveWriter:
                 throttled.log(logging.ERROR, "rejected", "event=archive_rejected error=%s", q(str(exc)))
                 continue
             batch.append(Archived.of(envelope, raw.decode()))
-        written = self._store.write(batch) if batch else 0
+        written = self._store_each(batch) if batch else 0
         self._outbox.done([entry_id for entry_id, _ in entries])
         self.stats.written += written
         self.stats.skipped += len(batch) - written
         now = time.time()
         for m in batch:
             self.observe_lag(max(now - m.sent_at.timestamp(), 0.0))
+
+    def _store_each(self, batch: list[Archived]) -> int:
+        """The batch in one transaction; if the database refuses a row of it for what it holds
+        (not for being away), each message alone, and the ones it still refuses are dropped
+        and counted: one bad row must not hold every message behind it for good."""
+        try:
+            return self._store.write(batch)
+        except DATABASE_ERRORS:
+            raise
+        except psycopg.DatabaseError:
+            written = 0
+            for m in batch:
+                try:
+                    written += self._store.write([m])
+                except DATABASE_ERRORS:
+                    raise
+                except psycopg.DatabaseError as exc:
+                    self.stats.rejected += 1
+                    throttled.log(
+                        logging.ERROR,
+                        "rejected",
+                        "event=archive_rejected room=%s seq=%d error=%s",
+                        q(m.room),
+                        m.seq,
+                        q(describe(exc)),
+                    )
+            return written
 
     def _seed(self) -> None:
         self._store.check_schema()
