@@ -73,6 +73,14 @@ class AnyText(PathConverter):
     regex = r"[^/][\s\S]*?"
 
 
+class OpenRoomPath(PathConverter):
+    """The open room routes' room: any path but one that ends as the POST-only messages route
+    does, so that `GET /api/rooms/<room>/messages` is a 405 (with Allow) rather than a read of
+    the room named `<room>/messages` (a 400)."""
+
+    regex = r"[^/].*?(?<!/messages)"
+
+
 def _error(error: ChatError, status: int | None = None) -> tuple[Response, int]:
     return jsonify({"ok": False, "error": error.to_wire()}), status or STATUS.get(error.code, 400)
 
@@ -107,6 +115,7 @@ def key_refusal(api_key: str | None) -> tuple[Response, int] | None:
 def _register_open_rooms(app: Flask, service: ChatService) -> None:
     """GET /api/rooms/<room> and its /members: open, but for private rooms (above)."""
     settings = service.settings
+    app.url_map.converters["open_room"] = OpenRoomPath
 
     def open_room(view: Callable[[str], dict[str, Any]]) -> Callable[..., Any]:
         """The room's name first (a bad one is a 400 to anyone), then the key, for a room
@@ -125,12 +134,12 @@ def _register_open_rooms(app: Flask, service: ChatService) -> None:
 
         return guarded
 
-    @app.get("/api/rooms/<path:room>")
+    @app.get("/api/rooms/<open_room:room>")
     @open_room
     def room_info(room: str) -> dict[str, Any]:
         return service.reads.room_info(room, ROOM_INFO_MEMBERS)
 
-    @app.get("/api/rooms/<path:room>/members")
+    @app.get("/api/rooms/<open_room:room>/members")
     @open_room
     def room_members(room: str) -> dict[str, Any]:
         """`?cursor=` (the last name of the previous page) and `?limit=` (1-1000)."""
@@ -224,6 +233,12 @@ def register_api(app: Flask, service: ChatService) -> None:
         req = parse(UserDisconnectRequest, {**body(), "user": user})
         return service.server.command(CommandAction.DISCONNECT, req.user, reason=req.reason)
 
+    _register_document_and_errors(app)
+
+
+def _register_document_and_errors(app: Flask) -> None:
+    """The OpenAPI document, and JSON for what Flask refuses before a view runs."""
+
     @app.get("/api/openapi.json")
     def openapi_document() -> Response:
         """This API's OpenAPI document, open: it says what the README says, nothing of a deployment."""
@@ -237,4 +252,8 @@ def register_api(app: Flask, service: ChatService) -> None:
         if not request.path.startswith("/api/"):
             return exc
         code = ErrorCode.NOT_FOUND if exc.code in {404, 405} else ErrorCode.INVALID_PAYLOAD
-        return _error(ChatError(code, exc.description or exc.name), exc.code)
+        response, status = _error(ChatError(code, exc.description or exc.name), exc.code)
+        for name, value in exc.get_headers():
+            if name == "Allow":  # a 405 says which methods the route has (RFC 9110)
+                response.headers[name] = value
+        return response, status

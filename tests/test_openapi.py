@@ -35,6 +35,8 @@ CHECKS = [
     "response_headers_conformance",
     "response_schema_conformance",
     "negative_data_rejection",
+    "ignored_auth",
+    "unsupported_method",
 ]
 MAX_EXAMPLES = 25
 MAX_SECONDS = 35  # schemathesis's own budget; the subprocess is cut at twice that
@@ -117,6 +119,18 @@ def test_document_is_served_without_a_key_and_states_the_error_shape_and_auth() 
     assert {"200", "400", "401", "403", "404", "500", "503"} <= set(post["responses"])
     assert doc["paths"]["/api/rooms/{room}"]["get"]["security"] == [{}, {"bearerAuth": []}]
     assert doc["paths"]["/healthz"]["get"]["security"] == []
+
+
+def test_a_method_a_route_lacks_is_a_405_with_allow() -> None:
+    """Found by schemathesis: the JSON 405 dropped Allow, and a GET of the POST-only messages
+    route was read as the open route of a room named `<room>/messages` (400 invalid_room)."""
+    client = create_app(
+        Settings.from_env({"API_KEY": KEY}, instance_id="openapi"), async_mode="threading"
+    ).test_client()
+    for method, path, allowed in (("GET", "/api/rooms/orders/messages", "POST"), ("PUT", "/api/rooms", "GET")):
+        answer = client.open(path, method=method)
+        assert answer.status_code == 405 and allowed in answer.headers["Allow"]
+        assert answer.get_json()["error"]["code"] == "not_found"
 
 
 def test_schemathesis_finds_nothing_against_a_live_node(redis_server, database_url, nodes, tmp_path: Path) -> None:
