@@ -16,7 +16,7 @@ import redis
 import requests
 from helpers import wait_until
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]  # tests/support/ -> the repository
 
 
 def _ephemeral_low() -> int:
