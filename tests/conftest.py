@@ -18,16 +18,21 @@ if str(ROOT) not in sys.path:
 from processes import NodeFactory, RedisServer, free_port  # noqa: E402
 
 # One marker per folder, so `pytest -m unit` picks the fast tests without any file naming it:
-# unit/ is pure Python (fakeredis at most); browser/ drives Chromium against nodes; everything
-# else (system/, and any test file at the top of tests/) starts redis-server, nodes, PostgreSQL...
+# unit/ is pure Python (fakeredis at most); browser/ drives Chromium against nodes; system/
+# starts redis-server, nodes, PostgreSQL... A test file still at the top of tests/ counts as
+# browser when it takes the `browser` fixture, as system otherwise: never as unit.
 FOLDER_MARKERS = {"unit": "unit", "browser": "browser", "system": "system"}
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     for item in items:
-        path = Path(str(item.path)).resolve()
-        folder = path.parent.name if path.parent.parent == TESTS else None
-        item.add_marker(FOLDER_MARKERS.get(folder, "system"))
+        folder = Path(str(item.path)).resolve().parent
+        if folder.parent == TESTS and folder.name in FOLDER_MARKERS:
+            item.add_marker(FOLDER_MARKERS[folder.name])
+        elif "browser" in getattr(item, "fixturenames", ()):
+            item.add_marker("browser")
+        else:
+            item.add_marker("system")
 
 
 @pytest.fixture
