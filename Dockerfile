@@ -1,4 +1,4 @@
-# One chat node. The command is the Procfile's web line (tests/test_deploy_files.py checks it).
+# One chat node. The command is the Procfile's web line (tests/unit/test_deploy_files.py checks it).
 FROM python:3.11-slim
 
 ENV PYTHONUNBUFFERED=1 PIP_NO_CACHE_DIR=1 PORT=5000

@@ -6,7 +6,7 @@ after: what one connection can make a node hold (issue 23, item 1).
     python -m bench.hostile --probe big_frame --probe fragments
 
 Raw sockets to 127.0.0.1 only; every probe is bounded in bytes and time. The tests
-(tests/test_hostile_clients.py) use the same client and probes against the `nodes` fixture.
+(tests/system/test_hostile_clients.py) use the same client and probes against the `nodes` fixture.
 """
 
 from __future__ import annotations

@@ -3,7 +3,7 @@
 The page loads no CDN, so the build lives in the repo. This script is the only way it
 changes: it runs `npm pack socket.io-client@<version>`, checks the tarball against the npm
 registry's `dist.integrity` (sha512) and the extracted files against the sha256 recorded in
-`pin.json`, then writes the files. tests/test_vendored_client.py checks, without the
+`pin.json`, then writes the files. tests/system/test_vendored_client.py checks, without the
 network, that what a node serves is byte for byte the recorded build.
 
     python scripts/vendor_socketio_client.py            # refetch the pinned version, verify, rewrite

@@ -6,12 +6,33 @@ from pathlib import Path
 
 import pytest
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-ROOT = Path(__file__).resolve().parent.parent
+# tests/support/ holds what the tests share (processes, clients, helpers), imported as top-level
+# modules (`from helpers import wait_until`) from every folder: unit/, system/, browser/ and any
+# test file still at the top of tests/.
+TESTS = Path(__file__).resolve().parent
+sys.path.insert(0, str(TESTS / "support"))
+ROOT = TESTS.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 from processes import NodeFactory, RedisServer, free_port  # noqa: E402
+
+# One marker per folder, so `pytest -m unit` picks the fast tests without any file naming it:
+# unit/ is pure Python (fakeredis at most); browser/ drives Chromium against nodes; system/
+# starts redis-server, nodes, PostgreSQL... A test file still at the top of tests/ counts as
+# browser when it takes the `browser` fixture, as system otherwise: never as unit.
+FOLDER_MARKERS = {"unit": "unit", "browser": "browser", "system": "system"}
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    for item in items:
+        folder = Path(str(item.path)).resolve().parent
+        if folder.parent == TESTS and folder.name in FOLDER_MARKERS:
+            item.add_marker(FOLDER_MARKERS[folder.name])
+        elif "browser" in getattr(item, "fixturenames", ()):
+            item.add_marker("browser")
+        else:
+            item.add_marker("system")
 
 
 @pytest.fixture

@@ -3,7 +3,7 @@
 Plain Python emitting JSON: the dashboard is a handful of timeseries and stat panels, which
 a dashboards-as-code library would wrap without saving a line, and one less pinned
 dependency keeps its output stable. `python deploy/grafana/build.py` rewrites the JSON;
-tests/test_deploy_grafana.py fails when the committed file differs, and runs every query
+tests/system/test_deploy_grafana.py fails when the committed file differs, and runs every query
 below against a live Prometheus scraping two nodes.
 """
 

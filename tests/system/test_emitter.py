@@ -14,13 +14,13 @@ import time
 from typing import Any
 
 import pytest
+from api_client import ApiClient
 from helpers import wait_until
 from processes import ROOT
 from streams import SendStream
 from test_cluster import cluster  # noqa: F401 (fixture)
 from test_direct import DirectClient
 from test_sentinel import MASTER, PASSWORD, SENTINEL_PASSWORD, sentinel_setup  # noqa: F401 (fixture)
-from test_server_api import ApiClient
 
 from chat_app.emitter import ChatEmitter, EmitterInputError, EmitterUnavailable
 from chat_app.protocol import ErrorCode

@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import os
 import random
+import re
 import signal
 import socket
 import subprocess
@@ -16,7 +17,7 @@ import redis
 import requests
 from helpers import wait_until
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]  # tests/support/ -> the repository
 
 
 def _ephemeral_low() -> int:
@@ -45,6 +46,14 @@ def free_port() -> int:
             except OSError:
                 continue
         return port
+
+
+def readme_command(marker: str) -> str:
+    """The command in the README's ```sh block after `<!-- marker -->`."""
+    text = (ROOT / "README.md").read_text()
+    match = re.search(rf"<!-- {marker} -->\n```sh\n(.+)\n```", text)
+    assert match, f"README.md has no {marker}"
+    return match.group(1)
 
 
 def procfile_web_command() -> str:

@@ -1,7 +1,7 @@
 """deploy/prometheus/alerts.yml checked by Debian's promtool (.ci/run installs `prometheus`):
 the rules parse, and their unit tests on synthetic series (alerts_test.yml) pass. Every
 alert's runbook annotation points at an anchor the README really has. The rules loading in
-a live Prometheus is tests/test_deploy_grafana.py's job."""
+a live Prometheus is tests/system/test_deploy_grafana.py's job."""
 
 from __future__ import annotations
 

@@ -177,7 +177,7 @@ def test_every_panel_query_returns_series_from_prometheus_scraping_two_nodes(
             for panel in panels():
                 if panel["title"] in cluster_only:
                     # Needs a Redis Cluster: not proven live here; the family must at least be
-                    # exported by chat_app/metrics.py (tests/test_cluster.py scrapes them).
+                    # exported by chat_app/metrics.py (tests/system/test_cluster.py scrapes them).
                     print(f"NOT LIVE (needs a Redis Cluster): {panel['title']}")
                     for target in panel["targets"]:
                         name = target["expr"].split("(")[-1].split("{")[0]
