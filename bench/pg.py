@@ -1,4 +1,4 @@
-"""A PostgreSQL of the bench's own, the way tests/postgres.py starts one: initdb in a temp
+"""A PostgreSQL of the bench's own, the way tests/support/postgres.py starts one: initdb in a temp
 dir, on a free port of 127.0.0.1, run as `nobody` when the bench runs as root (initdb and
 postgres refuse root). Never the machine's own server on 5432. `pause()` and `resume()` stop
 it and start it again on the same data and port: the archive's database outage."""

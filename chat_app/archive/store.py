@@ -1,6 +1,6 @@
 """The archive's queries. Every call takes a pooled connection for one statement or one
 transaction; psycopg 3 waits on gevent's patched sockets, so a slow query parks only the
-greenlet that made it (tests/test_archive.py shows it), never the hub."""
+greenlet that made it (tests/system/test_archive.py shows it), never the hub."""
 
 from __future__ import annotations
 

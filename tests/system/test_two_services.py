@@ -203,7 +203,7 @@ def test_heartbeat_in_chunks_rewrites_every_lost_room(server, two_nodes, monkeyp
     # The count goes up after the round's writes: waiting on the members alone raced it.
     wait_until(lambda: a._presence.heartbeat.rooms_rewritten, timeout=4, what="r4 rewritten")
     assert a._presence.heartbeat.rooms_rewritten == 1
-    assert [b.members(room) for room in rooms] == [[f"u{i}"] for i in range(5)]
+    assert [members(b, room) for room in rooms] == [[f"u{i}"] for i in range(5)]
 
 
 def test_heartbeat_rewrites_a_room_whose_entry_redis_lost(server, two_nodes) -> None:

@@ -220,9 +220,9 @@ def test_the_metrics_move_by_exactly_what_happened() -> None:
         assert before["chat_messages_delivered"] == 1
         writer = MemoryBroker(hub, "writer")  # a node that hears nothing: it only stores
         broker.unsubscribe(ROOM)
-        missed = [writer.publish(draft(i)) for i in (2, 3)]
+        missed = [writer.send(draft(i)) for i in (2, 3)]
         broker._rooms.add(ROOM)  # heard again, without a catch-up of its own
-        writer.publish(draft(4))
+        writer.send(draft(4))
         service.delivery.on_envelope(missed[1])  # the channel's late copy of 3
         assert metric("chat_gaps_filled") - before["chat_gaps_filled"] == 3
         assert metric("chat_duplicates_dropped") - before["chat_duplicates_dropped"] == 1

@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 import requests
 from helpers import wait_until
+from processes import ROOT
 
 from chat_app import create_app
 from chat_app.openapi import OPENAPI_PATH, VERSION, document, render
@@ -23,7 +24,6 @@ from chat_app.protocol.errors import ChatError, ErrorCode
 from chat_app.protocol.requests import SEQ_MAX, HistoryQuery, HistoryRequest, SearchQuery, SearchRequest, parse
 from chat_app.settings import Settings
 
-ROOT = Path(__file__).resolve().parent.parent
 COMMITTED = ROOT / "docs" / "openapi.json"
 KEY = "an-api-key-of-at-least-thirty-two-bytes!"
 DOCUMENTED_PREFIXES = ("/api/", "/healthz", "/metrics")

@@ -4,15 +4,8 @@ what was said outlives its room, Redis and its users' absence."""
 from __future__ import annotations
 
 import psycopg
+from archive_helpers import AUTH, FAST, KEY, archived
 from helpers import ChatClient, wait_until
-
-FAST = {"SEND_RATE": "1000", "SEND_BURST": "1000", "JOIN_RATE": "100", "JOIN_BURST": "100"}
-
-
-def archived(url: str, room: str) -> list[tuple[int, str]]:
-    with psycopg.connect(url) as conn:
-        rows = conn.execute("SELECT seq, body FROM messages WHERE room = %s ORDER BY seq", (room,)).fetchall()
-    return [(int(seq), body) for seq, body in rows]
 
 
 def test_history_outlives_the_room_and_its_seq_continues(redis_server, database_url, nodes) -> None:
@@ -168,9 +161,8 @@ def test_a_writer_killed_mid_batch_loses_nothing(redis_server, database_url, nod
 def test_paging_back_through_500_messages_reaches_seq_1(redis_server, database_url, nodes) -> None:
     import requests
 
-    key = "k" * 40
-    a = nodes.start(redis_server.url, DATABASE_URL=database_url, API_KEY=key, **FAST)
-    auth = {"Authorization": f"Bearer {key}"}
+    a = nodes.start(redis_server.url, DATABASE_URL=database_url, API_KEY=KEY, **FAST)
+    auth = AUTH
     alice = ChatClient(a.url, "alice")
     try:
         alice.call("join_room", "long")
@@ -256,10 +248,6 @@ def test_archive_metrics(redis_server, database_url, nodes) -> None:
         assert metrics["chat_archive_database_up"] == 1
     finally:
         alice.close()
-
-
-KEY = "k" * 40
-AUTH = {"Authorization": f"Bearer {KEY}"}
 
 
 def test_search_by_members_and_the_server_api(redis_server, database_url, nodes) -> None:

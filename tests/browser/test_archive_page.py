@@ -4,22 +4,10 @@ leaves the page, and yesterday's conversation is listed on connect."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
-import pytest
 import requests
-from browser import chromium
+from archive_helpers import AUTH, FAST, KEY, archived
 from helpers import ChatClient, wait_until
 from playwright.sync_api import Browser, Page, expect
-from test_archive import FAST, KEY, archived
-
-AUTH = {"Authorization": f"Bearer {KEY}"}
-
-
-@pytest.fixture
-def browser() -> Iterator[Browser]:
-    with chromium() as b:
-        yield b
 
 
 def open_page(browser: Browser, url: str, name: str, room: str) -> Page:
