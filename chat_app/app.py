@@ -124,6 +124,11 @@ def create_app(settings: Settings | None = None, async_mode: str | None = None) 
     broker, presence, archive = build_backends(settings)
     reads = archive.reads if archive else None
     service = ChatService(settings, broker, presence, SocketIOOut(socketio, transport), archive=reads)
+    if settings.hook_url:
+        from .hooks.decisions import DecisionHooks
+
+        service.hooks = DecisionHooks(settings)
+        log.info("event=hooks_on events=%s failure=%s", ",".join(sorted(settings.hook_events)), settings.hook_failure)
     register_handlers(socketio, service, transport)
     behind = ChatError(ErrorCode.OVERLOADED, BEHIND).to_wire()
     transport.shed_sends(SendShedding(service.load.shedding, service.load.refuses, behind))
