@@ -53,6 +53,7 @@ log = logging.getLogger(__name__)
 STATUS = {
     ErrorCode.UNAUTHORIZED: 401,
     ErrorCode.FORBIDDEN_ROOM: 403,
+    ErrorCode.FORBIDDEN: 403,
     ErrorCode.BANNED: 403,
     ErrorCode.NOT_FOUND: 404,
     ErrorCode.UNAVAILABLE: 503,
@@ -222,6 +223,8 @@ def register_api(app: Flask, service: ChatService) -> None:
         req = parse(UserDisconnectRequest, {**body(), "user": user})
         return service.server.command(CommandAction.DISCONNECT, req.user, reason=req.reason)
 
+    _register_webhooks(app, keyed)
+
     @app.errorhandler(HTTPException)
     def api_http_error(exc: HTTPException) -> Any:
         """No route, wrong method: JSON under /api/ too; elsewhere Flask's own answer."""
@@ -229,3 +232,28 @@ def register_api(app: Flask, service: ChatService) -> None:
             return exc
         code = ErrorCode.NOT_FOUND if exc.code in {404, 405} else ErrorCode.INVALID_PAYLOAD
         return _error(ChatError(code, exc.description or exc.name), exc.code)
+
+
+def _register_webhooks(app: Flask, keyed: Callable[[View], Callable[..., Any]]) -> None:
+    """The webhook outbox's failed events: listed and replayed (WEBHOOK_URL)."""
+
+    def webhook_outbox() -> Any:
+        archive = app.extensions.get("chat_archive")
+        if archive is None or archive.webhooks is None:
+            raise ChatError(ErrorCode.NOT_FOUND, "webhooks are off: set WEBHOOK_URL (with DATABASE_URL)")
+        return archive.webhooks.outbox
+
+    @app.get("/api/webhooks/failed")
+    @keyed
+    def webhooks_failed() -> dict[str, Any]:
+        """Events every try of which failed (the first 100), kept for a replay."""
+        outbox = webhook_outbox()
+        return {"ok": True, **outbox.counts(), "events": outbox.failed()}
+
+    @app.post("/api/webhooks/failed/replay")
+    @keyed
+    def webhooks_replay() -> dict[str, Any]:
+        """Every failed event goes out again, same webhook-id, from its first try."""
+        replayed = webhook_outbox().replay()
+        log.info("event=webhooks_replayed count=%d", replayed)
+        return {"ok": True, "replayed": replayed}

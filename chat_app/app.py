@@ -157,6 +157,8 @@ def shutdown(app: Flask) -> None:
     socketio: SocketIO = app.extensions["chat_socketio"]
     archive: NodeArchive | None = app.extensions.get("chat_archive")
     if archive is not None:
+        if archive.webhooks is not None:
+            archive.webhooks.stop()
         archive.writer.stop()  # the database connections close with the process
     for sid in service.stop():
         with contextlib.suppress(Exception):  # the client may already be gone

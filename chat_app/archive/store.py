@@ -11,6 +11,7 @@ from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
+import orjson
 import psycopg
 from psycopg_pool import ConnectionPool, PoolTimeout
 
@@ -37,12 +38,29 @@ class Archived:
     sent_at: datetime
     envelope: str  # the JSON clients receive
 
+    def data(self) -> str:
+        """The envelope as members receive it (without the wire's `v` and `kind`), as JSON."""
+        value = orjson.loads(self.envelope)
+        value.pop("v", None)
+        value.pop("kind", None)
+        return orjson.dumps(value).decode()
+
     @classmethod
     def of(cls, envelope: Envelope, raw: str) -> Archived:
         sent = datetime.fromtimestamp(envelope.timestamp / 1000, UTC)
         return cls(
             envelope.room, envelope.epoch, envelope.seq, envelope.id, envelope.sender, envelope.message, sent, raw
         )
+
+
+def webhook_id(message_id: str, what: str) -> str:
+    """Stable per event: every node that might write it (a retried batch) writes this one."""
+    return f"msg_{message_id}_{what}"
+
+
+def event_body(kind: str, at: datetime, data: str) -> str:
+    """A webhook's body as Standard Webhooks lays it out: type, timestamp (ISO 8601), data."""
+    return f'{{"type":"{kind}","timestamp":"{at.isoformat().replace("+00:00", "Z")}","data":{data}}}'
 
 
 @dataclass(frozen=True, slots=True)
@@ -59,6 +77,18 @@ WHERE NOT EXISTS (SELECT 1 FROM erasures e WHERE e.sender = %s AND e.erased_at >
 ON CONFLICT DO NOTHING
 """
 # A room's newest position wins; an older batch (a taken-over one) never moves it back.
+# With webhooks on, a message's `message.created` event is written by the statement that
+# archives it, and only when it does: a retried or taken-over batch adds no second event.
+_INSERT_WITH_EVENT = f"""
+WITH m AS ({_INSERT} RETURNING room, seq)
+INSERT INTO webhook_outbox (webhook_id, room, seq, type, body)
+SELECT %s, m.room, m.seq, 'message.created', %s FROM m
+ON CONFLICT (webhook_id) DO NOTHING
+"""
+_EVENT = """
+INSERT INTO webhook_outbox (webhook_id, room, seq, type, body) VALUES (%s, %s, %s, %s, %s)
+ON CONFLICT (webhook_id) DO NOTHING
+"""
 _ROOM = """
 INSERT INTO rooms (room, epoch, seq, last_at) VALUES (%s, %s, %s, %s)
 ON CONFLICT (room) DO UPDATE SET epoch = excluded.epoch, seq = excluded.seq, last_at = excluded.last_at
@@ -82,7 +112,7 @@ def _deadline(seconds: float) -> contextlib.AbstractContextManager[object]:
 
 
 class ArchiveStore:
-    def __init__(self, url: str, pool_size: int, timeout: float = 5.0) -> None:
+    def __init__(self, url: str, pool_size: int, timeout: float = 5.0, webhooks: bool = False) -> None:
         # statement_timeout: a read that a join or an HTTP call waits on is bounded.
         self._pool = ConnectionPool(
             url,
@@ -94,6 +124,7 @@ class ArchiveStore:
             name="archive",
         )
         self.timeout = timeout
+        self.webhooks = webhooks  # WEBHOOK_URL: writes and erasures also write their events
 
     @contextlib.contextmanager
     def _connection(self) -> Iterator[psycopg.Connection]:
@@ -135,14 +166,17 @@ class ArchiveStore:
             for user in users or ():
                 directs[(user, m.room)] = max(directs.get((user, m.room), m.sent_at), m.sent_at)
         with self._connection() as conn, conn.transaction(), conn.cursor() as cur:
-            cur.executemany(
-                _INSERT,
-                [
-                    (m.room, m.epoch, m.seq, m.id, m.sender, m.body, m.sent_at, m.envelope, m.sender, m.sent_at)
-                    for m in batch
-                ],
-                returning=False,
-            )
+            rows = [
+                (m.room, m.epoch, m.seq, m.id, m.sender, m.body, m.sent_at, m.envelope, m.sender, m.sent_at)
+                for m in batch
+            ]
+            if self.webhooks:
+                events = [
+                    (webhook_id(m.id, "created"), event_body("message.created", m.sent_at, m.data())) for m in batch
+                ]
+                cur.executemany(_INSERT_WITH_EVENT, [(*r, *e) for r, e in zip(rows, events, strict=True)])
+            else:
+                cur.executemany(_INSERT, rows, returning=False)
             written = cur.rowcount
             cur.executemany(_ROOM, [(m.room, m.epoch, m.seq, m.sent_at) for m in rooms.values()])
             if directs:
@@ -212,4 +246,20 @@ class ArchiveStore:
                 (user,),
             )
             rows = conn.execute("DELETE FROM messages WHERE sender = %s RETURNING room, seq, id", (user,)).fetchall()
+            if self.webhooks and rows:
+                now = datetime.now(UTC)
+                with conn.cursor() as cur:
+                    cur.executemany(
+                        _EVENT,
+                        [
+                            (
+                                webhook_id(mid, "deleted"),
+                                room,
+                                seq,
+                                "message.deleted",
+                                event_body("message.deleted", now, orjson.dumps({"room": room, "id": mid}).decode()),
+                            )
+                            for room, seq, mid in rows
+                        ],
+                    )
         return [(room, int(seq), mid) for room, seq, mid in rows]
