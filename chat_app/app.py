@@ -128,7 +128,7 @@ def create_app(settings: Settings | None = None, async_mode: str | None = None) 
         from .hooks.decisions import DecisionHooks
 
         service.hooks = DecisionHooks(settings)
-        log.info("event=hooks_on events=%s failure=%s", ",".join(sorted(settings.hook_events)), settings.hook_failure)
+        log.info("event=hooks_on events=%s failure=%s", settings.hook_events, settings.hook_failure)
     register_handlers(socketio, service, transport)
     behind = ChatError(ErrorCode.OVERLOADED, BEHIND).to_wire()
     transport.shed_sends(SendShedding(service.load.shedding, service.load.refuses, behind))

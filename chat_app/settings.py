@@ -105,11 +105,11 @@ def _flag(name: str, raw: str) -> bool:
 HOOK_EVENTS = frozenset({"connect", "join", "send"})
 
 
-def _hook_events(name: str, raw: str) -> frozenset[str]:
-    events = frozenset(e.lower() for e in _comma_list(name, raw))
+def _hook_events(name: str, raw: str) -> str:
+    events = {e.lower() for e in _comma_list(name, raw)}
     if not events or not events <= HOOK_EVENTS:
         raise SettingsError(f"{name} must name some of connect, join, send, got {raw!r}")
-    return events
+    return ",".join(e for e in ("connect", "join", "send") if e in events)
 
 
 def _hook_failure(name: str, raw: str) -> str:
@@ -119,8 +119,8 @@ def _hook_failure(name: str, raw: str) -> str:
     return value
 
 
-def _header_names(name: str, raw: str) -> frozenset[str]:
-    return frozenset(h.lower() for h in _comma_list(name, raw))
+def _header_names(name: str, raw: str) -> str:
+    return ",".join(sorted({h.lower() for h in _comma_list(name, raw)}))
 
 
 def _webhook_secret(name: str, raw: str) -> str:
@@ -248,11 +248,11 @@ class Settings:
     archive_take_over_after: float = 15.0
     # Decision hooks (chat_app/hooks/): the product's backend answers connect, join and send.
     hook_url: str | None = None
-    hook_events: frozenset[str] = _setting(HOOK_EVENTS, _hook_events)
+    hook_events: str = _setting("connect,join,send", _hook_events)
     hook_timeout: float = 1.0
     hook_failure: str = _setting("closed", _hook_failure)  # a hook that fails: refuse (closed) or allow
     hook_secret: str | None = _setting(None, _webhook_secret)
-    hook_headers: frozenset[str] = _setting(frozenset(), _header_names)  # sent with connect (cookie, ...)
+    hook_headers: str | None = _setting(None, _header_names)  # request headers sent with connect (cookie, ...)
     hook_concurrency: int = 64  # calls in flight per node; past it, the HOOK_FAILURE answer
     # Webhooks (chat_app/hooks/webhooks.py): what happened, signed, from the archive's outbox.
     webhook_url: str | None = None

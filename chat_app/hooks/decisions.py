@@ -77,7 +77,7 @@ class DecisionHooks:
         self._url = settings.hook_url
         self._timeout = settings.hook_timeout
         self._open = settings.hook_failure == "open"
-        self._headers = settings.hook_headers
+        self._headers = [h for h in (settings.hook_headers or "").split(",") if h]
         self._max_message_bytes = settings.max_message_bytes
         self._signer = Signer(settings.hook_secret)
         self._slots = threading.BoundedSemaphore(settings.hook_concurrency)  # gevent's under a node
@@ -91,9 +91,10 @@ class DecisionHooks:
             timeout=urllib3.Timeout(connect=settings.hook_timeout, read=settings.hook_timeout),
         )
         # What the service checks (an attribute each, nothing else, while an event is not hooked).
-        self.on_connect = "connect" in settings.hook_events
-        self.on_join = "join" in settings.hook_events
-        self.on_send = "send" in settings.hook_events
+        events = settings.hook_events.split(",")
+        self.on_connect = "connect" in events
+        self.on_join = "join" in events
+        self.on_send = "send" in events
         self.stats = HookStats()
 
     # -- the three questions ----------------------------------------------------------
