@@ -5,7 +5,12 @@ webhook-id; kept as failed, listed and replayed."""
 
 from __future__ import annotations
 
+import json
+import re
+import sqlite3
 from collections import Counter, defaultdict
+from datetime import UTC, datetime
+from pathlib import Path
 
 import pytest
 import requests
@@ -146,3 +151,58 @@ def test_webhooks_need_the_archive() -> None:
         Settings.from_env({"REDIS_URL": "redis://x", "WEBHOOK_URL": "http://127.0.0.1:1/"})
     with pytest.raises(SettingsError, match="WEBHOOK_SECRET must be whsec_"):
         Settings.from_env({"WEBHOOK_SECRET": "plain-secret"})
+
+
+def readme_example(marker: str) -> str:
+    """The README's Python block that contains `marker`."""
+    text = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+    [block] = [b for b in re.findall(r"```python\n(.*?)```", text, re.S) if marker in b]
+    return block
+
+
+def test_the_readme_receiver_and_hook_endpoint_work(tmp_path, monkeypatch) -> None:
+    """The examples as a user would paste them: signed requests in, their answers out."""
+    signer = Webhook(SECRET)
+
+    def signed(body: dict, msg_id: str = "msg_1") -> tuple[bytes, dict]:
+        raw = json.dumps(body).encode()
+        now = datetime.now(UTC)
+        headers = {"webhook-id": msg_id, "webhook-timestamp": str(int(now.timestamp()))}
+        headers["webhook-signature"] = signer.sign(msg_id, now, raw.decode())
+        return raw, headers
+
+    receiver: dict = {"__name__": "__main__"}
+    exec(readme_example("def chat_webhook").replace("whsec_...", SECRET), receiver)
+    client = receiver["app"].test_client()
+    event = {
+        "type": "message.created",
+        "timestamp": "2026-12-06T06:00:00Z",
+        "data": {"room": "r", "seq": 1, "message": "hi"},
+    }
+    raw, headers = signed(event)
+    assert client.post("/chat-webhook", data=raw, headers=headers).status_code == 204
+    assert (
+        client.post("/chat-webhook", data=raw, headers={**headers, "webhook-signature": "v1,AAAA"}).status_code == 401
+    )
+
+    monkeypatch.chdir(tmp_path)
+    with sqlite3.connect("product.db") as db:
+        db.execute("CREATE TABLE sessions (id text, username text)")
+        db.execute("CREATE TABLE project_members (username text, project text)")
+        db.execute("INSERT INTO sessions VALUES ('s1', 'alice')")
+        db.execute("INSERT INTO project_members VALUES ('alice', 'project-42')")
+    hook: dict = {"__name__": "__main__"}
+    exec(readme_example("def chat_hook").replace("whsec_...", SECRET), hook)
+    client = hook["app"].test_client()
+
+    def ask(body: dict) -> dict:
+        raw, headers = signed(body)
+        return client.post("/chat-hook", data=raw, headers=headers).get_json()
+
+    connect = {"event": "connect", "user": None, "auth": None, "headers": {"cookie": "theme=dark; session=s1"}}
+    assert ask(connect)["allow"] is True and ask(connect)["user"] == "alice"
+    assert ask({**connect, "headers": {}})["allow"] is False
+    assert ask({"event": "join", "user": "alice", "room": "project-42"})["allow"] is True
+    assert ask({"event": "join", "user": "alice", "room": "project-7"})["allow"] is False
+    assert ask({"event": "send", "user": "alice", "room": "project-42", "message": "see http://x"})["allow"] is False
+    assert ask({"event": "send", "user": "alice", "room": "project-42", "message": "hi"})["meta"] == {"plan": "pro"}
