@@ -54,6 +54,7 @@ log = logging.getLogger(__name__)
 STATUS = {
     ErrorCode.UNAUTHORIZED: 401,
     ErrorCode.FORBIDDEN_ROOM: 403,
+    ErrorCode.FORBIDDEN: 403,
     ErrorCode.BANNED: 403,
     ErrorCode.NOT_FOUND: 404,
     ErrorCode.UNAVAILABLE: 503,
@@ -233,6 +234,7 @@ def register_api(app: Flask, service: ChatService) -> None:
         req = parse(UserDisconnectRequest, {**body(), "user": user})
         return service.server.command(CommandAction.DISCONNECT, req.user, reason=req.reason)
 
+    _register_webhooks(app, keyed)
     _register_document_and_errors(app)
 
 
@@ -257,3 +259,28 @@ def _register_document_and_errors(app: Flask) -> None:
             if name == "Allow":  # a 405 says which methods the route has (RFC 9110)
                 response.headers[name] = value
         return response, status
+
+
+def _register_webhooks(app: Flask, keyed: Callable[[View], Callable[..., Any]]) -> None:
+    """The webhook outbox's failed events: listed and replayed (WEBHOOK_URL)."""
+
+    def webhook_outbox() -> Any:
+        archive = app.extensions.get("chat_archive")
+        if archive is None or archive.webhooks is None:
+            raise ChatError(ErrorCode.NOT_FOUND, "webhooks are off: set WEBHOOK_URL (with DATABASE_URL)")
+        return archive.webhooks.outbox
+
+    @app.get("/api/webhooks/failed")
+    @keyed
+    def webhooks_failed() -> dict[str, Any]:
+        """Events every try of which failed (the first 100), kept for a replay."""
+        outbox = webhook_outbox()
+        return {"ok": True, **outbox.counts(), "events": outbox.failed()}
+
+    @app.post("/api/webhooks/failed/replay")
+    @keyed
+    def webhooks_replay() -> dict[str, Any]:
+        """Every failed event goes out again, same webhook-id, from its first try."""
+        replayed = webhook_outbox().replay()
+        log.info("event=webhooks_replayed count=%d", replayed)
+        return {"ok": True, "replayed": replayed}

@@ -124,6 +124,11 @@ def create_app(settings: Settings | None = None, async_mode: str | None = None) 
     broker, presence, archive = build_backends(settings)
     reads = archive.reads if archive else None
     service = ChatService(settings, broker, presence, SocketIOOut(socketio, transport), archive=reads)
+    if settings.hook_url:
+        from .hooks.decisions import DecisionHooks
+
+        service.hooks = DecisionHooks(settings)
+        log.info("event=hooks_on events=%s failure=%s", settings.hook_events, settings.hook_failure)
     register_handlers(socketio, service, transport)
     behind = ChatError(ErrorCode.OVERLOADED, BEHIND).to_wire()
     transport.shed_sends(SendShedding(service.load.shedding, service.load.refuses, behind))
@@ -152,6 +157,8 @@ def shutdown(app: Flask) -> None:
     socketio: SocketIO = app.extensions["chat_socketio"]
     archive: NodeArchive | None = app.extensions.get("chat_archive")
     if archive is not None:
+        if archive.webhooks is not None:
+            archive.webhooks.stop()
         archive.writer.stop()  # the database connections close with the process
     for sid in service.stop():
         with contextlib.suppress(Exception):  # the client may already be gone

@@ -41,9 +41,11 @@ from .protocol.responses import (
     HistoryPage,
     MemberPage,
     Posted,
+    Replayed,
     RoomInfo,
     RoomsPage,
     SearchPage,
+    WebhooksFailed,
 )
 
 VERSION = "0.1.0"  # pyproject.toml's (a test checks)
@@ -153,6 +155,24 @@ OPERATIONS: tuple[Operation, ...] = (
         (ErrorCode.INVALID_USER, ErrorCode.NO_ARCHIVE),
         description="Every member on every node gets `message_deleted {room, id}` for each. 501 `no_archive` "
         "without DATABASE_URL.",
+    ),
+    Operation(
+        "get",
+        "/api/webhooks/failed",
+        "failedWebhooks",
+        "Webhook events kept as failed after every try",
+        "webhooks",
+        WebhooksFailed,
+        description="404 `not_found` while WEBHOOK_URL is unset.",
+    ),
+    Operation(
+        "post",
+        "/api/webhooks/failed/replay",
+        "replayWebhooks",
+        "Send every failed webhook event again, with the same webhook-id",
+        "webhooks",
+        Replayed,
+        description="404 `not_found` while WEBHOOK_URL is unset.",
     ),
     Operation(
         "get",

@@ -17,13 +17,14 @@ best whole, beside the connection registry it checks, and both stay here by desi
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import logging
 import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from . import commands
 from .auth import Identity
@@ -66,6 +67,9 @@ from .ratelimit import TokenBucket
 from .room_reads import RoomReads
 from .server_commands import CommandCounters, ServerCommands
 from .settings import Settings
+
+if TYPE_CHECKING:
+    from .hooks.decisions import DecisionHooks
 
 __all__ = ["BEHIND", "ChatService", "Emitter", "throttled", "unavailable"]
 
@@ -136,6 +140,8 @@ class ChatService:
         self.server = ServerCommands(self, port, emitter, self.instance_id, deadline, self.counters)
         self.load = LoadGauge(settings.overload_lag)
         self.observe_publish: Callable[[float], None] = lambda seconds: None  # metrics hook
+        # HOOK_URL: the product's backend decides connects (the handler asks), joins and sends.
+        self.hooks: DecisionHooks | None = None
 
     # -- lifecycle -------------------------------------------------------------------
 
@@ -336,7 +342,19 @@ class ChatService:
         """A client's `join_room`: never of a direct conversation (its members use open_direct)."""
         if direct_members(req.room) is not None:
             raise ChatError(ErrorCode.FORBIDDEN_ROOM, "a direct conversation is entered with open_direct")
-        return self.join(sid, req, sender, after_ack)
+        hooked = self.hooks is not None and self._ask_join(sid, req.room, sender)
+        return self.join(sid, req, sender, after_ack, limited=not hooked)
+
+    def _ask_join(self, sid: str, room: str, sender: Any) -> bool:
+        """The join hook, for a client's join of a room it is not in yet: its join rate is
+        taken first (a flood of joins must not become a flood of calls). True when it
+        allowed the join (whose rate is then taken)."""
+        hooks, conn = self.hooks, self._connection(sid)
+        if hooks is None or not hooks.on_join or room in conn.rooms:
+            return False
+        self._take(conn.join_bucket, "too many joins: slow down")
+        hooks.join(conn.user or clean_sender(sender) or "anonymous", room)
+        return True
 
     def open_direct(
         self, sid: str, req: OpenDirectRequest, after_ack: Callable[[Callable[[], None]], None] | None = None
@@ -349,7 +367,9 @@ class ChatService:
         if req.peer == conn.user:
             raise ChatError(ErrorCode.INVALID_PAYLOAD, "with: a direct conversation is with someone else")
         room = direct_room(conn.user, req.peer)
-        ack = self.join(sid, JoinRequest(room=room, since=req.since, epoch=req.epoch), after_ack=after_ack)
+        hooked = self.hooks is not None and self._ask_join(sid, room, None)
+        join = JoinRequest(room=room, since=req.since, epoch=req.epoch)
+        ack = self.join(sid, join, after_ack=after_ack, limited=not hooked)
         return {**ack, "with": req.peer}
 
     def list_directs(self, sid: str) -> dict[str, Any]:
@@ -432,7 +452,11 @@ class ChatService:
         self._take(conn.send_bucket, "too many messages: slow down")
         conn.touch(req.room)
         sender = conn.user or clean_sender(req.sender) or self.membership.user_of(req.room, sid)
-        draft = self.draft(req.room, sender, req.message, self.instance_id, req.key)
+        message, meta = req.message, None
+        if self.hooks is not None and self.hooks.on_send:
+            decision = self.hooks.send(sender, req.room, message)  # ChatError when refused
+            message, meta = decision.message or message, decision.meta
+        draft = self.draft(req.room, sender, message, self.instance_id, req.key, meta)
         started = time.perf_counter()
         try:
             envelope = self.store(draft, shed)
@@ -483,8 +507,17 @@ class ChatService:
         """Out of the room here and in presence, as a leave (the server API's)."""
         self._leave(conn, room)
 
-    def draft(self, room: str, sender: str, message: str, instance_id: str, key: str | None) -> Draft:
-        return Draft.new(room, sender, message, instance_id, key, self._clock, self._tokens.hex)
+    def draft(
+        self,
+        room: str,
+        sender: str,
+        message: str,
+        instance_id: str,
+        key: str | None,
+        meta: dict[str, Any] | None = None,
+    ) -> Draft:
+        draft = Draft.new(room, sender, message, instance_id, key, self._clock, self._tokens.hex)
+        return draft if meta is None else dataclasses.replace(draft, meta=meta)
 
     # -- reads of the node's own state ----------------------------------------------
 

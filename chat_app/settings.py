@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import base64
+import binascii
 import os
 import secrets
 from collections.abc import Callable, Mapping
@@ -98,6 +100,42 @@ def _flag(name: str, raw: str) -> bool:
     if value not in {"0", "1", "true", "false", "yes", "no"}:
         raise SettingsError(f"{name} must be 1 or 0 (true/false, yes/no), got {raw!r}")
     return value in {"1", "true", "yes"}
+
+
+HOOK_EVENTS = frozenset({"connect", "join", "send"})
+
+
+def _hook_events(name: str, raw: str) -> str:
+    events = {e.lower() for e in _comma_list(name, raw)}
+    if not events or not events <= HOOK_EVENTS:
+        raise SettingsError(f"{name} must name some of connect, join, send, got {raw!r}")
+    return ",".join(e for e in ("connect", "join", "send") if e in events)
+
+
+def _hook_failure(name: str, raw: str) -> str:
+    value = raw.strip().lower()
+    if value not in {"closed", "open"}:
+        raise SettingsError(f"{name} must be closed (refuse) or open (allow), got {raw!r}")
+    return value
+
+
+def _header_names(name: str, raw: str) -> str:
+    return ",".join(sorted({h.lower() for h in _comma_list(name, raw)}))
+
+
+def _webhook_secret(name: str, raw: str) -> str:
+    """Standard Webhooks' form: `whsec_` and the key in base64 (24 to 64 bytes)."""
+    value = raw.strip()
+    try:
+        key = base64.b64decode(value.removeprefix("whsec_"), validate=True) if value.startswith("whsec_") else b""
+    except binascii.Error:
+        key = b""
+    if not 24 <= len(key) <= 64:
+        raise SettingsError(
+            f"{name} must be whsec_ and 24 to 64 bytes in base64: make one with `python -c 'import base64, "
+            'secrets; print("whsec_" + base64.b64encode(secrets.token_bytes(32)).decode())\'`'
+        )
+    return value
 
 
 def _key_prefix(name: str, raw: str) -> str:
@@ -208,6 +246,20 @@ class Settings:
     archive_pool_size: int = 4  # database connections per node
     # A batch a writer read and has not stored this long after: its node died; another takes it.
     archive_take_over_after: float = 15.0
+    # Decision hooks (chat_app/hooks/): the product's backend answers connect, join and send.
+    hook_url: str | None = None
+    hook_events: str = _setting("connect,join,send", _hook_events)
+    hook_timeout: float = 1.0
+    hook_failure: str = _setting("closed", _hook_failure)  # a hook that fails: refuse (closed) or allow
+    hook_secret: str | None = _setting(None, _webhook_secret)
+    hook_headers: str | None = _setting(None, _header_names)  # request headers sent with connect (cookie, ...)
+    hook_concurrency: int = 64  # calls in flight per node; past it, the HOOK_FAILURE answer
+    # Webhooks (chat_app/hooks/webhooks.py): what happened, signed, from the archive's outbox.
+    webhook_url: str | None = None
+    webhook_secret: str | None = _setting(None, _webhook_secret)
+    webhook_timeout: float = 5.0
+    webhook_max_attempts: int = 8  # then the event is kept as failed (metrics, replay)
+    webhook_backoff: float = 2.0  # seconds before the first retry; doubles up to 10 minutes
 
     def __post_init__(self) -> None:
         if self.auth_secret is not None and len(self.auth_secret.encode()) < 32:
@@ -233,6 +285,8 @@ class Settings:
                 "DATABASE_URL (the archive) needs REDIS_URL or REDIS_SENTINELS: its outbox and room "
                 "positions live in Redis"
             )
+        if self.webhook_url and not self.database_url:
+            raise SettingsError("WEBHOOK_URL needs the archive (DATABASE_URL): webhooks are sent from its outbox")
         if self.heartbeat_interval >= self.presence_ttl:
             raise SettingsError(
                 f"HEARTBEAT_INTERVAL ({self.heartbeat_interval}) must be shorter than "

@@ -7,6 +7,7 @@ learns why nothing happened.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from collections.abc import Callable
 from typing import Any
@@ -61,6 +62,9 @@ def register_handlers(socketio: SocketIO, service: ChatService, transport: Trans
         try:
             s = service.settings
             identity = identify(auth, query.get("username", [None])[0], s.auth_secret, s.auth_issuer, s.auth_audience)
+            if service.hooks is not None and service.hooks.on_connect:
+                user = service.hooks.connect(identity.user, auth, environ)
+                identity = dataclasses.replace(identity, user=user)
         except ChatError as exc:
             throttled.log(logging.INFO, "connect_refused", "event=connect_refused code=%s", exc.code)
             raise Refused(exc.message, exc.to_wire()) from None

@@ -41,6 +41,27 @@ class ArchiveCollector(Collector):
             ("chat_archive_database_up", "1 while the database takes this node's batches.", float(s.database_ok)),
         ):
             yield per_node(GaugeMetricFamily, name, doc, self._instance, value)
+        if self._archive.webhooks is not None:
+            yield from self._webhooks()
+
+    def _webhooks(self) -> Iterator[Metric]:
+        assert self._archive.webhooks is not None
+        w = self._archive.webhooks.stats
+        for name, doc, value in (
+            ("chat_webhooks_delivered", "Webhook events this node delivered (2xx).", w.delivered),
+            (
+                "chat_webhooks_failed_tries",
+                "Webhook tries that failed (non-2xx, timeout, no connection).",
+                w.failed_tries,
+            ),
+            ("chat_webhooks_given_up", "Webhook events this node kept as failed after every try.", w.given_up),
+        ):
+            yield per_node(CounterMetricFamily, name, doc, self._instance, value)
+        for name, doc, value in (
+            ("chat_webhooks_pending", "Webhook events not yet delivered (whole deployment).", w.pending),
+            ("chat_webhooks_failed", "Webhook events kept as failed, to replay (whole deployment).", w.failed),
+        ):
+            yield per_node(GaugeMetricFamily, name, doc, self._instance, value)
 
 
 def register_archive_metrics(registry: CollectorRegistry, archive: NodeArchive, instance_id: str) -> None:

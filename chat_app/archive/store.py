@@ -11,6 +11,7 @@ from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
+import orjson
 import psycopg
 from psycopg_pool import ConnectionPool, PoolTimeout
 
@@ -37,6 +38,13 @@ class Archived:
     sent_at: datetime
     envelope: str  # the JSON clients receive
 
+    def data(self) -> str:
+        """The envelope as members receive it (without the wire's `v` and `kind`), as JSON."""
+        value = orjson.loads(self.envelope)
+        value.pop("v", None)
+        value.pop("kind", None)
+        return orjson.dumps(value).decode()
+
     @classmethod
     def of(cls, envelope: Envelope, raw: str) -> Archived:
         """PostgreSQL's text holds no NUL, which a message may: one such message failed its
@@ -45,6 +53,16 @@ class Archived:
         sent = datetime.fromtimestamp(envelope.timestamp / 1000, UTC)
         sender, body = envelope.sender.replace("\x00", " "), envelope.message.replace("\x00", " ")
         return cls(envelope.room, envelope.epoch, envelope.seq, envelope.id, sender, body, sent, raw)
+
+
+def webhook_id(message_id: str, what: str) -> str:
+    """Stable per event: every node that might write it (a retried batch) writes this one."""
+    return f"msg_{message_id}_{what}"
+
+
+def event_body(kind: str, at: datetime, data: str) -> str:
+    """A webhook's body as Standard Webhooks lays it out: type, timestamp (ISO 8601), data."""
+    return f'{{"type":"{kind}","timestamp":"{at.isoformat().replace("+00:00", "Z")}","data":{data}}}'
 
 
 @dataclass(frozen=True, slots=True)
@@ -63,6 +81,19 @@ SELECT m.* FROM unnest(
 ) AS m(room, epoch, seq, id, sender, body, sent_at, envelope)
 WHERE NOT EXISTS (SELECT 1 FROM erasures e WHERE e.sender = m.sender AND e.erased_at >= m.sent_at)
 ON CONFLICT DO NOTHING
+"""
+# With webhooks on, a message's `message.created` event is written by the statement that
+# archives it, and only when it does: a retried or taken-over batch adds no second event.
+_INSERT_WITH_EVENT = f"""
+WITH m AS ({_INSERT} RETURNING id, room, seq)
+INSERT INTO webhook_outbox (webhook_id, room, seq, type, body)
+SELECT e.webhook_id, m.room, m.seq, 'message.created', e.body
+FROM m JOIN unnest(%s::text[], %s::text[], %s::text[]) AS e(id, webhook_id, body) USING (id)
+ON CONFLICT (webhook_id) DO NOTHING
+"""
+_EVENT = """
+INSERT INTO webhook_outbox (webhook_id, room, seq, type, body) VALUES (%s, %s, %s, %s, %s)
+ON CONFLICT (webhook_id) DO NOTHING
 """
 # A room's newest position wins; an older batch (a taken-over one) never moves it back. Rows
 # in key order: two writers updating the same rooms lock them in the same order (no deadlock).
@@ -91,7 +122,7 @@ def _deadline(seconds: float) -> contextlib.AbstractContextManager[object]:
 
 
 class ArchiveStore:
-    def __init__(self, url: str, pool_size: int, timeout: float = 5.0) -> None:
+    def __init__(self, url: str, pool_size: int, timeout: float = 5.0, webhooks: bool = False) -> None:
         # statement_timeout: a read that a join or an HTTP call waits on is bounded.
         self._pool = ConnectionPool(
             url,
@@ -103,6 +134,7 @@ class ArchiveStore:
             name="archive",
         )
         self.timeout = timeout
+        self.webhooks = webhooks  # WEBHOOK_URL: writes and erasures also write their events
 
     @contextlib.contextmanager
     def _connection(self) -> Iterator[psycopg.Connection]:
@@ -144,11 +176,17 @@ class ArchiveStore:
             for user in users or ():
                 directs[(user, m.room)] = max(directs.get((user, m.room), m.sent_at), m.sent_at)
         fields = ("room", "epoch", "seq", "id", "sender", "body", "sent_at", "envelope")
-        columns = [[getattr(m, f) for m in batch] for f in fields]
+        columns: list[list[object]] = [[getattr(m, f) for m in batch] for f in fields]
         newest = sorted(rooms.values(), key=lambda m: m.room)
         ordered = sorted(directs.items())
         with self._connection() as conn, conn.transaction():
-            written = conn.execute(_INSERT, columns).rowcount  # type: ignore[arg-type]
+            if self.webhooks:
+                ids = [m.id for m in batch]
+                hooks = [webhook_id(m.id, "created") for m in batch]
+                bodies = [event_body("message.created", m.sent_at, m.data()) for m in batch]
+                written = conn.execute(_INSERT_WITH_EVENT, [*columns, ids, hooks, bodies]).rowcount  # type: ignore[arg-type]
+            else:
+                written = conn.execute(_INSERT, columns).rowcount  # type: ignore[arg-type]
             conn.execute(_ROOMS, [[getattr(m, f) for m in newest] for f in ("room", "epoch", "seq", "sent_at")])
             if ordered:
                 conn.execute(
@@ -219,4 +257,20 @@ class ArchiveStore:
                 (user,),
             )
             rows = conn.execute("DELETE FROM messages WHERE sender = %s RETURNING room, seq, id", (user,)).fetchall()
+            if self.webhooks and rows:
+                now = datetime.now(UTC)
+                with conn.cursor() as cur:
+                    cur.executemany(
+                        _EVENT,
+                        [
+                            (
+                                webhook_id(mid, "deleted"),
+                                room,
+                                seq,
+                                "message.deleted",
+                                event_body("message.deleted", now, orjson.dumps({"room": room, "id": mid}).decode()),
+                            )
+                            for room, seq, mid in rows
+                        ],
+                    )
         return [(room, int(seq), mid) for room, seq, mid in rows]

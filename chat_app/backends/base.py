@@ -10,7 +10,7 @@ import threading
 import time
 from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass, field
-from typing import Protocol, TypeVar
+from typing import Any, Protocol, TypeVar
 
 from ..protocol import Command, DeletedEvent, Envelope, RoomEvent, TypingEvent
 
@@ -71,6 +71,7 @@ class Draft:
     timestamp: int
     instance_id: str
     key: str | None = None
+    meta: dict[str, Any] | None = None  # a decision hook's, stored and delivered with the message
 
     @classmethod
     def new(

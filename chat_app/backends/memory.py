@@ -79,7 +79,9 @@ class MemoryBroker:
                 return room.dedup[dedup_id]
             room.seq += 1
             d = draft
-            envelope = Envelope(d.id, d.room, d.sender, d.message, d.timestamp, room.seq, room.epoch, d.instance_id)
+            envelope = Envelope(
+                d.id, d.room, d.sender, d.message, d.timestamp, room.seq, room.epoch, d.instance_id, d.meta
+            )
             room.history.append(envelope)
             room.dedup[dedup_id] = envelope
             while len(room.history) > hub.history_length:

@@ -15,6 +15,7 @@ class ErrorCode(StrEnum):
     RATE_LIMITED = "rate_limited"
     UNAUTHORIZED = "unauthorized"
     FORBIDDEN_ROOM = "forbidden_room"
+    FORBIDDEN = "forbidden"  # a decision hook refused the send (its reason in the message)
     BANNED = "banned"
     TOKEN_EXPIRED = "token_expired"
     UNAVAILABLE = "unavailable"

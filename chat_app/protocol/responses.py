@@ -7,7 +7,7 @@ models say what those dicts hold, and the schemathesis test holds every live ans
 
 from __future__ import annotations
 
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -45,6 +45,7 @@ class Message(_Answer):
     seq: Annotated[int, Field(ge=1)] = Field(description="the room's count, one up per message")
     epoch: str = Field(description="changes when Redis lost the room: seq starts again")
     instance_id: str = Field(description="the node (or `emitter:<host>`, `api:<node>`) that stored it")
+    meta: dict[str, Any] | None = Field(default=None, description="a send hook's data for the message (HOOK_URL)")
 
 
 class Posted(_Answer):
@@ -182,3 +183,27 @@ class Health(BaseModel):
     archive: ArchiveStatus | None = Field(default=None, description="with DATABASE_URL; informative only")
     failing: list[str] | None = Field(default=None, description="the parts that fail (503)")
     shards_failing: list[str] | None = Field(default=None, description="Redis Cluster shards not reached")
+
+
+class WebhookFailure(_Answer):
+    webhook_id: str = Field(description="the `webhook-id` every try carried")
+    type: str
+    room: str | None
+    attempts: Annotated[int, Field(ge=0)]
+    last_error: str | None
+    created_at: str = Field(description="ISO 8601")
+
+
+class WebhooksFailed(BaseModel):
+    """Counts by state (pending, failed, ...) and the first 100 failed events."""
+
+    model_config = ConfigDict(extra="allow", frozen=True)
+    ok: Literal[True]
+    pending: Annotated[int, Field(ge=0)]
+    failed: Annotated[int, Field(ge=0)]
+    events: list[WebhookFailure]
+
+
+class Replayed(_Answer):
+    ok: Literal[True]
+    replayed: Annotated[int, Field(ge=0)] = Field(description="failed events pending again, from their first try")

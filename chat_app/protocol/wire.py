@@ -43,6 +43,19 @@ Id = Annotated[str, Field(min_length=1, max_length=64)]
 Name = Annotated[str, Field(max_length=SENDER_MAX_CHARS)]  # a sender or user as stored: may be empty
 # Metadata of a field the store fills in (send.lua appends seq and epoch to envelope_head).
 BY_STORE = {"by_store": True}
+# Metadata of an optional field that is left off the wire while None.
+OMIT_NONE = {"omit_none": True}
+META_MAX_BYTES = 1024  # a message's `meta` (a decision hook's), as compact JSON
+
+
+def _bounded_meta(value: dict[str, Any]) -> dict[str, Any]:
+    if len(orjson.dumps(value)) > META_MAX_BYTES:
+        raise PydanticCustomError("meta_too_large", f"meta is over {META_MAX_BYTES} bytes of JSON")
+    return value
+
+
+# A small JSON object a decision hook attached to a message: members and history get it.
+Meta = Annotated[dict[str, Any], AfterValidator(_bounded_meta)]
 
 
 class Preencoded(dict[str, Any]):
@@ -63,9 +76,14 @@ class _Wire:
     __slots__ = ()
     KIND: ClassVar[str]
     _FIELDS: ClassVar[tuple[str, ...]]  # set by _declared
+    _OPTIONAL: ClassVar[tuple[str, ...]] = ()  # fields marked OMIT_NONE: written only when set
 
     def encode(self) -> bytes:
+        """Fields marked OMIT_NONE are left out while None (as envelope_head does)."""
         values = {name: getattr(self, name) for name in self._FIELDS}
+        for name in self._OPTIONAL:
+            if values[name] is None:
+                del values[name]
         return orjson.dumps({"v": WIRE_VERSION, "kind": self.KIND, **values})
 
 
@@ -82,6 +100,9 @@ class Envelope(_Wire):
     seq: Annotated[int, Field(ge=1)] = field(metadata=BY_STORE)
     epoch: Id = field(metadata=BY_STORE)
     instance_id: Id
+    # Optional: on the wire only when set (envelope_head leaves it out when None, so the
+    # stored form of a message without it is byte for byte what it was before it existed).
+    meta: Meta | None = field(default=None, metadata=OMIT_NONE)
     # The client payload's JSON when it came from Redis in send.lua's own form ('' if not).
     wire: str = field(default="", compare=False, repr=False, metadata={"local": True})
 
@@ -96,6 +117,8 @@ class Envelope(_Wire):
             "epoch": self.epoch,
             "instance_id": self.instance_id,
         }
+        if self.meta is not None:
+            value["meta"] = self.meta
         return Preencoded(value, self.wire) if self.wire else value
 
 
@@ -179,6 +202,7 @@ def _declared(cls: type[_Wire]) -> type[BaseModel]:
     hints = typing.get_type_hints(cls, include_extras=True)
     fields = [f for f in dataclasses.fields(cls) if not f.metadata.get("local")]
     cls._FIELDS = tuple(f.name for f in fields)
+    cls._OPTIONAL = tuple(f.name for f in fields if f.metadata == OMIT_NONE)
     spec: dict[str, Any] = {"v": (Literal[1], ...), "kind": (Literal[cls.KIND], ...)}  # type: ignore[valid-type]
     for f in fields:
         spec[f.name] = (hints[f.name], None if f.default is None else ...)
@@ -204,9 +228,14 @@ def _from_model(w: BaseModel) -> Any:
 
 
 # The envelope's fields a sender writes, in declaration order; send.lua appends the rest.
+# The optional ones (meta) come last in the head and only when set.
 _HEAD_FIELDS = tuple(
-    f.name for f in dataclasses.fields(Envelope) if f.name in Envelope._FIELDS and f.metadata != BY_STORE
+    f.name
+    for f in dataclasses.fields(Envelope)
+    if f.name in Envelope._FIELDS and f.metadata != BY_STORE and f.name not in Envelope._OPTIONAL
 )
+# The fields of send.lua's plain stored form, which the fast path takes: all but the optional.
+_STORED_FIELDS = tuple(name for name in Envelope._FIELDS if name not in Envelope._OPTIONAL)
 
 
 def _compile(source: str, name: str, namespace: dict[str, Any]) -> Any:
@@ -218,9 +247,16 @@ def _compile(source: str, name: str, namespace: dict[str, Any]) -> Any:
 
 def _head_encoder() -> Callable[..., bytes]:
     items = ", ".join(f"{name!r}: {name}" for name in _HEAD_FIELDS)
+    optional = ", ".join(f"{name}=None" for name in Envelope._OPTIONAL)
+    extra = "".join(f"    if {name} is not None:\n        d[{name!r}] = {name}\n" for name in Envelope._OPTIONAL)
+    # The common case (no optional field set) is the one expression it always was.
     source = (
-        f"def envelope_head({', '.join(_HEAD_FIELDS)}):\n"
-        f"    return dumps({{'v': {WIRE_VERSION}, 'kind': {Envelope.KIND!r}, {items}}})[:-1]\n"
+        f"def envelope_head({', '.join(_HEAD_FIELDS)}, {optional}):\n"
+        f"    if {' and '.join(f'{name} is None' for name in Envelope._OPTIONAL)}:\n"
+        f"        return dumps({{'v': {WIRE_VERSION}, 'kind': {Envelope.KIND!r}, {items}}})[:-1]\n"
+        f"    d = {{'v': {WIRE_VERSION}, 'kind': {Envelope.KIND!r}, {items}}}\n"
+        f"{extra}"
+        f"    return dumps(d)[:-1]\n"
     )
     head: Callable[..., bytes] = _compile(source, "envelope_head", {"dumps": orjson.dumps})
     head.__doc__ = """The envelope's JSON without its closing brace: the send script appends the
@@ -233,7 +269,7 @@ envelope_head = _head_encoder()
 
 def max_wire_bytes(max_message_bytes: int) -> int:
     """The largest payload accepted from Redis: a full message, JSON-escaped, plus fields."""
-    return 6 * max_message_bytes + 2048
+    return 6 * max_message_bytes + 2048 + META_MAX_BYTES
 
 
 class BadEnvelope(ValueError):
@@ -284,9 +320,9 @@ def _stored_form_decoder() -> Callable[[bytes], Envelope | None]:
     validation then decides on."""
     hints = typing.get_type_hints(Envelope, include_extras=True)
     namespace: dict[str, Any] = {"loads": orjson.loads, "JSONDecodeError": orjson.JSONDecodeError}
-    namespace |= {"Envelope": Envelope, "KEYS": frozenset({"v", "kind", *Envelope._FIELDS})}
-    values = [f"f{i}" for i in range(len(Envelope._FIELDS))]
-    tests = [t for name, v in zip(Envelope._FIELDS, values, strict=True) for t in _tests(hints[name], v, namespace)]
+    namespace |= {"Envelope": Envelope, "KEYS": frozenset({"v", "kind", *_STORED_FIELDS})}
+    values = [f"f{i}" for i in range(len(_STORED_FIELDS))]
+    tests = [t for name, v in zip(_STORED_FIELDS, values, strict=True) for t in _tests(hints[name], v, namespace)]
     head_len = len(_STORED_HEAD)
     source = f"""\
 def decode_stored(raw):
@@ -297,10 +333,10 @@ def decode_stored(raw):
     # A later duplicate of `v` or `kind` wins, as in JSON.parse: their values still count.
     if d.keys() != KEYS or type(d["v"]) is not int or d["v"] != {WIRE_VERSION} or d["kind"] != {Envelope.KIND!r}:
         return None
-    {", ".join(values)} = {", ".join(f"d[{name!r}]" for name in Envelope._FIELDS)}
+    {", ".join(values)} = {", ".join(f"d[{name!r}]" for name in _STORED_FIELDS)}
     if not ({" and ".join(tests)}):
         return None
-    return Envelope({", ".join(values)}, "{{" + raw[{head_len}:].decode())
+    return Envelope({", ".join(values)}, wire="{{" + raw[{head_len}:].decode())
 """
     decoder: Callable[[bytes], Envelope | None] = _compile(source, "decode_stored", namespace)
     return decoder

@@ -3,6 +3,7 @@ writes, pages, search, retention and erasure."""
 
 from __future__ import annotations
 
+import json
 from datetime import UTC, datetime, timedelta
 
 import psycopg
@@ -111,3 +112,32 @@ def test_a_row_the_database_refuses_is_dropped_alone_not_the_batch_behind_it() -
     batch = [message("r", 1, "a"), message("r", 2, "poison"), message("r", 3, "c")]
     assert writer._store_each(batch) == 2
     assert store.stored == [1, 3] and writer.stats.rejected == 1
+
+
+def test_webhook_outbox_from_the_previous_schema_and_one_event_per_message(postgres_server) -> None:
+    url = postgres_server.new_database()
+    assert migrate(url, target=2) == [1, 2]
+    with psycopg.connect(url, autocommit=True) as conn:
+        conn.execute("INSERT INTO messages VALUES ('r', 'e', 1, 'i', 'alice', 'before webhooks', now(), '{}')")
+    assert migrate(url) == [3]
+    s = ArchiveStore(url, 2, webhooks=True)
+    s.open()
+    try:
+        batch = [message("w", seq, f"m{seq}") for seq in range(1, 6)]
+        assert s.write(batch) == 5
+        assert s.write([*batch[2:], message("w", 6, "m6")]) == 1  # a retried batch: no second event
+        assert s.erase("bob") == []
+        s.write([message("w", 7, "bob's", sender="bob")])
+        assert [row[2] for row in s.erase("bob")] == ["idw7"]
+        with psycopg.connect(url) as conn:
+            rows = conn.execute("SELECT webhook_id, type, seq, body FROM webhook_outbox ORDER BY id").fetchall()
+    finally:
+        s.close()
+    assert [(w, t, seq) for w, t, seq, _ in rows] == [
+        *((f"msg_idw{n}_created", "message.created", n) for n in range(1, 8)),
+        ("msg_idw7_deleted", "message.deleted", 7),
+    ]
+    created = json.loads(rows[0][3])
+    assert created["type"] == "message.created" and created["data"]["message"] == "m1"
+    assert "v" not in created["data"] and "kind" not in created["data"]  # as members receive it
+    assert json.loads(rows[-1][3])["data"] == {"room": "w", "id": "idw7"}

@@ -37,7 +37,7 @@ class SendScript:
         """The script's KEYS and ARGV (see send.lua's header) for one draft."""
         d = draft
         args: Sequence[object] = [
-            envelope_head(d.id, d.room, d.sender, d.message, d.timestamp, d.instance_id),
+            envelope_head(d.id, d.room, d.sender, d.message, d.timestamp, d.instance_id, d.meta),
             d.dedup_id,
             candidate_epoch,
             self._history_length,
@@ -64,7 +64,7 @@ class SendScript:
             except BadEnvelope as exc:
                 raise BackendUnavailable(f"stored message unreadable: {exc}") from None
         d = draft
-        return Envelope(d.id, d.room, d.sender, d.message, d.timestamp, int(seq), epoch.decode(), d.instance_id)
+        return Envelope(d.id, d.room, d.sender, d.message, d.timestamp, int(seq), epoch.decode(), d.instance_id, d.meta)
 
 
 class ServerIds:

@@ -1,0 +1,118 @@
+"""The webhook outbox's queries (table webhook_outbox, migration 0003): claim events in
+order per room, then delete them once delivered, or put them back for a retry, or keep them
+as failed for an operator's replay.
+
+A claim holds a room's first events with a lease (next_at moved ahead), so no sender on any
+node takes events of that room while it has them: a room's events go out one after another,
+in (seq, id) order. A sender that dies lets its lease run out and another node takes over
+from the room's first undelivered event (a receiver may then see one event twice, with the
+same webhook-id)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from .store import ArchiveStore
+
+# Rooms whose first pending event is due, then up to `per_room` events of each, in order;
+# locked SKIP LOCKED, so two nodes claiming at once take different rooms. A row whose
+# lease another sender set meanwhile fails the re-checked `next_at <= now()` and is skipped.
+_CANDIDATES = """
+WITH heads AS (
+    SELECT DISTINCT ON (room) room, next_at FROM webhook_outbox
+    WHERE state = 'pending' ORDER BY room, seq, id
+), due AS (
+    SELECT room FROM heads WHERE next_at <= now() LIMIT %(rooms)s
+), ranked AS (
+    SELECT w.id, row_number() OVER (PARTITION BY w.room ORDER BY w.seq, w.id) AS n
+    FROM webhook_outbox w JOIN due USING (room) WHERE w.state = 'pending'
+)
+SELECT w.id, w.room, r.n FROM webhook_outbox w JOIN ranked r USING (id)
+WHERE r.n <= %(per_room)s AND w.state = 'pending' AND w.next_at <= now()
+ORDER BY w.room, w.seq, w.id
+FOR UPDATE OF w SKIP LOCKED
+"""
+
+
+@dataclass(frozen=True, slots=True)
+class WebhookEvent:
+    id: int
+    webhook_id: str
+    room: str
+    type: str
+    body: str
+    attempts: int
+
+
+class WebhookOutbox:
+    def __init__(self, store: ArchiveStore) -> None:
+        self._store = store
+
+    def claim(self, rooms: int, per_room: int, lease: float) -> list[WebhookEvent]:
+        """Up to `per_room` events of each of up to `rooms` rooms, each room's from its first
+        undelivered one (a room whose first one another sender holds is left out)."""
+        with self._store._connection() as conn, conn.transaction():
+            found = conn.execute(_CANDIDATES, {"rooms": rooms, "per_room": per_room}).fetchall()
+            taken: list[int] = []
+            expected: dict[str, int] = {}
+            for event_id, room, n in found:  # a prefix of each room's order, or nothing of it
+                if n == expected.get(room, 1):
+                    expected[room] = n + 1
+                    taken.append(event_id)
+            if not taken:
+                return []
+            rows = conn.execute(
+                "UPDATE webhook_outbox SET next_at = now() + make_interval(secs => %s) WHERE id = ANY(%s)"
+                " RETURNING id, webhook_id, room, seq, type, body, attempts",
+                (lease, taken),
+            ).fetchall()
+        rows.sort(key=lambda r: (r[2], r[3], r[0]))
+        return [WebhookEvent(i, w, room, kind, body, attempts) for i, w, room, _seq, kind, body, attempts in rows]
+
+    def delivered(self, event_id: int) -> None:
+        with self._store._connection() as conn:
+            conn.execute("DELETE FROM webhook_outbox WHERE id = %s", (event_id,))
+
+    def retry(self, event: WebhookEvent, error: str, wait: float, give_up: bool, rest: list[int]) -> None:
+        """One more failed try: due again after `wait`, or kept as failed; the room's other
+        claimed events are let go (due now: they follow once this one is out of the way)."""
+        with self._store._connection() as conn, conn.transaction():
+            conn.execute(
+                "UPDATE webhook_outbox SET attempts = attempts + 1, last_error = %s,"
+                " state = %s, next_at = now() + make_interval(secs => %s) WHERE id = %s",
+                (error[:500], "failed" if give_up else "pending", 0 if give_up else wait, event.id),
+            )
+            if rest:
+                conn.execute("UPDATE webhook_outbox SET next_at = now() WHERE id = ANY(%s)", (rest,))
+
+    def release(self, ids: list[int]) -> None:
+        if ids:
+            with self._store._connection() as conn:
+                conn.execute("UPDATE webhook_outbox SET next_at = now() WHERE id = ANY(%s)", (ids,))
+
+    def counts(self) -> dict[str, int]:
+        with self._store._connection() as conn:
+            rows = conn.execute("SELECT state, count(*) FROM webhook_outbox GROUP BY state").fetchall()
+        return {"pending": 0, "failed": 0, **{state: int(n) for state, n in rows}}
+
+    def failed(self, limit: int = 100) -> list[dict[str, Any]]:
+        with self._store._connection() as conn:
+            rows = conn.execute(
+                "SELECT webhook_id, type, room, attempts, last_error, created_at FROM webhook_outbox"
+                " WHERE state = 'failed' ORDER BY id LIMIT %s",
+                (limit,),
+            ).fetchall()
+        return [
+            {"webhook_id": w, "type": t, "room": r, "attempts": a, "last_error": e, "created_at": c.isoformat()}
+            for w, t, r, a, e, c in rows
+        ]
+
+    def replay(self) -> int:
+        """Every failed event pending again, from its first try (same webhook-id)."""
+        with self._store._connection() as conn:
+            cur = conn.execute(
+                "UPDATE webhook_outbox SET state = 'pending', attempts = 0, next_at = now(), last_error = NULL"
+                " WHERE state = 'failed'"
+            )
+            return max(cur.rowcount, 0)
