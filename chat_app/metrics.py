@@ -265,6 +265,19 @@ class ChatCollector(Collector):
             yield from self._listener_stats(broker.listener)
         if broker.cluster is not None:
             yield from self._cluster_stats(broker.cluster)
+        if self._service.hooks is not None:
+            yield from self._hook_stats()
+
+    def _hook_stats(self) -> Iterator[Metric]:
+        assert self._service.hooks is not None
+        h, instance = self._service.hooks.stats, self._service.instance_id
+        for name, doc, value in (
+            ("chat_hook_calls", "Decision hook calls made (HOOK_URL).", h.calls),
+            ("chat_hook_refused", "Events a decision hook refused.", h.refused),
+            ("chat_hook_failures", "Hook calls answered per HOOK_FAILURE: timeout, error, bad answer.", h.failures),
+            ("chat_hook_saturated", "Hook calls not made: HOOK_CONCURRENCY calls were in flight.", h.saturated),
+        ):
+            yield _one(CounterMetricFamily, name, doc, instance, value)
 
 
 def build_registry(

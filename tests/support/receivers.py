@@ -39,3 +39,9 @@ class Receiver:
     def stop(self) -> None:
         self.process.terminate()
         self.process.wait(timeout=10)
+
+    def restart(self) -> None:
+        """Back on the same port (after stop): a receiver that was down."""
+        script = Path(__file__).with_name("hook_receiver.py")
+        self.process = subprocess.Popen([sys.executable, str(script), str(self.port), str(self.record), "3"])
+        wait_until(self._listening, timeout=10, what="receiver listening again")

@@ -166,6 +166,9 @@ def test_bad_hook_answers_get_the_configured_failure_never_a_crash(redis_server,
         assert sent["ok"] and "meta" not in bob.wait_for(1)[0]  # a bad meta is never passed on
         assert closed.health()["status"] == "ok" and opened.health()["status"] == "ok"
         assert "Traceback" not in closed.log() + opened.log()
+        metrics = requests.get(f"{closed.url}/metrics", timeout=5).text
+        failures = next(line for line in metrics.splitlines() if line.startswith("chat_hook_failures_total{"))
+        assert float(failures.rsplit(" ", 1)[1]) >= 2
     finally:
         alice.close()
         bob.close()

@@ -206,3 +206,20 @@ def test_the_readme_receiver_and_hook_endpoint_work(tmp_path, monkeypatch) -> No
     assert ask({"event": "join", "user": "alice", "room": "project-7"})["allow"] is False
     assert ask({"event": "send", "user": "alice", "room": "project-42", "message": "see http://x"})["allow"] is False
     assert ask({"event": "send", "user": "alice", "room": "project-42", "message": "hi"})["meta"] == {"plan": "pro"}
+
+
+def test_a_receiver_that_was_down_gets_everything_in_order(redis_server, nodes, database_url, receiver) -> None:
+    node = nodes.start(redis_server.url, **env(receiver, database_url, WEBHOOK_BACKOFF="0.2", WEBHOOK_TIMEOUT="1"))
+    alice = ChatClient(node.url, "alice")
+    try:
+        assert alice.call("join_room", "ops")["ok"]
+        receiver.stop()
+        for i in range(10):
+            assert alice.call("send_message", {"room": "ops", "message": f"m{i}"})["ok"]
+        wait_until(lambda: "event=webhook_failed" in node.log(), timeout=10, what="a failed try")
+        receiver.restart()
+        wait_until(lambda: len(deliveries(receiver)) >= 10, timeout=30, what="10 webhooks after the outage")
+        got = [body["data"]["message"] for _, body in deliveries(receiver)]
+        assert got == [f"m{i}" for i in range(10)]
+    finally:
+        alice.close()
