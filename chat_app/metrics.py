@@ -277,7 +277,7 @@ class ChatCollector(Collector):
             ("chat_hook_failures", "Hook calls answered per HOOK_FAILURE: timeout, error, bad answer.", h.failures),
             ("chat_hook_saturated", "Hook calls not made: HOOK_CONCURRENCY calls were in flight.", h.saturated),
         ):
-            yield _one(CounterMetricFamily, name, doc, instance, value)
+            yield per_node(CounterMetricFamily, name, doc, instance, value)
 
 
 def build_registry(
