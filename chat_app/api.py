@@ -156,13 +156,14 @@ def register_api(app: Flask, service: ChatService) -> None:
     app.url_map.converters["text"] = AnyText
 
     def body() -> dict[str, Any]:
-        """The JSON object sent, {} for none; read only up to a bound."""
+        """The JSON object sent, {} for none (an empty body: whitespace is not JSON); read only
+        up to a bound."""
         if (request.content_length or 0) > body_limit:
             raise ChatError(ErrorCode.MESSAGE_TOO_LARGE, f"the body is over {body_limit} bytes")
         raw = request.stream.read(body_limit + 1)
         if len(raw) > body_limit:
             raise ChatError(ErrorCode.MESSAGE_TOO_LARGE, f"the body is over {body_limit} bytes")
-        if not raw.strip():
+        if not raw:
             return {}
         try:
             data = orjson.loads(raw)
