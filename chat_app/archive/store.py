@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import sys
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -15,6 +14,7 @@ import orjson
 import psycopg
 from psycopg_pool import ConnectionPool, PoolTimeout
 
+from ..deadlines import green_deadline
 from ..protocol.names import direct_members
 from ..protocol.wire import Envelope
 from .schema import check
@@ -110,17 +110,6 @@ ON CONFLICT (username, room) DO UPDATE SET last_at = greatest(directs.last_at, e
 """
 
 
-def _deadline(seconds: float) -> contextlib.AbstractContextManager[object]:
-    """gevent.Timeout under a node (gevent patched the sockets psycopg waits on); outside one
-    (tools, unit tests) the server's statement_timeout alone."""
-    gevent = sys.modules.get("gevent.monkey")
-    if gevent is None or not gevent.is_module_patched("socket"):  # type: ignore[attr-defined]
-        return contextlib.nullcontext()
-    from gevent import Timeout
-
-    return Timeout(seconds)
-
-
 class ArchiveStore:
     def __init__(self, url: str, pool_size: int, timeout: float = 5.0, webhooks: bool = False) -> None:
         # statement_timeout: a read that a join or an HTTP call waits on is bounded.
@@ -143,7 +132,7 @@ class ArchiveStore:
         partition: the socket stays open, nothing comes back) is bounded here, by gevent's
         Timeout, and the connection, left mid-protocol, is closed so the pool drops it."""
         with self._pool.connection() as conn:
-            deadline = _deadline(self.timeout + 1)
+            deadline = green_deadline(self.timeout + 1)
             try:
                 with deadline:
                     yield conn

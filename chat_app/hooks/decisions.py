@@ -11,9 +11,7 @@ HOOK_FAILURE answer applies at once, so a slow backend cannot pile up the node's
 
 from __future__ import annotations
 
-import contextlib
 import logging
-import sys
 import threading
 from dataclasses import dataclass
 from typing import Any
@@ -22,6 +20,7 @@ import orjson
 import urllib3
 from pydantic_core import PydanticCustomError
 
+from ..deadlines import green_deadline
 from ..logsafe import LogThrottle, q
 from ..protocol.errors import ChatError, ErrorCode
 from ..protocol.names import check_user
@@ -59,16 +58,6 @@ class HookStats:
     refused: int = 0
     failures: int = 0  # timeouts, errors, bad answers
     saturated: int = 0  # not called: HOOK_CONCURRENCY calls were in flight
-
-
-def _deadline(seconds: float) -> contextlib.AbstractContextManager[object]:
-    """gevent.Timeout where gevent patched the sockets (a node); urllib3's timeouts alone elsewhere."""
-    monkey = sys.modules.get("gevent.monkey")
-    if monkey is None or not monkey.is_module_patched("socket"):  # type: ignore[attr-defined]
-        return contextlib.nullcontext()
-    from gevent import Timeout
-
-    return Timeout(seconds, HookFailed(f"no answer within {seconds:g} s"))
 
 
 class DecisionHooks:
@@ -145,7 +134,7 @@ class DecisionHooks:
         try:
             self.stats.calls += 1
             payload = orjson.dumps(body)
-            with _deadline(self._timeout + 0.05):
+            with green_deadline(self._timeout + 0.05, HookFailed(f"no answer within {self._timeout + 0.05:g} s")):
                 raw = self._post(payload)
         finally:
             self._slots.release()

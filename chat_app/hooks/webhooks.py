@@ -11,10 +11,8 @@ at most 10 minutes) up to WEBHOOK_MAX_ATTEMPTS tries, then the event is kept as 
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import random
-import sys
 import threading
 import time
 from dataclasses import dataclass
@@ -23,6 +21,7 @@ import urllib3
 
 from ..archive.store import DATABASE_ERRORS
 from ..archive.webhook_outbox import WebhookEvent, WebhookOutbox
+from ..deadlines import green_deadline
 from ..logsafe import LogThrottle, q
 from ..settings import Settings
 from .signing import Signer
@@ -45,15 +44,6 @@ class WebhookStats:
     given_up: int = 0  # events this node moved to failed
     pending: int = 0  # the deployment's, counted every COUNT_EVERY seconds
     failed: int = 0
-
-
-def _deadline(seconds: float) -> contextlib.AbstractContextManager[object]:
-    monkey = sys.modules.get("gevent.monkey")
-    if monkey is None or not monkey.is_module_patched("socket"):  # type: ignore[attr-defined]
-        return contextlib.nullcontext()
-    from gevent import Timeout
-
-    return Timeout(seconds, TimeoutError(f"no answer within {seconds:g} s"))
 
 
 class WebhookSender:
@@ -156,7 +146,9 @@ class WebhookSender:
         """None when the receiver took it (2xx), else what went wrong."""
         body = event.body.encode()
         try:
-            with _deadline(self._timeout * 2 + 0.5):
+            with green_deadline(
+                self._timeout * 2 + 0.5, TimeoutError(f"no answer within {self._timeout * 2 + 0.5:g} s")
+            ):
                 response = self._pool.request(
                     "POST",
                     self._url,
