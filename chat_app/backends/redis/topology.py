@@ -165,6 +165,12 @@ class SlotMaps:
             self.refreshes += 1
         if not changed:
             return False
+        if not all(_agrees(c, layout) for c in changed):
+            # redis-py rebuilt its map from a server that has not heard of the change yet
+            # (gossip reaches the masters one by one): keep looking closely until it has.
+            self._eager_until = time.monotonic() + EAGER_LOOKS
+            log.info("event=slot_map_stale clients=%d", len(changed))
+            return False
         self.failovers += 1
         self._eager_until = 0.0
         masters = sorted({master for _, _, master in layout})
