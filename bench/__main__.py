@@ -35,7 +35,7 @@ PEER = Server("peer", procs.NodeSpec("", command=("node", "peer_server.js"), cwd
 BASELINE = Server("baseline", procs.NodeSpec("bench.baseline_server:app"), "http")
 SERVERS = (OURS, PEER, BASELINE)
 T = TypeVar("T")
-LADDER = (500, 1000, 2000, 3000, 4000, 5000, 7500, 10000)
+LADDER = (500, 1000, 2000, 3000, 4000, 5000, 7500, 10000, 15000, 20000)
 
 
 def load() -> str:

@@ -1,0 +1,188 @@
+"""Instructions per delivery, counted by callgrind: a cost figure that does not move with a
+noisy machine, kept in bench/README.md from run to run (issue 27).
+
+    python -m bench.callgrind                      # chat_app and the peer, 10 members, 400 messages
+    python -m bench.callgrind --servers chat_app   # chat_app alone (~1 minute)
+
+Two nodes on a private Redis. Node A runs under `valgrind --tool=callgrind` with counting
+off; `members` clients on it join one room. A sender on node B posts into the room, so node A
+does only the hot loop the issue names: a message read off its subscriber socket, framed and
+written to every member's socket. After a warm-up, counting is switched on
+(`callgrind_control -i on`) for `messages` messages sent in fixed batches, each batch awaited
+at every member, then switched off and dumped: instructions / (messages x members).
+Whatever else node A does in that window (a presence heartbeat, engine.io pings) is counted
+too, as it is part of what a delivery costs; the window is a few seconds.
+
+Callgrind counts user space only: the kernel's share (each member's `send`) is not in it.
+The peer's count includes V8 compiling as it goes (its threads are counted too): the warm-up
+is long enough (1,000 messages) that its figure settles, but it stays the rougher of the two.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import re
+import shutil
+import subprocess
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+from . import nodejs, procs
+from .__main__ import OURS, PEER
+from .sioclient import SioClient, connect
+from .workloads import Server
+
+BATCH = 20
+ROOM = "cg"
+
+
+@dataclass
+class Count:
+    server: str
+    instructions: int
+    deliveries: int
+
+    @property
+    def per_delivery(self) -> float:
+        return self.instructions / self.deliveries
+
+
+def valgrind_spec(server: Server, out: Path) -> procs.NodeSpec:
+    """The server's node command under callgrind, counting off until told. JIT code (Node's)
+    needs `--smc-check=all` to be seen as it is rewritten; forks and execs are followed, so
+    gunicorn's worker is counted, each process in its own file (%p)."""
+    valgrind = [
+        "valgrind",
+        "--tool=callgrind",
+        "--instr-atstart=no",
+        "--trace-children=yes",
+        "--smc-check=all",
+        f"--callgrind-out-file={out}/callgrind.out.%p",
+        f"--vgdb-prefix={out}/vgdb",
+    ]
+    inner = list(server.spec.command) or ["sh", "-c", f"exec {procs.procfile_web_command(server.spec.app)}"]
+    if inner[0] == "sh":  # valgrind follows the exec: the shell's one command is counted, not the shell
+        inner = ["sh", "-c", f"exec {' '.join(valgrind)} {inner[2].removeprefix('exec ')}"]
+        return replace(server.spec, command=tuple(inner))
+    return replace(server.spec, command=(*valgrind, *inner))
+
+
+def callgrind_control(out: Path, *args: str) -> str:
+    command = ["callgrind_control", f"--vgdb-prefix={out}/vgdb", *args]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=120, check=False)
+    return done.stdout + done.stderr
+
+
+def counted_pids(node: procs.Proc, out: Path) -> list[int]:
+    """The processes of node A that run under callgrind (gunicorn's master and worker)."""
+    listing = callgrind_control(out)
+    pids = {int(p) for p in re.findall(r"^PID (\d+):", listing, re.M)}
+    tree = {node.pid, *node.worker_pids()}
+    return sorted(pids & tree)
+
+
+def totals(out: Path) -> int:
+    """Instructions in every dump written since counting was switched on."""
+    total = 0
+    for path in out.glob("callgrind.out.*"):
+        found = re.findall(r"^totals: (\d+)", path.read_text(errors="replace"), re.M)
+        total += int(found[-1]) if found else 0
+    return total
+
+
+async def run_messages(sender: SioClient, members: list[SioClient], received: list[int], count: int) -> None:
+    """`count` messages in batches of BATCH, each batch awaited at every member."""
+    sent = 0
+    while sent < count:
+        n = min(BATCH, count - sent)
+        target = [r + n for r in received]
+        for i in range(n):
+            sender.emit("send_message", {"room": ROOM, "message": f"m{sent + i}"})
+        sent += n
+        deadline = time.monotonic() + 120
+        while any(r < t for r, t in zip(received, target, strict=True)):
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"deliveries stalled: {received} < {target}")
+            await asyncio.sleep(0.01)
+
+
+async def measure(server: Server, members: int, messages: int, warmup: int, tmp: Path) -> Count:
+    redis = procs.start_redis(tmp / "redis")
+    out = tmp / "callgrind"
+    out.mkdir()
+    url = f"redis://127.0.0.1:{redis.port}/0"
+    nodes: list[procs.Proc] = []
+    try:
+        node_a = procs.start_node(valgrind_spec(server, out), url, tmp / "a", "A")
+        nodes.append(node_a)
+        nodes.append(procs.start_node(server.spec, url, tmp / "b", "B"))
+        for node in nodes:
+            procs.wait_healthy(node, timeout=300)
+        received = [0] * members
+
+        def counter(i: int) -> Callable[[str, object], None]:
+            def on_event(name: str, _data: object) -> None:
+                if name == "broadcast_message":
+                    received[i] += 1
+
+            return on_event
+
+        clients = [await connect(node_a.port, f"m{i}", counter(i), timeout=120) for i in range(members)]
+        for c in clients:
+            await c.call("join_room", {"room": ROOM}, timeout=120)
+        sender = await connect(nodes[1].port, "sender", timeout=60)
+        await sender.call("join_room", {"room": ROOM}, timeout=60)
+        await run_messages(sender, clients, received, warmup)
+        pids = counted_pids(node_a, out)
+        if not pids:
+            raise RuntimeError("callgrind_control sees no process of node A")
+        for pid in pids:
+            callgrind_control(out, "--zero", str(pid))  # zero what start-up and the warm-up left
+            callgrind_control(out, "--instr=on", str(pid))
+        await run_messages(sender, clients, received, messages)
+        for pid in pids:
+            callgrind_control(out, "--instr=off", str(pid))
+        for path in out.glob("callgrind.out.*"):
+            path.unlink()
+        for pid in pids:
+            callgrind_control(out, "--dump", str(pid))
+        for c in [*clients, sender]:
+            c.close()
+        return Count(server.label, totals(out), messages * members)
+    finally:
+        for node in nodes:
+            node.stop()
+        redis.stop()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--servers", default="chat_app,peer")
+    parser.add_argument("--members", type=int, default=10)
+    parser.add_argument("--messages", type=int, default=400)
+    parser.add_argument("--warmup", type=int, default=1000)
+    args = parser.parse_args()
+    if shutil.which("valgrind") is None or shutil.which("callgrind_control") is None:
+        raise SystemExit("needs valgrind (Debian's valgrind package)")
+    wanted = args.servers.split(",")
+    servers = [s for s in (OURS, PEER) if s.label in wanted]
+    if PEER in servers and (reason := nodejs.unavailable()):
+        raise SystemExit(f"the peer needs Node: {reason}")
+    counts = []
+    for server in servers:
+        with tempfile.TemporaryDirectory(prefix=f"cg-{server.label}-") as tmp:
+            counts.append(asyncio.run(measure(server, args.members, args.messages, args.warmup, Path(tmp))))
+            print(f"{server.label}: {counts[-1].per_delivery:,.0f} instructions per delivery", flush=True)
+    peer = next((c for c in counts if c.server == PEER.label), None)
+    print("\n| server | instructions per delivery | vs peer |\n|---|---:|---:|")
+    for c in counts:
+        ratio = f"{c.per_delivery / peer.per_delivery:.2f}x" if peer else "-"
+        print(f"| {c.server} | {c.per_delivery:,.0f} | {ratio} |")
+
+
+if __name__ == "__main__":
+    main()
