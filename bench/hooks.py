@@ -2,6 +2,7 @@
 
     python -m bench.hooks                                  # receiver, W2 ladder, webhooks (~5 min)
     python -m bench.hooks --parts w2 --rates 1000,2000 --generator official
+    python -m bench.hooks --parts w2,webhooks --rates 1000 --profile 8   # py-spy node A
 
 - receiver: the hook receiver (bench/http_receiver.py) alone, driven by a closed-loop
   keep-alive client with the nodes' request: requests/s and its CPU per request, so the
@@ -46,11 +47,12 @@ from .__main__ import OURS, PEER, event_loop_runner, pick_generator
 from .archive import fresh_archive, outbox_len
 from .pg import BenchPostgres
 from .pg import unavailable as pg_unavailable
+from .profile import summarise
 from .report import sustained
 from .workloads import LEAN, Cluster, FanOut, Generator, Member, Server, cluster, fanout_result, percentile
 
 ROOMS, PER_NODE, NODES = 20, 5, 2  # W2's load
-LADDER = "500,1000,2000,3000,4000,5000"
+LADDER = "500,750,1000,2000,3000,4000,5000"
 SECRET = "whsec_" + "YmVuY2gtaG9va3Mtc2VjcmV0LWtleS0zMmJ5dGVzISE="  # 32 bytes; the bench's own
 # The send and join limits (20/s and 5/s per connection) would refuse the load: raised.
 LIMITS = {"SEND_RATE": "100000", "SEND_BURST": "100000", "JOIN_RATE": "100000", "JOIN_BURST": "100000"}
@@ -221,13 +223,59 @@ def scrape(c: Cluster, prefixes: tuple[str, ...]) -> dict[str, float]:
     return out
 
 
+@dataclass
+class Profile:
+    """py-spy on node A's gunicorn worker for `seconds` of a step's sends (bench/profile.py's way)."""
+
+    seconds: float
+    out: Path
+    process: subprocess.Popen[bytes] | None = None
+
+    def start(self, c: Cluster) -> None:
+        worker = c.nodes[0].worker_pids()[0]
+        args = ["py-spy", "record", "--pid", str(worker), "--duration", str(int(self.seconds))]
+        args += ["--rate", "250", "--format", "raw", "--output", str(self.out)]
+        self.process = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+    def summary(self) -> str:
+        if self.process is None:
+            return ""
+        self.process.wait(timeout=self.seconds + 30)
+        return summarise(self.out, 30) if self.out.exists() else "py-spy wrote nothing"
+
+
+def profile_for(args: argparse.Namespace, what: str) -> Profile | None:
+    if not args.profile:
+        return None
+    Path(args.out).mkdir(parents=True, exist_ok=True)
+    return Profile(args.profile, Path(args.out) / f"profile-hooks-{what}.txt")
+
+
+def refused_per_second(f: FanOut, rate: float, duration: float) -> list[int]:
+    """Refused sends by the second they were due in (room r's n-th is the schedule's n*ROOMS+r-th):
+    a blip at the start or a steady limit."""
+    counts = [0] * (int(duration) + 1)
+    for r in range(ROOMS):
+        for n in range(f.capacity):
+            if f.acks[r][n] == 2:
+                counts[min(int((n * ROOMS + r) / rate), len(counts) - 1)] += 1
+    return counts
+
+
 async def w2_step(
-    server: Server, rate: float, duration: float, generator: Generator, rx: Receiver | None
+    server: Server,
+    rate: float,
+    duration: float,
+    generator: Generator,
+    rx: Receiver | None,
+    profile: Profile | None = None,
 ) -> dict[str, Any]:
     with cluster(server, NODES) as c:
         f = FanOut(ROOMS, int(rate * duration / ROOMS) + 2)
         async with generator.fanout(w2_members(c, f), f) as session:
             await asyncio.sleep(0.5)
+            if profile:
+                profile.start(c)
             (nodes0, redis0), rx0 = c.cpu(), rx.cpu() if rx else 0.0
             sent = await session.send(rate, duration)
             (nodes1, redis1), rx1 = c.cpu(), rx.cpu() if rx else 0.0
@@ -248,10 +296,8 @@ async def w2_step(
         receiver_cpu_pct=100 * (rx1 - rx0) / max(sent.wall_s, 1e-9),
         hooks=hooks,
         sustained=sustained(result),
-        # when the refused sends were due (s from the first send): a blip or a steady limit
-        refused_at_s=sorted(
-            round((n * ROOMS + r) / rate, 2) for r in range(ROOMS) for n in range(f.capacity) if f.acks[r][n] == 2
-        )[:50],
+        refused_per_second=refused_per_second(f, rate, duration),
+        profile=profile.summary() if profile else "",
     )
     return result
 
@@ -266,7 +312,9 @@ async def ladder(args: argparse.Namespace, generator: Generator, peer: bool) -> 
                 if kind in out:
                     continue
                 server = {"chat_app": OFF, "chat_app+hook": hooked(rx.url("/hook")), "peer": PEER}[kind]
-                step = await w2_step(server, rate, args.duration, generator, rx if kind == "chat_app+hook" else None)
+                on = kind == "chat_app+hook"
+                profile = profile_for(args, f"send-{rate:g}") if on else None
+                step = await w2_step(server, rate, args.duration, generator, rx if on else None, profile)
                 steps.append(step)
                 say(step)
                 misses[kind] = 0 if step["sustained"] else misses.get(kind, 0) + 1
@@ -305,7 +353,9 @@ def row_lag(url: str) -> dict[str, float]:
     return {"row_lag_p50_ms": 1000 * float(lag[0]), "row_lag_p99_ms": 1000 * float(lag[1])}
 
 
-async def webhook_step(pg: BenchPostgres, rate: float, duration: float) -> dict[str, Any]:
+async def webhook_step(
+    pg: BenchPostgres, rate: float, duration: float, profile: Profile | None = None
+) -> dict[str, Any]:
     url = fresh_archive(pg)
     with receiver() as rx:
         env = {"DATABASE_URL": url, "WEBHOOK_URL": rx.url("/webhook"), "WEBHOOK_SECRET": SECRET}
@@ -317,6 +367,8 @@ async def webhook_step(pg: BenchPostgres, rate: float, duration: float) -> dict[
                 before = rx.get("/stats")
                 samples: list[tuple[float, int, int]] = []
                 watcher = asyncio.ensure_future(watch_backlog(c, url, samples))
+                if profile:
+                    profile.start(c)
                 (nodes0, redis0), pg0, rx0 = c.cpu(), pg.cpu(), rx.cpu()
                 sent = await session.send(rate, duration)
                 deadline = time.perf_counter() + WEBHOOK_DRAIN_CAP_S
@@ -345,9 +397,11 @@ async def webhook_step(pg: BenchPostgres, rate: float, duration: float) -> dict[
         pg_cpu_s=pg1 - pg0,
         receiver_cpu_s=rx1 - rx0,
         created=len(arrivals),
-        other_events=before["by_type"],
+        events_before_sends=before["by_type"],
+        events_by_type=stats["by_type"],
         duplicates=stats["duplicates"],
         out_of_order=stats["out_of_order"],
+        out_of_order_seen=stats["out_of_order_seen"],
         missing=f.acked_ok - len(arrivals),
         events_per_s_while_sending=len(window) / max(duration - 2, 1e-9),
         events_per_s_overall=len(arrivals) / max((arrivals[-1] - arrivals[0]) if len(arrivals) > 1 else 0, 1e-9),
@@ -360,6 +414,7 @@ async def webhook_step(pg: BenchPostgres, rate: float, duration: float) -> dict[
         backlog_max_pending=max((p for _, _, p in samples), default=-1),
         backlog_at_last_send=next((p for t, _, p in samples if t >= end), -1),
         metrics=metrics,
+        profile=profile.summary() if profile else "",
         **row_lag(url),
     )
     return result
@@ -393,7 +448,9 @@ async def run(args: argparse.Namespace, generator: Generator) -> dict[str, Any]:
         else:
             pg = BenchPostgres().start()
             try:
-                results["webhooks"] = await webhook_step(pg, WEBHOOK_RATE, args.webhook_seconds)
+                results["webhooks"] = await webhook_step(
+                    pg, WEBHOOK_RATE, args.webhook_seconds, profile_for(args, "webhooks")
+                )
             finally:
                 pg.stop()
             say(results["webhooks"])
@@ -487,7 +544,7 @@ def markdown(results: dict[str, Any]) -> str:
             lines.append(
                 f"\n✗ {s['server']} @{s['rate']:,.0f}: loss {s['lost']}, refused {s['refused']}, "
                 f"unacked {s['unacked']}, p99 {s['p99_ms']:.0f} ms"
-                + (f", refused sends due at {s['refused_at_s'][:10]} s" if s.get("refused_at_s") else "")
+                + (f", refused per second of the schedule {s['refused_per_second']}" if s["refused"] else "")
             )
         lines.append("")
     if w := results.get("webhooks"):
@@ -525,6 +582,9 @@ def main() -> None:
     parser.add_argument("--rates", default=LADDER, help="W2 rates (msg/s)")
     parser.add_argument("--duration", type=float, default=10.0, help="seconds of sends per W2 step")
     parser.add_argument("--webhook-seconds", type=float, default=15.0, help="seconds of sends at 1,000 msg/s")
+    parser.add_argument(
+        "--profile", type=float, default=0, help="py-spy node A for this many seconds of each hooked step"
+    )
     parser.add_argument("--keep-going", action="store_true", help="run every rate even past a miss")
     parser.add_argument("--generator", choices=("lean", "official"), default="lean")
     parser.add_argument("--out", default=str(Path(__file__).parent / "results"), help="where to write results")
@@ -537,6 +597,9 @@ def main() -> None:
     table = markdown(results)
     (out / f"hooks-{generator.name}.md").write_text(table)
     print(table)
+    for step in [*results.get("w2", []), results.get("webhooks", {})]:
+        if step.get("profile"):
+            print(f"\nnode A under py-spy, {step['server']} @{step['rate']:,.0f} msg/s\n{step['profile']}")
 
 
 if __name__ == "__main__":

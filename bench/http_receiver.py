@@ -45,6 +45,7 @@ class Record:
         self.ids: set[str] = set()
         self.duplicates = 0
         self.out_of_order = 0
+        self.out_of_order_seen: list[tuple[str, int, int]] = []  # (room, seq, the room's highest before), 20
         self.last_seq: dict[str, int] = {}
         self.arrivals: list[float] = []  # perf_counter at receipt, message.created only
         self.lags: list[float] = []  # receipt - the generator's send
@@ -64,6 +65,8 @@ class Record:
         room, seq = data["room"], data["seq"]
         if seq <= self.last_seq.get(room, 0):
             self.out_of_order += 1
+            if len(self.out_of_order_seen) < 20:
+                self.out_of_order_seen.append((room, seq, self.last_seq[room]))
         self.last_seq[room] = max(seq, self.last_seq.get(room, 0))
         self.arrivals.append(now)
         parts = data["message"].split("|", 3)
@@ -76,6 +79,7 @@ class Record:
             "created": len(self.arrivals),
             "duplicates": self.duplicates,
             "out_of_order": self.out_of_order,
+            "out_of_order_seen": self.out_of_order_seen,
             "last_arrival": self.arrivals[-1] if self.arrivals else None,
         }
 
