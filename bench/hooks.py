@@ -184,11 +184,13 @@ async def receiver_alone(seconds: float = 3.0, connections: int = 32) -> dict[st
     }
 
 
-async def caller_alone(greenlets: int, seconds: float = 3.0) -> dict[str, Any]:
-    """chat_app's DecisionHooks in a gevent process of its own (bench/hook_caller.py)."""
+async def caller_alone(greenlets: int, raw: bool = False, seconds: float = 3.0) -> dict[str, Any]:
+    """chat_app's DecisionHooks (or the raw-socket floor) in a gevent process of its own
+    (bench/hook_caller.py)."""
     with receiver() as rx:
         cpu0 = rx.cpu()
         args = [sys.executable, "-m", "bench.hook_caller", rx.url("/hook"), str(seconds), str(greenlets), SECRET]
+        args += ["raw"] if raw else []
         proc = await asyncio.create_subprocess_exec(*args, cwd=procs.ROOT, stdout=asyncio.subprocess.PIPE)
         out, _ = await asyncio.wait_for(proc.communicate(), seconds + 30)
         result = json.loads(out)
@@ -438,7 +440,7 @@ async def run(args: argparse.Namespace, generator: Generator) -> dict[str, Any]:
     if "receiver" in parts:
         results["receiver"] = await receiver_alone()
         print(f"[{time.strftime('%H:%M:%S')}] receiver alone {results['receiver']}", flush=True)
-        results["caller"] = [await caller_alone(g) for g in (1, 16)]
+        results["caller"] = [await caller_alone(g, raw) for raw in (False, True) for g in (1, 16)]
         print(f"[{time.strftime('%H:%M:%S')}] caller alone {results['caller']}", flush=True)
     if "w2" in parts:
         results["w2"] = await ladder(args, generator, peer)
@@ -495,7 +497,7 @@ def markdown(results: dict[str, Any]) -> str:
         ]
         for c in results.get("caller", []):
             lines.append(
-                f"| chat_app's DecisionHooks alone under gevent, {c['greenlets']} greenlet(s) in a loop: calls/s, "
+                f"| {c['client']} alone under gevent, {c['greenlets']} greenlet(s) in a loop: calls/s, "
                 f"p50 / p99 (ms), caller µs per call | {c['calls_per_s']:,.0f}, {c['p50_ms']:.2f} / "
                 f"{c['p99_ms']:.2f}, {c['caller_us_per_call']:.0f} |"
             )
