@@ -36,6 +36,11 @@ end
 local function tell(kind, user)
   local conf = webhooks_on()
   if not conf then return end
+  if kind == 'room.occupied' then
+    -- Watched until it is deleted: a room whose every node dies is settled by another node's
+    -- sweep (presence.py sweep_orphans; leave.lua), else its members would never be told gone.
+    redis.call('ZADD', ARCHIVE_KEY .. ':occupied', now + tonumber(ARGV[5]), ARGV[3])
+  end
   redis.call('XADD', ARCHIVE_KEY .. ':outbox', 'MAXLEN', '~', conf.most, '*', 'w', cjson.encode({
     type = kind, room = ARGV[3], user = user, at = now, seq = tonumber(redis.call('GET', KEYS[4]) or '0'),
   }))
@@ -123,6 +128,7 @@ end
 local function delete_if_empty()
   if redis.call('ZCARD', KEYS[1]) == 0 and redis.call('ZCARD', KEYS[8]) == 0 then
     local archive = archive_now()
+    if ARCHIVE_KEY then redis.call('ZREM', ARCHIVE_KEY .. ':occupied', ARGV[3]) end
     if archive then
       redis.call('DEL', KEYS[1], KEYS[2], KEYS[5], KEYS[6], KEYS[7], KEYS[8], KEYS[9], KEYS[10])
       keep_position(archive, KEYS[3], KEYS[4])
