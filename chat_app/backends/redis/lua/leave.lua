@@ -19,6 +19,12 @@ end
 if redis.call('EXISTS', KEYS[2]) == 0 then redis.call('ZREM', KEYS[1], ARGV[1]) end
 apply(net, ARGV[12] == '1')
 prune()
+if ARGV[10] == 'sweep' and webhooks_on() and vacant()
+    and redis.call('ZSCORE', ARCHIVE_KEY .. ':occupied', ARGV[3]) then
+  -- Watched, so told occupied, yet nobody is left to tell of: its keys expired unswept (every
+  -- node was down for 2 x PRESENCE_TTL). Its members' departures are lost with them.
+  tell('room.vacated')
+end
 if delete_if_empty() == 1 then return 1 end
 if ARGV[10] == 'sweep' and webhooks_on() then
   -- The room is still held: the orphan sweep looks again when its last live entry or

@@ -37,9 +37,11 @@ local function tell(kind, user)
   local conf = webhooks_on()
   if not conf then return end
   if kind == 'room.occupied' then
-    -- Watched until it is deleted: a room whose every node dies is settled by another node's
-    -- sweep (presence.py sweep_orphans; leave.lua), else its members would never be told gone.
+    -- Watched until vacated: a room whose every node dies is settled by another node's sweep
+    -- (presence.py sweep_orphans; leave.lua), else its members would never be told gone.
     redis.call('ZADD', ARCHIVE_KEY .. ':occupied', now + tonumber(ARGV[5]), ARGV[3])
+  elseif kind == 'room.vacated' then
+    redis.call('ZREM', ARCHIVE_KEY .. ':occupied', ARGV[3])
   end
   redis.call('XADD', ARCHIVE_KEY .. ':outbox', 'MAXLEN', '~', conf.most, '*', 'w', cjson.encode({
     type = kind, room = ARGV[3], user = user, at = now, seq = tonumber(redis.call('GET', KEYS[4]) or '0'),
@@ -54,7 +56,11 @@ end
 local function arrived(user)
   announce('join', user)
   if webhooks_on() then
-    if redis.call('HLEN', KEYS[7]) == 1 and redis.call('ZCARD', KEYS[8]) == 0 then tell('room.occupied') end
+    if redis.call('HLEN', KEYS[7]) == 1 and redis.call('ZCARD', KEYS[8]) == 0 then
+      -- Still watched: its keys expired unswept (leave.lua), and its vacancy comes first.
+      if redis.call('ZSCORE', ARCHIVE_KEY .. ':occupied', ARGV[3]) then tell('room.vacated') end
+      tell('room.occupied')
+    end
     tell('member.joined', user)
   end
 end
