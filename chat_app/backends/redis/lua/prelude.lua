@@ -32,10 +32,13 @@ local function webhooks_on()
 end
 
 -- `user` nil for a room's own events. `seq`: the room's last seq then, which orders the event
--- among the room's messages (the stream entry's id orders it among its equals).
+-- among the room's messages (the stream entry's id orders it among its equals); 0 where the
+-- room has no epoch, which a join then starts afresh from seq 0 (start_epoch).
 local function tell(kind, user)
   local conf = webhooks_on()
   if not conf then return end
+  local seq = 0
+  if redis.call('EXISTS', KEYS[3]) == 1 then seq = tonumber(redis.call('GET', KEYS[4]) or '0') end
   if kind == 'room.occupied' then
     -- Watched until vacated: a room whose every node dies is settled by another node's sweep
     -- (presence.py sweep_orphans; leave.lua), else its members would never be told gone.
@@ -44,7 +47,7 @@ local function tell(kind, user)
     redis.call('ZREM', ARCHIVE_KEY .. ':occupied', ARGV[3])
   end
   redis.call('XADD', ARCHIVE_KEY .. ':outbox', 'MAXLEN', '~', conf.most, '*', 'w', cjson.encode({
-    type = kind, room = ARGV[3], user = user, at = now, seq = tonumber(redis.call('GET', KEYS[4]) or '0'),
+    type = kind, room = ARGV[3], user = user, at = now, seq = seq,
   }))
 end
 
