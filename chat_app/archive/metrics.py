@@ -25,7 +25,8 @@ class ArchiveCollector(Collector):
         for name, doc, value in (
             ("chat_archive_written", "Messages this node's writer stored in the archive.", s.written),
             ("chat_archive_skipped", "Messages already archived (a retried or taken-over batch) or erased.", s.skipped),
-            ("chat_archive_rejected", "Outbox entries that were not a message, dropped.", s.rejected),
+            ("chat_archive_rejected", "Outbox entries that were not a message or a room's event, dropped.", s.rejected),
+            ("chat_archive_room_events", "Rooms' and members' webhook events this node's writer read.", s.events),
             ("chat_archive_failures", "Batches the database refused or did not answer in time.", s.failures),
             ("chat_archive_taken_over", "Outbox entries of a dead writer this node took over.", s.taken_over),
             ("chat_archive_expired", "Messages deleted by ARCHIVE_RETENTION_DAYS.", s.expired),

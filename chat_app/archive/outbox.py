@@ -1,7 +1,9 @@
 """The outbox: a Redis Stream that send.lua appends every message to, in the same atomic step
-that gives it its seq. Every node's writer reads it through one consumer group, so each entry
-goes to one writer; an entry is acknowledged (and deleted) only once the database has it, and
-a writer that dies leaves its entries pending for another to take over."""
+that gives it its seq (field `e`), and the presence scripts, while webhooks are on, each
+room's occupancy and each member's arrival and departure (field `w`,
+archive/room_events.py). Every node's writer reads it through one consumer group, so each
+entry goes to one writer; an entry is acknowledged (and deleted) only once the database has
+it, and a writer that dies leaves its entries pending for another to take over."""
 
 from __future__ import annotations
 
@@ -13,6 +15,9 @@ import redis
 from ..backends.redis.keys import archive_key
 
 GROUP = "archive"
+WEBHOOKS_TTL_MS = 30_000  # of the webhooks flag (ARCHIVE_KEY:webhooks): writers renew it
+
+Entry = tuple[bytes, dict[bytes, bytes]]  # (entry id, fields)
 
 
 @dataclass(frozen=True, slots=True)
@@ -37,8 +42,8 @@ class Outbox:
             if "BUSYGROUP" not in str(exc):
                 raise
 
-    def read(self, count: int, block_ms: int, pending: bool) -> list[tuple[bytes, bytes]]:
-        """(entry id, envelope) pairs: this writer's own unacknowledged entries when `pending`
+    def read(self, count: int, block_ms: int, pending: bool) -> list[Entry]:
+        """(entry id, fields) pairs: this writer's own unacknowledged entries when `pending`
         (a batch the database refused), else new ones."""
         try:
             reply = self._redis.xreadgroup(
@@ -53,9 +58,9 @@ class Outbox:
                 raise
             self.ensure_group()  # Redis lost the stream (a restart, a flush)
             return []
-        return [(entry_id, fields.get(b"e", b"")) for _key, entries in reply or () for entry_id, fields in entries]
+        return [(entry_id, fields or {}) for _key, entries in reply or () for entry_id, fields in entries]
 
-    def take_over(self, idle_ms: int, count: int) -> list[tuple[bytes, bytes]]:
+    def take_over(self, idle_ms: int, count: int) -> list[Entry]:
         """Entries another writer read and never acknowledged for `idle_ms`: it died."""
         try:
             _next, entries, *_ = self._redis.xautoclaim(self.key, GROUP, self._consumer, idle_ms, "0-0", count=count)
@@ -63,7 +68,7 @@ class Outbox:
             if "NOGROUP" not in str(exc):
                 raise
             return []
-        return [(entry_id, fields.get(b"e", b"")) for entry_id, fields in entries if fields]
+        return [(entry_id, fields) for entry_id, fields in entries if fields]
 
     def done(self, ids: list[bytes]) -> None:
         pipe = self._redis.pipeline(transaction=False)
@@ -86,3 +91,8 @@ class Outbox:
 
     def mark(self) -> None:
         self._redis.set(self.marker_key, self._marker)
+
+    def keep_webhooks_on(self) -> None:
+        """The presence scripts write rooms' and members' events while this key lives: a
+        deployment without webhooks pays for none of them (prelude.lua `webhooks_on`)."""
+        self._redis.set(self.marker_key + ":webhooks", b"1", px=WEBHOOKS_TTL_MS)

@@ -9,6 +9,7 @@ import logging
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from typing import TYPE_CHECKING
 
 import orjson
 import psycopg
@@ -18,6 +19,9 @@ from ..deadlines import green_deadline
 from ..protocol.names import direct_members
 from ..protocol.wire import Envelope
 from .schema import check
+
+if TYPE_CHECKING:
+    from .room_events import OccupancyEvent
 
 log = logging.getLogger(__name__)
 
@@ -95,6 +99,13 @@ _EVENT = """
 INSERT INTO webhook_outbox (webhook_id, room, seq, type, body) VALUES (%s, %s, %s, %s, %s)
 ON CONFLICT (webhook_id) DO NOTHING
 """
+# Rooms' and members' events (archive/room_events.py): their ids are their outbox entries',
+# so a retried or taken-over batch adds none twice.
+_OCCUPANCY = """
+INSERT INTO webhook_outbox (webhook_id, room, seq, pos, type, body)
+SELECT * FROM unnest(%s::text[], %s::text[], %s::bigint[], %s::bigint[], %s::text[], %s::text[])
+ON CONFLICT (webhook_id) DO NOTHING
+"""
 # A room's newest position wins; an older batch (a taken-over one) never moves it back. Rows
 # in key order: two writers updating the same rooms lock them in the same order (no deadlock).
 _ROOMS = """
@@ -152,9 +163,10 @@ class ArchiveStore:
         with self._connection() as conn:
             check(conn)
 
-    def write(self, batch: Sequence[Archived]) -> int:
+    def write(self, batch: Sequence[Archived], events: Sequence[OccupancyEvent] = ()) -> int:
         """Store a batch once: a message already there (a retried or taken-over batch) or
-        from a user erased since is skipped. Returns the rows written."""
+        from a user erased since is skipped. With webhooks on, the rooms' and members'
+        events read with it are written in the same transaction. Returns the messages written."""
         rooms: dict[str, Archived] = {}
         directs: dict[tuple[str, str], datetime] = {}
         for m in batch:
@@ -169,6 +181,11 @@ class ArchiveStore:
         newest = sorted(rooms.values(), key=lambda m: m.room)
         ordered = sorted(directs.items())
         with self._connection() as conn, conn.transaction():
+            if self.webhooks and events:
+                names = ("webhook_id", "room", "seq", "pos", "type", "body")
+                conn.execute(_OCCUPANCY, [[getattr(e, f) for e in events] for f in names])  # type: ignore[arg-type]
+            if not batch:
+                return 0
             if self.webhooks:
                 ids = [m.id for m in batch]
                 hooks = [webhook_id(m.id, "created") for m in batch]

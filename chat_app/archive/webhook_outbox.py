@@ -4,9 +4,10 @@ as failed for an operator's replay.
 
 A claim holds a room's first events with a lease (next_at moved ahead), so no sender on any
 node takes events of that room while it has them: a room's events go out one after another,
-in (seq, id) order. A sender that dies lets its lease run out and another node takes over
-from the room's first undelivered event (a receiver may then see one event twice, with the
-same webhook-id)."""
+in (seq, pos, id) order: a message's events first among their seq's, then the room's and its
+members' events in the outbox stream's order (migration 0004). A sender that dies lets its
+lease run out and another node takes over from the room's first undelivered event (a
+receiver may then see one event twice, with the same webhook-id)."""
 
 from __future__ import annotations
 
@@ -18,19 +19,20 @@ from .store import ArchiveStore
 # Rooms whose first pending event is due, then up to `per_room` events of each, in order;
 # locked SKIP LOCKED, so two nodes claiming at once take different rooms. A row whose
 # lease another sender set meanwhile fails the re-checked `next_at <= now()` and is skipped.
+# A room's events in (seq, pos NULLS FIRST, id) order, as the pending index has them.
 _CANDIDATES = """
 WITH heads AS (
     SELECT DISTINCT ON (room) room, next_at FROM webhook_outbox
-    WHERE state = 'pending' ORDER BY room, seq, id
+    WHERE state = 'pending' ORDER BY room, seq, pos NULLS FIRST, id
 ), due AS (
     SELECT room FROM heads WHERE next_at <= now() LIMIT %(rooms)s
 ), ranked AS (
-    SELECT w.id, row_number() OVER (PARTITION BY w.room ORDER BY w.seq, w.id) AS n
+    SELECT w.id, row_number() OVER (PARTITION BY w.room ORDER BY w.seq, w.pos NULLS FIRST, w.id) AS n
     FROM webhook_outbox w JOIN due USING (room) WHERE w.state = 'pending'
 )
 SELECT w.id, w.room, r.n FROM webhook_outbox w JOIN ranked r USING (id)
 WHERE r.n <= %(per_room)s AND w.state = 'pending' AND w.next_at <= now()
-ORDER BY w.room, w.seq, w.id
+ORDER BY w.room, w.seq, w.pos NULLS FIRST, w.id
 FOR UPDATE OF w SKIP LOCKED
 """
 
@@ -64,11 +66,11 @@ class WebhookOutbox:
                 return []
             rows = conn.execute(
                 "UPDATE webhook_outbox SET next_at = now() + make_interval(secs => %s) WHERE id = ANY(%s)"
-                " RETURNING id, webhook_id, room, seq, type, body, attempts",
+                " RETURNING id, webhook_id, room, seq, pos, type, body, attempts",
                 (lease, taken),
             ).fetchall()
-        rows.sort(key=lambda r: (r[2], r[3], r[0]))
-        return [WebhookEvent(i, w, room, kind, body, attempts) for i, w, room, _seq, kind, body, attempts in rows]
+        rows.sort(key=lambda r: (r[2], r[3], r[4] is not None, r[4] or 0, r[0]))  # the claim's order
+        return [WebhookEvent(i, w, room, kind, body, attempts) for i, w, room, _s, _p, kind, body, attempts in rows]
 
     def delivered(self, event_id: int) -> None:
         with self._store._connection() as conn:
@@ -85,6 +87,17 @@ class WebhookOutbox:
             )
             if rest:
                 conn.execute("UPDATE webhook_outbox SET next_at = now() WHERE id = ANY(%s)", (rest,))
+
+    def renew(self, ids: list[int], lease: float) -> bool:
+        """The lease of claimed events still to send, moved ahead; False when one of them is
+        gone (delivered by another sender, which took the room once the lease ran out)."""
+        with self._store._connection() as conn:
+            cur = conn.execute(
+                "UPDATE webhook_outbox SET next_at = now() + make_interval(secs => %s)"
+                " WHERE id = ANY(%s) AND state = 'pending'",
+                (lease, ids),
+            )
+            return cur.rowcount == len(ids)
 
     def release(self, ids: list[int]) -> None:
         if ids:

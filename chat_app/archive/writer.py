@@ -6,7 +6,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 import psycopg
@@ -16,8 +16,9 @@ from ..backends.redis.connection import CONNECTION_ERRORS, describe
 from ..logsafe import LogThrottle, q
 from ..protocol.wire import BadEnvelope, decode_envelope
 from ..settings import Settings
-from .outbox import Backlog, Outbox
+from .outbox import WEBHOOKS_TTL_MS, Backlog, Entry, Outbox
 from .positions import put_back
+from .room_events import BadOccupancyEvent, OccupancyEvent
 from .schema import SchemaError
 from .store import DATABASE_ERRORS, Archived, ArchiveStore
 
@@ -37,7 +38,8 @@ BACKOFF = (0.2, 5.0)  # seconds: first and longest wait after the database refus
 class WriterStats:
     written: int = 0  # messages stored
     skipped: int = 0  # already stored (a retried or taken-over batch) or erased
-    rejected: int = 0  # outbox entries that were not a message: dropped
+    rejected: int = 0  # outbox entries that were neither a message nor a room's event: dropped
+    events: int = 0  # rooms' and members' events read (webhooks: written with their batch)
     failures: int = 0  # batches the database refused
     taken_over: int = 0  # entries of a dead writer
     expired: int = 0  # deleted by retention
@@ -90,7 +92,13 @@ class ArchiveWriter:
     def _run(self) -> None:
         pending = True  # first, whatever this writer's id left unacknowledged
         backoff = BACKOFF[0]
-        due = {"take_over": 0.0, "backlog": 0.0, "marker": 0.0, "retention": time.monotonic() + RETENTION_EVERY}
+        due = {
+            "take_over": 0.0,
+            "backlog": 0.0,
+            "marker": 0.0,
+            "webhooks": 0.0,
+            "retention": time.monotonic() + RETENTION_EVERY,
+        }
         while not self._stop.is_set():
             try:
                 self._chores(due)
@@ -121,12 +129,16 @@ class ArchiveWriter:
                 self._stop.wait(BACKOFF[1])
 
     def _chores(self, due: dict[str, float]) -> None:
-        """What a writer does now and then: the marker, the backlog's reading, retention."""
+        """What a writer does now and then: the marker, the webhooks flag, the backlog's
+        reading, retention."""
         now = time.monotonic()
         if now >= due["marker"]:
             if not self._outbox.marked():
                 self._seed()
             due["marker"] = now + MARKER_EVERY
+        if self._store.webhooks and now >= due["webhooks"]:
+            self._outbox.keep_webhooks_on()
+            due["webhooks"] = now + WEBHOOKS_TTL_MS / 6000
         if now >= due["backlog"]:
             self.stats.backlog = self._outbox.backlog()
             due["backlog"] = now + BACKLOG_EVERY
@@ -134,7 +146,7 @@ class ArchiveWriter:
             self._expire()
             due["retention"] = now + RETENTION_EVERY
 
-    def _next(self, due: dict[str, float], pending: bool) -> tuple[list[tuple[bytes, bytes]], bool]:
+    def _next(self, due: dict[str, float], pending: bool) -> tuple[list[Entry], bool]:
         """The next batch: now and then a dead writer's, else this writer's own unacknowledged
         one while `pending`, else new entries. Returns it and whether to read pending next."""
         now = time.monotonic()
@@ -158,17 +170,23 @@ class ArchiveWriter:
             q(describe(exc)),
         )
 
-    def _write(self, entries: list[tuple[bytes, bytes]]) -> None:
+    def _write(self, entries: list[Entry]) -> None:
         batch: list[Archived] = []
-        for _entry_id, raw in entries:
+        events: list[OccupancyEvent] = []
+        for entry_id, fields in entries:
             try:
+                if (event := fields.get(b"w")) is not None:
+                    events.append(OccupancyEvent.parse(entry_id, event))
+                    continue
+                raw = fields.get(b"e", b"")
                 envelope = decode_envelope(raw, max_bytes=len(raw) + 1)
-            except BadEnvelope as exc:
+            except (BadEnvelope, BadOccupancyEvent) as exc:
                 self.stats.rejected += 1
                 throttled.log(logging.ERROR, "rejected", "event=archive_rejected error=%s", q(str(exc)))
                 continue
             batch.append(Archived.of(envelope, raw.decode()))
-        written = self._store_each(batch) if batch else 0
+        written = self._store_each(batch, events) if batch or events else 0
+        self.stats.events += len(events)
         self._outbox.done([entry_id for entry_id, _ in entries])
         self.stats.written += written
         self.stats.skipped += len(batch) - written
@@ -176,16 +194,24 @@ class ArchiveWriter:
         for m in batch:
             self.observe_lag(max(now - m.sent_at.timestamp(), 0.0))
 
-    def _store_each(self, batch: list[Archived]) -> int:
+    def _store_each(self, batch: list[Archived], events: Sequence[OccupancyEvent] = ()) -> int:
         """The batch in one transaction; if the database refuses a row of it for what it holds
-        (not for being away), each message alone, and the ones it still refuses are dropped
-        and counted: one bad row must not hold every message behind it for good."""
+        (not for being away), the events, then each message alone, and the ones it still
+        refuses are dropped and counted: one bad row must not hold everything behind it."""
         try:
-            return self._store.write(batch)
+            return self._store.write(batch, events)
         except DATABASE_ERRORS:
             raise
         except psycopg.DatabaseError:
             written = 0
+            if events:
+                try:
+                    self._store.write([], events)
+                except DATABASE_ERRORS:
+                    raise
+                except psycopg.DatabaseError as exc:
+                    self.stats.rejected += len(events)
+                    throttled.log(logging.ERROR, "rejected", "event=archive_rejected error=%s", q(describe(exc)))
             for m in batch:
                 try:
                     written += self._store.write([m])
@@ -206,6 +232,8 @@ class ArchiveWriter:
     def _seed(self) -> None:
         self._store.check_schema()
         self._outbox.ensure_group()
+        if self._store.webhooks:  # before the marker: no room reopens before the flag is back
+            self._outbox.keep_webhooks_on()
         s = self._settings
         put_back(self._redis, self._store, self._outbox, s.key_prefix, s.archive_position_ttl_ms)
 

@@ -55,8 +55,10 @@ class WebhookSender:
         self._max_attempts = settings.webhook_max_attempts
         self._backoff = settings.webhook_backoff
         self._signer = Signer(settings.webhook_secret)
-        # A room's events wait for each other; the lease covers them all, with room to spare.
-        self._lease = (self._timeout + 1) * EVENTS_PER_ROOM + 5
+        # One post's bound. A claim's lease covers two, and is renewed while the room's events
+        # go out, so a sender that dies holds its rooms that long at most (was 20 posts' worth).
+        self._post_bound = self._timeout * 2 + 0.5
+        self._lease = self._post_bound * 2 + 1
         self._pool = urllib3.PoolManager(
             num_pools=2,
             maxsize=ROOMS_PER_CLAIM,
@@ -109,8 +111,13 @@ class WebhookSender:
             thread.join()
 
     def _deliver_room(self, events: list[WebhookEvent]) -> None:
+        leased_until = time.monotonic() + self._lease
         try:
             for i, event in enumerate(events):
+                if time.monotonic() + self._post_bound + 1 > leased_until:
+                    if not self.outbox.renew([e.id for e in events[i:]], self._lease):
+                        return  # the lease ran out and another sender has the room: it goes on
+                    leased_until = time.monotonic() + self._lease
                 error = self._post(event)
                 if error is None:
                     self.outbox.delivered(event.id)

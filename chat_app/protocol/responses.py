@@ -187,7 +187,9 @@ class Health(BaseModel):
 
 class WebhookFailure(_Answer):
     webhook_id: str = Field(description="the `webhook-id` every try carried")
-    type: str
+    type: str = Field(
+        description="message.created, message.deleted, room.occupied, room.vacated, member.joined or member.left"
+    )
     room: str | None
     attempts: Annotated[int, Field(ge=0)]
     last_error: str | None

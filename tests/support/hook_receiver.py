@@ -6,7 +6,8 @@ test can verify signatures with the standardwebhooks library. Its answers, by pa
 - /hook: the decision hook; what it answers depends on the request, so one receiver serves
   every case (see `decide`);
 - /webhook: 200, except for an event whose data's message starts with "flaky" (500 to its
-  first two tries) or "down" (500 always).
+  first two tries) or "down" (500 always); one starting with "tarry" is answered after
+  0.3 s (a node is killed while it holds a room's events).
 """
 
 from __future__ import annotations
@@ -65,6 +66,8 @@ def webhook(body: dict[str, Any], headers: dict[str, str]) -> int:
         return 500
     if message.startswith("down"):
         return 500
+    if message.startswith("tarry"):
+        time.sleep(0.3)
     return 200
 
 

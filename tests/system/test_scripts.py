@@ -111,3 +111,65 @@ def test_dedup_ids_are_kept_for_the_history_window_and_trimmed_past_it(redis_ser
     assert room.client.zcard(room.keys.dedup) < 4 + 16
     assert room.send("m39 again", "e1", key="m39") == (41, "e1")
     assert room.send("first again", "e1", key="k1") == (42, "e1")  # out of the window: a new message
+
+
+def test_room_and_member_events_are_written_while_webhooks_are_on_only(redis_server) -> None:
+    """prelude.lua appends rooms' and members' events to the archive's outbox only while the
+    webhooks flag lives; then whatever the room's size (PRESENCE_EVENTS_MAX_MEMBERS silences
+    `presence` above it, not these), in the order presence changed. A room whose nodes all
+    died is settled by another node's orphan sweep, and one whose keys expired unswept is
+    still told vacated."""
+    import dataclasses
+    import json
+    import time
+
+    room = Room(redis_server.url, presence_events_max_members=1, presence_grace=0.05)
+    second = dataclasses.replace(room.settings, instance_id="n2")
+    other = RedisPresence(RedisClients.from_settings(second), second)
+    client, presence = room.client, room.presence
+    client.set("chat:archive", room.settings.archive_marker)
+
+    def told() -> list[tuple[str, str, str | None]]:
+        entries = client.xrange("chat:archive:outbox")
+        client.delete("chat:archive:outbox")
+        return [(e["type"], e["room"], e.get("user")) for e in (json.loads(f[b"w"]) for _, f in entries if b"w" in f)]
+
+    presence.join("lobby", "s1", "ann")
+    presence.leave("lobby", "s1")
+    assert told() == []  # webhooks off: nothing written
+
+    client.set("chat:archive:webhooks", "1")
+    presence.join("lobby", "s1", "ann")
+    presence.join("lobby", "s2", "bob")
+    presence.join("lobby", "s3", "bob")  # a second connection: no second arrival
+    presence.leave("lobby", "s1")
+    presence.leave("lobby", "s2")
+    presence.leave("lobby", "s3", grace=True)
+    assert told() == [
+        ("room.occupied", "lobby", None),
+        ("member.joined", "lobby", "ann"),
+        ("member.joined", "lobby", "bob"),
+        ("member.left", "lobby", "ann"),
+    ]
+    time.sleep(0.1)  # bob's grace runs out
+    presence.sweep("lobby")
+    assert told() == [("member.left", "lobby", "bob"), ("room.vacated", "lobby", None)]
+
+    presence.join("lone", "s4", "cat")  # node n1 hosts it alone, then dies
+    client.zadd(RoomKeys.of("chat", "lone").nodes, {"n1": 0})
+    client.zadd("chat:archive:occupied", {"lone": 0})
+    assert other.sweep_orphans() == 1
+    assert told() == [
+        ("room.occupied", "lone", None),
+        ("member.joined", "lone", "cat"),
+        ("member.left", "lone", "cat"),
+        ("room.vacated", "lone", None),
+    ]
+    assert client.zcard("chat:archive:occupied") == 0
+
+    presence.join("gone", "s5", "dan")  # every node down past its keys' TTL: they expired
+    client.delete(*RoomKeys.of("chat", "gone").script_keys("n1"))
+    client.zadd("chat:archive:occupied", {"gone": 0})
+    client.delete("chat:archive:occupied:sweep")  # the next heartbeat's turn
+    assert other.sweep_orphans() == 1
+    assert told()[2:] == [("room.vacated", "gone", None)]

@@ -7,10 +7,13 @@ from __future__ import annotations
 
 import json
 import re
+import signal
 import sqlite3
+import time
 from collections import Counter, defaultdict
 from datetime import UTC, datetime
 
+import psycopg
 import pytest
 import requests
 from helpers import ChatClient, wait_until
@@ -50,6 +53,11 @@ def deliveries(receiver: Receiver) -> list[tuple[str, dict]]:
     ]
 
 
+def messages(receiver: Receiver) -> list[tuple[str, dict]]:
+    """The message.created and message.deleted deliveries (joins and leaves send their own)."""
+    return [(i, body) for i, body in deliveries(receiver) if body["type"].startswith("message.")]
+
+
 def test_webhooks_arrive_once_each_in_seq_order_per_room_signed(redis_server, nodes, database_url, receiver) -> None:
     hook = {"HOOK_URL": f"{receiver.url}/hook", "HOOK_EVENTS": "send"}
     a = nodes.start(redis_server.url, **env(receiver, database_url, **hook))
@@ -63,8 +71,8 @@ def test_webhooks_arrive_once_each_in_seq_order_per_room_signed(redis_server, no
                 sender = alice if i % 2 else bob
                 assert sender.call("send_message", {"room": room, "message": f"{room} {i}"})["ok"]
         assert alice.call("send_message", {"room": "one", "message": "darn"})["ok"]
-        wait_until(lambda: len(deliveries(receiver)) >= 31, timeout=20, what="31 webhooks")
-        got = deliveries(receiver)
+        wait_until(lambda: len(messages(receiver)) >= 31, timeout=20, what="31 webhooks")
+        got = messages(receiver)
         assert all(n == 1 for n in Counter(i for i, _ in got).values()), "an event delivered twice"
         seqs = defaultdict(list)
         for _, body in got:
@@ -87,8 +95,8 @@ def test_webhooks_arrive_once_each_in_seq_order_per_room_signed(redis_server, no
 
         erased = requests.delete(f"{a.url}/api/users/alice/messages", headers=AUTH, timeout=10).json()
         assert erased["ok"] and erased["deleted"] == 15
-        wait_until(lambda: len(deliveries(receiver)) >= 31 + 15, timeout=20, what="message.deleted webhooks")
-        deleted = [body for _, body in deliveries(receiver)[31:]]
+        wait_until(lambda: len(messages(receiver)) >= 31 + 15, timeout=20, what="message.deleted webhooks")
+        deleted = [body for _, body in messages(receiver)[31:]]
         assert {b["type"] for b in deleted} == {"message.deleted"} and all(
             set(b["data"]) == {"room", "id"} for b in deleted
         )
@@ -111,8 +119,8 @@ def test_a_receiver_answering_500_twice_gets_the_third_try_with_the_same_id(
         assert alice.call("send_message", {"room": "ops", "message": "flaky deploy"})["ok"]
         assert alice.call("send_message", {"room": "ops", "message": "after it"})["ok"]
         assert alice.call("send_message", {"room": "dead", "message": "down for good"})["ok"]
-        wait_until(lambda: len(deliveries(receiver)) >= 7, timeout=30, what="3 + 1 + 3 tries")
-        got = deliveries(receiver)
+        wait_until(lambda: len(messages(receiver)) >= 7, timeout=30, what="3 + 1 + 3 tries")
+        got = messages(receiver)
         ops = [(i, body["data"]["message"]) for i, body in got if body["data"]["room"] == "ops"]
         flaky_id = ops[0][0]
         # Three tries of one id, then (not before: one room's events in order) the next one.
@@ -136,7 +144,7 @@ def test_a_receiver_answering_500_twice_gets_the_third_try_with_the_same_id(
         replayed = requests.post(f"{b.url}/api/webhooks/failed/replay", headers=AUTH, timeout=5).json()
         assert replayed == {"ok": True, "replayed": 1}
         wait_until(
-            lambda: [i for i, body in deliveries(receiver) if body["data"]["room"] == "dead"] == dead * 2,
+            lambda: [i for i, body in messages(receiver) if body["data"]["room"] == "dead"] == dead * 2,
             timeout=20,
             what="three more tries, same id",
         )
@@ -208,18 +216,137 @@ def test_the_readme_receiver_and_hook_endpoint_work(tmp_path, monkeypatch) -> No
     assert ask({"event": "send", "user": "alice", "room": "project-42", "message": "hi"})["meta"] == {"plan": "pro"}
 
 
-def test_a_receiver_that_was_down_gets_everything_in_order(redis_server, nodes, database_url, receiver) -> None:
-    node = nodes.start(redis_server.url, **env(receiver, database_url, WEBHOOK_BACKOFF="0.2", WEBHOOK_TIMEOUT="1"))
-    alice = ChatClient(node.url, "alice")
+def test_rooms_and_members_are_told_once_each_for_the_deployment(redis_server, nodes, database_url, receiver) -> None:
+    """Alice on node a and bob on node b join the same room, alice says something, alice
+    leaves it and bob disconnects: the room's occupancy and each arrival and departure come
+    once each (decided by Redis's presence scripts, not by each node), by id, in the order
+    they happened, around the message."""
+    a = nodes.start(redis_server.url, **env(receiver, database_url, PRESENCE_GRACE="0.5"))
+    b = nodes.start(redis_server.url, **env(receiver, database_url, PRESENCE_GRACE="0.5"))
+    alice, bob = ChatClient(a.url, "alice"), ChatClient(b.url, "bob")
     try:
-        assert alice.call("join_room", "ops")["ok"]
-        receiver.stop()
-        for i in range(10):
-            assert alice.call("send_message", {"room": "ops", "message": f"m{i}"})["ok"]
-        wait_until(lambda: "event=webhook_failed" in node.log(), timeout=10, what="a failed try")
-        receiver.restart()
-        wait_until(lambda: len(deliveries(receiver)) >= 10, timeout=30, what="10 webhooks after the outage")
-        got = [body["data"]["message"] for _, body in deliveries(receiver)]
-        assert got == [f"m{i}" for i in range(10)]
+        assert alice.call("join_room", "r")["ok"] and bob.call("join_room", "r")["ok"]
+        assert alice.call("send_message", {"room": "r", "message": "hello"})["ok"]
+        assert alice.call("leave_room", "r")["ok"]
     finally:
         alice.close()
+        bob.close()  # a disconnect: bob leaves once the grace has run out (node b's sweep)
+    wait_until(lambda: len(deliveries(receiver)) >= 7, timeout=20, what="7 webhooks")
+    got = deliveries(receiver)
+    assert len(got) == 7 and len({i for i, _ in got}) == 7, got
+    told = [(body["type"], body["data"].get("user") or body["data"].get("message")) for _, body in got]
+    assert told == [
+        ("room.occupied", None),
+        ("member.joined", "alice"),
+        ("member.joined", "bob"),
+        ("message.created", "hello"),
+        ("member.left", "alice"),
+        ("member.left", "bob"),
+        ("room.vacated", None),
+    ]
+    for webhook_id, body in got:
+        assert body["data"]["room"] == "r" and body["timestamp"].endswith("Z")
+        if not body["type"].startswith("message."):
+            assert webhook_id.startswith("evt_") and set(body["data"]) <= {"room", "user"}
+
+
+def told(got: list[tuple[str, dict]], room: str | None = None) -> list[tuple[str, str]]:
+    """(type, user or message) of each delivery (of one room's), first arrivals only (a retry
+    repeats an id)."""
+    first = {}
+    for webhook_id, body in got:
+        if room is None or body["data"]["room"] == room:
+            first.setdefault(webhook_id, (body["type"], body["data"].get("user") or body["data"].get("message")))
+    return list(first.values())
+
+
+def test_a_node_killed_with_events_in_flight_loses_none(redis_server, nodes, database_url, receiver) -> None:
+    """Node a's sender is delivering a room's events (the receiver answers each after 0.3 s)
+    and its writer holds the next batch (the database holds its insert behind a lock) when a
+    is SIGKILLed. Node b's writer takes the batch over (ARCHIVE_TAKE_OVER_AFTER) and its
+    sender the room once a's lease has run out (two posts' bound, WEBHOOK_TIMEOUT): every
+    event arrives, in order; only the one a was posting may come twice, with its id. Bob was
+    in a room only node a hosted: node b's orphan sweep tells he left and the room emptied."""
+    more = {"ARCHIVE_TAKE_OVER_AFTER": "2", "WEBHOOK_TIMEOUT": "1"}
+    a = nodes.start(redis_server.url, **env(receiver, database_url, **more))
+    alice, bob = ChatClient(a.url, "alice"), ChatClient(a.url, "bob")
+    try:
+        assert bob.call("join_room", "lone")["ok"] and alice.call("join_room", "kill")["ok"]
+        for i in range(20):
+            assert alice.call("send_message", {"room": "kill", "message": f"tarry {i}"})["ok"]
+        wait_until(lambda: len(messages(receiver)) >= 3, timeout=20, what="node a delivering the room")
+        with psycopg.connect(database_url) as blocker:
+            blocker.execute("LOCK TABLE messages IN ACCESS EXCLUSIVE MODE")  # held until the rollback
+            for i in range(5):
+                assert alice.call("send_message", {"room": "kill", "message": f"m{i}"})["ok"]
+            assert alice.call("leave_room", "kill")["ok"]
+            r = redis_server.client()
+            wait_until(
+                lambda: r.xpending("chat:archive:outbox", "archive")["pending"] > 0,
+                timeout=10,
+                what="node a's writer holding a batch",
+            )
+            nodes.signal(a, signal.SIGKILL)
+            a.process.wait(timeout=10)
+            blocker.rollback()
+    finally:
+        alice.close()
+        bob.close()
+    assert len(messages(receiver)) < 20, "node a was no longer delivering when it was killed"
+    nodes.start(redis_server.url, **env(receiver, database_url, **more))
+    expected = [
+        ("room.occupied", None),
+        ("member.joined", "alice"),
+        *(("message.created", f"tarry {i}") for i in range(20)),
+        *(("message.created", f"m{i}") for i in range(5)),
+        ("member.left", "alice"),
+        ("room.vacated", None),
+    ]
+    lone = [("room.occupied", None), ("member.joined", "bob"), ("member.left", "bob"), ("room.vacated", None)]
+    wait_until(lambda: len(told(deliveries(receiver))) >= len(expected) + 4, timeout=30, what="every event")
+    got = deliveries(receiver)
+    assert told(got, "kill") == expected and told(got, "lone") == lone
+    repeated = [i for i, n in Counter(i for i, _ in got).items() if n > 1]
+    assert len(repeated) <= 1, f"more than the one event in flight came twice: {repeated}"
+
+
+def test_a_receiver_down_for_30_s_gets_everything_after_in_order(redis_server, nodes, database_url, receiver) -> None:
+    """The receiver refuses connections for 30 s while two rooms' messages go out on two
+    nodes and a member comes and goes; once back, everything arrives, each room's messages
+    in seq order. WEBHOOK_BACKOFF is 1.25 s (2 by default): the sixth try of a room's first
+    event comes 31 to 47 s after the first, inside the default WEBHOOK_MAX_ATTEMPTS (8)."""
+    more = {"WEBHOOK_BACKOFF": "1.25", "WEBHOOK_TIMEOUT": "1"}
+    a = nodes.start(redis_server.url, **env(receiver, database_url, **more))
+    b = nodes.start(redis_server.url, **env(receiver, database_url, **more))
+    alice, bob = ChatClient(a.url, "alice"), ChatClient(b.url, "bob")
+    try:
+        for client in (alice, bob):
+            assert client.call("join_room", "ops")["ok"] and client.call("join_room", "dev")["ok"]
+        wait_until(lambda: len(deliveries(receiver)) >= 6, timeout=20, what="2 rooms occupied, 4 arrivals")
+        receiver.stop()
+        down = time.monotonic()
+        for i in range(10):
+            for room in ("ops", "dev"):
+                assert (alice if i % 2 else bob).call("send_message", {"room": room, "message": f"{room} {i}"})["ok"]
+        carol = ChatClient(b.url, "carol")
+        assert carol.call("join_room", "ops")["ok"] and carol.call("leave_room", "ops")["ok"]
+        carol.close()
+        wait_until(lambda: "event=webhook_failed" in a.log() + b.log(), timeout=10, what="a failed try")
+        time.sleep(max(0.0, 30 - (time.monotonic() - down)))  # the outage itself, not a wait for something
+        failed = requests.get(f"{a.url}/api/webhooks/failed", headers=AUTH, timeout=5).json()
+        assert failed["failed"] == 0 and failed["pending"] >= 22
+        receiver.restart()
+        wait_until(lambda: len(told(deliveries(receiver))) >= 6 + 22, timeout=30, what="everything after the outage")
+    finally:
+        alice.close()
+        bob.close()
+    got = told(deliveries(receiver))
+    assert got[6:].count(("member.joined", "carol")) == 1 and got[6:].count(("member.left", "carol")) == 1
+    for room in ("ops", "dev"):
+        said = [text for kind, text in got if kind == "message.created" and text.startswith(room)]
+        assert said == [f"{room} {i}" for i in range(10)]
+    seqs = defaultdict(list)
+    for _, body in deliveries(receiver):
+        if body["type"] == "message.created":
+            seqs[body["data"]["room"]].append(body["data"]["seq"])
+    assert all(s == sorted(s) for s in seqs.values()), seqs

@@ -32,7 +32,7 @@ from ..stats import PresenceStats
 from .clients import RedisClients
 from .connection import CONNECTION_ERRORS, describe, unavailable_when_unreachable, unreachable
 from .directs import DirectLists
-from .keys import RoomKeys, escape, room_nodes_pattern, room_of_nodes_key
+from .keys import RoomKeys, archive_key, escape, room_nodes_pattern, room_of_nodes_key
 from .scripts import AnyRedis, ArchiveLua, Call, HeldConnection, LuaScript, ScriptBatcher, run_scripts
 
 log = logging.getLogger(__name__)
@@ -46,6 +46,7 @@ def store_ban(client: AnyRedis, prefix: str, room: str, user: str, seconds: int)
 
 
 BEAT_CHUNK = 100  # rooms per heartbeat round trip
+ORPHANS_PER_ROUND = 500  # rooms the orphan sweep looks at per heartbeat, at most
 
 
 @dataclass
@@ -348,6 +349,39 @@ class RedisPresence:
     def _heartbeat(self) -> None:
         while not self._stopping.wait(self._settings.heartbeat_interval):
             self.beat()
+            if self._settings.webhook_url:
+                try:
+                    self.sweep_orphans()
+                except (BackendUnavailable, *CONNECTION_ERRORS) as exc:
+                    log.warning("event=orphan_sweep_failed error=%s", q(describe(exc)))
+                except Exception:
+                    log.exception("event=orphan_sweep_error")
+
+    def sweep_orphans(self) -> int:
+        """Webhooks: settle the rooms no live node looks after any more. A room's departures
+        are told by the script that removes them, which a node hosting the room runs (its
+        joins, leaves, heartbeats); in a room whose every node died, nobody would, and its
+        members' member.left and its room.vacated would never be told (its keys expire).
+        prelude.lua watches each room occupied while webhooks are on (ARCHIVE_KEY:occupied,
+        room -> when to look); one node a heartbeat (a lock) sweeps those due with leave.lua,
+        which prunes, tells, deletes the room once empty, or says when to look again.
+        Returns the rooms swept."""
+        watched = archive_key(self._settings.key_prefix) + ":occupied"
+        turn = max(int(self._settings.heartbeat_interval * 900), 1)  # under one interval
+        if not self._redis.set(watched + ":sweep", self._node, nx=True, px=turn):
+            return 0
+        due = self._redis.zrangebyscore(watched, "-inf", int(time.time() * 1000), start=0, num=ORPHANS_PER_ROUND)
+        rooms = []
+        for raw in due:
+            try:
+                rooms.append(raw.decode())
+            except UnicodeDecodeError:  # not a name a script wrote: never a room to sweep
+                self._redis.zrem(watched, raw)
+        if rooms:
+            with self._beating:  # the held connection: one user at a time
+                self._in_chunks([self._call(self._leave, room, "sweep", "", "0") for room in rooms])
+            log.debug("event=orphans_swept rooms=%d", len(rooms))
+        return len(rooms)
 
 
 def _parse_cursor(cursor: str | None) -> tuple[int, int]:
