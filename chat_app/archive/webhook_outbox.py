@@ -7,7 +7,14 @@ node takes events of that room while it has them: a room's events go out one aft
 in (seq, pos, id) order: a message's events first among their seq's, then the room's and its
 members' events in the outbox stream's order (migration 0004). A sender that dies lets its
 lease run out and another node takes over from the room's first undelivered event (a
-receiver may then see one event twice, with the same webhook-id)."""
+receiver may then see one event twice, with the same webhook-id).
+
+Two nodes' archive writers commit their batches in whatever order they finish, so a room's
+seq 16 can be in the table before its seq 15: an event is sent only once what comes before it
+is archived (a message's previous seq; for a room's or member's event, the message of its
+seq), or once it has waited GAP_WAIT for it: a message that never comes (a row PostgreSQL
+refused, an outbox trimmed while the archive was down, an erased sender's) holds its room
+back that long, once."""
 
 from __future__ import annotations
 
@@ -16,10 +23,17 @@ from typing import Any
 
 from .store import ArchiveStore
 
+# Seconds an event waits for what it follows (above): longer than two writers' batches can
+# drift apart (linger 0.1 s, a commit), short enough that a message that never comes costs
+# its room's webhooks only a pause.
+GAP_WAIT = 5.0
+
 # Rooms whose first pending event is due, then up to `per_room` events of each, in order;
 # locked SKIP LOCKED, so two nodes claiming at once take different rooms. A row whose
 # lease another sender set meanwhile fails the re-checked `next_at <= now()` and is skipped.
 # A room's events in (seq, pos NULLS FIRST, id) order, as the pending index has them.
+# `ready`: what the event follows is archived (or needs none: a deletion, a room's first
+# message), or the event has waited GAP_WAIT for it.
 _CANDIDATES = """
 WITH heads AS (
     SELECT DISTINCT ON (room) room, next_at FROM webhook_outbox
@@ -27,10 +41,17 @@ WITH heads AS (
 ), due AS (
     SELECT room FROM heads WHERE next_at <= now() LIMIT %(rooms)s
 ), ranked AS (
-    SELECT w.id, row_number() OVER (PARTITION BY w.room ORDER BY w.seq, w.pos NULLS FIRST, w.id) AS n
+    SELECT w.id, row_number() OVER (PARTITION BY w.room ORDER BY w.seq, w.pos NULLS FIRST, w.id) AS n,
+        (w.pos IS NULL AND w.type <> 'message.created')
+        OR w.created_at <= now() - make_interval(secs => %(gap_wait)s)
+        OR (CASE WHEN w.pos IS NULL THEN w.seq - 1 ELSE w.seq END) <= 0
+        OR EXISTS (
+            SELECT 1 FROM messages m
+            WHERE m.room = w.room AND m.seq = CASE WHEN w.pos IS NULL THEN w.seq - 1 ELSE w.seq END
+        ) AS ready
     FROM webhook_outbox w JOIN due USING (room) WHERE w.state = 'pending'
 )
-SELECT w.id, w.room, r.n FROM webhook_outbox w JOIN ranked r USING (id)
+SELECT w.id, w.room, r.n, r.ready FROM webhook_outbox w JOIN ranked r USING (id)
 WHERE r.n <= %(per_room)s AND w.state = 'pending' AND w.next_at <= now()
 ORDER BY w.room, w.seq, w.pos NULLS FIRST, w.id
 FOR UPDATE OF w SKIP LOCKED
@@ -53,13 +74,15 @@ class WebhookOutbox:
 
     def claim(self, rooms: int, per_room: int, lease: float) -> list[WebhookEvent]:
         """Up to `per_room` events of each of up to `rooms` rooms, each room's from its first
-        undelivered one (a room whose first one another sender holds is left out)."""
+        undelivered one up to the first that is not ready (a room whose first one another
+        sender holds is left out)."""
         with self._store._connection() as conn, conn.transaction():
-            found = conn.execute(_CANDIDATES, {"rooms": rooms, "per_room": per_room}).fetchall()
+            query = {"rooms": rooms, "per_room": per_room, "gap_wait": GAP_WAIT}
+            found = conn.execute(_CANDIDATES, query).fetchall()
             taken: list[int] = []
             expected: dict[str, int] = {}
-            for event_id, room, n in found:  # a prefix of each room's order, or nothing of it
-                if n == expected.get(room, 1):
+            for event_id, room, n, ready in found:  # a ready prefix of each room's order, or nothing
+                if ready and n == expected.get(room, 1):
                     expected[room] = n + 1
                     taken.append(event_id)
             if not taken:

@@ -9,8 +9,10 @@ from datetime import UTC, datetime, timedelta
 import psycopg
 import pytest
 
+from chat_app.archive import webhook_outbox
 from chat_app.archive.schema import LATEST, SchemaError, check, current_version, migrate
 from chat_app.archive.store import Archived, ArchiveStore
+from chat_app.archive.webhook_outbox import WebhookOutbox
 from chat_app.protocol import Envelope, envelope_head
 
 
@@ -141,3 +143,35 @@ def test_webhook_outbox_from_the_previous_schema_and_one_event_per_message(postg
     assert created["type"] == "message.created" and created["data"]["message"] == "m1"
     assert "v" not in created["data"] and "kind" not in created["data"]  # as members receive it
     assert json.loads(rows[-1][3])["data"] == {"room": "w", "id": "idw7"}
+
+
+def test_webhooks_wait_for_the_message_before_them_or_gap_wait(database_url) -> None:
+    """Two nodes' writers commit in whatever order they finish: seq 3 archived before seq 2
+    is not sent until seq 2 is (then both, in order), and seq 5 whose seq 4 never comes goes
+    once it has waited GAP_WAIT."""
+    s = ArchiveStore(database_url, 2, webhooks=True)
+    s.open()
+    outbox = WebhookOutbox(s)
+
+    def claim() -> list[str]:
+        events = outbox.claim(rooms=10, per_room=10, lease=30)
+        for event in events:
+            outbox.delivered(event.id)
+        return [event.webhook_id for event in events]
+
+    try:
+        s.write([message("g", 1, "one"), message("g", 3, "three")])
+        assert claim() == ["msg_idg1_created"]
+        assert claim() == []  # seq 3 waits for seq 2
+        s.write([message("g", 2, "two")])
+        assert claim() == ["msg_idg2_created", "msg_idg3_created"]
+        s.write([message("g", 5, "five")])
+        assert claim() == []
+        with psycopg.connect(database_url, autocommit=True) as conn:
+            conn.execute(
+                "UPDATE webhook_outbox SET created_at = now() - make_interval(secs => %s)",
+                (webhook_outbox.GAP_WAIT + 1,),
+            )
+        assert claim() == ["msg_idg5_created"]
+    finally:
+        s.close()
