@@ -2,26 +2,20 @@
 POST asks the product's backend, which answers allow or refuse (and, for a connect, the
 user's name; for a send, a new text and `meta`).
 
-The client is geventhttpclient (kept-alive gevent sockets, a C parser): a call parks only its
-own greenlet and costs the node ~190 µs of CPU where urllib3's pool cost ~500 (bench/hooks.py's
-caller, the hook rate's limit). Every call is bounded twice: the client's connect/network
-timeouts, and a gevent.Timeout over the whole call (a backend that trickles its answer byte by
-byte passes the network timeout). At most HOOK_CONCURRENCY calls are in flight per node: past
-that the call is not made and the HOOK_FAILURE answer applies at once, so a slow backend
-cannot pile up the node's greenlets.
+A call (hooks/poster.py) parks only its own greenlet and is bounded twice: the client's
+connect/read timeouts, and a gevent.Timeout over the whole call. At most HOOK_CONCURRENCY
+calls are in flight per node: past that the call is not made and the HOOK_FAILURE answer
+applies at once, so a slow backend cannot pile up the node's greenlets.
 """
 
 from __future__ import annotations
 
-import http.client
 import logging
 import threading
 from dataclasses import dataclass
 from typing import Any
 
 import orjson
-from geventhttpclient import URL, HTTPClient
-from geventhttpclient.response import HTTPConnectionClosed
 from pydantic_core import PydanticCustomError
 
 from ..deadlines import green_deadline
@@ -30,17 +24,12 @@ from ..protocol.errors import ChatError, ErrorCode
 from ..protocol.names import check_user
 from ..protocol.wire import META_MAX_BYTES
 from ..settings import Settings
+from .poster import ANSWER_MAX_BYTES, Poster, PostFailed
 from .signing import Signer
 
 log = logging.getLogger(__name__)
 throttled = LogThrottle(log)
 
-# What a call to the backend can raise below HookFailed: socket errors and timeouts, a closed
-# connection or an answer that is not HTTP; and what a kept-alive connection the backend
-# closed meanwhile raises on its next use.
-HTTP_ERRORS = (OSError, http.client.HTTPException)
-STALE = (HTTPConnectionClosed, ConnectionResetError, BrokenPipeError)
-ANSWER_MAX_BYTES = 64 * 1024  # a longer answer is a bad one (and is not read further)
 REASON_MAX_CHARS = 200
 UNAVAILABLE = "the service could not check this: try again shortly"
 
@@ -79,14 +68,7 @@ class DecisionHooks:
         self._max_message_bytes = settings.max_message_bytes
         self._signer = Signer(settings.hook_secret)
         self._slots = threading.BoundedSemaphore(settings.hook_concurrency)  # gevent's under a node
-        url = URL(settings.hook_url)
-        self._path = url.request_uri
-        self._client = HTTPClient.from_url(
-            url,
-            concurrency=settings.hook_concurrency,  # sockets kept: as many as calls in flight
-            connection_timeout=settings.hook_timeout,
-            network_timeout=settings.hook_timeout,
-        )
+        self._poster = Poster(settings.hook_url, settings.hook_timeout, settings.hook_concurrency)
         # What the service checks (an attribute each, nothing else, while an event is not hooked).
         events = settings.hook_events.split(",")
         self.on_connect = "connect" in events
@@ -150,25 +132,14 @@ class DecisionHooks:
 
     def _post(self, payload: bytes) -> bytes:
         try:
-            try:
-                response = self._client.post(self._path, body=payload, headers=self._signer.headers(payload))
-            except STALE:
-                # Once more on a fresh connection (a question has no side effect; the client
-                # retries only idempotent methods itself); the deadline bounds the two together.
-                response = self._client.post(self._path, body=payload, headers=self._signer.headers(payload))
-        except HTTP_ERRORS as exc:
-            raise HookFailed(f"{type(exc).__name__}: {exc}") from None
-        try:
-            raw = response.read(ANSWER_MAX_BYTES + 1)  # read whatever the status: the connection is reused
-            if len(raw) > ANSWER_MAX_BYTES:
-                raise HookFailed(f"an answer over {ANSWER_MAX_BYTES} bytes")  # not drained: released closed
-            if not 200 <= response.status_code < 300:
-                raise HookFailed(f"answered HTTP {response.status_code}")
-            return raw
-        except HTTP_ERRORS as exc:
-            raise HookFailed(f"{type(exc).__name__}: {exc}") from None
-        finally:
-            response.release()  # kept for the next call only when the answer was read whole
+            status, raw = self._poster.post(payload, self._signer.headers(payload))
+        except PostFailed as exc:
+            raise HookFailed(str(exc)) from None
+        if raw is None:
+            raise HookFailed(f"an answer over {ANSWER_MAX_BYTES} bytes")
+        if not 200 <= status < 300:
+            raise HookFailed(f"answered HTTP {status}")
+        return raw
 
     def _parse(self, event: str, raw: bytes) -> Decision:
         """The agreed JSON or HookFailed: a type that is off is the backend's bug, and a

@@ -17,13 +17,12 @@ import threading
 import time
 from dataclasses import dataclass
 
-import urllib3
-
 from ..archive.store import DATABASE_ERRORS
 from ..archive.webhook_outbox import WebhookEvent, WebhookOutbox
 from ..deadlines import green_deadline
 from ..logsafe import LogThrottle, q
 from ..settings import Settings
+from .poster import Poster, PostFailed
 from .signing import Signer
 
 log = logging.getLogger(__name__)
@@ -34,7 +33,6 @@ EVENTS_PER_ROOM = 20
 IDLE_POLL = 0.2  # seconds between looks at an empty outbox
 COUNT_EVERY = 5.0  # seconds between counts of pending and failed events (metrics)
 BACKOFF_CAP = 600.0
-ANSWER_MAX_BYTES = 64 * 1024  # of a receiver's answer body, read and dropped
 
 
 @dataclass
@@ -59,13 +57,7 @@ class WebhookSender:
         # go out, so a sender that dies holds its rooms that long at most (was 20 posts' worth).
         self._post_bound = self._timeout * 2 + 0.5
         self._lease = self._post_bound * 2 + 1
-        self._pool = urllib3.PoolManager(
-            num_pools=2,
-            maxsize=ROOMS_PER_CLAIM,
-            block=False,
-            retries=False,
-            timeout=urllib3.Timeout(connect=self._timeout, read=self._timeout),
-        )
+        self._poster = Poster(self._url, self._timeout, ROOMS_PER_CLAIM)
         self.stats = WebhookStats()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -152,24 +144,12 @@ class WebhookSender:
     def _post(self, event: WebhookEvent) -> str | None:
         """None when the receiver took it (2xx), else what went wrong."""
         body = event.body.encode()
+        bound = self._post_bound
         try:
-            with green_deadline(
-                self._timeout * 2 + 0.5, TimeoutError(f"no answer within {self._timeout * 2 + 0.5:g} s")
-            ):
-                response = self._pool.request(
-                    "POST",
-                    self._url,
-                    body=body,
-                    headers=self._signer.headers(body, event.webhook_id),
-                    preload_content=False,
-                )
-                try:
-                    if len(response.read(ANSWER_MAX_BYTES + 1)) > ANSWER_MAX_BYTES:
-                        response.close()  # the rest unread: the connection goes instead
-                finally:
-                    response.release_conn()
-        except (urllib3.exceptions.HTTPError, TimeoutError, OSError) as exc:
-            return f"{type(exc).__name__}: {exc}"
-        if 200 <= response.status < 300:
-            return None
-        return f"HTTP {response.status}"
+            with green_deadline(bound, TimeoutError(f"no answer within {bound:g} s")):
+                status, _answer = self._poster.post(body, self._signer.headers(body, event.webhook_id))
+        except PostFailed as exc:
+            return str(exc)
+        except TimeoutError as exc:
+            return f"TimeoutError: {exc}"
+        return None if 200 <= status < 300 else f"HTTP {status}"
