@@ -63,13 +63,14 @@ local function send_one(KEYS, ARGV)
     renew = true
   end
   local seq = redis.call('INCR', KEYS[1])
+  local digits = tostring(seq)  -- formatted once (Lua formats a number with sprintf each time)
 
-  local envelope = ARGV[1] .. ',"seq":' .. seq .. ',"epoch":"' .. epoch .. '"}'
-  redis.call('XADD', KEYS[2], 'MAXLEN', ARGV[4], seq .. '-0', 'e', envelope)
+  local envelope = ARGV[1] .. ',"seq":' .. digits .. ',"epoch":"' .. epoch .. '"}'
+  redis.call('XADD', KEYS[2], 'MAXLEN', ARGV[4], digits .. '-0', 'e', envelope)
   if new_set then  -- the sentinel first: the set is born hashed
-    redis.call('ZADD', KEYS[4], 'inf', SENTINEL, seq, ARGV[2])
+    redis.call('ZADD', KEYS[4], 'inf', SENTINEL, digits, ARGV[2])
   else
-    redis.call('ZADD', KEYS[4], seq, ARGV[2])
+    redis.call('ZADD', KEYS[4], digits, ARGV[2])
   end
   if seq % 16 == 0 then
     -- Ids of seqs older than the window may linger until then: harmless, a dedup hit counts
