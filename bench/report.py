@@ -92,6 +92,7 @@ def summary_rows(servers: list[dict[str, Any]]) -> list[Row]:
             rows.append((f"W2 @{rate}: deliveries/s ↑", [s["deliveries_per_s"] for s in steps]))
             rows.append((f"W2 @{rate}: node CPU µs per delivery ↓", [s["node_cpu_us_per_delivery"] for s in steps]))
             rows.append((f"W2 @{rate}: Redis CPU s ↓", [s["redis_cpu_s"] for s in steps]))
+            rows.append((f"W2 @{rate}: Redis CPU µs per message ↓", [_redis_us(s) for s in steps]))
     if (values := each("w3", lambda w: w["rss_kib_per_connection"])) is not None:
         rows.append(("W3 RSS per idle joined connection (KiB) ↓", values))
         rows.append(("W3 connect+join of all (s) ↓", each("w3", lambda w: w["connect_and_join_total_s"]) or []))
@@ -175,6 +176,7 @@ def markdown(results: dict[str, Any]) -> str:
     if any(results[x].get("w2") for x in labels):
         lines += ["", f"W2 ladder ({results['w2_duration_s']:.0f} s per rate, 20 rooms x 10 members, 5 per node):", ""]
         lines += ladder_table(results, labels)
+    lines += commandstats_tables(results, labels)
     if all("routing" in results[x] for x in labels):
         lines += ["", "Interest routing (4 nodes, 40 rooms, each room's members on one node):", ""]
         lines += ["| server | published | received from Redis per node | room channels | subscribers per channel |"]
@@ -189,6 +191,40 @@ def markdown(results: dict[str, Any]) -> str:
                 f"| {channels} | {r['subscribers_per_channel']} |"
             )
     return "\n".join(lines) + "\n"
+
+
+def _redis_us(step: dict[str, Any]) -> float | None:
+    """Redis CPU (from /proc, over the send window and the drain) per message sent."""
+    if not step or not step.get("sent"):
+        return None
+    return 1e6 * step["redis_cpu_s"] / step["sent"]
+
+
+def commandstats_tables(results: dict[str, Any], labels: list[str]) -> list[str]:
+    """Where each server's Redis time went at each W2 rate (INFO commandstats over the step):
+    calls and usec per message sent, usec per call. Redis's own accounting of its command
+    time; the rest of its CPU (/proc) is the event loop, the sockets and pub/sub fan-out."""
+    lines: list[str] = []
+    for label in labels:
+        for s in results[label].get("w2") or []:
+            stats = s.get("redis_commandstats")
+            if not stats or not s.get("sent"):
+                continue
+            sent = s["sent"]
+            lines += [
+                "",
+                f"Redis commandstats, {label} at {s['rate']:,.0f} msg/s ({_redis_us(s):.1f} µs of CPU per message; "
+                "a script's time includes the commands it ran, which are also counted on their own rows):",
+                "",
+                "| command | calls per message | µs per message | µs per call |",
+                "|---|---:|---:|---:|",
+            ]
+            for name, v in sorted(stats.items(), key=lambda kv: -kv[1].get("usec", 0.0)):
+                lines.append(
+                    f"| {name} | {v.get('calls', 0) / sent:.3f} | {v.get('usec', 0) / sent:.2f} "
+                    f"| {v.get('usec_per_call', 0):.2f} |"
+                )
+    return lines
 
 
 def side_by_side(workload: str, rows: Sequence[tuple[str, str, int]], results: dict[str, dict[str, Any]]) -> str:

@@ -87,6 +87,24 @@ class Cluster:
         assert self.redis is not None
         return [n.cpu() for n in self.nodes], self.redis.cpu()
 
+    def reset_commandstats(self) -> None:
+        assert self.redis is not None
+        procs.redis_call(self.redis.port, "CONFIG", "RESETSTAT")
+
+    def commandstats(self) -> dict[str, dict[str, float]]:
+        """Redis's INFO commandstats since the last reset: calls, usec and usec_per_call per
+        command (where a server's Redis time goes, beside its CPU from /proc)."""
+        assert self.redis is not None
+        raw = procs.redis_call(self.redis.port, "INFO", "commandstats")
+        stats: dict[str, dict[str, float]] = {}
+        for line in (raw or b"").decode().splitlines():  # type: ignore[union-attr]
+            if not line.startswith("cmdstat_"):
+                continue
+            name, _, fields = line[len("cmdstat_") :].partition(":")
+            values = dict(f.split("=", 1) for f in fields.split(","))
+            stats[name] = {k: float(values[k]) for k in ("calls", "usec", "usec_per_call") if k in values}
+        return stats
+
     def stop(self) -> None:
         for node in self.nodes:
             node.stop()
@@ -439,9 +457,11 @@ async def _fanout(
         async with generator.fanout(members, f) as session:
             await asyncio.sleep(0.5)
             nodes_cpu0, redis_cpu0 = c.cpu()
+            c.reset_commandstats()
             watcher = on_sending(c, duration) if on_sending else None
             sent = await session.send(rate, duration)
             nodes_cpu1, redis_cpu1 = c.cpu()
+            commandstats = c.commandstats()
             result = fanout_result(sent.fanout, sent.t0, sent.wall_s, sent.generator_cpu_s)
             result["cut_off"] = not sent.settled
             if watcher is not None:
@@ -453,6 +473,8 @@ async def _fanout(
         node_cpu_s=node_cpu,
         redis_cpu_s=redis_cpu1 - redis_cpu0,
         node_cpu_us_per_delivery=1e6 * sum(node_cpu) / max(result["delivered"], 1),
+        redis_cpu_us_per_message=1e6 * (redis_cpu1 - redis_cpu0) / max(result.get("sent", 0) or 1, 1),
+        redis_commandstats=commandstats,
     )
     return result
 

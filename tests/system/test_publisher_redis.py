@@ -4,12 +4,14 @@ alone, on fakeredis, is in unit/test_publisher.py)."""
 from __future__ import annotations
 
 import threading
+import time
 
 import pytest
 from helpers import wait_until
 
-from chat_app.backends.base import Draft, Overloaded
-from chat_app.backends.redis.publisher import Publisher
+from chat_app.backends.base import BackendUnavailable, Banned, Draft, Overloaded
+from chat_app.backends.redis.keys import RoomKeys, archive_key
+from chat_app.backends.redis.publisher import Publisher, _Pending
 from chat_app.settings import Settings
 
 
@@ -42,3 +44,42 @@ def test_a_full_queue_refuses_at_once_unstored_and_sends_are_accepted_again_afte
     finally:
         redis_server.resume()
         pub.stop()
+
+
+def test_a_batch_in_one_call_gives_each_send_its_own_answer(redis_server) -> None:
+    """send_many.lua: one call for a batch over several rooms (issue 27). Each send gets its
+    room's next seq; a keyed resend within the same batch is the first one; a banned sender's
+    send is refused alone; while the archive is restoring positions, a send that would start
+    a room is refused alone and the others in the batch are stored (nothing half-way)."""
+    client = redis_server.client()
+    settings = Settings.from_env({}, redis_url=redis_server.url, database_url="postgresql://unused/db")
+    pub = Publisher(client, settings)
+    prefix = settings.key_prefix
+    client.set(archive_key(prefix), "0 1000")  # seeded: rooms may start
+    for room in ("a", "b"):
+        pub._send_batch([_pending(pub, Draft.new(room, "ann", "first", "n1"))])
+    client.delete(archive_key(prefix))  # restoring: a room with no epoch may not start
+    client.set(RoomKeys.of(prefix, "b").ban("eve"), "1", px=60_000)
+    drafts = [
+        Draft.new("a", "ann", "one", "n1", key="k"),
+        Draft.new("b", "ann", "two", "n1"),
+        Draft.new("a", "ann", "one again", "n1", key="k"),
+        Draft.new("b", "eve", "banned", "n1"),
+        Draft.new("c", "ann", "a new room", "n1"),
+        Draft.new("a", "bob", "three", "n1"),
+    ]
+    batch = [_pending(pub, d) for d in drafts]
+    pub._send_batch(batch)
+    outcomes: list[object] = []
+    for p in batch:
+        try:
+            outcomes.append(p.wait(1).seq)
+        except (Banned, BackendUnavailable) as exc:
+            outcomes.append(type(exc).__name__)
+    assert outcomes == [2, 2, 2, "Banned", "BackendUnavailable", 3]
+    assert client.xlen(RoomKeys.of(prefix, "a").hist) == 3 and client.xlen(RoomKeys.of(prefix, "b").hist) == 2
+    assert not client.exists(RoomKeys.of(prefix, "c").seq)
+
+
+def _pending(pub: Publisher, draft: Draft) -> _Pending:
+    return _Pending(draft, pub._room_keys(draft.room), time.monotonic() + 5)

@@ -11,7 +11,7 @@ import redis
 
 from chat_app.backends.base import Draft
 from chat_app.backends.redis.clients import RedisClients
-from chat_app.backends.redis.keys import RoomKeys
+from chat_app.backends.redis.keys import RoomKeys, archive_key
 from chat_app.backends.redis.presence import RedisPresence
 from chat_app.backends.redis.scripts import HeldConnection, LuaScript, run_scripts
 from chat_app.backends.redis.send import SendScript
@@ -173,3 +173,32 @@ def test_room_and_member_events_are_written_while_webhooks_are_on_only(redis_ser
     client.delete("chat:archive:occupied:sweep")  # the next heartbeat's turn
     assert other.sweep_orphans() == 1
     assert told()[2:] == [("room.vacated", "gone", None)]
+
+
+def test_the_dedup_set_is_kept_hashed_through_trims_and_recreation(redis_server) -> None:
+    """A listpack of the window's ids costs Redis a scan per lookup and per insert: the set
+    keeps a sentinel member (never trimmed) that makes Redis hold it hashed (issue 27)."""
+    room = Room(redis_server.url, history_length=4)
+    for i in range(40):
+        room.send(f"m{i}", "e1")
+    assert room.client.object("encoding", room.keys.dedup) == b"skiplist"
+    room.client.delete(room.keys.dedup)  # evicted alone: recreated hashed, with its TTL
+    room.send("after", "e1")
+    assert room.client.object("encoding", room.keys.dedup) == b"skiplist"
+    assert room.client.pttl(room.keys.dedup) > room.settings.redis_room_ttl_ms - 1000
+    assert room.send("again", "e1", key="k") == room.send("again", "e1", key="k")
+
+
+def test_with_the_archive_on_the_ttls_are_not_renewed_on_every_send(redis_server) -> None:
+    """The archive keeps a room's seq without a TTL (position ttl 0): the renewal is due by
+    the stream's TTL, not the seq's, or every send would renew five keys."""
+    room = Room(redis_server.url)
+    room.client.set(archive_key(room.settings.key_prefix), "0 1000")
+    room.send("first", "e1")
+    room.client.config_resetstat()
+    for i in range(20):
+        room.send(f"m{i}", "e1")
+    stats = room.client.info("commandstats")
+    assert stats.get("cmdstat_pexpire", {}).get("calls", 0) == 0
+    outbox = archive_key(room.settings.key_prefix) + ":outbox"
+    assert room.client.pttl(room.keys.seq) == -1 and room.client.xlen(outbox) == 21

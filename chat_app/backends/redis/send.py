@@ -25,11 +25,14 @@ log = logging.getLogger(__name__)
 
 
 class SendScript:
-    """send.lua (seq + history + PUBLISH) for one deployment's settings."""
+    """send.lua (seq + history + PUBLISH) for one deployment's settings, and send_many.lua,
+    the same for several messages in one call (one server: not on a Cluster)."""
 
     def __init__(self, client: AnyRedis, settings: Settings) -> None:
         sharded = isinstance(client, RedisCluster)
-        self.script = LuaScript.load("send.lua", sharded=sharded, archive=ArchiveLua.of(settings, sharded))
+        archive = ArchiveLua.of(settings, sharded)
+        self.script = LuaScript.load("send_one.lua", "send.lua", sharded=sharded, archive=archive)
+        self.many = LuaScript.load("send_one.lua", "send_many.lua", sharded=sharded, archive=archive)
         self._history_length = settings.history_length
         self._room_ttl_ms = settings.redis_room_ttl_ms
 
@@ -47,6 +50,26 @@ class SendScript:
         ]
         return (self.script, [keys.seq, keys.hist, keys.epoch, keys.dedup, keys.srv, keys.ban(d.sender)], args)
 
+    def batch(self, calls: Sequence[Call]) -> Call:
+        """One send_many.lua call for several `call`s (on one server): each message's KEYS
+        and ARGV in turn. Its answer is one send.lua answer per message (`answers`)."""
+        keys: list[str] = []
+        args: list[object] = []
+        for _, k, a in calls:
+            keys += k
+            args += a
+        return (self.many, keys, args)
+
+    @staticmethod
+    def answers(count: int, result: object) -> list[object]:
+        """Each message's answer from a `batch` call's result; an error (the whole call was
+        refused: nothing of it was stored) in each message's place."""
+        if isinstance(result, Exception):
+            return [result] * count
+        if not isinstance(result, list) or len(result) != count:
+            return [redis.ResponseError(f"send_many answered {count} messages with {result!r:.80}")] * count
+        return result
+
     @staticmethod
     def envelope(draft: Draft, result: object) -> Envelope:
         """The stored message from the script's answer: the first one stored under the
@@ -57,6 +80,10 @@ class SendScript:
             raise BackendUnavailable(f"redis refused the send: {result}")
         if result[0] == -1:  # type: ignore[index]
             raise Banned(int(result[1]) / 1000)  # type: ignore[index]
+        if result[0] == -2:  # type: ignore[index]  # the archive is restoring positions
+            reason = result[1].decode(errors="replace")  # type: ignore[index]
+            log.error("event=publish_error room=%s error=%s", q(draft.room), q(reason))
+            raise BackendUnavailable(f"redis refused the send: {reason}")
         seq, epoch, stored, duplicate = result  # type: ignore[misc]
         if duplicate:
             try:

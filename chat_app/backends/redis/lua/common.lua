@@ -43,10 +43,14 @@ end
 -- runs the archive (ARCHIVE_REQUIRED) must not start an epoch on a Redis whose positions
 -- the archive has not put back yet (a Redis restarted empty), or the room's seqs would
 -- begin again under a new epoch beside the archived ones.
+local UNSEEDED = 'UNSEEDED the archive is restoring room positions'
+
+local function unseeded()
+  return ARCHIVE_REQUIRED and redis.call('EXISTS', ARCHIVE_KEY) == 0
+end
+
 local function refuse_unseeded()
-  if ARCHIVE_REQUIRED and redis.call('EXISTS', ARCHIVE_KEY) == 0 then
-    error({err = 'UNSEEDED the archive is restoring room positions'})
-  end
+  if unseeded() then error({err = UNSEEDED}) end
 end
 
 -- With the archive on, a room's position lives for the archive's position ttl (0: for good).
