@@ -414,9 +414,19 @@ def _websocket_handler(sock: Socket, ws: Any) -> list[Any]:  # noqa: PLR0912, PL
                 if refusal is not None:  # chat_app.transport.shedding
                     lean.send(sock, packet.Packet(packet.MESSAGE, data=refusal))
                     continue
-                # Socket.receive's branch (less its INFO log, off in chat_app): one frame
-                # less under every event dispatch.
-                server._trigger_event("message", sock.sid, pkt.data, run_async=server.async_handlers)
+                # Socket.receive's branch (less its INFO log, off in chat_app), and
+                # _trigger_event's run_handler inlined: three frames less under every event
+                # dispatch (python-socketio runs engine.io's handlers inline, its events in
+                # greenlets of their own), which keeps the deepest one inside the first
+                # data-stack page (bench/README.md, "Memory per connection").
+                handler = server.handlers.get("message")
+                if handler is None or server.async_handlers:
+                    server._trigger_event("message", sock.sid, pkt.data, run_async=server.async_handlers)
+                else:
+                    try:
+                        handler(sock.sid, pkt.data)
+                    except Exception:
+                        server.logger.exception("message handler error")
             else:
                 sock.receive(pkt)
         except exceptions.UnknownPacketError:
