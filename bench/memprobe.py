@@ -29,12 +29,12 @@ import asyncio
 import contextlib
 import ctypes
 import gc
-import weakref
-import sys
 import json
+import sys
 import tempfile
 import time
 import urllib.request
+import weakref
 from pathlib import Path
 from typing import Any
 
@@ -43,8 +43,10 @@ if os.environ.get("CHAT_MEMPROBE_NODE"):
     class _Mallinfo2(ctypes.Structure):
         _fields_ = [
             (name, ctypes.c_size_t)
-            for name in ("arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks", "fsmblks", "uordblks")
-            + ("fordblks", "keepcost")
+            for name in (
+                *("arena", "ordblks", "smblks", "hblks", "hblkhd"),
+                *("usmblks", "fsmblks", "uordblks", "fordblks", "keepcost"),
+            )
         ]
 
     def _mallinfo() -> dict[str, int]:
@@ -202,14 +204,16 @@ def _get(port: int, query: str = "") -> dict[str, Any]:
 
 def _diff_greenlets(before: dict[str, Any], after: dict[str, Any], n: int) -> list[str]:
     lines = [
-        "| greenlets running | count before | after | per connection | saved C stack after (KiB) | per connection (KiB) | deepest (frames) |"
+        "| greenlets running | count before | after | per connection | saved C stack after (KiB) "
+        "| per connection (KiB) | deepest (frames) |"
     ]
     lines.append("|---|---:|---:|---:|---:|---:|---:|---:|")
     for kind in sorted(set(before) | set(after), key=lambda k: -after.get(k, {}).get("stack_saved", 0)):
         b, a = before.get(kind, {}), after.get(kind, {})
         lines.append(
             f"| {kind} | {b.get('count', 0)} | {a.get('count', 0)} | {(a.get('count', 0) - b.get('count', 0)) / n:.2f} "
-            f"| {a.get('stack_saved', 0) / 1024:.0f} | {(a.get('stack_saved', 0) - b.get('stack_saved', 0)) / n / 1024:.2f} "
+            f"| {a.get('stack_saved', 0) / 1024:.0f} "
+            f"| {(a.get('stack_saved', 0) - b.get('stack_saved', 0)) / n / 1024:.2f} "
             f"| {a.get('max_frames', 0)} | {a.get('data_stack_resident', 0) / max(a.get('count', 0), 1) / 1024:.1f} |"
         )
     return lines
@@ -221,9 +225,8 @@ def report(before: dict[str, Any], after: dict[str, Any], n: int) -> str:
     lines += ["| what | KiB per connection |", "|---|---:|"]
     lines.append(f"| RSS (the worker) | {per(after['rss'], before['rss']):.2f} |")
     ma, mb = after["mallinfo"], before["mallinfo"]
-    lines.append(
-        f"| glibc heap in use (uordblks + hblkhd) | {per(ma['uordblks'] + ma['hblkhd'], mb['uordblks'] + mb['hblkhd']):.2f} |"
-    )
+    in_use = per(ma["uordblks"] + ma["hblkhd"], mb["uordblks"] + mb["hblkhd"])
+    lines.append(f"| glibc heap in use (uordblks + hblkhd) | {in_use:.2f} |")
     lines.append(f"| glibc heap free inside its arena (fordblks) | {per(ma['fordblks'], mb['fordblks']):.2f} |")
     for kind in sorted(set(after["smaps_kib"]) | set(before["smaps_kib"])):
         d = (after["smaps_kib"].get(kind, 0) - before["smaps_kib"].get(kind, 0)) / n
