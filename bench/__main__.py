@@ -116,7 +116,8 @@ async def run(args: argparse.Namespace, generator: Generator, servers: tuple[Ser
                 log(s.label, f"w2@{rate:g}", step)
     for s in servers:
         if "w3" in parts:
-            results[s.label]["w3"] = await w3(s, connections=500 if args.quick else 2000, generator=generator)
+            connections = args.w3_connections or (500 if args.quick else 2000)
+            results[s.label]["w3"] = await w3(s, connections=connections, generator=generator)
             log(s.label, "w3", results[s.label]["w3"])
         if "routing" in parts:
             results[s.label]["routing"] = await routing(s, generator=generator)
@@ -128,7 +129,8 @@ async def run(args: argparse.Namespace, generator: Generator, servers: tuple[Ser
 def log(label: str, what: str, data: dict[str, Any]) -> None:
     keys = ("deliveries_per_s", "loss_pct", "p50_ms", "p99_ms", "node_cpu_us_per_delivery", "rss_kib_per_connection")
     keys += ("share_per_node", "refused", "generator_cpu_pct", "connect_and_join_total_s")
-    keys += ("node_cpu_us_per_connect_join", "redis_cpu_us_per_join")
+    keys += ("node_cpu_us_per_connect_join", "redis_cpu_us_per_join", "rss_kib_per_connection_harness")
+    keys += ("rss_kib_per_connection_by_time",)
     brief = {k: (round(v, 2) if isinstance(v, float) else v) for k, v in data.items() if k in keys}
     print(f"[{time.strftime('%H:%M:%S')}] {label:8} {what:8} {brief}", flush=True)
 
@@ -138,6 +140,13 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="short ladder and runs")
     parser.add_argument("--only", default="", help="comma-separated subset of w1,w2,w3,routing")
     parser.add_argument("--rates", default="", help="comma-separated W2 rates instead of the ladder")
+    parser.add_argument(
+        "--w3-connections",
+        type=int,
+        default=0,
+        help="W3's idle connections over its 2 nodes (default 2,000; 500 with --quick); the lean "
+        "generator holds them all in one process, under its open-files limit",
+    )
     parser.add_argument("--servers", default="", help="comma-separated subset of chat_app,peer,baseline")
     parser.add_argument(
         "--generator",

@@ -67,13 +67,16 @@ def cpu_seconds(pid: int) -> float:
     return total
 
 
+def rss_bytes_one(pid: int) -> int:
+    """Resident set of one process (0 once it is gone)."""
+    with contextlib.suppress(OSError), open(f"/proc/{pid}/statm") as f:
+        return int(f.read().split()[1]) * PAGE
+    return 0
+
+
 def rss_bytes(pid: int) -> int:
     """Resident set of one process and all its descendants."""
-    total = 0
-    for p in [pid, *_children(pid)]:
-        with contextlib.suppress(OSError), open(f"/proc/{p}/statm") as f:
-            total += int(f.read().split()[1]) * PAGE
-    return total
+    return sum(rss_bytes_one(p) for p in [pid, *_children(pid)])
 
 
 @dataclass

@@ -94,7 +94,13 @@ def summary_rows(servers: list[dict[str, Any]]) -> list[Row]:
             rows.append((f"W2 @{rate}: Redis CPU s ↓", [s["redis_cpu_s"] for s in steps]))
             rows.append((f"W2 @{rate}: Redis CPU µs per message ↓", [_redis_us(s) for s in steps]))
     if (values := each("w3", lambda w: w["rss_kib_per_connection"])) is not None:
-        rows.append(("W3 RSS per idle joined connection (KiB) ↓", values))
+        rows.append(("W3 RSS per idle joined connection (KiB), tree 3 s after the last ack ↓", values))
+        rows.append(
+            (
+                "W3 the same, tree 0.5 s after the last ack (the harness's reading) ↓",
+                each("w3", lambda w: w.get("rss_kib_per_connection_harness", float("nan"))) or [],
+            )
+        )
         rows.append(("W3 connect+join of all (s) ↓", each("w3", lambda w: w["connect_and_join_total_s"]) or []))
         rows.append(("W3 connect p99 (ms) ↓", each("w3", lambda w: w["connect_p99_ms"]) or []))
         rows.append(("W3 join p99 (ms) ↓", each("w3", lambda w: w["join_p99_ms"]) or []))
@@ -177,6 +183,8 @@ def markdown(results: dict[str, Any]) -> str:
         lines += ["", f"W2 ladder ({results['w2_duration_s']:.0f} s per rate, 20 rooms x 10 members, 5 per node):", ""]
         lines += ladder_table(results, labels)
     lines += commandstats_tables(results, labels)
+    if all("rss_kib_per_connection_by_time" in (results[x].get("w3") or {}) for x in labels):
+        lines += ["", *w3_timeline(results, labels)]
     if all("routing" in results[x] for x in labels):
         lines += ["", "Interest routing (4 nodes, 40 rooms, each room's members on one node):", ""]
         lines += ["| server | published | received from Redis per node | room channels | subscribers per channel |"]
@@ -224,6 +232,23 @@ def commandstats_tables(results: dict[str, Any], labels: list[str]) -> list[str]
                     f"| {name} | {v.get('calls', 0) / sent:.3f} | {v.get('usec', 0) / sent:.2f} "
                     f"| {v.get('usec_per_call', 0):.2f} |"
                 )
+    return lines
+
+
+def w3_timeline(results: dict[str, Any], labels: list[str]) -> list[str]:
+    """W3's KiB per connection by when it is read: each node's process tree (and its largest
+    process alone) against the tree just before the first client."""
+    times = list(results[labels[0]]["w3"]["rss_kib_per_connection_by_time"])
+    n = results[labels[0]]["w3"]["connections"]
+    lines = [f"W3 RSS per idle joined connection (KiB, {n:,} over 2 nodes) by seconds after the last join's ack:", ""]
+    lines += ["| server | what | " + " | ".join(f"{t} s" for t in times) + " |", "|---|---|" + "---:|" * len(times)]
+    for label in labels:
+        w = results[label]["w3"]
+        for what, key in (
+            ("process tree", "rss_kib_per_connection_by_time"),
+            ("largest process", "rss_kib_per_connection_worker_by_time"),
+        ):
+            lines.append(f"| {label} | {what} | " + " | ".join(_num(w[key].get(t)) for t in times) + " |")
     return lines
 
 

@@ -74,6 +74,12 @@ def install_transport(sio: Any, max_client_queue: int, connect_timeout: float = 
     if pinned:
         watch_slow_clients(sio, max_client_queue, longest=installed.longest_queue if installed else None)
     guard = conformance.install(sio, connect_timeout) if pinned else None
+    if installed is not None:
+        # python-socketio's handle_request (5.18.1) only hands the request to engine.io's:
+        # the middleware calls engine.io's (the guard's) at once, a frame less under every
+        # websocket's receive loop (lean_websockets: the deepest dispatch stays in the first
+        # data-stack page).
+        sio.handle_request = sio.eio.handle_request
     transport = Transport(sio, Answers(sio), RoomFanout(sio, writer), writer, installed, guard, pinned)
     log.info(
         "event=transport direct_writes=%s lean_websockets=%s answers_tracked=%s slow_client_watch=%s "

@@ -98,7 +98,16 @@ def _is_upgrade(environ: dict[str, Any]) -> bool:
 
 
 def _handle_get_request(sock: Socket, environ: dict[str, Any], start_response: Callable[..., Any]) -> Any:
-    """Socket.handle_get_request; a poll that the session's close ended answers NOOP."""
+    """Socket.handle_get_request; a poll that the session's close ended answers NOOP.
+
+    A websocket upgrade goes straight to `_upgrade_websocket` (upstream's first branch, 4.15.1):
+    the connection's receive loop runs under this call for its lifetime, and each frame less
+    under it keeps its deepest dispatch further inside the first data-stack page
+    (chat_app.transport.lean_websockets)."""
+    upgrade = _is_upgrade(environ) and environ.get("HTTP_UPGRADE", "").lower() == "websocket"
+    if upgrade and "websocket" in sock.upgrade_protocols:
+        sock.server.logger.info("%s: Received request to upgrade to %s", sock.sid, "websocket")
+        return sock._upgrade_websocket(environ, start_response)
     packets = _original_handle_get_request(sock, environ, start_response)
     if packets == [] and sock.closed and not _is_upgrade(environ):
         return [eio_packet.Packet(eio_packet.NOOP)]

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import logging
 import struct
-from collections.abc import Collection
+from collections.abc import Callable, Collection
 from dataclasses import dataclass
 from typing import Any
 
@@ -83,7 +83,17 @@ class FramedWebSocket(eio_gevent.WebSocketWSGI):
         if isinstance(sock, gevent.socket.socket) and not isinstance(sock, gevent.ssl.SSLSocket):
             self.raw = sock
         self.app.__self__.chat_ws = self  # app is the engine.io socket's bound handler
-        return super().__call__(environ, start_response)
+        # WebSocketWSGI.__call__ (python-engineio 4.15.1, gevent-websocket), inlined: the
+        # connection's receive loop runs under this call, one frame less under it.
+        if "wsgi.websocket" not in environ:
+            raise RuntimeError("The gevent-websocket server is not configured appropriately.")
+        self._sock = ws = environ["wsgi.websocket"]
+        self.environ = environ
+        self.version = ws.version
+        self.path = ws.path
+        self.origin = ws.origin
+        self.protocol = ws.protocol
+        return self.app(self)
 
     def send(self, message: Any) -> Any:
         self.busy = True
@@ -177,13 +187,21 @@ def _unmask(header: Header, payload: bytes) -> bytes:
     return XorMaskerSimple(header.mask).process(payload)
 
 
+def _framed_websocket(handler: Any, server: Any) -> Callable[[dict[str, Any], Any], Any]:
+    """What engine.io's `_upgrade_websocket` makes and calls: a FramedWebSocket, handed back
+    as its bound `__call__`. Calling an instance from Python goes through C (another
+    interpreter loop on the C stack, ~750 bytes that an idle connection's greenlet keeps
+    saved for its lifetime); calling a bound method does not."""
+    return FramedWebSocket(handler, server).__call__
+
+
 def install(socketio_server: Any) -> DirectWriter | None:
     """Route this server's engine.io sends through a DirectWriter, and unmask what clients
     send in C (gevent-websocket only; chat_app.transport checks the versions first)."""
     eio = socketio_server.eio
     if eio.async_mode != "gevent" or eio._async["websocket"] is not eio_gevent.WebSocketWSGI:
         return None
-    eio._async = {**eio._async, "websocket": FramedWebSocket}
+    eio._async = {**eio._async, "websocket": _framed_websocket}
     Header.mask_payload = Header.unmask_payload = _unmask
     writer = DirectWriter(eio)
     eio.send_packet = writer.send_packet

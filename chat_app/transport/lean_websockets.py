@@ -32,8 +32,9 @@ gevent's queue three deques per socket. Under gevent, `install` changes that:
 - each socket gets a `PacketQueue`, which holds a deque only while packets are queued; the
   queues that held packets since the last look are known (`LeanWebsockets.longest_queue`),
   so chat_app.transport.slow_clients need not read all 20,000 queues every second.
-- frames are read through a 512-byte buffer, and pywsgi forgets the parsed headers (the
-  WSGI environ, which Socket.IO keeps, has them).
+- frames are read straight from the socket (`SocketReader`: no buffer kept between
+  messages, no C-level call back into Python while blocked), and pywsgi forgets the parsed
+  headers (the WSGI environ, which Socket.IO keeps, has them).
 - Socket.IO connects (the app's connect handler) run in a short-lived greenlet, events are
   spawned with `gevent.spawn` itself, and the receive loop calls `ws.wait()` inline: the
   handler greenlet's frames then stay within the first 4 KiB page of its data stack
@@ -80,7 +81,7 @@ log = logging.getLogger(__name__)
 WRITER_LINGER = 1.0  # seconds an idle writer waits for more before it ends
 PING_TICK = 0.1  # seconds: pings due within one tick go out together
 SERVICE_TICK = 1.0  # seconds between the ping-timeout checks of a share of the sockets
-READ_BUFFER = 512  # bytes; one recv still takes a chat message's whole frame
+READ_BUFFER = 512  # bytes asked of recv at least; one recv still takes a chat message's whole frame
 
 _ATTR = "_chat_lean_websockets"
 _original_schedule_ping = Socket.schedule_ping
@@ -291,15 +292,47 @@ class _Writer:
         return packets
 
 
-def _slim_handler(ws: Any) -> None:
-    """pywsgi's per-connection handler, once the connection is a websocket: read through a
-    READ_BUFFER-byte buffer instead of 8 KiB, and forget the parsed request headers.
+class SocketReader:
+    """What gevent-websocket reads frames through (`Stream.read`), reading the socket itself
+    instead of through pywsgi's io.BufferedReader: a read blocks in Python frames only (the
+    buffered reader's C code calls back into Python for every refill, one more interpreter
+    loop on the C stack that an idle connection's greenlet keeps saved, ~750 bytes), and no
+    buffer is held between messages. Same contract as BufferedReader.read(n): `n` bytes, or
+    fewer at end of stream; the socket's timeout and errors propagate."""
 
-    Re-running BufferedReader.__init__ on the same raw socket frees the old buffer and
-    keeps every reference to the reader (gevent-websocket's Stream, pywsgi's Input) valid;
-    only done while the old buffer holds nothing (a client waits for the server's OPEN
-    packet before it sends): a peek with the socket non-blocking tells without waiting.
-    pywsgi reads `headers` only while parsing the request; gevent-websocket not at all."""
+    __slots__ = ("_pending", "_recv")
+
+    def __init__(self, sock: Any, pending: bytes = b"") -> None:
+        self._recv = sock.recv
+        self._pending = pending  # read from the socket, not yet asked for
+
+    def read(self, n: int) -> bytes:
+        data = self._pending
+        if len(data) < n:
+            parts = [data] if data else []
+            have = len(data)
+            while have < n:
+                chunk = self._recv(max(n - have, READ_BUFFER))
+                if not chunk:
+                    break
+                parts.append(chunk)
+                have += len(chunk)
+            data = b"".join(parts)
+        self._pending = data[n:]
+        return data[:n]
+
+
+def _slim_handler(ws: Any) -> None:
+    """pywsgi's per-connection handler, once the connection is a websocket: frames are read
+    straight from the socket (SocketReader), pywsgi's read buffer shrinks to one byte, and
+    the parsed request headers are forgotten.
+
+    Whatever pywsgi's reader already holds (a client waits for the server's OPEN packet
+    before it sends, so nothing, in practice) is handed to the SocketReader: a peek with the
+    socket non-blocking tells without waiting. Re-running BufferedReader.__init__ on the
+    same raw socket frees the old buffer and keeps every reference to the reader (pywsgi's
+    Input) valid. pywsgi reads `headers` only while parsing the request; gevent-websocket
+    not at all."""
     handler = getattr(getattr(getattr(ws, "_sock", None), "stream", None), "handler", None)
     if handler is None:
         return
@@ -311,13 +344,16 @@ def _slim_handler(ws: Any) -> None:
     timeout = sock.gettimeout()
     try:
         sock.settimeout(0.0)
-        if rfile.peek(1):
-            return
+        pending = rfile.peek(1)
+        pending = rfile.read(len(pending)) if pending else b""
     except Exception:
         return
     finally:
         sock.settimeout(timeout)
-    rfile.__init__(rfile.raw, READ_BUFFER)  # type: ignore[misc]
+    rfile.__init__(rfile.raw, 1)  # type: ignore[misc]
+    reader = SocketReader(sock, pending)
+    websocket = ws._sock
+    websocket.stream.read = websocket.raw_read = reader.read
 
 
 def _schedule_ping(sock: Socket) -> None:
@@ -414,9 +450,19 @@ def _websocket_handler(sock: Socket, ws: Any) -> list[Any]:  # noqa: PLR0912, PL
                 if refusal is not None:  # chat_app.transport.shedding
                     lean.send(sock, packet.Packet(packet.MESSAGE, data=refusal))
                     continue
-                # Socket.receive's branch (less its INFO log, off in chat_app): one frame
-                # less under every event dispatch.
-                server._trigger_event("message", sock.sid, pkt.data, run_async=server.async_handlers)
+                # Socket.receive's branch (less its INFO log, off in chat_app), and
+                # _trigger_event's run_handler inlined: three frames less under every event
+                # dispatch (python-socketio runs engine.io's handlers inline, its events in
+                # greenlets of their own), which keeps the deepest one inside the first
+                # data-stack page (bench/README.md, "Memory per connection").
+                handler = server.handlers.get("message")
+                if handler is None or server.async_handlers:
+                    server._trigger_event("message", sock.sid, pkt.data, run_async=server.async_handlers)
+                else:
+                    try:
+                        handler(sock.sid, pkt.data)
+                    except Exception:
+                        server.logger.exception("message handler error")
             else:
                 sock.receive(pkt)
         except exceptions.UnknownPacketError:

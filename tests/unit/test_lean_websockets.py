@@ -296,3 +296,30 @@ def test_other_versions_are_left_alone(monkeypatch, other: str) -> None:
     assert "_handle_connect" not in vars(server) and "send_packet" not in vars(server.eio)
     assert transport.answers.tracked == (other != "python-socketio")
     assert ("_handle_event_internal" in vars(server)) == transport.answers.tracked
+
+
+class _Chunks:
+    """A socket whose recv hands out these chunks, then end of stream."""
+
+    def __init__(self, *chunks: bytes) -> None:
+        self.chunks, self.asked = list(chunks), []
+
+    def recv(self, n: int) -> bytes:
+        self.asked.append(n)
+        return self.chunks.pop(0)[:n] if self.chunks else b""
+
+
+def test_socket_reader_reads_exactly_what_is_asked_across_chunks_and_short_at_the_end() -> None:
+    sock = _Chunks(b"\x81\x05hel", b"lo\x81", b"\x02ok")
+    reader = lean_websockets.SocketReader(sock, pending=b"")
+    assert reader.read(2) == b"\x81\x05"  # a header out of the first chunk; the rest kept
+    assert reader.read(5) == b"hello"  # 3 kept bytes and 2 of the next chunk
+    assert reader.read(2) == b"\x81\x02"
+    assert reader.read(2) == b"ok"
+    assert reader.read(2) == b""  # end of stream: fewer than asked, as BufferedReader.read
+    assert sock.asked[0] == lean_websockets.READ_BUFFER  # a small read still asks for a frame's worth
+
+
+def test_socket_reader_serves_what_pywsgi_had_buffered_first() -> None:
+    reader = lean_websockets.SocketReader(_Chunks(b"lo"), pending=b"hel")
+    assert reader.read(5) == b"hello"

@@ -125,8 +125,9 @@ class LoopServer:
 
     def __init__(self) -> None:
         self.dispatched: list[str] = []
+        self.handlers = {"message": self._on_message}  # the loop calls engine.io's handler itself
 
-    def _trigger_event(self, event: str, sid: str, data: str, run_async: bool) -> None:
+    def _on_message(self, sid: str, data: str) -> None:
         self.dispatched.append(data)
 
     def start_background_task(self, target: Any, *args: Any) -> gevent.Greenlet:
@@ -249,3 +250,23 @@ def test_the_send_handler_passes_the_transports_answer_and_asks_only_while_shedd
     ack = send("drawn here")
     assert ack["error"]["code"] == "overloaded" and service.load.refused == 1
     assert len(asked) == 2
+
+
+def test_a_message_handler_that_raises_is_logged_and_the_connection_reads_on(caplog) -> None:
+    """The receive loop calls engine.io's message handler itself (issue 27: two frames less
+    under every dispatch); a handler's error ends nothing, as in engine.io's run_handler."""
+    server = LoopServer()
+    lean = LeanWebsockets(server, 0.05, send=None)
+    setattr(server, lean_websockets._ATTR, lean)
+
+    def on_message(sid: str, data: str) -> None:
+        if "boom" in data:
+            raise RuntimeError("handler bug")
+        server.dispatched.append(data)
+
+    server.handlers = {"message": on_message}
+    sock = LoopSocket(server)
+    with caplog.at_level(logging.ERROR, logger="test"):
+        lean_websockets._websocket_handler(sock, Frames(['42["boom"]', '42["typing",{}]']))  # type: ignore[arg-type]
+    assert server.dispatched == ['2["typing",{}]']
+    assert "message handler error" in caplog.text
