@@ -44,12 +44,12 @@ WITH heads AS (
     SELECT w.id, row_number() OVER (PARTITION BY w.room ORDER BY w.seq, w.pos NULLS FIRST, w.id) AS n,
         (w.pos IS NULL AND w.type <> 'message.created')
         OR w.created_at <= now() - make_interval(secs => %(gap_wait)s)
-        OR (CASE WHEN w.pos IS NULL THEN w.seq - 1 ELSE w.seq END) <= 0
-        OR EXISTS (
-            SELECT 1 FROM messages m
-            WHERE m.room = w.room AND m.seq = CASE WHEN w.pos IS NULL THEN w.seq - 1 ELSE w.seq END
-        ) AS ready
-    FROM webhook_outbox w JOIN due USING (room) WHERE w.state = 'pending'
+        OR f.seq <= 0
+        OR EXISTS (SELECT 1 FROM messages m WHERE m.room = w.room AND m.seq = f.seq) AS ready
+    FROM webhook_outbox w JOIN due USING (room)
+    -- the seq of the message it follows: a message's previous one, a room event's own seq's
+    CROSS JOIN LATERAL (SELECT CASE WHEN w.pos IS NULL THEN w.seq - 1 ELSE w.seq END AS seq) f
+    WHERE w.state = 'pending'
 )
 SELECT w.id, w.room, r.n, r.ready FROM webhook_outbox w JOIN ranked r USING (id)
 WHERE r.n <= %(per_room)s AND w.state = 'pending' AND w.next_at <= now()
