@@ -447,10 +447,7 @@ class ChatService:
     def send(self, sid: str, req: SendRequest, shed: bool = False) -> dict[str, Any]:
         """`shed`: the transport already drew this send against the load gauge."""
         conn = self._connection(sid)
-        if req.room not in conn.rooms:
-            raise ChatError(ErrorCode.NOT_IN_ROOM, f"join {req.room!r} before sending to it")
-        self._take(conn.send_bucket, "too many messages: slow down")
-        conn.touch(req.room)
+        self._check_send(conn, req)
         sender = conn.user or clean_sender(req.sender) or self.membership.user_of(req.room, sid)
         message, meta = req.message, None
         if self.hooks is not None and self.hooks.on_send:
@@ -462,9 +459,51 @@ class ChatService:
             envelope = self.store(draft, shed)
         finally:
             self.observe_publish(time.perf_counter() - started)
-        log.debug("event=send room=%s sid=%s seq=%d id=%s", q(req.room), sid, envelope.seq, q(envelope.id))
+        return self._sent(sid, envelope)
+
+    def _check_send(self, conn: Connection, req: SendRequest) -> None:
+        if req.room not in conn.rooms:
+            raise ChatError(ErrorCode.NOT_IN_ROOM, f"join {req.room!r} before sending to it")
+        self._take(conn.send_bucket, "too many messages: slow down")
+        conn.touch(req.room)
+
+    def _sent(self, sid: str, envelope: Envelope) -> dict[str, Any]:
+        log.debug("event=send room=%s sid=%s seq=%d id=%s", q(envelope.room), sid, envelope.seq, q(envelope.id))
         self.server.reach_direct(envelope)
         return {"ok": True, **commands.ack(envelope)}
+
+    @property
+    def sends_without_waiting(self) -> bool:
+        """Whether `send_then` may be used: the broker publishes without a waiting sender,
+        and no send hook (an HTTP call a send waits for) is configured."""
+        return hasattr(self._broker, "send_then") and not (self.hooks is not None and self.hooks.on_send)
+
+    def send_then(self, sid: str, req: SendRequest, done: Callable[[dict[str, Any]], None], shed: bool = False) -> None:
+        """`send` for a caller that must not block (gevent's hub): what `send` refuses before
+        the publish raises here, and the answer `send` would return (or the error it would
+        raise, as ChatError) goes to `done`, called by the publisher once Redis answered.
+        Only when `sends_without_waiting`."""
+        conn = self._connection(sid)
+        self._check_send(conn, req)
+        sender = conn.user or clean_sender(req.sender) or self.membership.user_of(req.room, sid)
+        draft = self.draft(req.room, sender, req.message, self.instance_id, req.key, None)
+        if not shed and self.load.refuses():
+            raise ChatError(ErrorCode.OVERLOADED, BEHIND)
+        started = time.perf_counter()
+
+        def stored(outcome: Envelope | Exception) -> None:
+            self.observe_publish(time.perf_counter() - started)
+            try:
+                envelope = self._stored(draft, outcome)
+            except ChatError as exc:
+                done({"ok": False, "error": exc.to_wire()})
+                return
+            done(self._sent(sid, envelope))
+
+        try:
+            self._broker.send_then(draft, stored)  # type: ignore[attr-defined]
+        except Overloaded as exc:
+            self._stored(draft, exc)
 
     def store(self, draft: Draft, shed: bool = False) -> Envelope:
         """Store and publish, with the protocol's answer when the node cannot. A node that runs
@@ -474,17 +513,25 @@ class ChatService:
             raise ChatError(ErrorCode.OVERLOADED, BEHIND)
         try:
             envelope = self._broker.send(draft)
-        except Banned as exc:
-            raise ChatError(ErrorCode.BANNED, f"{draft.sender!r} may not send to {draft.room!r}: {exc}") from None
-        except Overloaded as exc:
+        except (Banned, Overloaded, BackendUnavailable) as exc:
+            envelope = self._stored(draft, exc)
+        return envelope
+
+    def _stored(self, draft: Draft, outcome: Envelope | Exception) -> Envelope:
+        """A publish's outcome as `store` answers it: the envelope, or the protocol's error."""
+        if isinstance(outcome, Banned):
+            raise ChatError(ErrorCode.BANNED, f"{draft.sender!r} may not send to {draft.room!r}: {outcome}") from None
+        if isinstance(outcome, Overloaded):
             with self._lock:
                 self.counters.queue_full += 1
-            raise ChatError(ErrorCode.OVERLOADED, f"message not sent, the node is overloaded: {exc}") from None
-        except BackendUnavailable as exc:
-            raise unavailable("message not sent", exc) from None
+            raise ChatError(ErrorCode.OVERLOADED, f"message not sent, the node is overloaded: {outcome}") from None
+        if isinstance(outcome, BackendUnavailable):
+            raise unavailable("message not sent", outcome) from None
+        if isinstance(outcome, Exception):
+            raise outcome
         with self._lock:
             self.counters.published += 1
-        return envelope
+        return outcome
 
     def typing(self, sid: str, room: str) -> None:
         """Tell the room's other members that this one is typing. Quiet by design: from a

@@ -13,8 +13,10 @@ from collections.abc import Callable
 from typing import Any
 from urllib.parse import parse_qs
 
+import gevent
 from flask_socketio import SocketIO
 from socketio.exceptions import ConnectionRefusedError as Refused
+from socketio.packet import ACK
 
 from .auth import identify
 from .protocol.errors import ChatError, ErrorCode
@@ -131,6 +133,9 @@ def register_handlers(socketio: SocketIO, service: ChatService, transport: Trans
             ),
         )
 
+    if transport.guard is not None and transport.lean:
+        transport.guard.direct_events["send_message"] = _send_without_waiting(sio, service, transport)
+
     @sio.on("typing")
     def on_typing(sid: str, payload: Any = None, *_: Any) -> None:
         """Never answered: a bad or refused typing event is dropped (it is a hint, not a request)."""
@@ -142,3 +147,60 @@ def register_handlers(socketio: SocketIO, service: ChatService, transport: Trans
             service.typing(sid, room)
         except Exception:
             log.exception("event=handler_failed handler=typing sid=%s", sid)
+
+
+def _send_without_waiting(
+    sio: Any, service: ChatService, transport: Transport
+) -> Callable[[str, int | None, list[Any]], None]:
+    """send_message without a greenlet per send (gevent, with the protocol guard). python-
+    socketio runs each event in a greenlet of its own, which then waits for the publisher's
+    batch: a greenlet made, started and ended, and two switches more, for every send.
+    Here the send runs in a hub callback, queued where python-socketio would have started
+    its greenlet (so after the events the connection sent before it, a join for one, ran up
+    to their first wait, as before), and the publisher writes the answer when Redis has
+    answered the batch: every ack of a batch goes out in one pass of the direct writer.
+    Nothing on that path waits: the service's lock is never held across a wait. A node with
+    a send hook (an HTTP call the send waits for) keeps python-socketio's path."""
+    at_yield = gevent.get_hub().loop.run_callback
+    manager = sio.manager
+    max_bytes = service.settings.max_message_bytes
+
+    def answer_send(sid: str, payload: Any, reply: Callable[[dict[str, Any]], None]) -> None:
+        """on_send for a caller that must not block: `reply` gets the answer on_send returns."""
+        try:
+            service.send_then(
+                sid,
+                parse(SendRequest, payload, max_message_bytes=max_bytes),
+                reply,
+                shed=service.load.shedding() and transport.shed_already(sid),
+            )
+            return
+        except ChatError as exc:
+            error = exc
+        except Exception:
+            log.exception("event=handler_failed handler=send_message sid=%s", sid)
+            error = ChatError(ErrorCode.INTERNAL, "the server failed to handle this event")
+        reply({"ok": False, "error": error.to_wire()})
+
+    def start(sid: str, eio_sid: str, ack_id: int | None, payload: Any) -> None:
+        def reply(result: dict[str, Any]) -> None:
+            if ack_id is not None:
+                sio._send_packet(eio_sid, sio.packet_class(ACK, namespace="/", id=ack_id, data=[result]))
+            elif not result["ok"]:
+                sio.emit("error", {**result["error"], "event": "send_message"}, to=sid)
+
+        try:
+            answer_send(sid, payload, reply)
+        except Exception:  # in the hub: never let one send's failure out
+            log.exception("event=handler_failed handler=send_message sid=%s", sid)
+
+    def on_event(eio_sid: str, ack_id: int | None, data: list[Any]) -> None:
+        if not service.sends_without_waiting:
+            sio._handle_event(eio_sid, "/", ack_id, data)
+            return
+        sid = manager.sid_from_eio_sid(eio_sid, "/")
+        if sid is None or not manager.is_connected(sid, "/"):  # python-socketio's _handle_event drops it too
+            return
+        at_yield(start, sid, eio_sid, ack_id, data[1] if len(data) > 1 else None)
+
+    return on_event

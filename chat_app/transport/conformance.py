@@ -126,6 +126,9 @@ class ProtocolGuard:
         self._deadlines: DelayQueue[str] = DelayQueue(self.eio, self._expire, self.eio.create_event, "connect_timeout")
         self._handle_request = self.eio.handle_request
         self._handle_eio_connect = sio._handle_eio_connect
+        # Events of the default namespace handled without python-socketio's dispatch (a
+        # greenlet per event): name -> call(eio_sid, ack id or None, the event's list).
+        self.direct_events: dict[str, Callable[[str, int | None, list[Any]], None]] = {}
 
     # -- Engine.IO over HTTP ----------------------------------------------------------------
 
@@ -218,7 +221,11 @@ class ProtocolGuard:
         elif kind == sio_packet.DISCONNECT:
             sio._handle_disconnect(eio_sid, pkt.namespace, sio.reason.CLIENT_DISCONNECT)
         elif kind == sio_packet.EVENT:
-            sio._handle_event(eio_sid, pkt.namespace, pkt.id, pkt.data)
+            direct = self.direct_events.get(pkt.data[0]) if pkt.namespace in (None, "/") else None
+            if direct is not None:
+                direct(eio_sid, pkt.id, pkt.data)
+            else:
+                sio._handle_event(eio_sid, pkt.namespace, pkt.id, pkt.data)
         else:
             sio._handle_ack(eio_sid, pkt.namespace, pkt.id, pkt.data)
 

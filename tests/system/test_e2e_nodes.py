@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import signal
+from typing import Any
 
 import redis
 import requests
@@ -84,6 +85,29 @@ def test_original_protocol_client_keeps_working(redis_server, nodes) -> None:
     finally:
         old.close()
         other.close()
+
+
+def test_a_send_right_behind_its_join_finds_the_member_joined(redis_server, nodes) -> None:
+    """A send emitted right behind its join, before the join's answer: taken after the join
+    started, as python-socketio's greenlet per event had it (the send no longer gets one,
+    issue 27), so it is stored and acked rather than refused `not_in_room`."""
+    a = nodes.start(redis_server.url)
+    alice = ChatClient(a.url, "alice")
+    answers: dict[str, Any] = {}
+    try:
+        for i in range(3):
+            room = f"r{i}"
+            alice.sio.emit("join_room", {"room": room}, callback=lambda ack, r=room: answers.setdefault(f"j{r}", ack))
+            alice.sio.emit(
+                "send_message",
+                {"room": room, "message": "right behind"},
+                callback=lambda ack, r=room: answers.setdefault(f"s{r}", ack),
+            )
+        wait_until(lambda: len(answers) == 6, what="every answer")
+        assert all(answers[f"jr{i}"]["ok"] for i in range(3)), answers
+        assert [(answers[f"sr{i}"]["ok"], answers[f"sr{i}"].get("seq")) for i in range(3)] == [(True, 1)] * 3, answers
+    finally:
+        alice.close()
 
 
 def test_node_without_redis_serves_its_own_clients(nodes) -> None:

@@ -83,3 +83,36 @@ def test_a_batch_in_one_call_gives_each_send_its_own_answer(redis_server) -> Non
 
 def _pending(pub: Publisher, draft: Draft) -> _Pending:
     return _Pending(draft, pub._room_keys(draft.room), time.monotonic() + 5)
+
+
+def test_send_then_hands_each_outcome_to_its_callback_without_a_waiting_sender(redis_server) -> None:
+    """send_then (the gevent transport's send_message, issue 27): no sender waits; the
+    publisher calls each send's `done` with its envelope or why not, in the batch's order;
+    a `done` that fails costs the others nothing; a full queue refuses at once."""
+    client = redis_server.client()
+    settings = Settings.from_env({}, redis_url=redis_server.url)
+    client.set(RoomKeys.of(settings.key_prefix, "lobby").ban("eve"), "1", px=60_000)
+    pub = Publisher(client, settings, max_queue=3)
+    outcomes: list[object] = []
+
+    def done(outcome: object) -> None:
+        outcomes.append(outcome if isinstance(outcome, Exception) else outcome.seq)
+
+    def fails(outcome: object) -> None:
+        raise RuntimeError("a broken answer")
+
+    pub.send_then(Draft.new("lobby", "ann", "one", "n1"), done)
+    pub.send_then(Draft.new("lobby", "eve", "banned", "n1"), fails)
+    pub.send_then(Draft.new("lobby", "bob", "two", "n1"), done)
+    with pytest.raises(Overloaded):
+        pub.send_then(Draft.new("lobby", "bob", "refused", "n1"), done)
+    assert outcomes == []  # nothing sent before the publisher runs
+    pub.start()
+    try:
+        wait_until(lambda: len(outcomes) == 2, what="both answers")
+        assert outcomes == [1, 2]
+        pub.send_then(Draft.new("lobby", "eve", "banned", "n1"), done)
+        wait_until(lambda: len(outcomes) == 3, what="the refusal")
+        assert isinstance(outcomes[2], Banned)
+    finally:
+        pub.stop()

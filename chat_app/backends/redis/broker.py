@@ -5,7 +5,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 from redis.cluster import RedisCluster
 
@@ -25,6 +25,7 @@ from ..base import (
     RECENT_HISTORY,
     ArchiveReader,
     BackendUnavailable,
+    Banned,
     BrokerHooks,
     CommandResult,
     Draft,
@@ -104,6 +105,9 @@ class RedisBroker:
 
     def send(self, draft: Draft) -> Envelope:
         return self.publisher.send(draft)
+
+    def send_then(self, draft: Draft, done: Callable[[Envelope | BackendUnavailable | Banned], None]) -> None:
+        self.publisher.send_then(draft, done)
 
     def stats(self) -> BrokerStats:
         listener = self.listener

@@ -16,6 +16,7 @@ import logging
 import threading
 import time
 from collections import deque
+from collections.abc import Callable
 from functools import lru_cache, partial
 
 import redis
@@ -33,32 +34,47 @@ from .send import SendScript, ServerIds
 
 log = logging.getLogger(__name__)
 
+Outcome = Envelope | BackendUnavailable | Banned  # a send's outcome: stored, or why not
+
 MAX_BATCH = 256
 RECHECK_SECONDS = 1.0
 RATE_SMOOTHING = 0.25  # weight of the latest batch in the send-rate estimate
 
 
 class _Pending:
-    """A queued send and the slot for its outcome, which the sender waits for on an Event.
-    A Future builds a Condition and takes locks on every step; under gevent's patching an
-    Event is one small C object (measured: cheaper than a bare lock there, too)."""
+    """A queued send and the slot for its outcome, which the sender waits for on an Event,
+    or which goes to `done` (the publisher calls it, and no sender waits). A Future builds a
+    Condition and takes locks on every step; under gevent's patching an Event is one small C
+    object (measured: cheaper than a bare lock there, too)."""
 
-    __slots__ = ("_outcome", "_settled", "deadline", "draft", "keys")
+    __slots__ = ("_outcome", "_settled", "deadline", "done", "draft", "keys")
 
-    def __init__(self, draft: Draft, keys: RoomKeys, deadline: float) -> None:
+    def __init__(
+        self, draft: Draft, keys: RoomKeys, deadline: float, done: Callable[[Outcome], None] | None = None
+    ) -> None:
         self.draft = draft
         self.keys = keys
         self.deadline = deadline
-        self._outcome: Envelope | BackendUnavailable | Banned | None = None
-        self._settled = threading.Event()
+        self.done = done
+        self._outcome: Outcome | None = None
+        self._settled = threading.Event() if done is None else None
 
-    def settle(self, outcome: Envelope | BackendUnavailable | Banned) -> None:
+    def settle(self, outcome: Outcome) -> None:
         """The first outcome wins; only the publisher's thread settles, so no race."""
-        if self._outcome is None:
-            self._outcome = outcome
+        if self._outcome is not None:
+            return
+        self._outcome = outcome
+        if self._settled is not None:
             self._settled.set()
+            return
+        assert self.done is not None
+        try:
+            self.done(outcome)
+        except Exception:  # the sender's answer failing must not cost the batch's others theirs
+            log.exception("event=send_done_failed room=%s", q(self.draft.room))
 
     def wait(self, timeout: float) -> Envelope:
+        assert self._settled is not None
         if not self._settled.wait(timeout):
             raise BackendUnavailable("publish did not complete within the deadline")
         if isinstance(self._outcome, (BackendUnavailable, Banned)):
@@ -108,13 +124,24 @@ class Publisher:
 
     def send(self, draft: Draft) -> Envelope:
         """Refused at once, unstored (`overloaded`), when the queue is full."""
+        return self._enqueue(_Pending(draft, self._room_keys(draft.room), time.monotonic() + self._deadline)).wait(
+            self._deadline + 1.0
+        )
+
+    def send_then(self, draft: Draft, done: Callable[[Outcome], None]) -> None:
+        """`send` without waiting: the publisher's thread calls `done` with the outcome once
+        the send's batch is answered (or its deadline passed), so a sender needs no thread
+        or greenlet of its own to wait in. `done` must not block: the batch's other senders
+        wait for it. Refused at once (`Overloaded`) when the queue is full."""
+        self._enqueue(_Pending(draft, self._room_keys(draft.room), time.monotonic() + self._deadline, done))
+
+    def _enqueue(self, pending: _Pending) -> _Pending:
         if len(self._queue) >= self._max_queue:
             raise Overloaded("the publish queue is full")
-        pending = _Pending(draft, self._room_keys(draft.room), time.monotonic() + self._deadline)
         self._queue.append(pending)
         if not self._wakeup.is_set():
             self._wakeup.set()
-        return pending.wait(self._deadline + 1.0)
+        return pending
 
     def _run(self) -> None:
         queued = self._queue
