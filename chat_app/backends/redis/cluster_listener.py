@@ -26,7 +26,7 @@ from redis.cluster import RedisCluster
 from ...logsafe import q
 from ...settings import Settings
 from .connection import CONNECTION_ERRORS, describe
-from .listener import POLL, Deaf, Listener, _socket
+from .listener import POLL, Deaf, Listener, _socket, as_is
 from .topology import SlotMaps
 
 log = logging.getLogger(__name__)
@@ -149,7 +149,7 @@ class ShardedListener(Listener):
         # The first SSUBSCRIBE opens the connection (a dead shard fails there). No PING before
         # it: unsubscribed, Redis answers +PONG, which redis-py's pub/sub reader never returns.
         client = redis.Redis(host=shard.host, port=shard.port, **self._connection_kwargs)
-        shard.pubsub = client.pubsub()
+        shard.pubsub = client.pubsub(push_handler_func=as_is)
         shard.ping_sent, shard.last_rx = None, time.monotonic()
 
     def _subscribe(self, shard: _Shard, channels: set[bytes]) -> None:
