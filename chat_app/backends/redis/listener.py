@@ -256,6 +256,17 @@ class Listener:
             readable = False
             if self._known:
                 response = conn.read_response(disconnect_on_error=False, push_request=True, timeout=self._probe_timeout)
+                if (
+                    type(response) is not bytes
+                    and response is not None
+                    and len(response) == 3
+                    and response[0] == b"message"
+                    and pubsub.channels.get(response[1]) is None
+                ):
+                    # A room message, what handle_message returns for it (no handler is ever
+                    # registered here) without its per-message work: the type decoded, a
+                    # dict, redis-py's observability hook (no collector is configured).
+                    return {"type": "message", "channel": response[1], "data": response[2]}
                 message = pubsub.handle_message(response)
             else:
                 message = pubsub.get_message(timeout=0)
