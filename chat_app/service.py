@@ -468,7 +468,8 @@ class ChatService:
         conn.touch(req.room)
 
     def _sent(self, sid: str, envelope: Envelope) -> dict[str, Any]:
-        log.debug("event=send room=%s sid=%s seq=%d id=%s", q(envelope.room), sid, envelope.seq, q(envelope.id))
+        if log.isEnabledFor(logging.DEBUG):  # q() reads every character: not for a line never written
+            log.debug("event=send room=%s sid=%s seq=%d id=%s", q(envelope.room), sid, envelope.seq, q(envelope.id))
         self.server.reach_direct(envelope)
         return {"ok": True, **commands.ack(envelope)}
 
