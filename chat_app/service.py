@@ -488,9 +488,10 @@ class ChatService:
         self._check_send(conn, req)
         sender = conn.user or clean_sender(req.sender) or self.membership.user_of(req.room, sid)
         draft = self.draft(req.room, sender, req.message, self.instance_id, req.key, None)
-        if not shed and self.load.refuses():
-            raise ChatError(ErrorCode.OVERLOADED, BEHIND)
         started = time.perf_counter()
+        if not shed and self.load.refuses():
+            self.observe_publish(time.perf_counter() - started)  # as `send` observes its refusals
+            raise ChatError(ErrorCode.OVERLOADED, BEHIND)
 
         def stored(outcome: Envelope | Exception) -> None:
             self.observe_publish(time.perf_counter() - started)
@@ -504,6 +505,7 @@ class ChatService:
         try:
             self._broker.send_then(draft, stored)  # type: ignore[attr-defined]
         except Overloaded as exc:
+            self.observe_publish(time.perf_counter() - started)
             self._stored(draft, exc)
 
     def store(self, draft: Draft, shed: bool = False) -> Envelope:
