@@ -1,2 +1,2 @@
--- One message (send_one.lua): KEYS and ARGV as send_one's.
-return send_one(KEYS, ARGV)
+-- One message (send_one.lua's send_batch): KEYS and ARGV as one message's there.
+return send_batch(KEYS, ARGV, 1)[1]
