@@ -12,21 +12,27 @@
 -- bites here, not only at join: a member whose node missed the leave command must not keep
 -- sending.
 --
--- Redis CPU per message (issue 27 item 4) is mostly the cost of each redis.call from Lua
--- (~2 us: arguments made Redis objects, the command looked up and timed, its reply turned
--- back into Lua), so the common path makes as few as its promises allow:
+-- Redis CPU per message (issue 27 item 4) is Redis's work per command plus the cost of each
+-- redis.call from Lua (arguments made Redis objects, the command looked up and timed, its
+-- reply turned back into Lua), so the common path makes as few calls as its promises allow:
 --   per batch    MGET: every message's epoch and server id (the epoch's rules), the
 --                sender's ban, seq (whose loss starts a new epoch), and the archive's marker
---   per room     PTTL of the dedup set (are the TTLs due; -2: the set is new) for the
---     and batch  room's first message in the batch; the renewal itself only when due
---   per message  ZADD NX INCR (dedup: nil says the id is stored already), INCR (seq), XADD
---                NOMKSTREAM (history; nil says the stream is gone: made again, TTLs due),
---                PUBLISH (+ the outbox's XADD with the archive on)
--- The rest is rare: the dedup trim every 16th seq; the renewal (five PEXPIREs) when this
--- batch created a key or a tenth of the room TTL ran out; on a duplicate, ZSCORE + XRANGE
--- for the stored message; on a lost seq or epoch, the checks that decide the new epoch. A
--- room's later messages in a batch follow its first's state (a Lua table), so a second
--- message sees the first's seq, epoch and keys.
+--   per room     PTTL of the dedup set (are the TTLs due; -2: the set is new), at the room's
+--     and batch  first message; INCRBY of the seq by the room's messages in the batch
+--   per message  ZADD NX (dedup: 0 says the id is stored already), XADD NOMKSTREAM
+--                (history, trimmed to exactly HISTORY_LENGTH, which joins, recoveries and
+--                history pages show; nil says the stream is gone: made again, TTLs due),
+--                PUBLISH (one per message: a rolling deploy's old nodes read that format;
+--                + the outbox's XADD with the archive on)
+-- The rest is rare: the dedup trim when a 16th seq is passed; the renewal (five PEXPIREs)
+-- when this batch created a key, switched servers or a tenth of the room TTL ran out; on a
+-- duplicate, ZSCORE + XRANGE for the stored message; on a lost seq or epoch, the checks that
+-- decide the new epoch. A room's later messages in a batch follow its first's state (a Lua
+-- table): a second message gets the next seq, the epoch the first started, the dedup set
+-- it made, and a retry of the first in the same batch is the first's duplicate.
+-- Three passes: every message's epoch, dedup id and seq (in order); each room's seq written
+-- (so a batch stopped half-way by an error leaves a gap, never a seq given twice); then
+-- each message stored and published (in order), each room's trim and renewal.
 
 -- A member of the dedup set for good (score +inf: no trim reaches it), longer than Redis's
 -- zset-max-listpack-value (64), so Redis keeps the set as a hash table and skiplist from its
@@ -88,9 +94,11 @@ local function send_batch(KEYS, ARGV, count)
   if ARCHIVE_KEY then names[4 * count + 1] = ARCHIVE_KEY end
   local got = redis.call('MGET', unpack(names))
   local archive = ARCHIVE_KEY and archive_conf(got[4 * count + 1]) or nil
-  local rooms, results = {}, {}
+  local rooms, order, results, stored = {}, {}, {}, {}
 
-  local function one(i)
+  -- First pass, in order: the epoch's rules and the dedup id of each message; its seq is
+  -- the room's next (`st.seq`), kept in Lua until the second pass writes it.
+  local function plan(i)
     local k, a, g = 6 * i, 7 * i, 4 * i
     local seq_key, hist, epoch_key, dedup, srv_key = KEYS[k + 1], KEYS[k + 2], KEYS[k + 3], KEYS[k + 4], KEYS[k + 5]
     if got[g + 3] then return {-1, math.max(redis.call('PTTL', KEYS[k + 6]), 0)} end
@@ -109,10 +117,12 @@ local function send_batch(KEYS, ARGV, count)
     if st.new_set then  -- the sentinel first: the set is born hashed
       redis.call('ZADD', dedup, 'inf', SENTINEL, digits, id)
       st.new_set = false
-    elseif not redis.call('ZADD', dedup, 'NX', 'INCR', digits, id) then
+    elseif redis.call('ZADD', dedup, 'NX', digits, id) == 0 then
+      local earlier = st.ids and st.ids[id]
+      if earlier then return {earlier[1], st.epoch, earlier[2], 1} end  -- sent earlier in this batch
       local seen = redis.call('ZSCORE', dedup, id)
-      local stored = stored_under(hist, seen)
-      if stored then return {tonumber(seen), st.epoch, stored, 1} end
+      local envelope = stored_under(hist, seen)
+      if envelope then return {tonumber(seen), st.epoch, envelope, 1} end
       -- Its message left the stream: the id names this new message from now on.
       redis.call('ZADD', dedup, 'XX', digits, id)
     end
@@ -132,30 +142,44 @@ local function send_batch(KEYS, ARGV, count)
         st.srv, st.renew = server_id, true
       end
     end
-    local seq = redis.call('INCR', seq_key)
-    st.seq = seq
-
+    local seq = st.seq + 1
     local envelope = ARGV[a + 1] .. ',"seq":' .. digits .. ',"epoch":"' .. st.epoch .. '"}'
-    if not redis.call('XADD', hist, 'NOMKSTREAM', 'MAXLEN', ARGV[a + 4], digits .. '-0', 'e', envelope) then
-      redis.call('XADD', hist, 'MAXLEN', ARGV[a + 4], digits .. '-0', 'e', envelope)  -- the stream was gone
-      st.renew = true
+    st.seq = seq
+    st.ids = st.ids or {}
+    st.ids[id] = {seq, envelope}
+    if not st.first then
+      st.first, st.keys, st.ttl, st.length = seq, {seq_key, hist, epoch_key, dedup, srv_key}, ARGV[a + 5], ARGV[a + 4]
+      order[#order + 1] = st
     end
-    if seq % 16 == 0 then
-      -- Ids of seqs older than the window may linger until then: harmless, a dedup hit counts
-      -- only while its message is still in the stream (above).
-      redis.call('ZREMRANGEBYSCORE', dedup, '-inf', seq - tonumber(ARGV[a + 4]))
-    end
-    if st.renew then
-      st.renew = false
-      pexpire(ARGV[a + 5], seq_key, hist, epoch_key, dedup, srv_key)
-      redis.call('ZADD', dedup, 'NX', 'inf', SENTINEL)  -- a set an older send.lua made
-      keep_position(archive, epoch_key, seq_key)
-    end
-    if archive then redis.call('XADD', ARCHIVE_KEY .. ':outbox', 'MAXLEN', '~', archive.most, '*', 'e', envelope) end
-    redis.call(PUBLISH, ARGV[a + 6], envelope)
+    stored[#stored + 1] = {st, hist, ARGV[a + 4], digits, envelope, ARGV[a + 6]}
     return {seq, st.epoch, '', 0}
   end
 
-  for i = 0, count - 1 do results[i + 1] = one(i) end
+  for i = 0, count - 1 do results[i + 1] = plan(i) end
+  -- Second pass, a call per room: the seqs, before anything is stored under them (a batch
+  -- stopped half-way by an error leaves a gap, never a seq given twice).
+  for _, st in ipairs(order) do redis.call('INCRBY', st.keys[1], st.seq - st.first + 1) end
+  -- Third pass, in order: history, the archive's outbox, the channel.
+  for _, m in ipairs(stored) do
+    if not redis.call('XADD', m[2], 'NOMKSTREAM', 'MAXLEN', m[3], m[4] .. '-0', 'e', m[5]) then
+      redis.call('XADD', m[2], 'MAXLEN', m[3], m[4] .. '-0', 'e', m[5])  -- the stream was gone
+      m[1].renew = true
+    end
+    if archive then redis.call('XADD', ARCHIVE_KEY .. ':outbox', 'MAXLEN', '~', archive.most, '*', 'e', m[5]) end
+    redis.call(PUBLISH, m[6], m[5])
+  end
+  for _, st in ipairs(order) do
+    local keys = st.keys
+    if math.floor(st.seq / 16) > math.floor((st.first - 1) / 16) then
+      -- Every 16th seq. Ids of seqs older than the window may linger until then: harmless,
+      -- a dedup hit counts only while its message is still in the stream (above).
+      redis.call('ZREMRANGEBYSCORE', keys[4], '-inf', st.seq - tonumber(st.length))
+    end
+    if st.renew then
+      pexpire(st.ttl, unpack(keys))
+      redis.call('ZADD', keys[4], 'NX', 'inf', SENTINEL)  -- a set an older send.lua made
+      keep_position(archive, keys[3], keys[1])
+    end
+  end
   return results
 end
