@@ -1,10 +1,8 @@
 -- send_batch: give each message its room's next seq, store it in the capped history stream
 -- and publish it, all in one atomic step. A message whose dedup id was stored already is
--- returned, not re-sent, so a retried or resent send delivers once.
--- KEYS, 6 per message: seq, hist, epoch, dedup, srv, ban (the sender's ban, RoomKeys.ban)
--- ARGV, 7 per message: envelope_head (JSON without closing brace), dedup_id,
---       candidate_epoch, history_length, room_ttl_ms, channel, server_id (the master's
---       replication id)
+-- returned, not re-sent, so a retried or resent send delivers once. Called by send.lua (one
+-- message) and send_many.lua (a batch), whose headers give their KEYS and ARGV: 6 KEYS per
+-- message (seq, hist, epoch, dedup, srv, ban: the sender's ban, RoomKeys.ban).
 -- Each message's answer is {seq, epoch, stored envelope or '', duplicate (0|1)}: the envelope
 -- only for a duplicate (the caller built the new one itself); {-1, milliseconds left} while
 -- the sender is banned from the room, {-2, reason} while the archive is restoring positions
@@ -85,7 +83,10 @@ local function settle(st, seq_key, hist, epoch_key, dedup, srv_key, id, candidat
   return nil
 end
 
-local function send_batch(KEYS, ARGV, count)
+-- Each message's own ARGV are ARGV[base + 4i + 1..4]: envelope_head (JSON without its closing
+-- brace), dedup_id, candidate_epoch, channel; history_length, room_ttl_ms and server_id (the
+-- master's replication id) are the batch's, the same for every message of one server.
+local function send_batch(KEYS, ARGV, count, base, length, room_ttl, server_id)
   local names = {}
   for i = 0, count - 1 do
     local k = 6 * i
@@ -94,15 +95,16 @@ local function send_batch(KEYS, ARGV, count)
   if ARCHIVE_KEY then names[4 * count + 1] = ARCHIVE_KEY end
   local got = redis.call('MGET', unpack(names))
   local archive = ARCHIVE_KEY and archive_conf(got[4 * count + 1]) or nil
+  local ttl_ms = tonumber(room_ttl)
   local rooms, order, results, stored = {}, {}, {}, {}
 
   -- First pass, in order: the epoch's rules and the dedup id of each message; its seq is
   -- the room's next (`st.seq`), kept in Lua until the second pass writes it.
   local function plan(i)
-    local k, a, g = 6 * i, 7 * i, 4 * i
+    local k, a, g = 6 * i, base + 4 * i, 4 * i
     local seq_key, hist, epoch_key, dedup, srv_key = KEYS[k + 1], KEYS[k + 2], KEYS[k + 3], KEYS[k + 4], KEYS[k + 5]
     if got[g + 3] then return {-1, math.max(redis.call('PTTL', KEYS[k + 6]), 0)} end
-    local id, candidate, ttl_ms, server_id = ARGV[a + 2], ARGV[a + 3], tonumber(ARGV[a + 5]), ARGV[a + 7]
+    local id, candidate = ARGV[a + 2], ARGV[a + 3]
     local st = rooms[seq_key]
     if not st then
       st = room_state(got[g + 1], got[g + 2], got[g + 4])
@@ -148,10 +150,10 @@ local function send_batch(KEYS, ARGV, count)
     st.ids = st.ids or {}
     st.ids[id] = {seq, envelope}
     if not st.first then
-      st.first, st.keys, st.ttl, st.length = seq, {seq_key, hist, epoch_key, dedup, srv_key}, ARGV[a + 5], ARGV[a + 4]
+      st.first, st.keys = seq, {seq_key, hist, epoch_key, dedup, srv_key}
       order[#order + 1] = st
     end
-    stored[#stored + 1] = {st, hist, ARGV[a + 4], digits, envelope, ARGV[a + 6]}
+    stored[#stored + 1] = {st, hist, digits, envelope, ARGV[a + 4]}
     return {seq, st.epoch, '', 0}
   end
 
@@ -161,22 +163,22 @@ local function send_batch(KEYS, ARGV, count)
   for _, st in ipairs(order) do redis.call('INCRBY', st.keys[1], st.seq - st.first + 1) end
   -- Third pass, in order: history, the archive's outbox, the channel.
   for _, m in ipairs(stored) do
-    if not redis.call('XADD', m[2], 'NOMKSTREAM', 'MAXLEN', m[3], m[4] .. '-0', 'e', m[5]) then
-      redis.call('XADD', m[2], 'MAXLEN', m[3], m[4] .. '-0', 'e', m[5])  -- the stream was gone
+    if not redis.call('XADD', m[2], 'NOMKSTREAM', 'MAXLEN', length, m[3] .. '-0', 'e', m[4]) then
+      redis.call('XADD', m[2], 'MAXLEN', length, m[3] .. '-0', 'e', m[4])  -- the stream was gone
       m[1].renew = true
     end
-    if archive then redis.call('XADD', ARCHIVE_KEY .. ':outbox', 'MAXLEN', '~', archive.most, '*', 'e', m[5]) end
-    redis.call(PUBLISH, m[6], m[5])
+    if archive then redis.call('XADD', ARCHIVE_KEY .. ':outbox', 'MAXLEN', '~', archive.most, '*', 'e', m[4]) end
+    redis.call(PUBLISH, m[5], m[4])
   end
   for _, st in ipairs(order) do
     local keys = st.keys
     if math.floor(st.seq / 16) > math.floor((st.first - 1) / 16) then
       -- Every 16th seq. Ids of seqs older than the window may linger until then: harmless,
       -- a dedup hit counts only while its message is still in the stream (above).
-      redis.call('ZREMRANGEBYSCORE', keys[4], '-inf', st.seq - tonumber(st.length))
+      redis.call('ZREMRANGEBYSCORE', keys[4], '-inf', st.seq - tonumber(length))
     end
     if st.renew then
-      pexpire(st.ttl, unpack(keys))
+      pexpire(room_ttl, unpack(keys))
       redis.call('ZADD', keys[4], 'NX', 'inf', SENTINEL)  -- a set an older send.lua made
       keep_position(archive, keys[3], keys[1])
     end
