@@ -9,7 +9,7 @@ import hashlib
 import pytest
 import redis
 
-from chat_app.backends.base import Draft
+from chat_app.backends.base import BackendUnavailable, Draft
 from chat_app.backends.redis.clients import RedisClients
 from chat_app.backends.redis.keys import RoomKeys, archive_key
 from chat_app.backends.redis.presence import RedisPresence
@@ -256,3 +256,20 @@ def test_a_batch_reads_its_keys_once_and_the_ttls_once_per_room(redis_server) ->
     room.client.pexpire(room.keys.dedup, ttl // 2)  # due by the dedup set's TTL
     send_batch(room, [("lobby", "c", None), ("lobby", "d", None)])
     assert all(room.client.pttl(k) > ttl - 1000 for k in room.send_keys())
+
+
+def test_a_batch_stopped_by_an_error_leaves_a_gap_never_a_seq_twice(redis_server) -> None:
+    """send_many.lua writes each room's seq before storing anything under it: a batch an
+    error stops half-way (here a stream key of the wrong type) is retried whole by the
+    publisher, its stored messages come back as duplicates and the rest get new seqs."""
+    room = Room(redis_server.url)
+    assert send_batch(room, [("hall", "first", "h0")]) == [(1, "e1")]
+    hall = RoomKeys.of(room.settings.key_prefix, "hall").hist
+    room.client.delete(hall)
+    room.client.set(hall, "not a stream")
+    sends: list[tuple[str, str, str | None]] = [("lobby", "a", "k1"), ("hall", "b", "h1")]
+    with pytest.raises(BackendUnavailable):
+        send_batch(room, sends)
+    room.client.delete(hall)
+    assert send_batch(room, sends) == [(1, "e1"), (3, "e1")]  # a's duplicate; seq 2 skipped
+    assert len(room.history()) == 1
