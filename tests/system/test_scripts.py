@@ -9,7 +9,7 @@ import hashlib
 import pytest
 import redis
 
-from chat_app.backends.base import Draft
+from chat_app.backends.base import BackendUnavailable, Draft
 from chat_app.backends.redis.clients import RedisClients
 from chat_app.backends.redis.keys import RoomKeys, archive_key
 from chat_app.backends.redis.presence import RedisPresence
@@ -202,3 +202,74 @@ def test_with_the_archive_on_the_ttls_are_not_renewed_on_every_send(redis_server
     assert stats.get("cmdstat_pexpire", {}).get("calls", 0) == 0
     outbox = archive_key(room.settings.key_prefix) + ":outbox"
     assert room.client.pttl(room.keys.seq) == -1 and room.client.xlen(outbox) == 21
+
+
+def send_batch(room: Room, sends: list[tuple[str, str, str | None]], epoch: str = "e1") -> list[tuple[int, str]]:
+    """One send_many.lua call for (room, text, key) sends; each answer as (seq, epoch)."""
+    drafts = [Draft.new(name, "ann", text, "n1", key) for name, text, key in sends]
+    calls = [room._send.call(d, RoomKeys.of(room.settings.key_prefix, d.room), epoch, "srv1") for d in drafts]
+    [result] = run_scripts(room.client, [room._send.batch(calls)])
+    answers = SendScript.answers(len(calls), result)
+    return [(e.seq, e.epoch) for e in (SendScript.envelope(d, a) for d, a in zip(drafts, answers, strict=True))]
+
+
+def test_a_batch_with_two_messages_of_one_room_gives_the_second_the_first_s_effects(redis_server) -> None:
+    """send_many.lua reads a batch's keys once: a room's later messages follow its first's
+    seq, the epoch it started and the dedup set it made, and a retry in the same batch is
+    the first's duplicate."""
+    room = Room(redis_server.url)
+    sends = [("lobby", "a", "k1"), ("hall", "x", None), ("lobby", "b", None), ("lobby", "a again", "k1")]
+    assert send_batch(room, sends) == [(1, "e1"), (1, "e1"), (2, "e1"), (1, "e1")]
+    assert len(room.history()) == 2 and room.client.object("encoding", room.keys.dedup) == b"skiplist"
+    room.client.delete(room.keys.seq)  # lost while the stream exists: a new epoch, once
+    assert send_batch(room, [("lobby", "c", None), ("lobby", "d", "k1")], epoch="e2") == [(1, "e2"), (2, "e2")]
+    assert send_batch(room, [("lobby", "e", None)], epoch="e3") == [(3, "e2")]
+    assert all(room.client.pttl(k) > room.settings.redis_room_ttl_ms - 1000 for k in room.send_keys())
+
+
+def test_an_id_whose_message_left_the_stream_names_the_new_message(redis_server) -> None:
+    """A dedup id outlives its message until the next trim (every 16th seq): sent again
+    then, it is a new message, and a retry of that one is its duplicate."""
+    room = Room(redis_server.url, history_length=4)
+    assert room.send("first", "e1", key="k1") == (1, "e1")
+    for i in range(5):
+        room.send(f"m{i}", "e1")  # seq 1 leaves the stream at seq 5
+    assert room.client.zscore(room.keys.dedup, room.client.zrange(room.keys.dedup, 0, 0)[0]) == 1
+    assert room.send("first again", "e1", key="k1") == (7, "e1")
+    assert room.send("first again", "e1", key="k1") == (7, "e1")
+    assert len(room.history()) == 4
+
+
+def test_a_batch_reads_its_keys_once_and_the_ttls_once_per_room(redis_server) -> None:
+    """The common path's calls (issue 27 item 4): one MGET per batch, one PTTL and one INCRBY
+    per room and batch, no renewal while the TTLs are not due."""
+    room = Room(redis_server.url)
+    send_batch(room, [("lobby", "a", None), ("hall", "b", None)])
+    room.client.config_resetstat()
+    sends: list[tuple[str, str, str | None]] = [(("lobby", "hall")[i % 2], f"m{i}", None) for i in range(10)]
+    assert [seq for seq, _ in send_batch(room, sends)] == [2, 2, 3, 3, 4, 4, 5, 5, 6, 6]
+    stats = room.client.info("commandstats")
+    calls = {name[len("cmdstat_") :]: s["calls"] for name, s in stats.items()}
+    assert calls["mget"] == 1 and calls["pttl"] == 2 and "pexpire" not in calls
+    assert calls["zadd"] == calls["xadd"] == calls["publish"] == 10 and calls["incrby"] == 2
+    ttl = room.settings.redis_room_ttl_ms
+    room.client.pexpire(room.keys.dedup, ttl // 2)  # due by the dedup set's TTL
+    send_batch(room, [("lobby", "c", None), ("lobby", "d", None)])
+    assert all(room.client.pttl(k) > ttl - 1000 for k in room.send_keys())
+
+
+def test_a_batch_stopped_by_an_error_leaves_a_gap_never_a_seq_twice(redis_server) -> None:
+    """send_many.lua writes each room's seq before storing anything under it: a batch an
+    error stops half-way (here a stream key of the wrong type) is retried whole by the
+    publisher, its stored messages come back as duplicates and the rest get new seqs."""
+    room = Room(redis_server.url)
+    assert send_batch(room, [("hall", "first", "h0")]) == [(1, "e1")]
+    hall = RoomKeys.of(room.settings.key_prefix, "hall").hist
+    room.client.delete(hall)
+    room.client.set(hall, "not a stream")
+    sends: list[tuple[str, str, str | None]] = [("lobby", "a", "k1"), ("hall", "b", "h1")]
+    with pytest.raises(BackendUnavailable):
+        send_batch(room, sends)
+    room.client.delete(hall)
+    assert send_batch(room, sends) == [(1, "e1"), (3, "e1")]  # a's duplicate; seq 2 skipped
+    assert len(room.history()) == 1

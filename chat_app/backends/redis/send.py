@@ -52,12 +52,15 @@ class SendScript:
 
     def batch(self, calls: Sequence[Call]) -> Call:
         """One send_many.lua call for several `call`s (on one server): each message's KEYS
-        and ARGV in turn. Its answer is one send.lua answer per message (`answers`)."""
+        and own ARGV in turn, after the ARGV every message shares (history length, room TTL,
+        server id: sent once, each argument costs Redis a little per message). Its answer is
+        one send.lua answer per message (`answers`)."""
         keys: list[str] = []
-        args: list[object] = []
-        for _, k, a in calls:
+        first = calls[0][2]
+        args: list[object] = [first[3], first[4], first[6]]
+        for _, k, a in calls:  # one server: one server id (ServerIds.of)
             keys += k
-            args += a
+            args += (a[0], a[1], a[2], a[5])
         return (self.many, keys, args)
 
     @staticmethod

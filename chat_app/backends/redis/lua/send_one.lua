@@ -1,87 +1,187 @@
--- send_one: give a message the room's next seq, store it in the capped history stream and
--- publish it, in one atomic step. A message whose dedup id was stored already is returned, not re-sent,
--- so a retried or resent send delivers once.
--- KEYS: seq, hist, epoch, dedup, srv, ban (the sender's ban from the room, RoomKeys.ban)
--- ARGV: envelope_head (JSON without closing brace), dedup_id, candidate_epoch,
---       history_length, room_ttl_ms, channel, server_id (the master's replication id)
--- send_one returns {seq, epoch, stored envelope or '', duplicate (0|1)}: the envelope only
--- for a duplicate (the caller built the new one itself); {-1, milliseconds left} while the
--- sender is banned from the room, {-2, reason} while the archive is restoring positions
--- (refuse_unseeded's, as a value: send_many.lua must not stop half-way): nothing is
--- stored. A ban bites here, not only at join: a member whose node missed the leave command
--- must not keep sending.
--- Every command here runs once per message (issue 27: Redis CPU per message), so each one
--- is a promise's: MGET (epoch and server id: the epoch's rules; the ban; seq, whose loss
--- starts a new epoch; the archive's marker), PTTL of the stream (whether the TTLs are due),
--- ZMSCORE (dedup), INCR (seq), XADD (history), ZADD (dedup), PUBLISH. The TTLs are renewed
--- only when this send created a key or a tenth of the room TTL has run out, and the dedup
--- ids are trimmed every 16th seq.
+-- send_batch: give each message its room's next seq, store it in the capped history stream
+-- and publish it, all in one atomic step. A message whose dedup id was stored already is
+-- returned, not re-sent, so a retried or resent send delivers once. Called by send.lua (one
+-- message) and send_many.lua (a batch), whose headers give their KEYS and ARGV: 6 KEYS per
+-- message (seq, hist, epoch, dedup, srv, ban: the sender's ban, RoomKeys.ban).
+-- Each message's answer is {seq, epoch, stored envelope or '', duplicate (0|1)}: the envelope
+-- only for a duplicate (the caller built the new one itself); {-1, milliseconds left} while
+-- the sender is banned from the room, {-2, reason} while the archive is restoring positions
+-- (refuse_unseeded's, as a value: a batch must not stop half-way): nothing is stored. A ban
+-- bites here, not only at join: a member whose node missed the leave command must not keep
+-- sending.
+--
+-- Redis CPU per message (issue 27 item 4) is Redis's work per command plus the cost of each
+-- redis.call from Lua (arguments made Redis objects, the command looked up and timed, its
+-- reply turned back into Lua), so the common path makes as few calls as its promises allow:
+--   per batch    MGET: every message's epoch and server id (the epoch's rules), the
+--                sender's ban, seq (whose loss starts a new epoch), and the archive's marker
+--   per room     PTTL of the dedup set (are the TTLs due; -2: the set is new), at the room's
+--     and batch  first message; INCRBY of the seq by the room's messages in the batch
+--   per message  ZADD NX (dedup: 0 says the id is stored already), XADD NOMKSTREAM
+--                (history, trimmed to exactly HISTORY_LENGTH, which joins, recoveries and
+--                history pages show; nil says the stream is gone: made again, TTLs due),
+--                PUBLISH (one per message: a rolling deploy's old nodes read that format;
+--                + the outbox's XADD with the archive on)
+-- The rest is rare: the dedup trim when a 16th seq is passed; the renewal (five PEXPIREs)
+-- when this batch created a key, switched servers or a tenth of the room TTL ran out; on a
+-- duplicate, ZSCORE + XRANGE for the stored message; on a lost seq or epoch, the checks that
+-- decide the new epoch. A room's later messages in a batch follow its first's state (a Lua
+-- table): a second message gets the next seq, the epoch the first started, the dedup set
+-- it made, and a retry of the first in the same batch is the first's duplicate.
+-- Three passes: every message's epoch, dedup id and seq (in order); each room's seq written
+-- (so a batch stopped half-way by an error leaves a gap, never a seq given twice); then
+-- each message stored and published (in order), each room's trim and renewal.
 
 -- A member of the dedup set for good (score +inf: no trim reaches it), longer than Redis's
 -- zset-max-listpack-value (64), so Redis keeps the set as a hash table and skiplist from its
 -- first ZADD on: a listpack of the window's ~100 ids costs a scan per lookup and per insert
--- (measured ~5 us a message against ~0.5). Its absence tells that the set is new. No dedup
--- id can spell it (they start with `i:` or `k2:`).
+-- (measured ~5 us a message against ~0.5). No dedup id can spell it (they start with `i:` or
+-- `k2:`). A set made without it (by an older send.lua) gets it at its next renewal.
 local SENTINEL = '~ kept for good: this set stays hashed, not a listpack (chat_app send.lua) ~'
 
-local function send_one(KEYS, ARGV)
-  local epoch, srv, banned, seq_now, marker
-  if ARCHIVE_KEY then
-    epoch, srv, banned, seq_now, marker = unpack(redis.call('MGET', KEYS[3], KEYS[5], KEYS[6], KEYS[1], ARCHIVE_KEY))
-  else
-    epoch, srv, banned, seq_now = unpack(redis.call('MGET', KEYS[3], KEYS[5], KEYS[6], KEYS[1]))
-  end
-  if banned then return {-1, math.max(redis.call('PTTL', KEYS[6]), 0)} end
-  local scores = redis.call('ZMSCORE', KEYS[4], ARGV[2], SENTINEL)
-  local seen = scores[1]
-  if seen and epoch then
-    local stored = redis.call('XRANGE', KEYS[2], seen .. '-0', seen .. '-0')
-    if #stored > 0 then
-      return {tonumber(seen), epoch, stored[1][2][2], 1}
+-- The message stored under a dedup id, while its seq is still in the stream.
+local function stored_under(hist, seen)
+  local stored = redis.call('XRANGE', hist, seen .. '-0', seen .. '-0')
+  if #stored > 0 then return stored[1][2][2] end
+  return nil
+end
+
+-- A room's state at its first message in the batch, from the MGET: epoch, srv and seq as
+-- stored; `ready` once its epoch is settled for this batch.
+local function room_state(epoch, srv, seq)
+  return {epoch = epoch, srv = srv, seq = seq and tonumber(seq), ready = false, checked_srv = false,
+          new_set = false, renew = false}
+end
+
+-- The epoch's rules, once per room and batch, before its first message is stored. Returns
+-- an answer when the message is settled here (a duplicate, a refusal), else nil.
+local function settle(st, seq_key, hist, epoch_key, dedup, srv_key, id, candidate, ttl_ms, server_id)
+  local fresh = false
+  if not st.epoch then
+    if unseeded() then return {-2, UNSEEDED} end
+    fresh = true
+  elseif not st.seq then
+    -- The seq is gone (evicted, a partial restore): a retry whose message is still in the
+    -- stream is its duplicate; otherwise, while the stream exists, a new epoch, so no seq
+    -- is reused. Without a stream (a room started by a join) the seq starts here.
+    local seen = redis.call('ZSCORE', dedup, id)
+    if seen then
+      local stored = stored_under(hist, seen)
+      if stored then return {tonumber(seen), st.epoch, stored, 1} end
     end
+    if redis.call('EXISTS', hist) == 1 then fresh = true else st.seq, st.renew = 0, true end
+  end
+  if fresh then
+    st.epoch = start_epoch(epoch_key, seq_key, hist, dedup, srv_key, candidate, server_id)
+    st.seq, st.srv, st.checked_srv, st.new_set, st.renew = 0, server_id, true, true, true
+  else
+    local left = redis.call('PTTL', dedup)  -- -2: no set, -1: no TTL
+    st.new_set = left == -2
+    st.renew = st.renew or left < ttl_ms - ttl_ms / 10
+  end
+  st.ready = true
+  return nil
+end
+
+-- Each message's own ARGV are ARGV[base + 4i + 1..4]: envelope_head (JSON without its closing
+-- brace), dedup_id, candidate_epoch, channel; history_length, room_ttl_ms and server_id (the
+-- master's replication id) are the batch's, the same for every message of one server.
+local function send_batch(KEYS, ARGV, count, base, length, room_ttl, server_id)
+  local names = {}
+  for i = 0, count - 1 do
+    local k = 6 * i
+    names[4 * i + 1], names[4 * i + 2], names[4 * i + 3], names[4 * i + 4] = KEYS[k + 3], KEYS[k + 5], KEYS[k + 6], KEYS[k + 1]
+  end
+  if ARCHIVE_KEY then names[4 * count + 1] = ARCHIVE_KEY end
+  local got = redis.call('MGET', unpack(names))
+  local archive = ARCHIVE_KEY and archive_conf(got[4 * count + 1]) or nil
+  local ttl_ms = tonumber(room_ttl)
+  local rooms, order, results, stored = {}, {}, {}, {}
+
+  -- First pass, in order: the epoch's rules and the dedup id of each message; its seq is
+  -- the room's next (`st.seq`), kept in Lua until the second pass writes it.
+  local function plan(i)
+    local k, a, g = 6 * i, base + 4 * i, 4 * i
+    local seq_key, hist, epoch_key, dedup, srv_key = KEYS[k + 1], KEYS[k + 2], KEYS[k + 3], KEYS[k + 4], KEYS[k + 5]
+    if got[g + 3] then return {-1, math.max(redis.call('PTTL', KEYS[k + 6]), 0)} end
+    local id, candidate = ARGV[a + 2], ARGV[a + 3]
+    local st = rooms[seq_key]
+    if not st then
+      st = room_state(got[g + 1], got[g + 2], got[g + 4])
+      rooms[seq_key] = st
+    end
+    if not st.ready then
+      local answer = settle(st, seq_key, hist, epoch_key, dedup, srv_key, id, candidate, ttl_ms, server_id)
+      if answer then return answer end
+    end
+
+    local digits = tostring(st.seq + 1)  -- formatted once (Lua formats a number with sprintf each time)
+    if st.new_set then  -- the sentinel first: the set is born hashed
+      redis.call('ZADD', dedup, 'inf', SENTINEL, digits, id)
+      st.new_set = false
+    elseif redis.call('ZADD', dedup, 'NX', digits, id) == 0 then
+      local earlier = st.ids and st.ids[id]
+      if earlier then return {earlier[1], st.epoch, earlier[2], 1} end  -- sent earlier in this batch
+      local seen = redis.call('ZSCORE', dedup, id)
+      local envelope = stored_under(hist, seen)
+      if envelope then return {tonumber(seen), st.epoch, envelope, 1} end
+      -- Its message left the stream: the id names this new message from now on.
+      redis.call('ZADD', dedup, 'XX', digits, id)
+    end
+    if not st.checked_srv then
+      st.checked_srv = true
+      if server_id ~= '' and st.srv ~= server_id then
+        -- Last written through another server (a replica promoted by a failover), the room
+        -- may have lost its newest messages to asynchronous replication, so its seqs could
+        -- repeat: a new epoch tells every node and client to follow the stream afresh. The
+        -- stream itself stays, so a send retried across the failover is still found by its
+        -- dedup id (above, before the switch).
+        if st.srv then
+          st.epoch = candidate
+          redis.call('SET', epoch_key, candidate)
+        end
+        redis.call('SET', srv_key, server_id)
+        st.srv, st.renew = server_id, true
+      end
+    end
+    local seq = st.seq + 1
+    local envelope = ARGV[a + 1] .. ',"seq":' .. digits .. ',"epoch":"' .. st.epoch .. '"}'
+    st.seq = seq
+    st.ids = st.ids or {}
+    st.ids[id] = {seq, envelope}
+    if not st.first then
+      st.first, st.keys = seq, {seq_key, hist, epoch_key, dedup, srv_key}
+      order[#order + 1] = st
+    end
+    stored[#stored + 1] = {st, hist, digits, envelope, ARGV[a + 4]}
+    return {seq, st.epoch, '', 0}
   end
 
-  if not epoch and unseeded() then return {-2, UNSEEDED} end
-  local archive = archive_conf(marker)
-  local ttl_ms = tonumber(ARGV[5])
-  local hist_ttl = redis.call('PTTL', KEYS[2])  -- -2: no stream yet, -1: no TTL
-  local new_set = not scores[2]
-  local renew = new_set or hist_ttl < ttl_ms - ttl_ms / 10
-  if not epoch or (not seq_now and hist_ttl ~= -2) then
-    epoch = start_epoch(KEYS[3], KEYS[1], KEYS[2], KEYS[4], KEYS[5], ARGV[3], ARGV[7])
-    renew, new_set = true, true
-  elseif ARGV[7] ~= '' and srv ~= ARGV[7] then
-    -- Last written through another server (a replica promoted by a failover), the room may
-    -- have lost its newest messages to asynchronous replication, so its seqs could repeat:
-    -- a new epoch tells every node and client to follow the stream afresh. The stream itself
-    -- stays, so a send retried across the failover is still found by its dedup id.
-    if srv then
-      epoch = ARGV[3]
-      redis.call('SET', KEYS[3], epoch)
+  for i = 0, count - 1 do results[i + 1] = plan(i) end
+  -- Second pass, a call per room: the seqs, before anything is stored under them (a batch
+  -- stopped half-way by an error leaves a gap, never a seq given twice).
+  for _, st in ipairs(order) do redis.call('INCRBY', st.keys[1], st.seq - st.first + 1) end
+  -- Third pass, in order: history, the archive's outbox, the channel.
+  for _, m in ipairs(stored) do
+    if not redis.call('XADD', m[2], 'NOMKSTREAM', 'MAXLEN', length, m[3] .. '-0', 'e', m[4]) then
+      redis.call('XADD', m[2], 'MAXLEN', length, m[3] .. '-0', 'e', m[4])  -- the stream was gone
+      m[1].renew = true
     end
-    redis.call('SET', KEYS[5], ARGV[7])
-    renew = true
+    if archive then redis.call('XADD', ARCHIVE_KEY .. ':outbox', 'MAXLEN', '~', archive.most, '*', 'e', m[4]) end
+    redis.call(PUBLISH, m[5], m[4])
   end
-  local seq = redis.call('INCR', KEYS[1])
-  local digits = tostring(seq)  -- formatted once (Lua formats a number with sprintf each time)
-
-  local envelope = ARGV[1] .. ',"seq":' .. digits .. ',"epoch":"' .. epoch .. '"}'
-  redis.call('XADD', KEYS[2], 'MAXLEN', ARGV[4], digits .. '-0', 'e', envelope)
-  if new_set then  -- the sentinel first: the set is born hashed
-    redis.call('ZADD', KEYS[4], 'inf', SENTINEL, digits, ARGV[2])
-  else
-    redis.call('ZADD', KEYS[4], digits, ARGV[2])
+  for _, st in ipairs(order) do
+    local keys = st.keys
+    if math.floor(st.seq / 16) > math.floor((st.first - 1) / 16) then
+      -- Every 16th seq. Ids of seqs older than the window may linger until then: harmless,
+      -- a dedup hit counts only while its message is still in the stream (above).
+      redis.call('ZREMRANGEBYSCORE', keys[4], '-inf', st.seq - tonumber(length))
+    end
+    if st.renew then
+      pexpire(room_ttl, unpack(keys))
+      redis.call('ZADD', keys[4], 'NX', 'inf', SENTINEL)  -- a set an older send.lua made
+      keep_position(archive, keys[3], keys[1])
+    end
   end
-  if seq % 16 == 0 then
-    -- Ids of seqs older than the window may linger until then: harmless, a dedup hit counts
-    -- only while its message is still in the stream (above).
-    redis.call('ZREMRANGEBYSCORE', KEYS[4], '-inf', seq - tonumber(ARGV[4]))
-  end
-  if renew then
-    pexpire(ARGV[5], KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5])
-    keep_position(archive, KEYS[3], KEYS[1])
-  end
-  if archive then redis.call('XADD', ARCHIVE_KEY .. ':outbox', 'MAXLEN', '~', archive.most, '*', 'e', envelope) end
-  redis.call(PUBLISH, ARGV[6], envelope)
-  return {seq, epoch, '', 0}
+  return results
 end
