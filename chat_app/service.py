@@ -515,10 +515,10 @@ class ChatService:
         if not shed and self.load.refuses():
             raise ChatError(ErrorCode.OVERLOADED, BEHIND)
         try:
-            envelope = self._broker.send(draft)
+            outcome: Envelope | Exception = self._broker.send(draft)
         except (Banned, Overloaded, BackendUnavailable) as exc:
-            envelope = self._stored(draft, exc)
-        return envelope
+            outcome = exc
+        return self._stored(draft, outcome)
 
     def _stored(self, draft: Draft, outcome: Envelope | Exception) -> Envelope:
         """A publish's outcome as `store` answers it: the envelope, or the protocol's error."""
