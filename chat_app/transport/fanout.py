@@ -88,12 +88,6 @@ class FramedWebSocket(eio_gevent.WebSocketWSGI):
         if "wsgi.websocket" not in environ:
             raise RuntimeError("The gevent-websocket server is not configured appropriately.")
         self._sock = ws = environ["wsgi.websocket"]
-        # pywsgi's parsed request headers (an email Message, ~1 KiB) are read only while the
-        # environ is built; the handler would keep them for the websocket's lifetime. Without
-        # them its class's empty default answers. No local added: this frame stays under the
-        # receive loop.
-        if hasattr(ws, "handler"):
-            vars(ws.handler).pop("headers", None)
         self.environ = environ
         self.version = ws.version
         self.path = ws.path

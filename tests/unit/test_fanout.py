@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from io import BytesIO
 from typing import ClassVar
 
 import pytest
@@ -67,32 +66,3 @@ def test_a_packet_taking_engineios_path_does_not_overtake_frames_waiting_for_the
     assert sock.queue[0].frame == text_frame(b"4first") and sock.queue[1] is binary
     writer.flush()  # nothing left to write twice
     assert len(sock.queue) == 2
-
-
-def test_an_upgraded_websocket_does_not_keep_pywsgis_request_headers() -> None:
-    """The parsed headers are read while the environ is built; the handler's class default
-    (an empty message) stands in afterwards, for the websocket's lifetime."""
-    from gevent.pywsgi import WSGIHandler
-
-    from chat_app.transport.fanout import FramedWebSocket
-
-    class Handler(WSGIHandler):
-        def __init__(self) -> None:  # no socket: only what FramedWebSocket reads
-            self.headers = WSGIHandler.MessageClass(self, BytesIO(b"Host: x\r\nUpgrade: websocket\r\n\r\n"))
-
-    class Ws:
-        version, path, origin, protocol = "13", "/socket.io/", None, None
-
-        def __init__(self) -> None:
-            self.handler = Handler()
-
-    class EngineSocket:
-        def handler(self, ws: FramedWebSocket) -> str:
-            return "ran"
-
-    ws = Ws()
-    assert ws.handler.headers.get("Upgrade") == "websocket"
-    framed = FramedWebSocket(EngineSocket().handler, None)
-    assert framed.__call__({"wsgi.websocket": ws}, None) == "ran"
-    assert "headers" not in vars(ws.handler)
-    assert ws.handler.headers.get("Upgrade") is None  # the class's empty default
