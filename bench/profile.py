@@ -1,6 +1,8 @@
-"""Profile node A's gunicorn worker with py-spy while W2 runs, and print the top costs.
+"""Profile node A's gunicorn worker with py-spy while W2 runs (or W3's connects and joins),
+and print the top costs.
 
     python -m bench.profile [--rate 1000] [--seconds 8] [--server chat_app|baseline] [--archive]
+    python -m bench.profile --w3 [--connections 2000] [--seconds 3]
 
 py-spy samples the worker from outside (no change to the node). It pauses the worker for
 each sample: `--nonblocking` reads the stack while Python runs and loses samples then, which
@@ -20,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from .__main__ import BASELINE, OURS
-from .workloads import Cluster, w2
+from .workloads import Cluster, w2, w3
 
 RESULTS = Path(__file__).parent / "results"
 
@@ -42,6 +44,15 @@ def _frame_name(frame: str) -> str:
     parts = path.split("/")
     tail = "/".join(parts[-2:]) if "site-packages" in path or "chat_app" in path else parts[-1]
     return f"{name} ({tail})"
+
+
+def start_py_spy_now(out: Path, seconds: float) -> Any:
+    """The same from W3's first connect, for `seconds`."""
+
+    def on_connecting(cluster: Cluster) -> subprocess.Popen[bytes]:
+        return start_py_spy(out, seconds)(cluster, seconds)
+
+    return on_connecting
 
 
 # gevent's loop waiting (its C work between callbacks, too), a pool thread waiting
@@ -77,8 +88,23 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=8)
     parser.add_argument("--server", choices=("chat_app", "baseline"), default="chat_app")
     parser.add_argument("--archive", action="store_true", help="chat_app with the archive on a PostgreSQL of its own")
+    parser.add_argument("--w3", action="store_true", help="W3's connects and joins instead of W2")
+    parser.add_argument("--connections", type=int, default=2000, help="W3's connections (with --w3)")
     args = parser.parse_args()
     RESULTS.mkdir(parents=True, exist_ok=True)
+    if args.w3:
+        out = RESULTS / f"profile-{args.server}-w3-{args.connections}.txt"
+        server = OURS if args.server == "chat_app" else BASELINE
+        got = asyncio.run(w3(server, args.connections, on_connecting=start_py_spy_now(out, args.seconds)))
+        total, node, redis = (
+            got[k] for k in ("connect_and_join_total_s", "node_cpu_us_per_connect_join", "redis_cpu_us_per_join")
+        )
+        print(
+            f"W3 {args.connections} under py-spy: connect+join {total:.2f} s, "
+            f"node µs per connect+join {node:.0f}, Redis µs per join {redis:.0f}"
+        )
+        print(summarise(out, top=40))
+        return
     out = RESULTS / f"profile-{args.server}{'-archive' if args.archive else ''}-{int(args.rate)}.txt"
     server = OURS if args.server == "chat_app" else BASELINE
     with contextlib.ExitStack() as stack:

@@ -507,19 +507,28 @@ W3_PROJECT_AT_S = 3.0  # the project's figure: the tree 3 s after the last ack
 W3_HARNESS_AT_S = 0.5  # the steering harness's: 0.5 s after the last ack
 
 
-async def w3(server: Server, connections: int = 2000, rooms: int = 100, generator: Generator = LEAN) -> dict[str, Any]:
+async def w3(
+    server: Server,
+    connections: int = 2000,
+    rooms: int = 100,
+    generator: Generator = LEAN,
+    on_connecting: Callable[[Cluster], Any] | None = None,
+) -> dict[str, Any]:
     """Idle joined connections. RSS of each node's process tree (gunicorn master + worker,
     or the Node process) read once just before the first client, then at each of
     W3_READINGS_S after the last join's ack: the per-connection figure depends on when it is
     read (chat_app's writer greenlets linger 1 s after a join's ack; V8 collects in its own
     time), so the project's reading (3 s) and the harness's (0.5 s) are both reported, and
-    the worker alone beside the tree."""
+    the worker alone beside the tree. `on_connecting(cluster)` runs just before the first
+    connect (bench/profile.py starts py-spy there); what it returns is waited for (`wait()`)
+    after the readings."""
     with cluster(server, 2) as c:
         await asyncio.sleep(1.0)
         rss0 = [n.rss() for n in c.nodes]
         own0 = [_own_rss(n) for n in c.nodes]
         members = [Member(c.nodes[i % 2].port, f"idle{i}", i % rooms) for i in range(connections)]
         nodes_cpu0, redis_cpu0 = c.cpu()
+        watcher = on_connecting(c) if on_connecting else None
         async with generator.idle(members) as joined:
             acked = time.perf_counter()  # the generator yields once the last join is acked
             nodes_cpu1, redis_cpu1 = c.cpu()  # what the connects and joins cost
@@ -529,6 +538,8 @@ async def w3(server: Server, connections: int = 2000, rooms: int = 100, generato
                 await asyncio.sleep(max(0.0, acked + at_s - time.perf_counter()))
                 readings[at_s] = [n.rss() for n in c.nodes]
                 own[at_s] = [_own_rss(n) for n in c.nodes]
+        if watcher is not None:
+            watcher.wait()
     per_conn = {at_s: (sum(r) - sum(rss0)) / connections / 1024 for at_s, r in readings.items()}
     own_per_conn = {at_s: (sum(r) - sum(own0)) / connections / 1024 for at_s, r in own.items()}
     return {

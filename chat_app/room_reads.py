@@ -5,7 +5,7 @@ these calls on."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any, Protocol, TypeVar
 
 from .backends.base import (
@@ -19,7 +19,7 @@ from .backends.base import (
     RoomPresence,
     within,
 )
-from .protocol import ChatError, ErrorCode, JoinRequest, direct_members
+from .protocol import ChatError, Envelope, ErrorCode, JoinRequest, direct_members
 
 T = TypeVar("T")
 
@@ -54,13 +54,18 @@ class RoomReads:
         """A join's ack: history up to the join's bound `cursor`, after `req.since` when the
         client recovers (`recovered`: whether all of it was still there, in its epoch)."""
         recovering = req.since is not None
+        envelopes: Sequence[Envelope] = ()
+        recovered = False
         try:
             if recovering and (req.epoch is None or req.epoch == cursor.epoch) and req.since <= cursor.seq:
                 history = self._broker.history(room, after=req.since, upto=cursor.seq)
                 recovered = history.complete and history.position.epoch == cursor.epoch
-            else:
-                history = self._broker.history(room, after=None, upto=cursor.seq)
-                recovered = False
+                envelopes = history.envelopes if recovered else ()  # a failed recovery: none
+            elif not recovering and cursor.seq > 0:
+                envelopes = self._broker.history(room, after=None, upto=cursor.seq).envelopes
+            # Else no read: up to seq 0 nothing is stored (seqs start at 1), and a recovery
+            # that cannot be one answers no history. A join into a room without messages
+            # costs one round trip (the presence write), not two.
         except BackendUnavailable as exc:
             raise self._unavailable("could not read the room", exc) from None
         ack: dict[str, Any] = {
@@ -70,9 +75,7 @@ class RoomReads:
             "epoch": cursor.epoch,
             "members": list(joined.names),
             "members_count": joined.members_count,
-            "history": [e.to_client() for e in history.envelopes if e.epoch == cursor.epoch]
-            if recovered or not recovering
-            else [],
+            "history": [e.to_client() for e in envelopes if e.epoch == cursor.epoch],
         }
         if recovering:
             ack["recovered"] = recovered

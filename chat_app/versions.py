@@ -15,6 +15,7 @@ import logging
 log = logging.getLogger(__name__)
 
 PINNED: dict[str, str] = {
+    "Flask-SocketIO": "5.7.0",
     "python-socketio": "5.18.1",
     "python-engineio": "4.15.1",
     "gevent": "26.9.0",

@@ -303,6 +303,11 @@ def test_departures_are_swept_by_one_greenlet_that_ends_with_the_node(server) ->
     assert len(ours) == 2
     b.connect("watcher", Identity("watcher"))
     b.join("watcher", JoinRequest(room="lobby"))
+    # A node's Redis helpers (the script batcher, the presence calls) start with their first
+    # use: a join on A starts them before the count (a join into a room without messages
+    # reads no history, so B's watcher alone no longer starts them all).
+    a.connect("warm", Identity("warm"))
+    a.join("warm", JoinRequest(room="lobby"))
     threads_before = threading.active_count()
     for i in range(40):
         a.connect(f"s{i}", Identity(f"user{i}"))

@@ -1,0 +1,124 @@
+"""What a connect costs a node beyond the protocol: one WSGI environ per websocket (not
+Flask-SocketIO's copy beside pywsgi's), start-up's objects out of the cyclic collector's
+walks, no stack walk per log record (bench/README.md, "Connect + join")."""
+
+from __future__ import annotations
+
+import gc
+import logging
+import runpy
+from pathlib import Path
+from typing import Any
+
+import flask
+import flask_socketio
+import pytest
+
+from chat_app import create_app, versions
+from chat_app.backends.base import History, Joined, Position
+from chat_app.protocol import ChatError, Envelope, ErrorCode, JoinRequest
+from chat_app.room_reads import RoomReads
+from chat_app.settings import Settings
+from chat_app.transport.environ import one_environ
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def _engineio_sees(app: Any, monkeypatch: pytest.MonkeyPatch) -> tuple[dict[str, Any], dict[str, Any]]:
+    """(the environ the server was called with, the one engine.io's handler got)."""
+    seen: list[dict[str, Any]] = []
+    sio = app.extensions["chat_socketio"].server
+    monkeypatch.setattr(sio, "handle_request", lambda environ, start_response: seen.append(environ) or [b""])
+    environ = {"PATH_INFO": "/socket.io/", "QUERY_STRING": "EIO=4&transport=websocket", "REQUEST_METHOD": "GET"}
+    app.wsgi_app(environ, lambda *a: None)
+    assert len(seen) == 1
+    return environ, seen[0]
+
+
+def test_engineio_gets_the_request_environ_itself_with_the_flask_app(monkeypatch) -> None:
+    app = create_app(Settings.from_env({}, instance_id="t"), async_mode="threading")
+    given, got = _engineio_sees(app, monkeypatch)
+    assert got is given  # one dict per connection, kept by pywsgi and python-socketio alike
+    assert got["flask.app"] is app
+
+
+@pytest.mark.parametrize("pinned", [True, False])
+def test_one_environ_steps_aside_on_another_flask_socketio(monkeypatch, pinned: bool) -> None:
+    app = flask.Flask("t")
+    socketio = flask_socketio.SocketIO(app, async_mode="threading")
+    if not pinned:
+        monkeypatch.setitem(versions.PINNED, "Flask-SocketIO", "0.0")
+    app.wsgi_app = one_environ(app.wsgi_app)  # type: ignore[method-assign]
+    app.extensions["chat_socketio"] = socketio
+    given, got = _engineio_sees(app, monkeypatch)
+    assert got["flask.app"] is app
+    assert (got is given) == pinned  # upstream's copy on other versions; the original untouched
+    assert ("flask.app" in given) == pinned
+
+
+def test_the_worker_freezes_what_start_up_made() -> None:
+    conf = runpy.run_path(str(ROOT / "gunicorn.conf.py"))
+    gc.unfreeze()
+    try:
+        conf["post_worker_init"](object())
+        assert gc.get_freeze_count() > 1000
+    finally:
+        gc.unfreeze()
+
+
+def test_log_records_skip_the_callers_stack() -> None:
+    create_app(Settings.from_env({}, instance_id="t"), async_mode="threading")
+    records: list[logging.LogRecord] = []
+    handler = logging.Handler()
+    handler.emit = records.append  # type: ignore[method-assign]
+    logger = logging.getLogger("chat_app")
+    logger.addHandler(handler)
+    try:
+        logger.warning("event=probe")
+    finally:
+        logger.removeHandler(handler)
+    assert records and records[0].funcName == "(unknown function)"
+
+
+class _CountingBroker:
+    """A broker whose history reads are counted; each answers `stored` in epoch "e"."""
+
+    def __init__(self, stored: list[Envelope]) -> None:
+        self.stored, self.reads = stored, 0
+
+    def history(self, room: str, after: int | None, upto: int | None = None, limit: int = 50) -> History:
+        self.reads += 1
+        wanted = [e for e in self.stored if (after is None or e.seq > after) and (upto is None or e.seq <= upto)]
+        return History(Position("e", len(self.stored)), wanted, True)
+
+
+def _envelope(seq: int) -> Envelope:
+    return Envelope(
+        id=f"m{seq}", room="r", sender="a", message=f"hi {seq}", timestamp=1, seq=seq, epoch="e", instance_id="n"
+    )
+
+
+def _ack(broker: _CountingBroker, cursor: Position, req: JoinRequest) -> dict[str, Any]:
+    reads = RoomReads(broker, None, 1.0, lambda what, exc: ChatError(ErrorCode.UNAVAILABLE, what))  # type: ignore[arg-type]
+    return reads.join_ack("r", req, cursor, Joined(cursor, 1, ["a"]))
+
+
+@pytest.mark.parametrize(
+    ("seq", "req", "reads", "history", "recovered"),
+    [
+        (0, JoinRequest(room="r"), 0, [], None),  # a room without messages: the presence write alone
+        (2, JoinRequest(room="r"), 1, [1, 2], None),
+        (2, JoinRequest(room="r", since=1, epoch="e"), 1, [2], True),
+        (2, JoinRequest(room="r", since=0, epoch="old"), 0, [], False),  # another epoch: no recovery, no read
+        (2, JoinRequest(room="r", since=5, epoch="e"), 0, [], False),  # ahead of the room: the same
+    ],
+)
+def test_a_join_reads_history_only_when_its_ack_can_carry_some(
+    seq: int, req: JoinRequest, reads: int, history: list[int], recovered: bool | None
+) -> None:
+    broker = _CountingBroker([_envelope(s) for s in range(1, seq + 1)])
+    ack = _ack(broker, Position("e", seq), req)
+    assert broker.reads == reads
+    assert [m["seq"] for m in ack["history"]] == history
+    assert ack.get("recovered") == recovered
+    assert (ack["seq"], ack["epoch"], ack["members"]) == (seq, "e", ["a"])
