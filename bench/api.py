@@ -355,7 +355,7 @@ def markdown(results: dict[str, Any]) -> str:
 async def run(args: argparse.Namespace) -> dict[str, Any]:
     results: dict[str, Any] = {
         "started": time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime()),
-        "publish_linger": NODE_ENV.get("PUBLISH_LINGER", "0 (default)"),
+        "publish_linger": NODE_ENV.get("PUBLISH_LINGER", "0.005 (default)"),
         "machine": f"{platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}",
         "load": " ".join(f"{x:.2f}" for x in os.getloadavg()),
     }
@@ -370,7 +370,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true")
-    parser.add_argument("--publish-linger", help="PUBLISH_LINGER for the nodes (default: theirs, 0)")
+    parser.add_argument("--publish-linger", help="PUBLISH_LINGER for the nodes (default: theirs, 0.005)")
     args = parser.parse_args()
     if args.publish_linger is not None:
         NODE_ENV["PUBLISH_LINGER"] = args.publish_linger

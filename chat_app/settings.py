@@ -184,7 +184,7 @@ class Settings:
     heartbeat_interval: float = 10.0
     history_length: int = 100
     send_deadline: float = 5.0
-    publish_linger: float = _setting(0.0, _linger)
+    publish_linger: float = _setting(0.005, _linger)
     # Past this many seconds of lag (chat_app.load) a node refuses a share of new sends
     # `overloaded`, all of them at twice that; 0: never.
     overload_lag: float = _setting(0.04, _lag_limit)
