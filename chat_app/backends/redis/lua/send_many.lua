@@ -1,4 +1,4 @@
--- Several messages in one call (send_one.lua's send_batch), for any rooms of one server.
+-- Several messages in one call (send_batch.lua), for any rooms of one server.
 -- KEYS: each message's 6 (as send.lua's), one after the other. ARGV: history_length,
 -- room_ttl_ms, server_id (the batch's: one server, one deployment), then each message's
 -- envelope_head, dedup_id, candidate_epoch, channel. One EVALSHA per batch instead of one per
