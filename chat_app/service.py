@@ -446,9 +446,7 @@ class ChatService:
 
     def send(self, sid: str, req: SendRequest, shed: bool = False) -> dict[str, Any]:
         """`shed`: the transport already drew this send against the load gauge."""
-        conn = self._connection(sid)
-        self._check_send(conn, req)
-        sender = conn.user or clean_sender(req.sender) or self.membership.user_of(req.room, sid)
+        sender = self._sender(sid, req)
         message, meta = req.message, None
         if self.hooks is not None and self.hooks.on_send:
             decision = self.hooks.send(sender, req.room, message)  # ChatError when refused
@@ -461,11 +459,21 @@ class ChatService:
             self.observe_publish(time.perf_counter() - started)
         return self._sent(sid, envelope)
 
-    def _check_send(self, conn: Connection, req: SendRequest) -> None:
+    def _sender(self, sid: str, req: SendRequest) -> str:
+        """Who sends `req`, once the connection may send to its room now (a member, within
+        its rate)."""
+        conn = self._connection(sid)
         if req.room not in conn.rooms:
             raise ChatError(ErrorCode.NOT_IN_ROOM, f"join {req.room!r} before sending to it")
         self._take(conn.send_bucket, "too many messages: slow down")
         conn.touch(req.room)
+        return conn.user or clean_sender(req.sender) or self.membership.user_of(req.room, sid)
+
+    def _refuse_if_behind(self, shed: bool) -> None:
+        """A node that runs behind refuses a new send at once: accepting would only make it,
+        and every one already accepted, later. `shed`: the transport drew it already."""
+        if not shed and self.load.refuses():
+            raise ChatError(ErrorCode.OVERLOADED, BEHIND)
 
     def _sent(self, sid: str, envelope: Envelope) -> dict[str, Any]:
         if log.isEnabledFor(logging.DEBUG):  # q() reads every character: not for a line never written
@@ -484,14 +492,13 @@ class ChatService:
         the publish raises here, and the answer `send` would return (or the error it would
         raise, as ChatError) goes to `done`, called by the publisher once Redis answered.
         Only when `sends_without_waiting`."""
-        conn = self._connection(sid)
-        self._check_send(conn, req)
-        sender = conn.user or clean_sender(req.sender) or self.membership.user_of(req.room, sid)
-        draft = self.draft(req.room, sender, req.message, self.instance_id, req.key, None)
+        draft = self.draft(req.room, self._sender(sid, req), req.message, self.instance_id, req.key, None)
         started = time.perf_counter()
-        if not shed and self.load.refuses():
-            self.observe_publish(time.perf_counter() - started)  # as `send` observes its refusals
-            raise ChatError(ErrorCode.OVERLOADED, BEHIND)
+        try:
+            self._refuse_if_behind(shed)
+        except ChatError:  # observed as `send` observes its refusals
+            self.observe_publish(time.perf_counter() - started)
+            raise
 
         def stored(outcome: Envelope | Exception) -> None:
             self.observe_publish(time.perf_counter() - started)
@@ -509,11 +516,8 @@ class ChatService:
             self._stored(draft, exc)
 
     def store(self, draft: Draft, shed: bool = False) -> Envelope:
-        """Store and publish, with the protocol's answer when the node cannot. A node that runs
-        behind refuses at once: accepting would only make this send, and every one already
-        accepted, later."""
-        if not shed and self.load.refuses():
-            raise ChatError(ErrorCode.OVERLOADED, BEHIND)
+        """Store and publish, with the protocol's answer when the node cannot."""
+        self._refuse_if_behind(shed)
         try:
             outcome: Envelope | Exception = self._broker.send(draft)
         except (Banned, Overloaded, BackendUnavailable) as exc:
