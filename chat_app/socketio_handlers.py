@@ -40,6 +40,15 @@ from .transport.fanout import text_frame
 log = logging.getLogger(__name__)
 
 
+def _error(exc: Exception, event: str, sid: str) -> ChatError:
+    """What a handler's failure answers: its ChatError, or `internal` (logged) for anything
+    else. Called in the handler's `except`."""
+    if isinstance(exc, ChatError):
+        return exc
+    log.exception("event=handler_failed handler=%s sid=%s", event, sid)
+    return ChatError(ErrorCode.INTERNAL, "the server failed to handle this event")
+
+
 def register_handlers(socketio: SocketIO, service: ChatService, transport: Transport) -> None:
     """Handlers go on python-socketio's server itself: Flask-SocketIO's wrapper would build a
     Flask request context and session for every event, and none of them reads either. Long
@@ -51,11 +60,8 @@ def register_handlers(socketio: SocketIO, service: ChatService, transport: Trans
     def answer(sid: str, event: str, call: Callable[[], dict[str, Any]]) -> dict[str, Any] | None:
         try:
             return call()
-        except ChatError as exc:
-            error = exc
-        except Exception:
-            log.exception("event=handler_failed handler=%s sid=%s", event, sid)
-            error = ChatError(ErrorCode.INTERNAL, "the server failed to handle this event")
+        except Exception as exc:
+            error = _error(exc, event, sid)
         if answers.wants_ack():
             return {"ok": False, "error": error.to_wire()}
         sio.emit("error", {**error.to_wire(), "event": event}, to=sid)
@@ -178,13 +184,8 @@ def _send_without_waiting(
                 reply,
                 shed=service.load.shedding() and transport.shed_already(sid),
             )
-            return
-        except ChatError as exc:
-            error = exc
-        except Exception:
-            log.exception("event=handler_failed handler=send_message sid=%s", sid)
-            error = ChatError(ErrorCode.INTERNAL, "the server failed to handle this event")
-        reply({"ok": False, "error": error.to_wire()})
+        except Exception as exc:
+            reply({"ok": False, "error": _error(exc, "send_message", sid).to_wire()})
 
     def start(sid: str, eio_sid: str, ack_id: int | None, payload: Any) -> None:
         def reply(result: dict[str, Any]) -> None:
