@@ -13,6 +13,14 @@ at every member, then switched off and dumped: instructions / (messages x member
 Whatever else node A does in that window (a presence heartbeat, engine.io pings) is counted
 too, as it is part of what a delivery costs; the window is a few seconds.
 
+    python -m bench.callgrind --count redis        # Redis's instructions per message instead
+
+With `--count redis` the nodes run as they are and the Redis they share runs under
+callgrind: Redis's work per message (issue 27 item 4) as a figure a noisy machine does not
+move: the scripts and commands of each send, the PUBLISH to every subscribed node, and
+whatever else the nodes ask of Redis meanwhile (presence heartbeats), less the kernel's
+share (reads, writes, epoll), which at a low rate is most of Redis's CPU time.
+
 Callgrind counts user space only: the kernel's share (each member's `send`) is not in it.
 The peer's count includes V8 compiling as it goes (its threads are counted too): the warm-up
 is long enough (1,000 messages) that its figure settles, but it stays the rougher of the two.
@@ -56,11 +64,11 @@ class Count:
         return self.instructions / self.deliveries
 
 
-def valgrind_spec(server: Server, out: Path) -> procs.NodeSpec:
-    """The server's node command under callgrind, counting off until told. JIT code (Node's)
-    needs `--smc-check=all` to be seen as it is rewritten; forks and execs are followed, so
-    gunicorn's worker is counted, each process in its own file (%p)."""
-    valgrind = [
+def valgrind_command(out: Path) -> list[str]:
+    """callgrind, counting off until told. JIT code (Node's) needs `--smc-check=all` to be
+    seen as it is rewritten; forks and execs are followed, so gunicorn's worker is counted,
+    each process in its own file (%p)."""
+    return [
         "valgrind",
         "--tool=callgrind",
         "--instr-atstart=no",
@@ -69,6 +77,11 @@ def valgrind_spec(server: Server, out: Path) -> procs.NodeSpec:
         f"--callgrind-out-file={out}/callgrind.out.%p",
         f"--vgdb-prefix={out}/vgdb",
     ]
+
+
+def valgrind_spec(server: Server, out: Path) -> procs.NodeSpec:
+    """The server's node command under callgrind (`valgrind_command`)."""
+    valgrind = valgrind_command(out)
     inner = list(server.spec.command) or ["sh", "-c", f"exec {procs.procfile_web_command(server.spec.app)}"]
     if inner[0] == "sh":  # valgrind follows the exec: the shell's one command is counted, not the shell
         inner = ["sh", "-c", f"exec {' '.join(valgrind)} {inner[2].removeprefix('exec ')}"]
@@ -82,11 +95,11 @@ def callgrind_control(out: Path, *args: str) -> str:
     return done.stdout + done.stderr
 
 
-def counted_pids(node: procs.Proc, out: Path) -> list[int]:
-    """The processes of node A that run under callgrind (gunicorn's master and worker)."""
+def counted_pids(proc: procs.Proc, out: Path) -> list[int]:
+    """The processes of `proc` that run under callgrind (gunicorn's master and worker)."""
     listing = callgrind_control(out)
     pids = {int(p) for p in re.findall(r"^PID (\d+):", listing, re.M)}
-    tree = {node.pid, *node.worker_pids()}
+    tree = {proc.pid, *proc.worker_pids()}
     return sorted(pids & tree)
 
 
@@ -116,18 +129,26 @@ async def run_messages(sender: SioClient, members: list[SioClient], received: li
 
 
 async def measure(
-    server: Server, members: int, messages: int, warmup: int, tmp: Path, local: bool = False, keep: Path | None = None
+    server: Server,
+    members: int,
+    messages: int,
+    warmup: int,
+    tmp: Path,
+    local: bool = False,
+    keep: Path | None = None,
+    count_redis: bool = False,
 ) -> Count:
     """`local`: the sender connects to node A too, so node A also ingests each send (the
     frame read, the handler, the publish round trip, the ack), as each node does for its
-    own senders in W2; its deliveries then include the sender's own copy."""
-    redis = procs.start_redis(tmp / "redis")
+    own senders in W2; its deliveries then include the sender's own copy. `count_redis`:
+    Redis runs under callgrind instead of node A."""
     out = tmp / "callgrind"
     out.mkdir()
+    redis = procs.start_redis(tmp / "redis", valgrind_command(out) if count_redis else (), timeout=60)
     url = f"redis://127.0.0.1:{redis.port}/0"
     nodes: list[procs.Proc] = []
     try:
-        spec_a = valgrind_spec(server, out)
+        spec_a = server.spec if count_redis else valgrind_spec(server, out)
         if local and server.label == OURS.label:
             # Under callgrind node A runs far behind: its load gauge would refuse its own
             # sender's sends (`overloaded`). The count is of the work, not of shedding.
@@ -152,9 +173,9 @@ async def measure(
         sender = await connect((node_a if local else nodes[1]).port, "sender", timeout=60)
         await sender.call("join_room", {"room": ROOM}, timeout=60)
         await run_messages(sender, clients, received, warmup)
-        pids = counted_pids(node_a, out)
+        pids = counted_pids(redis if count_redis else node_a, out)
         if not pids:
-            raise RuntimeError("callgrind_control sees no process of node A")
+            raise RuntimeError("callgrind_control sees no process to count")
         for pid in pids:
             callgrind_control(out, "--zero", str(pid))  # zero what start-up and the warm-up left
             callgrind_control(out, "--instr=on", str(pid))
@@ -188,6 +209,7 @@ def main() -> None:
     parser.add_argument(
         "--sender", choices=("remote", "local"), default="remote", help="local: node A also ingests the sends"
     )
+    parser.add_argument("--count", choices=("node", "redis"), default="node", help="what runs under callgrind")
     args = parser.parse_args()
     if shutil.which("valgrind") is None or shutil.which("callgrind_control") is None:
         raise SystemExit("needs valgrind (Debian's valgrind package)")
@@ -201,7 +223,14 @@ def main() -> None:
             counts.append(
                 asyncio.run(
                     measure(
-                        server, args.members, args.messages, args.warmup, Path(tmp), args.sender == "local", args.keep
+                        server,
+                        args.members,
+                        args.messages,
+                        args.warmup,
+                        Path(tmp),
+                        args.sender == "local",
+                        args.keep,
+                        args.count == "redis",
                     )
                 )
             )
@@ -211,10 +240,11 @@ def main() -> None:
                 flush=True,
             )
     peer = next((c for c in counts if c.server == PEER.label), None)
-    print("\n| server | instructions per delivery | vs peer |\n|---|---:|---:|")
+    counted = "Redis's" if args.count == "redis" else "node A's"
+    print(f"\n| server | {counted} instructions per delivery | per message | vs peer |\n|---|---:|---:|---:|")
     for c in counts:
-        ratio = f"{c.per_delivery / peer.per_delivery:.2f}x" if peer else "-"
-        print(f"| {c.server} | {c.per_delivery:,.0f} | {ratio} |")
+        ratio = f"{c.per_message / peer.per_message:.2f}x" if peer else "-"
+        print(f"| {c.server} | {c.per_delivery:,.0f} | {c.per_message:,.0f} | {ratio} |")
 
 
 if __name__ == "__main__":

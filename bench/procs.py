@@ -11,6 +11,7 @@ import socket
 import subprocess
 import time
 import urllib.request
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -129,11 +130,12 @@ def _spawn(name: str, args: list[str], directory: Path, port: int, **popen: obje
     return Proc(name, process, port, log_path)
 
 
-def start_redis(directory: Path) -> Proc:
-    """A private, non-persistent redis-server on a free port of 127.0.0.1."""
+def start_redis(directory: Path, prefix: Sequence[str] = (), timeout: float = 10) -> Proc:
+    """A private, non-persistent redis-server on a free port of 127.0.0.1; `prefix` runs it
+    under another program (valgrind)."""
     directory.mkdir(parents=True, exist_ok=True)
     port = free_port()
-    args = ["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"]
+    args = [*prefix, "redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"]
     proc = _spawn("redis", [*args, "--dir", str(directory)], directory, port)
 
     def pong() -> bool:
@@ -142,7 +144,7 @@ def start_redis(directory: Path) -> Proc:
             return s.recv(16).startswith(b"+PONG")
         return False
 
-    wait_until(pong, 10, f"redis-server on {port}")
+    wait_until(pong, timeout, f"redis-server on {port}")
     return proc
 
 

@@ -84,7 +84,7 @@ class MemoryBroker:
             )
             room.history.append(envelope)
             room.dedup[dedup_id] = envelope
-            while len(room.history) > hub.history_length:
+            while room.history[0].seq <= room.seq - hub.history_length:  # the last seqs, as Redis keeps
                 old = room.history.popleft()
                 room.dedup = {k: v for k, v in room.dedup.items() if v is not old}
             for hooks in hub.hooks_for(draft.room):

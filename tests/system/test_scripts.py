@@ -5,6 +5,7 @@ position the store lost starts afresh, in a new epoch, whichever script meets it
 from __future__ import annotations
 
 import hashlib
+import json
 
 import pytest
 import redis
@@ -18,6 +19,7 @@ from chat_app.backends.redis.send import SendScript
 from chat_app.settings import Settings
 
 pytestmark = pytest.mark.timeout(30)
+HISTORY = LuaScript.load("history.lua", sharded=False)
 
 
 def inline(source: str) -> LuaScript:
@@ -59,8 +61,15 @@ class Room:
         k = self.keys
         return [k.seq, k.hist, k.epoch, k.dedup]
 
-    def history(self) -> list[bytes]:
-        return [fields[b"e"] for _, fields in self.client.xrange(self.keys.hist)]
+    def history(self, after: int | str = "", upto: int | str = "", newest: int = 1000) -> list[bytes]:
+        """What joins, recoveries and history pages read (history.lua), oldest first."""
+        keys = [self.keys.epoch, self.keys.seq, self.keys.hist]
+        args = [after, upto, newest, self.settings.history_length]
+        [(_epoch, _seq, *envelopes)] = run_scripts(self.client, [(HISTORY, keys, args)])
+        return envelopes
+
+    def seqs(self, after: int | str = "", upto: int | str = "", newest: int = 1000) -> list[int]:
+        return [json.loads(e)["seq"] for e in self.history(after, upto, newest)]
 
 
 @pytest.mark.parametrize("lost", ["epoch", "seq"])
@@ -120,7 +129,6 @@ def test_room_and_member_events_are_written_while_webhooks_are_on_only(redis_ser
     died is settled by another node's orphan sweep, and one whose keys expired unswept is
     still told vacated."""
     import dataclasses
-    import json
     import time
 
     room = Room(redis_server.url, presence_events_max_members=1, presence_grace=0.05)
@@ -238,6 +246,21 @@ def test_an_id_whose_message_left_the_stream_names_the_new_message(redis_server)
     assert room.send("first again", "e1", key="k1") == (7, "e1")
     assert room.send("first again", "e1", key="k1") == (7, "e1")
     assert len(room.history()) == 4
+
+
+def test_reads_show_exactly_the_last_history_length_seqs_of_a_stream_trimmed_by_nodes(redis_server) -> None:
+    """The stream is trimmed by whole nodes (`MAXLEN ~`), so it holds older entries than the
+    room keeps; joins, recoveries and history pages never see them."""
+    room = Room(redis_server.url, history_length=4)
+    for i in range(40):
+        room.send(f"m{i}", "e1")
+    assert room.client.xlen(room.keys.hist) > 4, "the stream keeps a node's worth more (else this proves nothing)"
+    assert room.seqs() == [37, 38, 39, 40]
+    assert room.seqs(newest=2) == [39, 40]
+    assert room.seqs(after=10) == [37, 38, 39, 40], "a recovery from further back gets the window only"
+    assert room.seqs(after=37) == [38, 39, 40]
+    assert room.seqs(upto=38) == [37, 38], "a page back ends at the window"
+    assert room.seqs(after=30, upto=38) == [37, 38]
 
 
 def test_a_batch_reads_its_keys_once_and_the_ttls_once_per_room(redis_server) -> None:

@@ -53,6 +53,7 @@ class RedisBroker:
         self._deadline = settings.send_deadline
         self._instance_id = settings.instance_id
         self._envelope_limit = max_wire_bytes(settings.max_message_bytes)
+        self._history_length = settings.history_length
         self._history = LuaScript.load("history.lua", sharded=isinstance(clients.commands, RedisCluster))
         # Joins, leaves and history reads of many members share round trips (RedisPresence too).
         self.batcher = ScriptBatcher(clients.commands, "redis-batcher")
@@ -157,7 +158,7 @@ class RedisBroker:
 
     def history(self, room: str, after: int | None, upto: int | None = None, limit: int = RECENT_HISTORY) -> History:
         keys = RoomKeys.of(self._prefix, room)
-        args = ["" if after is None else after, "" if upto is None else upto, limit]
+        args = ["" if after is None else after, "" if upto is None else upto, limit, self._history_length]
         with unavailable_when_unreachable():
             reply = self.batcher.run((self._history, [keys.epoch, keys.seq, keys.hist], args), self._deadline)
         if isinstance(reply, Exception):

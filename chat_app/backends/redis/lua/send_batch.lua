@@ -18,8 +18,8 @@
 --   per room     PTTL of the dedup set (are the TTLs due; -2: the set is new), at the room's
 --     and batch  first message; INCRBY of the seq by the room's messages in the batch
 --   per message  ZADD NX (dedup: 0 says the id is stored already), XADD NOMKSTREAM
---                (history, trimmed to exactly HISTORY_LENGTH, which joins, recoveries and
---                history pages show; nil says the stream is gone: made again, TTLs due),
+--                (history, trimmed by whole stream nodes: `xadd`; nil says the stream is
+--                gone: made again, TTLs due),
 --                PUBLISH (one per message: a rolling deploy's old nodes read that format;
 --                + the outbox's XADD with the archive on)
 -- The rest is rare: the dedup trim when a 16th seq is passed; the renewal (five PEXPIREs)
@@ -44,6 +44,17 @@ local function stored_under(hist, seen)
   local stored = redis.call('XRANGE', hist, seen .. '-0', seen .. '-0')
   if #stored > 0 then return stored[1][2][2] end
   return nil
+end
+
+-- The stream keeps a room's last `length` seqs, which joins, recoveries and history pages
+-- show (history.lua reads no further back). Trimming it exactly (`MAXLEN length`) cost more
+-- than any other command of a send: Redis walks every entry already marked deleted in the
+-- oldest stream node to mark one more (callgrind: ~15,000 of ~97,000 instructions a
+-- message). `MAXLEN ~` drops whole nodes, so the stream holds up to a node's worth of older
+-- entries (stream-node-max-entries/-bytes), which reads and dedup hits disregard.
+local function xadd(hist, exists, length, digits, envelope)
+  if exists then return redis.call('XADD', hist, 'NOMKSTREAM', 'MAXLEN', '~', length, digits .. '-0', 'e', envelope) end
+  return redis.call('XADD', hist, 'MAXLEN', '~', length, digits .. '-0', 'e', envelope)
 end
 
 -- A room's state at its first message in the batch, from the MGET: epoch, srv and seq as
@@ -95,7 +106,7 @@ local function send_batch(KEYS, ARGV, count, base, length, room_ttl, server_id)
   if ARCHIVE_KEY then names[4 * count + 1] = ARCHIVE_KEY end
   local got = redis.call('MGET', unpack(names))
   local archive = ARCHIVE_KEY and archive_conf(got[4 * count + 1]) or nil
-  local ttl_ms = tonumber(room_ttl)
+  local ttl_ms, keep = tonumber(room_ttl), tonumber(length)
   local rooms, order, results, stored = {}, {}, {}, {}
 
   -- First pass, in order: the epoch's rules and the dedup id of each message; its seq is
@@ -123,9 +134,9 @@ local function send_batch(KEYS, ARGV, count, base, length, room_ttl, server_id)
       local earlier = st.ids and st.ids[id]
       if earlier then return {earlier[1], st.epoch, earlier[2], 1} end  -- sent earlier in this batch
       local seen = redis.call('ZSCORE', dedup, id)
-      local envelope = stored_under(hist, seen)
+      local envelope = tonumber(seen) > st.seq - keep and stored_under(hist, seen)
       if envelope then return {tonumber(seen), st.epoch, envelope, 1} end
-      -- Its message left the stream: the id names this new message from now on.
+      -- Its message left the history: the id names this new message from now on.
       redis.call('ZADD', dedup, 'XX', digits, id)
     end
     if not st.checked_srv then
@@ -163,8 +174,8 @@ local function send_batch(KEYS, ARGV, count, base, length, room_ttl, server_id)
   for _, st in ipairs(order) do redis.call('INCRBY', st.keys[1], st.seq - st.first + 1) end
   -- Third pass, in order: history, the archive's outbox, the channel.
   for _, m in ipairs(stored) do
-    if not redis.call('XADD', m[2], 'NOMKSTREAM', 'MAXLEN', length, m[3] .. '-0', 'e', m[4]) then
-      redis.call('XADD', m[2], 'MAXLEN', length, m[3] .. '-0', 'e', m[4])  -- the stream was gone
+    if not xadd(m[2], true, length, m[3], m[4]) then
+      xadd(m[2], false, length, m[3], m[4])  -- the stream was gone
       m[1].renew = true
     end
     if archive then redis.call('XADD', ARCHIVE_KEY .. ':outbox', 'MAXLEN', '~', archive.most, '*', 'e', m[4]) end
