@@ -45,7 +45,7 @@ from .sioclient import SioClient, connect
 from .workloads import Server
 
 BATCH = 20
-ROOM = "cg"
+JOIN_LIMITS = {"JOIN_RATE": "100000", "JOIN_BURST": "100000"}
 
 
 @dataclass
@@ -112,14 +112,17 @@ def totals(out: Path) -> int:
     return total
 
 
-async def run_messages(sender: SioClient, members: list[SioClient], received: list[int], count: int) -> None:
-    """`count` messages in batches of BATCH, each batch awaited at every member."""
+async def run_messages(
+    sender: SioClient, members: list[SioClient], received: list[int], count: int, rooms: list[str]
+) -> None:
+    """`count` messages in batches of BATCH, each batch awaited at every member; the rooms
+    take turns (every member is in each)."""
     sent = 0
     while sent < count:
         n = min(BATCH, count - sent)
         target = [r + n for r in received]
         for i in range(n):
-            sender.emit("send_message", {"room": ROOM, "message": f"m{sent + i}"})
+            sender.emit("send_message", {"room": rooms[(sent + i) % len(rooms)], "message": f"m{sent + i}"})
         sent += n
         deadline = time.monotonic() + 120
         while any(r < t for r, t in zip(received, target, strict=True)):
@@ -137,11 +140,16 @@ async def measure(
     local: bool = False,
     keep: Path | None = None,
     count_redis: bool = False,
+    rooms: int = 1,
 ) -> Count:
     """`local`: the sender connects to node A too, so node A also ingests each send (the
     frame read, the handler, the publish round trip, the ack), as each node does for its
     own senders in W2; its deliveries then include the sender's own copy. `count_redis`:
-    Redis runs under callgrind instead of node A."""
+    Redis runs under callgrind instead of node A. `rooms`: the messages take turns among that
+    many rooms (W2 has 20: a batch then rarely holds two messages of one room)."""
+    room_names = [f"cg{r}" for r in range(rooms)]
+    if server.label == OURS.label:  # each member joins every room at once: past the default JOIN_RATE
+        server = replace(server, spec=replace(server.spec, env={**server.spec.env, **JOIN_LIMITS}))
     out = tmp / "callgrind"
     out.mkdir()
     redis = procs.start_redis(tmp / "redis", valgrind_command(out) if count_redis else (), timeout=60)
@@ -169,17 +177,19 @@ async def measure(
 
         clients = [await connect(node_a.port, f"m{i}", counter(i), timeout=120) for i in range(members)]
         for c in clients:
-            await c.call("join_room", {"room": ROOM}, timeout=120)
+            for room in room_names:
+                await c.call("join_room", {"room": room}, timeout=120)
         sender = await connect((node_a if local else nodes[1]).port, "sender", timeout=60)
-        await sender.call("join_room", {"room": ROOM}, timeout=60)
-        await run_messages(sender, clients, received, warmup)
+        for room in room_names:
+            await sender.call("join_room", {"room": room}, timeout=60)
+        await run_messages(sender, clients, received, warmup, room_names)
         pids = counted_pids(redis if count_redis else node_a, out)
         if not pids:
             raise RuntimeError("callgrind_control sees no process to count")
         for pid in pids:
             callgrind_control(out, "--zero", str(pid))  # zero what start-up and the warm-up left
             callgrind_control(out, "--instr=on", str(pid))
-        await run_messages(sender, clients, received, messages)
+        await run_messages(sender, clients, received, messages, room_names)
         for pid in pids:
             callgrind_control(out, "--instr=off", str(pid))
         for path in out.glob("callgrind.out.*"):
@@ -210,6 +220,7 @@ def main() -> None:
         "--sender", choices=("remote", "local"), default="remote", help="local: node A also ingests the sends"
     )
     parser.add_argument("--count", choices=("node", "redis"), default="node", help="what runs under callgrind")
+    parser.add_argument("--rooms", type=int, default=1, help="rooms the messages take turns among")
     args = parser.parse_args()
     if shutil.which("valgrind") is None or shutil.which("callgrind_control") is None:
         raise SystemExit("needs valgrind (Debian's valgrind package)")
@@ -231,6 +242,7 @@ def main() -> None:
                         args.sender == "local",
                         args.keep,
                         args.count == "redis",
+                        args.rooms,
                     )
                 )
             )

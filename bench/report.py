@@ -93,6 +93,12 @@ def summary_rows(servers: list[dict[str, Any]]) -> list[Row]:
             rows.append((f"W2 @{rate}: node CPU µs per delivery ↓", [s["node_cpu_us_per_delivery"] for s in steps]))
             rows.append((f"W2 @{rate}: Redis CPU s ↓", [s["redis_cpu_s"] for s in steps]))
             rows.append((f"W2 @{rate}: Redis CPU µs per message ↓", [_redis_us(s) for s in steps]))
+            rows.append(
+                (
+                    f"W2 @{rate}: of which Redis user space (INFO cpu) µs per message ↓",
+                    [s.get("redis_user_cpu_us_per_message") for s in steps],
+                )
+            )
     if (values := each("w3", lambda w: w["rss_kib_per_connection"])) is not None:
         rows.append(("W3 RSS per idle joined connection (KiB), tree 3 s after the last ack ↓", values))
         rows.append(

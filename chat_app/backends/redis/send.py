@@ -87,12 +87,13 @@ class SendScript:
             reason = result[1].decode(errors="replace")  # type: ignore[index]
             log.error("event=publish_error room=%s error=%s", q(draft.room), q(reason))
             raise BackendUnavailable(f"redis refused the send: {reason}")
-        seq, epoch, stored, duplicate = result  # type: ignore[misc]
-        if duplicate:
+        if len(result) == 3:  # type: ignore[arg-type]  # a duplicate: {seq, epoch, the stored envelope}
+            stored = result[2]  # type: ignore[index]
             try:
                 return decode_envelope(stored, max_bytes=len(stored))
             except BadEnvelope as exc:
                 raise BackendUnavailable(f"stored message unreadable: {exc}") from None
+        seq, epoch = result  # type: ignore[misc]
         d = draft
         return Envelope(d.id, d.room, d.sender, d.message, d.timestamp, int(seq), epoch.decode(), d.instance_id, d.meta)
 
