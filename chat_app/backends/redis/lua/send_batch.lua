@@ -18,13 +18,13 @@
 --   per room     PTTL of the dedup set (are the TTLs due; -2: the set is new), at the room's
 --     and batch  first message; INCRBY of the seq by the room's messages in the batch
 --   per message  ZADD NX (dedup: 0 says the id is stored already), XADD NOMKSTREAM
---                (history, trimmed by whole stream nodes: `xadd`; nil says the stream is
---                gone: made again, TTLs due),
+--                (history, untrimmed: `xadd`; nil says the stream is gone: made again,
+--                TTLs due),
 --                PUBLISH (one per message: a rolling deploy's old nodes read that format;
 --                + the outbox's XADD with the archive on)
--- The rest is rare: the dedup trim when a 16th seq is passed; the renewal (five PEXPIREs)
--- when this batch created a key, switched servers or a tenth of the room TTL ran out; on a
--- duplicate, ZSCORE + XRANGE for the stored message; on a lost seq or epoch, the checks that
+-- The rest is rare: the dedup set's and the stream's trims when a 16th seq is passed; the
+-- renewal (five PEXPIREs) when this batch created a key, switched servers or a tenth of the
+-- room TTL ran out; on a duplicate, ZSCORE + XRANGE for the stored message; on a lost seq or epoch, the checks that
 -- decide the new epoch. A room's later messages in a batch follow its first's state (a Lua
 -- table): a second message gets the next seq, the epoch the first started, the dedup set
 -- it made, and a retry of the first in the same batch is the first's duplicate.
@@ -47,14 +47,16 @@ local function stored_under(hist, seen)
 end
 
 -- The stream keeps a room's last `length` seqs, which joins, recoveries and history pages
--- show (history.lua reads no further back). Trimming it exactly (`MAXLEN length`) cost more
--- than any other command of a send: Redis walks every entry already marked deleted in the
--- oldest stream node to mark one more (callgrind: ~15,000 of ~97,000 instructions a
--- message). `MAXLEN ~` drops whole nodes, so the stream holds up to a node's worth of older
--- entries (stream-node-max-entries/-bytes), which reads and dedup hits disregard.
-local function xadd(hist, exists, length, digits, envelope)
-  if exists then return redis.call('XADD', hist, 'NOMKSTREAM', 'MAXLEN', '~', length, digits .. '-0', 'e', envelope) end
-  return redis.call('XADD', hist, 'MAXLEN', '~', length, digits .. '-0', 'e', envelope)
+-- show (history.lua reads no further back). Trimming it exactly (`MAXLEN length`) on every
+-- XADD cost more than any other command of a send: Redis walks every entry already marked
+-- deleted in the oldest stream node to mark one more (callgrind: ~15,000 of ~97,000
+-- instructions a message). It is trimmed with the dedup set instead, every 16th seq, by
+-- whole nodes (`MAXLEN ~`), so it holds up to 16 entries and a node's worth
+-- (stream-node-max-entries/-bytes) older than the window, which reads and dedup hits
+-- disregard.
+local function xadd(hist, exists, digits, envelope)
+  if exists then return redis.call('XADD', hist, 'NOMKSTREAM', digits .. '-0', 'e', envelope) end
+  return redis.call('XADD', hist, digits .. '-0', 'e', envelope)
 end
 
 -- A room's state at its first message in the batch, from the MGET: epoch, srv and seq as
@@ -195,8 +197,8 @@ local function send_batch(KEYS, ARGV, count, base, length, room_ttl, server_id)
     local st, envelope = to_room[j], to_envelope[j]
     local i = to_index[j]
     local hist = KEYS[6 * i + 2]
-    if not xadd(hist, true, length, to_digits[j], envelope) then
-      xadd(hist, false, length, to_digits[j], envelope)  -- the stream was gone
+    if not xadd(hist, true, to_digits[j], envelope) then
+      xadd(hist, false, to_digits[j], envelope)  -- the stream was gone
       st.renew = true
     end
     if archive then redis.call('XADD', ARCHIVE_KEY .. ':outbox', 'MAXLEN', '~', archive.most, '*', 'e', envelope) end
@@ -205,9 +207,10 @@ local function send_batch(KEYS, ARGV, count, base, length, room_ttl, server_id)
   for _, st in ipairs(order) do
     local k = st.k
     if math.floor(st.seq / 16) > math.floor((st.first - 1) / 16) then
-      -- Every 16th seq. Ids of seqs older than the window may linger until then: harmless,
-      -- a dedup hit counts only while its message is still in the window (above).
+      -- Every 16th seq. Ids and entries older than the window may linger until then:
+      -- harmless, reads and dedup hits look no further back than the window (`xadd`).
       redis.call('ZREMRANGEBYSCORE', KEYS[k + 4], '-inf', st.seq - keep)
+      redis.call('XTRIM', KEYS[k + 2], 'MAXLEN', '~', length)
     end
     if st.renew then
       pexpire(room_ttl, KEYS[k + 1], KEYS[k + 2], KEYS[k + 3], KEYS[k + 4], KEYS[k + 5])
