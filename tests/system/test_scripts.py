@@ -215,9 +215,9 @@ def test_with_the_archive_on_the_ttls_are_not_renewed_on_every_send(redis_server
 def send_batch(room: Room, sends: list[tuple[str, str, str | None]], epoch: str = "e1") -> list[tuple[int, str]]:
     """One send_many.lua call for (room, text, key) sends; each answer as (seq, epoch)."""
     drafts = [Draft.new(name, "ann", text, "n1", key) for name, text, key in sends]
-    calls = [room._send.call(d, RoomKeys.of(room.settings.key_prefix, d.room), epoch, "srv1") for d in drafts]
-    [result] = run_scripts(room.client, [room._send.batch(calls)])
-    answers = SendScript.answers(len(calls), result)
+    sends = [(d, RoomKeys.of(room.settings.key_prefix, d.room), epoch) for d in drafts]
+    [result] = run_scripts(room.client, [room._send.batch(sends, "srv1")])
+    answers = SendScript.answers(len(sends), result)
     return [(e.seq, e.epoch) for e in (SendScript.envelope(d, a) for d, a in zip(drafts, answers, strict=True))]
 
 

@@ -285,15 +285,13 @@ class Publisher:
         epochs = self._ids.hex(8 * len(batch))  # a candidate epoch per send
         if self._held is not None:  # one server: all or nothing
             try:
-                calls = [
-                    self._send.call(p.draft, p.keys, epochs[16 * i : 16 * i + 16], self._server_ids.of(p.keys.seq))
-                    for i, p in enumerate(batch)
-                ]
-                if len(calls) == 1:
-                    return self._held.run_scripts(calls)
+                server_id = self._server_ids.of(batch[0].keys.seq)
+                sends = [(p.draft, p.keys, epochs[16 * i : 16 * i + 16]) for i, p in enumerate(batch)]
+                if len(sends) == 1:
+                    return self._held.run_scripts([self._send.call(*sends[0], server_id)])
                 # One EVALSHA for the whole batch: the call's own cost in Redis is paid once.
-                [result] = self._held.run_scripts([self._send.batch(calls)])
-                return SendScript.answers(len(calls), result)
+                [result] = self._held.run_scripts([self._send.batch(sends, server_id)])
+                return SendScript.answers(len(sends), result)
             except CONNECTION_ERRORS as exc:
                 return [exc] * len(batch)
         results: list[object] = [None] * len(batch)

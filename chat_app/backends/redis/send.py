@@ -37,31 +37,36 @@ class SendScript:
         self._room_ttl_ms = settings.redis_room_ttl_ms
 
     def call(self, draft: Draft, keys: RoomKeys, candidate_epoch: str, server_id: str) -> Call:
-        """The script's KEYS and ARGV (see send.lua's header) for one draft."""
-        d = draft
-        args: Sequence[object] = [
-            envelope_head(d.id, d.room, d.sender, d.message, d.timestamp, d.instance_id, d.meta),
-            d.dedup_id,
-            candidate_epoch,
-            self._history_length,
-            self._room_ttl_ms,
-            keys.channel,
-            server_id,
-        ]
-        return (self.script, [keys.seq, keys.hist, keys.epoch, keys.dedup, keys.srv, keys.ban(d.sender)], args)
+        """send.lua for one draft: a batch of one (see `batch`)."""
+        return (
+            self.script,
+            self._keys(draft, keys),
+            [*self._shared(server_id), *self._own(draft, keys, candidate_epoch)],
+        )
 
-    def batch(self, calls: Sequence[Call]) -> Call:
-        """One send_many.lua call for several `call`s (on one server): each message's KEYS
-        and own ARGV in turn, after the ARGV every message shares (history length, room TTL,
-        server id: sent once, each argument costs Redis a little per message). Its answer is
-        one send.lua answer per message (`answers`)."""
+    def batch(self, sends: Sequence[tuple[Draft, RoomKeys, str]], server_id: str) -> Call:
+        """One send_many.lua call for several (draft, keys, candidate epoch) on one server (one
+        server id): each message's KEYS and own ARGV in turn, after the ARGV every message
+        shares (history length, room TTL, server id: sent once, each argument costs Redis a
+        little per message). Its answer is one send.lua answer per message (`answers`)."""
         keys: list[str] = []
-        first = calls[0][2]
-        args: list[object] = [first[3], first[4], first[6]]
-        for _, k, a in calls:  # one server: one server id (ServerIds.of)
-            keys += k
-            args += (a[0], a[1], a[2], a[5])
+        args: list[object] = self._shared(server_id)
+        for draft, room_keys, candidate_epoch in sends:
+            keys += self._keys(draft, room_keys)
+            args += self._own(draft, room_keys, candidate_epoch)
         return (self.many, keys, args)
+
+    @staticmethod
+    def _keys(draft: Draft, keys: RoomKeys) -> list[str]:
+        return [keys.seq, keys.hist, keys.epoch, keys.dedup, keys.srv, keys.ban(draft.sender)]
+
+    def _shared(self, server_id: str) -> list[object]:
+        return [self._history_length, self._room_ttl_ms, server_id]
+
+    @staticmethod
+    def _own(d: Draft, keys: RoomKeys, candidate_epoch: str) -> tuple[object, ...]:
+        head = envelope_head(d.id, d.room, d.sender, d.message, d.timestamp, d.instance_id, d.meta)
+        return (head, d.dedup_id, candidate_epoch, keys.channel)
 
     @staticmethod
     def answers(count: int, result: object) -> list[object]:

@@ -1,3 +1,4 @@
--- One message (send_batch.lua). KEYS: seq, hist, epoch, dedup, srv, ban. ARGV:
--- envelope_head, dedup_id, candidate_epoch, history_length, room_ttl_ms, channel, server_id.
-return send_batch(KEYS, {ARGV[1], ARGV[2], ARGV[3], ARGV[6]}, 1, 0, ARGV[4], ARGV[5], ARGV[7])[1]
+-- One message (send_batch.lua): a batch of one, with send_many.lua's KEYS and ARGV (its
+-- header): KEYS seq, hist, epoch, dedup, srv, ban; ARGV history_length, room_ttl_ms,
+-- server_id, envelope_head, dedup_id, candidate_epoch, channel.
+return send_batch(KEYS, ARGV, 1, 3, ARGV[1], ARGV[2], ARGV[3])[1]
