@@ -45,12 +45,12 @@ class Raw:
         """`text` as the masked websocket frame a client sends."""
         return websocket.ABNF.create_frame(text, websocket.ABNF.OPCODE_TEXT).format()
 
-    def read_raw(self, seconds: float) -> tuple[bytes, bool]:
-        """The bytes the server sends within `seconds`, and whether it closed the TCP
-        connection (end of stream) in that time. Nothing is answered."""
+    def read_raw(self, seconds: float, until: bytes | None = None) -> tuple[bytes, bool]:
+        """The bytes the server sends within `seconds` (or until `until` came), and whether
+        it closed the TCP connection (end of stream) in that time. Nothing is answered."""
         got = b""
         deadline = time.monotonic() + seconds
-        while (left := deadline - time.monotonic()) > 0:
+        while (left := deadline - time.monotonic()) > 0 and not (until and until in got):
             self.ws.sock.settimeout(left)
             try:
                 chunk = self.ws.sock.recv(65536)
@@ -108,7 +108,7 @@ def test_a_client_that_goes_while_detached_is_closed_and_left(redis_server, node
         # A close frame: the node answers with its own and closes the connection.
         polite.ws.sock.sendall(websocket.ABNF.create_frame(b"\x03\xe8", websocket.ABNF.OPCODE_CLOSE).format())
         got, closed = polite.read_raw(5)
-        assert closed and got[:1] == b"\x88", got
+        assert closed and got.endswith(b"\x88\x00"), got  # its close frame, last
         # No close frame, the TCP connection just goes: the session ends with it.
         rude.ws.sock.close()
         wait_until(lambda: members(node) == [], what="both left the room")
@@ -143,13 +143,20 @@ def test_sigterm_drains_detached_websockets(redis_server, nodes) -> None:
         started = time.monotonic()
         nodes.signal(node, signal.SIGTERM)
         for client in clients:
-            # Each is told (Socket.IO's disconnect, the close frame) and then cut, though it
-            # never answers; gunicorn's graceful stop waits for that, and no longer.
-            got, closed = client.read_raw(15)
-            assert closed and b"41" in got and b"\x88" in got, got
+            got, closed = client.read_raw(5, until=b"\x81\x0241")  # Socket.IO's disconnect
+            assert not closed and got.endswith(b"\x81\x0241"), got
+        # Clients slow to close their end, as a socket.io client closes its websocket on
+        # that disconnect: gunicorn's graceful stop waits for them, detached as they are,
+        # and each close is answered before the node goes.
+        time.sleep(2)
+        for client in clients:
+            client.ws.sock.sendall(websocket.ABNF.create_frame(b"\x03\xe8", websocket.ABNF.OPCODE_CLOSE).format())
+        for client in clients:
+            got, closed = client.read_raw(5)
+            assert closed and got.endswith(b"\x88\x00"), got
         assert node.process.wait(timeout=15) == 0
-        # Well within gunicorn's graceful timeout (30 s): the drain, not the forced stop.
-        assert time.monotonic() - started < 10
+        # Before the sessions' CONNECT_TIMEOUT (10 s) would have closed them from the node.
+        assert time.monotonic() - started < 8
     finally:
         for client in clients:
             client.ws.close()
