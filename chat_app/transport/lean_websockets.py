@@ -1,4 +1,5 @@
-"""Less memory per idle websocket connection under gevent: 58 -> 30 KiB of RSS (W3).
+"""Less memory per idle websocket connection under gevent: 58 -> 30 KiB of RSS (W3), 13
+with chat_app.transport.idle_reader.
 
 Where an idle joined connection's ~59 KiB went (measured; bench/README.md, "Idle
 connection memory"): engine.io keeps three greenlets per websocket connection - the WSGI
@@ -40,7 +41,11 @@ gevent's queue three deques per socket. Under gevent, `install` changes that:
   handler greenlet's frames then stay within the first 4 KiB page of its data stack
   (measured: the deepest regular path, a frame read, ends ~160 bytes short of it). Each
   Python frame added under the receive loop costs 100-200 bytes of that; past the page an
-  idle connection costs 4 KiB more again, nothing else.
+  idle connection costs 4 KiB more again, nothing else. This matters only where the
+  connection keeps its greenlet: under gunicorn's gevent-websocket worker, once the
+  websocket is set up, chat_app.transport.idle_reader takes it from that greenlet (which
+  ends) and reads it from a hub watcher, one turn of the receive loop (`_receive_one`) at
+  a time: 25.9 -> 12.7 KiB per idle connection (bench/memprobe.py, 2,000 connections).
 - gevent's greenlet-tree tracking (a captured spawning stack per Greenlet) and logging's
   thread lookup (`logging.logThreads`: a LogRecord made in a greenlet creates a
   threading._DummyThread that lives as long as the greenlet) are turned off; no chat_app or
