@@ -20,6 +20,7 @@ PINNED: dict[str, str] = {
     "python-engineio": "4.15.1",
     "gevent": "26.9.0",
     "gevent-websocket": "0.10.1",
+    "gunicorn": "27.0.1",
     "redis": "8.1.0",
     "hiredis": "3.5.0",
 }

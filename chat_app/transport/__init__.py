@@ -3,6 +3,8 @@
 - answers: run a join's hand-over after its ack; know whether an event wants an ack (any mode);
 - fanout: room emits framed once, written straight to the member websockets (gevent-websocket);
 - lean_websockets: fewer greenlets and smaller buffers per idle connection (gevent);
+- idle_reader: no greenlet at all per idle websocket, a read watcher instead (with
+  lean_websockets, under gunicorn's pool);
 - slow_clients: cut a client whose queue grows because it stopped reading (engine.io queues);
 - shedding: refuse sends in the receive loop while the node sheds load (with lean_websockets);
 - frames: websocket messages refused off their frame header past the size limit, and binary
@@ -71,6 +73,10 @@ def install_transport(sio: Any, max_client_queue: int, connect_timeout: float = 
     writer = fanout.install(sio) if gevent_mode and pinned else None
     ping = (lambda sock, pkt: writer.send_packet(sock.sid, pkt)) if writer is not None else None
     installed = lean_websockets.install(sio, send=ping) if gevent_mode and pinned else None
+    # Detached websockets count against gunicorn's pool and its graceful stop (idle_reader).
+    idle = installed is not None and versions.matches("idle_reader", "gunicorn")
+    if idle:
+        installed.read_idle()
     if pinned:
         watch_slow_clients(sio, max_client_queue, longest=installed.longest_queue if installed else None)
     guard = conformance.install(sio, connect_timeout) if pinned else None
@@ -83,13 +89,14 @@ def install_transport(sio: Any, max_client_queue: int, connect_timeout: float = 
     transport = Transport(sio, Answers(sio), RoomFanout(sio, writer), writer, installed, guard, pinned)
     log.info(
         "event=transport direct_writes=%s lean_websockets=%s answers_tracked=%s slow_client_watch=%s "
-        "protocol_guard=%s bounded_frames=%s",
+        "protocol_guard=%s bounded_frames=%s idle_reader=%s",
         writer is not None,
         transport.lean,
         transport.answers.tracked,
         pinned,
         guard is not None,
         transport.lean,
+        idle,
     )
     return transport
 

@@ -1,4 +1,5 @@
-"""Less memory per idle websocket connection under gevent: 58 -> 30 KiB of RSS (W3).
+"""Less memory per idle websocket connection under gevent: 58 -> 30 KiB of RSS (W3), 13
+with chat_app.transport.idle_reader.
 
 Where an idle joined connection's ~59 KiB went (measured; bench/README.md, "Idle
 connection memory"): engine.io keeps three greenlets per websocket connection - the WSGI
@@ -40,7 +41,11 @@ gevent's queue three deques per socket. Under gevent, `install` changes that:
   handler greenlet's frames then stay within the first 4 KiB page of its data stack
   (measured: the deepest regular path, a frame read, ends ~160 bytes short of it). Each
   Python frame added under the receive loop costs 100-200 bytes of that; past the page an
-  idle connection costs 4 KiB more again, nothing else.
+  idle connection costs 4 KiB more again, nothing else. This matters only where the
+  connection keeps its greenlet: under gunicorn's gevent-websocket worker, once the
+  websocket is set up, chat_app.transport.idle_reader takes it from that greenlet (which
+  ends) and reads it from a hub watcher, one turn of the receive loop (`_receive_one`) at
+  a time: 25.9 -> 12.7 KiB per idle connection (bench/memprobe.py, 2,000 connections).
 - gevent's greenlet-tree tracking (a captured spawning stack per Greenlet) and logging's
   thread lookup (`logging.logThreads`: a LogRecord made in a greenlet creates a
   threading._DummyThread that lives as long as the greenlet) are turned off; no chat_app or
@@ -75,6 +80,7 @@ from geventwebsocket.websocket import WebSocket
 from . import frames
 from .conformance import PROBE_ANSWERED
 from .delays import DelayQueue
+from .idle_reader import IdleReader
 
 log = logging.getLogger(__name__)
 
@@ -241,6 +247,7 @@ class _Writer:
         self.linger = linger
         self.task: Any = None
         self.finished = False  # the websocket is closed: never start again
+        self.on_finished: Callable[[], None] | None = None  # told once it closed the websocket
 
     def wake(self) -> None:
         if self.task is None and not self.finished:
@@ -266,6 +273,8 @@ class _Writer:
                     break
             self.finished = True
             self.ws.close()
+            if self.on_finished is not None:
+                self.on_finished()
         finally:
             self.task = None  # no switch since the queue said idle: a put now starts anew
 
@@ -321,8 +330,12 @@ class SocketReader:
         self._pending = data[n:]
         return data[:n]
 
+    def buffered(self) -> bool:
+        """Whether bytes read from the socket wait to be asked for."""
+        return bool(self._pending)
 
-def _slim_handler(ws: Any) -> None:
+
+def _slim_handler(ws: Any) -> SocketReader | None:
     """pywsgi's per-connection handler, once the connection is a websocket: frames are read
     straight from the socket (SocketReader), pywsgi's read buffer shrinks to one byte, and
     the parsed request headers are forgotten.
@@ -332,28 +345,29 @@ def _slim_handler(ws: Any) -> None:
     socket non-blocking tells without waiting. Re-running BufferedReader.__init__ on the
     same raw socket frees the old buffer and keeps every reference to the reader (pywsgi's
     Input) valid. pywsgi reads `headers` only while parsing the request; gevent-websocket
-    not at all."""
+    not at all. Returns the SocketReader, or None when the handler is not pywsgi's."""
     handler = getattr(getattr(getattr(ws, "_sock", None), "stream", None), "handler", None)
     if handler is None:
-        return
+        return None
     vars(handler).pop("headers", None)  # back to WSGIHandler's class-level empty headers
     rfile = getattr(handler, "rfile", None)
     sock = getattr(handler, "socket", None)
     if type(rfile) is not io.BufferedReader or sock is None:
-        return
+        return None
     timeout = sock.gettimeout()
     try:
         sock.settimeout(0.0)
         pending = rfile.peek(1)
         pending = rfile.read(len(pending)) if pending else b""
     except Exception:
-        return
+        return None
     finally:
         sock.settimeout(timeout)
     rfile.__init__(rfile.raw, 1)  # type: ignore[misc]
     reader = SocketReader(sock, pending)
     websocket = ws._sock
     websocket.stream.read = websocket.raw_read = reader.read
+    return reader
 
 
 def _schedule_ping(sock: Socket) -> None:
@@ -401,8 +415,9 @@ def _upgrade(sock: Socket, ws: Any) -> bool:
     return True
 
 
-def _websocket_handler(sock: Socket, ws: Any) -> list[Any]:  # noqa: PLR0912, PLR0915 (upstream's shape)
-    """Socket._websocket_handler of python-engineio 4.15.1 with an on-demand writer."""
+def _websocket_handler(sock: Socket, ws: Any) -> list[Any]:
+    """Socket._websocket_handler of python-engineio 4.15.1 with an on-demand writer, whose
+    receive loop runs without this greenlet once it can (chat_app.transport.idle_reader)."""
     lean: LeanWebsockets | None = getattr(sock.server, _ATTR, None)
     if lean is None:
         return _original_websocket_handler(sock, ws)
@@ -417,67 +432,78 @@ def _websocket_handler(sock: Socket, ws: Any) -> list[Any]:  # noqa: PLR0912, PL
         sock.connected = True
         sock.upgraded = True
 
-    # The differences from upstream: a slimmer pywsgi handler, and no writer greenlet for
-    # the connection's lifetime.
-    _slim_handler(ws)
+    # The differences from upstream: a slimmer pywsgi handler, no writer greenlet for the
+    # connection's lifetime, and (idle_reader) no greenlet reading it while it is idle.
+    reader = _slim_handler(ws)
     writer = _Writer(sock, ws, lean.writer_linger)
     sock.queue.on_put = writer.wake
     if sock.queue.qsize():
         writer.wake()
     server.logger.info("%s: Upgrade to websocket successful", sock.sid)
+    if lean.idle is not None and lean.idle.detach(sock, ws, writer, reader):
+        return []  # this greenlet ends; the socket stays open (idle_reader)
+    while _receive_one(sock, ws, lean):
+        pass
+    _close_session(sock, writer)
+    return []
 
+
+def _receive_one(sock: Socket, ws: Any, lean: LeanWebsockets) -> bool:  # noqa: PLR0911, PLR0912 (upstream's shape)
+    """One turn of Socket._websocket_handler's receive loop (4.15.1): read one message and
+    dispatch it; False when the connection is over."""
+    server = sock.server
     max_size = server.max_http_buffer_size
-    bounded = isinstance(getattr(ws, "_sock", None), WebSocket)  # frames refused off their header
-    while True:
-        try:
-            # _receive, inlined: the frame the connection idles under
-            p = frames.receive(ws, max_size, sock.sid) if bounded else ws.wait()
-            if p and len(p) > max_size:
-                raise ValueError("packet is too large")
-        except Exception as e:
-            if not sock.closed:
-                server.logger.info('%s: Unexpected error "%s", closing connection', sock.sid, str(e))
-            break
-        if p is None:
-            break  # connection closed by client
-        if p == "3":  # PONG: Socket.receive's branch without the decode and its INFO log call
-            lean.pings.schedule(sock)
-            continue
-        try:
-            pkt = packet.Packet(encoded_packet=p)
-            if pkt.packet_type == packet.MESSAGE:
-                refusal = lean.shed(pkt.data) if lean.shed is not None else None
-                if refusal is not None:  # chat_app.transport.shedding
-                    lean.send(sock, packet.Packet(packet.MESSAGE, data=refusal))
-                    continue
-                # Socket.receive's branch (less its INFO log, off in chat_app), and
-                # _trigger_event's run_handler inlined: three frames less under every event
-                # dispatch (python-socketio runs engine.io's handlers inline, its events in
-                # greenlets of their own), which keeps the deepest one inside the first
-                # data-stack page (bench/README.md, "Memory per connection").
-                handler = server.handlers.get("message")
-                if handler is None or server.async_handlers:
-                    server._trigger_event("message", sock.sid, pkt.data, run_async=server.async_handlers)
-                else:
-                    try:
-                        handler(sock.sid, pkt.data)
-                    except Exception:
-                        server.logger.exception("message handler error")
+    try:
+        # _receive, inlined; frames refused off their header (gevent-websocket's)
+        p = frames.receive(ws, max_size, sock.sid) if isinstance(getattr(ws, "_sock", None), WebSocket) else ws.wait()
+        if p and len(p) > max_size:
+            raise ValueError("packet is too large")
+    except Exception as e:
+        if not sock.closed:
+            server.logger.info('%s: Unexpected error "%s", closing connection', sock.sid, str(e))
+        return False
+    if p is None:
+        return False  # connection closed by client
+    if p == "3":  # PONG: Socket.receive's branch without the decode and its INFO log call
+        lean.pings.schedule(sock)
+        return True
+    try:
+        pkt = packet.Packet(encoded_packet=p)
+        if pkt.packet_type == packet.MESSAGE:
+            refusal = lean.shed(pkt.data) if lean.shed is not None else None
+            if refusal is not None:  # chat_app.transport.shedding
+                lean.send(sock, packet.Packet(packet.MESSAGE, data=refusal))
+                return True
+            # Socket.receive's branch (less its INFO log, off in chat_app), and
+            # _trigger_event's run_handler inlined: two frames less under every event
+            # dispatch (python-socketio runs engine.io's handlers inline, its events in
+            # greenlets of their own).
+            handler = server.handlers.get("message")
+            if handler is None or server.async_handlers:
+                server._trigger_event("message", sock.sid, pkt.data, run_async=server.async_handlers)
             else:
-                sock.receive(pkt)
-        except exceptions.UnknownPacketError:
-            pass
-        except exceptions.SocketIsClosedError:
-            server.logger.info("Receive error -- socket is closed")
-            break
-        except Exception:
-            server.logger.exception("Unknown receive error")
-            break
+                try:
+                    handler(sock.sid, pkt.data)
+                except Exception:
+                    server.logger.exception("message handler error")
+        else:
+            sock.receive(pkt)
+    except exceptions.UnknownPacketError:
+        pass
+    except exceptions.SocketIsClosedError:
+        server.logger.info("Receive error -- socket is closed")
+        return False
+    except Exception:
+        server.logger.exception("Unknown receive error")
+        return False
+    return True
 
+
+def _close_session(sock: Socket, writer: _Writer) -> None:
+    """The receive loop's end: what is queued goes out, the websocket and session close."""
     sock.queue.put(None)  # starts the writer if idle: it sends what is left, closes ws
     writer.join()
-    sock.close(wait=False, abort=True, reason=server.reason.TRANSPORT_CLOSE)
-    return []
+    sock.close(wait=False, abort=True, reason=sock.server.reason.TRANSPORT_CLOSE)
 
 
 class LeanWebsockets:
@@ -490,6 +516,15 @@ class LeanWebsockets:
         # Given a Socket.IO packet's text, the packet that refuses it at once, or None.
         self.shed: Callable[[object], str | None] | None = None
         self.backlog: weakref.WeakSet[PacketQueue] = weakref.WeakSet()  # queues that held packets
+        # Idle websockets without a greenlet (chat_app.transport.idle_reader); None: each
+        # connection's greenlet reads it for its lifetime.
+        self.idle: IdleReader | None = None
+
+    def read_idle(self) -> IdleReader:
+        """Read idle websockets from the hub (idle_reader) from now on."""
+        if self.idle is None:
+            self.idle = IdleReader(partial(_receive_one, lean=self), _close_session)
+        return self.idle
 
     def longest_queue(self) -> int:
         """The most packets any socket's queue holds; forgets the queues found empty."""
