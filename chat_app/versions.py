@@ -1,7 +1,8 @@
 """The one version guard for what chat_app does below its libraries' public APIs.
 
 The transport (chat_app.transport) patches python-socketio, python-engineio and
-gevent-websocket internals, and the Redis listener reads redis-py's and hiredis's private
+gevent-websocket internals and takes idle websockets from gevent's pywsgi and gunicorn's
+pool (transport/idle_reader.py), and the Redis listener reads redis-py's and hiredis's private
 state. Each of those reaches was written against, and measured with, exactly these versions
 (requirements.txt pins them). On any other version the reach steps aside and the public path
 runs instead: slower, never wrong.
