@@ -35,6 +35,9 @@ gevent's queue three deques per socket. Under gevent, `install` changes that:
 - frames are read straight from the socket (`SocketReader`: no buffer kept between
   messages, no C-level call back into Python while blocked), and pywsgi forgets the parsed
   headers (the WSGI environ, which Socket.IO keeps, has them).
+- what engine.io queued before the websocket was ready (a connect's OPEN packet) is sent
+  from the connection's greenlet before its receive loop, with the handshake's 101
+  response in the same send (chat_app.transport.handshake): no writer greenlet per connect.
 - Socket.IO connects (the app's connect handler) run in a short-lived greenlet, events are
   spawned with `gevent.spawn` itself, and the receive loop calls `ws.wait()` inline: the
   handler greenlet's frames then stay within the first 4 KiB page of its data stack
@@ -72,7 +75,7 @@ from engineio import exceptions, packet
 from engineio.socket import Socket
 from geventwebsocket.websocket import WebSocket
 
-from . import frames
+from . import frames, handshake
 from .conformance import PROBE_ANSWERED
 from .delays import DelayQueue
 
@@ -356,6 +359,30 @@ def _slim_handler(ws: Any) -> None:
     websocket.stream.read = websocket.raw_read = reader.read
 
 
+def _websocket_of(ws: Any) -> Any:
+    """gevent-websocket's WebSocket under engine.io's wrapper (None for other servers)."""
+    return getattr(ws, "_sock", None)
+
+
+def _send_queued(sock: Socket, ws: Any) -> None:
+    """Send what engine.io queued before the websocket was ready (a connect's OPEN packet)
+    from the connection's greenlet, before its receive loop: no writer greenlet is started
+    for it (one per connect, lingering WRITER_LINGER, was 3-9 % of a connect's CPU), and the
+    first frame carries the held 101 response (chat_app.transport.handshake). A close (None)
+    and what follows it stay for the writer; so does the rest after a failed send, whose
+    socket the receive loop then finds closed. The direct writer leaves the socket alone
+    meanwhile: `ws.busy` while a frame is written, the queue not yet empty before."""
+    queue = sock.queue
+    try:
+        while (waiting := queue.peek()) and waiting[0] is not None:
+            pkt = queue.get(block=False)
+            queue.task_done()
+            ws.send(pkt.encode())
+        handshake.send_now(_websocket_of(ws))  # nothing was queued: the 101 alone
+    except Exception as e:
+        sock.server.logger.info('%s: Unexpected error "%s" while sending, closing connection', sock.sid, str(e))
+
+
 def _schedule_ping(sock: Socket) -> None:
     lean: LeanWebsockets | None = getattr(sock.server, _ATTR, None)
     if lean is None:
@@ -405,22 +432,25 @@ def _websocket_handler(sock: Socket, ws: Any) -> list[Any]:  # noqa: PLR0912, PL
     """Socket._websocket_handler of python-engineio 4.15.1 with an on-demand writer."""
     lean: LeanWebsockets | None = getattr(sock.server, _ATTR, None)
     if lean is None:
+        handshake.send_now(_websocket_of(ws))  # upstream's handler may wait for the client first
         return _original_websocket_handler(sock, ws)
     server = sock.server
     for attr in ["_sock", "socket"]:
         if hasattr(ws, attr) and hasattr(getattr(ws, attr), "settimeout"):
             getattr(ws, attr).settimeout(server.ping_interval + server.ping_timeout)
     if sock.connected:  # the socket was already connected, so this is an upgrade
+        handshake.send_now(_websocket_of(ws))  # the client sends its probe once it has the 101
         if not _upgrade(sock, ws):
             return []
     else:
         sock.connected = True
         sock.upgraded = True
 
-    # The differences from upstream: a slimmer pywsgi handler, and no writer greenlet for
-    # the connection's lifetime.
+    # The differences from upstream: a slimmer pywsgi handler, no writer greenlet for the
+    # connection's lifetime, and what was queued before (the OPEN packet) sent from here.
     _slim_handler(ws)
     writer = _Writer(sock, ws, lean.writer_linger)
+    _send_queued(sock, ws)
     sock.queue.on_put = writer.wake
     if sock.queue.qsize():
         writer.wake()
@@ -540,4 +570,5 @@ def install(
     _connect_in_own_greenlet(sio)
     engineio.socket.Socket.schedule_ping = _schedule_ping  # type: ignore[method-assign]
     engineio.socket.Socket._websocket_handler = _websocket_handler  # type: ignore[method-assign]
+    handshake.install()  # every engine.io websocket runs the handler above, which sends the 101
     return lean

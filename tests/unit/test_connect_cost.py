@@ -122,3 +122,90 @@ def test_a_join_reads_history_only_when_its_ack_can_carry_some(
     assert [m["seq"] for m in ack["history"]] == history
     assert ack.get("recovered") == recovered
     assert (ack["seq"], ack["epoch"], ack["members"]) == (seq, "e", ["a"])
+
+
+class _ServerSends:
+    """Every sendall of the server's accepted sockets (gevent's socket class, patched for
+    the test): (the client's port, the bytes)."""
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch, port: int) -> None:
+        import gevent._socket3
+
+        self.sent: list[tuple[int, bytes]] = []
+        sendall = gevent._socket3.socket.sendall
+
+        def recorded(sock: Any, data: Any, flags: int = 0) -> Any:
+            if sock.getsockname()[1] == port:
+                self.sent.append((sock.getpeername()[1], bytes(data)))
+            return sendall(sock, data, flags)
+
+        monkeypatch.setattr(gevent._socket3.socket, "sendall", recorded)
+
+
+def _ws_frame(text: str) -> bytes:
+    """A masked client text frame (mask 0: the payload as it is)."""
+    payload = text.encode()
+    return bytes([0x81, 0x80 | len(payload)]) + b"\0\0\0\0" + payload
+
+
+@pytest.fixture
+def gevent_node(monkeypatch):
+    """The app in gevent mode behind pywsgi and gevent-websocket's handler, in this
+    process: (its port, the server's sends, the writers started)."""
+    import gevent.pywsgi
+    from geventwebsocket.handler import WebSocketHandler
+
+    from chat_app.transport import handshake, lean_websockets
+
+    app = create_app(Settings.from_env({}, instance_id="t"), async_mode="gevent")
+    server = gevent.pywsgi.WSGIServer(("127.0.0.1", 0), app, handler_class=WebSocketHandler, log=None)
+    server.start()
+    writers: list[str] = []
+    wake = lean_websockets._Writer.wake
+
+    def counted(self: Any) -> None:
+        if self.task is None and not self.finished:
+            writers.append(self.sock.sid)
+        wake(self)
+
+    monkeypatch.setattr(lean_websockets._Writer, "wake", counted)
+    try:
+        yield server.server_port, _ServerSends(monkeypatch, server.server_port), writers
+    finally:
+        server.stop()
+        handshake.uninstall()
+        import engineio.socket
+
+        monkeypatch.setattr(engineio.socket.Socket, "_websocket_handler", lean_websockets._original_websocket_handler)
+        monkeypatch.setattr(engineio.socket.Socket, "schedule_ping", lean_websockets._original_schedule_ping)
+
+
+def _read_until(sock: Any, marker: bytes) -> bytes:
+    data = b""
+    while marker not in data:
+        chunk = sock.recv(4096)
+        assert chunk, f"closed before {marker!r}: {data!r}"
+        data += chunk
+    return data
+
+
+def test_a_connect_sends_the_101_with_the_open_packet_and_starts_no_writer(gevent_node) -> None:
+    """One send for the handshake's 101 and engine.io's OPEN packet; the connect ack and the
+    join's ack are written directly: no writer greenlet for any of them."""
+    import gevent.socket
+
+    port, sends, writers = gevent_node
+    client = gevent.socket.create_connection(("127.0.0.1", port), timeout=10)
+    client.sendall(
+        b"GET /socket.io/?EIO=4&transport=websocket HTTP/1.1\r\nHost: t\r\nUpgrade: websocket\r\n"
+        b"Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
+    )
+    _read_until(client, b'"sid"')
+    client.sendall(_ws_frame('40{"username":"ann"}'))
+    _read_until(client, b"40{")
+    client.sendall(_ws_frame('420["join_room","home"]'))
+    _read_until(client, b"430[")
+    mine = [data for peer, data in sends.sent if peer == client.getsockname()[1]]
+    assert mine[0].startswith(b"HTTP/1.1 101 ") and b'\r\n\r\n\x81' in mine[0] and b'0{"sid"' in mine[0]
+    assert writers == []
+    client.close()
