@@ -24,6 +24,13 @@ from geventwebsocket.handler import WebSocketHandler
 _original_run_application = WebSocketHandler.run_application
 
 
+class _Capture:
+    __slots__ = ("sendall",)
+
+    def __init__(self, sendall: Any) -> None:
+        self.sendall = sendall
+
+
 class HeadFirst:
     """A websocket's `raw_write` while its 101 response is held: the first write sends the
     head and the data in one `sendall`, then the socket's own `sendall` takes over."""
@@ -36,19 +43,23 @@ class HeadFirst:
     def __call__(self, data: bytes) -> None:
         handler = self.handler
         ws = handler.websocket
-        sendall = handler.socket.sendall
+        sock = handler.socket
+        sendall = sock.sendall
         if ws is not None:
             ws.raw_write = ws.stream.write = sendall
         if handler.headers_sent:
             sendall(data)
             return
+        # pywsgi's own head, built and counted as upstream, into a list instead of the
+        # socket (swapping an attribute the handler has: no new key in its __dict__, which
+        # could grow the dict of every connection's handler)
         heads: list[bytes] = []
-        handler._sendall = heads.append  # pywsgi's own head, built as upstream, not sent
+        handler.socket = _Capture(heads.append)
         try:
             handler._write_with_headers(b"")
         finally:
-            del handler._sendall
-        handler._sendall(b"".join([*heads, data]))  # counts response_length as upstream
+            handler.socket = sock
+        sendall(b"".join([*heads, data]))
 
 
 def held(ws: Any) -> bool:
