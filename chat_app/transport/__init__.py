@@ -5,6 +5,9 @@
 - lean_websockets: fewer greenlets and smaller buffers per idle connection (gevent);
 - slow_clients: cut a client whose queue grows because it stopped reading (engine.io queues);
 - shedding: refuse sends in the receive loop while the node sheds load (with lean_websockets);
+- handshake: a websocket's 101 response sent with its first frame (with lean_websockets);
+- request_headers: pywsgi's request headers parsed without `email` when that changes nothing
+  (gevent, Python 3.11);
 - frames: websocket messages refused off their frame header past the size limit, and binary
   frames (with lean_websockets);
 - conformance: the protocol's answers to malformed requests and packets, binary packets
@@ -23,7 +26,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from .. import versions
-from . import conformance, fanout, lean_websockets
+from . import conformance, fanout, lean_websockets, request_headers
 from .answers import Answers
 from .conformance import ProtocolGuard
 from .fanout import DirectWriter, RoomFanout
@@ -71,6 +74,7 @@ def install_transport(sio: Any, max_client_queue: int, connect_timeout: float = 
     writer = fanout.install(sio) if gevent_mode and pinned else None
     ping = (lambda sock, pkt: writer.send_packet(sock.sid, pkt)) if writer is not None else None
     installed = lean_websockets.install(sio, send=ping) if gevent_mode and pinned else None
+    plain_headers = gevent_mode and pinned and request_headers.install()
     if pinned:
         watch_slow_clients(sio, max_client_queue, longest=installed.longest_queue if installed else None)
     guard = conformance.install(sio, connect_timeout) if pinned else None
@@ -83,13 +87,14 @@ def install_transport(sio: Any, max_client_queue: int, connect_timeout: float = 
     transport = Transport(sio, Answers(sio), RoomFanout(sio, writer), writer, installed, guard, pinned)
     log.info(
         "event=transport direct_writes=%s lean_websockets=%s answers_tracked=%s slow_client_watch=%s "
-        "protocol_guard=%s bounded_frames=%s",
+        "protocol_guard=%s bounded_frames=%s plain_headers=%s",
         writer is not None,
         transport.lean,
         transport.answers.tracked,
         pinned,
         guard is not None,
         transport.lean,
+        plain_headers,
     )
     return transport
 
