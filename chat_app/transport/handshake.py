@@ -62,9 +62,11 @@ class HeadFirst:
         sendall(b"".join([*heads, data]))
 
 
-def held(ws: Any) -> bool:
-    """Whether `ws` (gevent-websocket's WebSocket) still holds its 101 response."""
-    return isinstance(getattr(ws, "raw_write", None), HeadFirst)
+def held_write(ws: Any) -> HeadFirst | None:
+    """`ws`'s write of frame data while it holds its 101 response (gevent-websocket's
+    WebSocket), else None."""
+    raw_write = getattr(ws, "raw_write", None)
+    return raw_write if isinstance(raw_write, HeadFirst) else None
 
 
 def send_now(ws: Any) -> None:

@@ -78,6 +78,7 @@ from geventwebsocket.websocket import WebSocket
 from . import frames, handshake
 from .conformance import PROBE_ANSWERED
 from .delays import DelayQueue
+from .fanout import text_frame
 
 log = logging.getLogger(__name__)
 
@@ -368,17 +369,25 @@ def _send_queued(sock: Socket, ws: Any) -> None:
     """Send what engine.io queued before the websocket was ready (a connect's OPEN packet)
     from the connection's greenlet, before its receive loop: no writer greenlet is started
     for it (one per connect, lingering WRITER_LINGER, was 3-9 % of a connect's CPU), and the
-    first frame carries the held 101 response (chat_app.transport.handshake). A close (None)
-    and what follows it stay for the writer; so does the rest after a failed send, whose
-    socket the receive loop then finds closed. The direct writer leaves the socket alone
-    meanwhile: `ws.busy` while a frame is written, the queue not yet empty before."""
+    first frame carries the held 101 response (chat_app.transport.handshake), framed here
+    and handed to the held write itself: the fewest frames on this greenlet's data stack,
+    whose deepest page stays resident for the connection's lifetime. A packet leaves the
+    queue once sent, so the direct writer queues behind it meanwhile. A close (None) and
+    what follows it stay for the writer; so does the rest after a failed send, whose socket
+    the receive loop then finds closed."""
     queue = sock.queue
+    websocket = _websocket_of(ws)
     try:
         while (waiting := queue.peek()) and waiting[0] is not None:
-            pkt = queue.get(block=False)
+            encoded = waiting[0].encode()
+            held = handshake.held_write(websocket)
+            if held is not None and isinstance(encoded, str):
+                held(text_frame(encoded.encode()))
+            else:
+                ws.send(encoded)
+            queue.get(block=False)
             queue.task_done()
-            ws.send(pkt.encode())
-        handshake.send_now(_websocket_of(ws))  # nothing was queued: the 101 alone
+        handshake.send_now(websocket)  # nothing was queued: the 101 alone
     except Exception as e:
         sock.server.logger.info('%s: Unexpected error "%s" while sending, closing connection', sock.sid, str(e))
 
