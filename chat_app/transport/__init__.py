@@ -7,6 +7,9 @@
   lean_websockets, under gunicorn's pool);
 - slow_clients: cut a client whose queue grows because it stopped reading (engine.io queues);
 - shedding: refuse sends in the receive loop while the node sheds load (with lean_websockets);
+- handshake: a websocket's 101 response sent with its first frame (with lean_websockets);
+- request_headers: pywsgi's request headers parsed without `email` when that changes nothing
+  (gevent, Python 3.11);
 - frames: websocket messages refused off their frame header past the size limit, and binary
   frames (with lean_websockets);
 - conformance: the protocol's answers to malformed requests and packets, binary packets
@@ -25,7 +28,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from .. import versions
-from . import conformance, fanout, lean_websockets
+from . import conformance, fanout, lean_websockets, request_headers
 from .answers import Answers
 from .conformance import ProtocolGuard
 from .fanout import DirectWriter, RoomFanout
@@ -77,6 +80,7 @@ def install_transport(sio: Any, max_client_queue: int, connect_timeout: float = 
     idle = installed is not None and versions.matches("idle_reader", "gunicorn")
     if idle:
         installed.read_idle()
+    plain_headers = gevent_mode and pinned and request_headers.install()
     if pinned:
         watch_slow_clients(sio, max_client_queue, longest=installed.longest_queue if installed else None)
     guard = conformance.install(sio, connect_timeout) if pinned else None
@@ -89,7 +93,7 @@ def install_transport(sio: Any, max_client_queue: int, connect_timeout: float = 
     transport = Transport(sio, Answers(sio), RoomFanout(sio, writer), writer, installed, guard, pinned)
     log.info(
         "event=transport direct_writes=%s lean_websockets=%s answers_tracked=%s slow_client_watch=%s "
-        "protocol_guard=%s bounded_frames=%s idle_reader=%s",
+        "protocol_guard=%s bounded_frames=%s idle_reader=%s plain_headers=%s",
         writer is not None,
         transport.lean,
         transport.answers.tracked,
@@ -97,6 +101,7 @@ def install_transport(sio: Any, max_client_queue: int, connect_timeout: float = 
         guard is not None,
         transport.lean,
         idle,
+        plain_headers,
     )
     return transport
 

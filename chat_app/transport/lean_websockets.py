@@ -36,6 +36,9 @@ gevent's queue three deques per socket. Under gevent, `install` changes that:
 - frames are read straight from the socket (`SocketReader`: no buffer kept between
   messages, no C-level call back into Python while blocked), and pywsgi forgets the parsed
   headers (the WSGI environ, which Socket.IO keeps, has them).
+- what engine.io queued before the websocket was ready (a connect's OPEN packet) is sent
+  from the connection's greenlet before its receive loop, with the handshake's 101
+  response in the same send (chat_app.transport.handshake): no writer greenlet per connect.
 - Socket.IO connects (the app's connect handler) run in a short-lived greenlet, events are
   spawned with `gevent.spawn` itself, and the receive loop calls `ws.wait()` inline: the
   handler greenlet's frames then stay within the first 4 KiB page of its data stack
@@ -77,9 +80,10 @@ from engineio import exceptions, packet
 from engineio.socket import Socket
 from geventwebsocket.websocket import WebSocket
 
-from . import frames
+from . import frames, handshake
 from .conformance import PROBE_ANSWERED
 from .delays import DelayQueue
+from .fanout import text_frame
 from .idle_reader import IdleReader
 
 log = logging.getLogger(__name__)
@@ -370,6 +374,38 @@ def _slim_handler(ws: Any) -> SocketReader | None:
     return reader
 
 
+def _websocket_of(ws: Any) -> Any:
+    """gevent-websocket's WebSocket under engine.io's wrapper (None for other servers)."""
+    return getattr(ws, "_sock", None)
+
+
+def _send_queued(sock: Socket, ws: Any) -> None:
+    """Send what engine.io queued before the websocket was ready (a connect's OPEN packet)
+    from the connection's greenlet, before its receive loop: no writer greenlet is started
+    for it (one per connect, lingering WRITER_LINGER, was 3-9 % of a connect's CPU), and the
+    first frame carries the held 101 response (chat_app.transport.handshake), framed here
+    and handed to the held write itself: the fewest frames on this greenlet's data stack,
+    whose deepest page stays resident for the connection's lifetime. A packet leaves the
+    queue once sent, so the direct writer queues behind it meanwhile. A close (None) and
+    what follows it stay for the writer; so does the rest after a failed send, whose socket
+    the receive loop then finds closed."""
+    queue = sock.queue
+    websocket = _websocket_of(ws)
+    try:
+        while (waiting := queue.peek()) and waiting[0] is not None:
+            encoded = waiting[0].encode()
+            held = handshake.held_write(websocket)
+            if held is not None and isinstance(encoded, str):
+                held(text_frame(encoded.encode()))
+            else:
+                ws.send(encoded)
+            queue.get(block=False)
+            queue.task_done()
+        handshake.send_now(websocket)  # nothing was queued: the 101 alone
+    except Exception as e:
+        sock.server.logger.info('%s: Unexpected error "%s" while sending, closing connection', sock.sid, str(e))
+
+
 def _schedule_ping(sock: Socket) -> None:
     lean: LeanWebsockets | None = getattr(sock.server, _ATTR, None)
     if lean is None:
@@ -420,12 +456,14 @@ def _websocket_handler(sock: Socket, ws: Any) -> list[Any]:
     receive loop runs without this greenlet once it can (chat_app.transport.idle_reader)."""
     lean: LeanWebsockets | None = getattr(sock.server, _ATTR, None)
     if lean is None:
+        handshake.send_now(_websocket_of(ws))  # upstream's handler may wait for the client first
         return _original_websocket_handler(sock, ws)
     server = sock.server
     for attr in ["_sock", "socket"]:
         if hasattr(ws, attr) and hasattr(getattr(ws, attr), "settimeout"):
             getattr(ws, attr).settimeout(server.ping_interval + server.ping_timeout)
     if sock.connected:  # the socket was already connected, so this is an upgrade
+        handshake.send_now(_websocket_of(ws))  # the client sends its probe once it has the 101
         if not _upgrade(sock, ws):
             return []
     else:
@@ -433,9 +471,11 @@ def _websocket_handler(sock: Socket, ws: Any) -> list[Any]:
         sock.upgraded = True
 
     # The differences from upstream: a slimmer pywsgi handler, no writer greenlet for the
-    # connection's lifetime, and (idle_reader) no greenlet reading it while it is idle.
+    # connection's lifetime, what was queued before (the OPEN packet) sent from here, and
+    # (idle_reader) no greenlet reading it while it is idle.
     reader = _slim_handler(ws)
     writer = _Writer(sock, ws, lean.writer_linger)
+    _send_queued(sock, ws)
     sock.queue.on_put = writer.wake
     if sock.queue.qsize():
         writer.wake()
@@ -575,4 +615,5 @@ def install(
     _connect_in_own_greenlet(sio)
     engineio.socket.Socket.schedule_ping = _schedule_ping  # type: ignore[method-assign]
     engineio.socket.Socket._websocket_handler = _websocket_handler  # type: ignore[method-assign]
+    handshake.install()  # every engine.io websocket runs the handler above, which sends the 101
     return lean

@@ -111,6 +111,43 @@ def test_a_send_renews_the_room_ttl_once_a_tenth_ran_out_and_on_every_key_it_cre
         assert room.client.pttl(lost) > ttl - 1000
 
 
+def test_a_join_renews_the_room_ttl_once_a_tenth_ran_out_and_on_every_key_it_creates(redis_server) -> None:
+    """touch.lua renews the room's keys as send.lua does (issue 27 item 5): every room key
+    carries the room TTL after any join, but a join right after a renewal spends no
+    PEXPIRE on the room's keys (only on this node's own entry)."""
+    room = Room(redis_server.url)
+    ttl = room.settings.redis_room_ttl_ms
+    keys = room.keys.script_keys("n1")
+    shared = [k for k in keys if k != room.keys.node_prefix + "n1"]
+
+    def ttls() -> dict[str, int]:
+        return {k: room.client.pttl(k) for k in keys if room.client.exists(k)}
+
+    def join(sid: str, user: str) -> int:
+        """The PEXPIREs of one join."""
+        room.client.config_resetstat()
+        room.presence.join("lobby", sid, user)
+        return room.client.info("commandstats").get("cmdstat_pexpire", {}).get("calls", 0)
+
+    assert join("s1", "ann") > 1  # a new room: every key it made gets the TTL
+    room.send("a", room.client.get(room.keys.epoch).decode())
+    assert all(ttl - 1000 < left <= ttl for left in ttls().values()), ttls()
+    for k in shared:
+        room.client.pexpire(k, ttl - ttl // 20)  # a twentieth ran out: not renewed yet
+    assert join("s2", "bob") == 1  # this node's entry alone
+    assert all(left > 0 for left in ttls().values()) and all(room.client.pttl(k) <= ttl - ttl // 20 for k in shared)
+    for witness in (room.keys.nodes, room.keys.users, room.keys.names):
+        for k in shared:
+            room.client.pexpire(k, ttl - ttl // 20)
+        room.client.pexpire(witness, ttl // 2)  # a tenth ran out on one of them: all renewed
+        assert join("s3", "cy") > 1
+        assert all(left > ttl - 1000 for left in ttls().values()), (witness, ttls())
+    for i, created in enumerate((room.keys.users, room.keys.names)):  # lost alone: a join makes it again
+        room.client.delete(created)
+        join(f"s4{i}", f"dee{i}")
+        assert ttl - 1000 < room.client.pttl(created) <= ttl, created
+
+
 def test_dedup_ids_are_kept_for_the_history_window_and_trimmed_past_it(redis_server) -> None:
     room = Room(redis_server.url, history_length=4)
     assert room.send("first", "e1", key="k1") == (1, "e1")

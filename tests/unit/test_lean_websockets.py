@@ -288,12 +288,17 @@ def test_threading_mode_is_left_alone() -> None:
 def test_other_versions_are_left_alone(monkeypatch, other: str) -> None:
     import socketio
 
+    from chat_app.transport import handshake
+
     server = socketio.Server(async_mode="gevent")
     monkeypatch.setitem(versions.PINNED, other, "0.0")
+    held: list[bool] = []
+    monkeypatch.setattr(handshake, "install", lambda: held.append(True))
     transport = install_transport(server, max_client_queue=10)
     assert transport.writer is None and not transport.lean
     assert getattr(server.eio, lean_websockets._ATTR, None) is None
     assert "_handle_connect" not in vars(server) and "send_packet" not in vars(server.eio)
+    assert held == []  # gevent-websocket's 101 goes out at once, as upstream's
     assert transport.answers.tracked == (other != "python-socketio")
     assert ("_handle_event_internal" in vars(server)) == transport.answers.tracked
 

@@ -37,8 +37,22 @@ else
   redis.call('ZREM', KEYS[1], ARGV[1])
 end
 
-if not epoch then epoch = start_epoch(KEYS[3], KEYS[4], KEYS[5], KEYS[6], KEYS[9], ARGV[8], '') end
-keep_alive(archive_now())
+local started = not epoch
+if started then epoch = start_epoch(KEYS[3], KEYS[4], KEYS[5], KEYS[6], KEYS[9], ARGV[8], '') end
+-- The room's keys are renewed (keep_alive: nine PEXPIREs, more with the archive) only when
+-- due, as send_batch.lua's: when this join started the epoch, or when a key it may have
+-- created (nodes, users, names: no TTL yet) or any of them has had a tenth of the room TTL
+-- run out. Only whole renewals (here, beat.lua) set those three keys' TTLs, so fresh ones
+-- say every room key was renewed within the last tenth; the keys created since by others
+-- got theirs from the send that created them (send_batch.lua). This node's own entry
+-- (above) is renewed by every join.
+local ttl = tonumber(ARGV[6])
+local due = started
+for _, key in ipairs({KEYS[1], KEYS[7], KEYS[10]}) do
+  if due then break end
+  due = redis.call('PTTL', key) < ttl - ttl / 10
+end
+if due then keep_alive(archive_now()) end
 local result = {epoch, tonumber(redis.call('GET', KEYS[4]) or '0'), redis.call('HLEN', KEYS[7])}
 local wanted = tonumber(ARGV[11])
 if wanted > 0 then
