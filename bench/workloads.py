@@ -531,10 +531,10 @@ async def w3(
     or the Node process) read once just before the first client, then at each of
     W3_READINGS_S after the last join's ack: the per-connection figure depends on when it is
     read (a chat_app writer greenlet, started only for what a socket did not take at once,
-    lingers 1 s; V8 collects in its own time), so the project's reading (3 s) and the harness's (0.5 s) are both reported, and
-    the worker alone beside the tree. `on_connecting(cluster)` runs just before the first
-    connect (bench/profile.py starts py-spy there); what it returns is waited for (`wait()`)
-    after the readings."""
+    lingers 1 s; V8 collects in its own time), so the project's reading (3 s) and the
+    harness's (0.5 s) are both reported, and the worker alone beside the tree.
+    `on_connecting(cluster)` runs just before the first connect (bench/profile.py starts
+    py-spy there); what it returns is waited for (`wait()`) after the readings."""
     with cluster(server, 2) as c:
         await asyncio.sleep(1.0)
         rss0 = [n.rss() for n in c.nodes]
