@@ -71,9 +71,9 @@ def held_write(ws: Any) -> HeadFirst | None:
 
 def send_now(ws: Any) -> None:
     """Send `ws`'s held 101 response alone, before the server waits for the client."""
-    raw_write = getattr(ws, "raw_write", None)
-    if isinstance(raw_write, HeadFirst):
-        raw_write(b"")
+    held = held_write(ws)
+    if held is not None:
+        held(b"")
 
 
 def _run_application(self: Any) -> None:

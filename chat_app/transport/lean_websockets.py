@@ -350,7 +350,7 @@ def _slim_handler(ws: Any) -> SocketReader | None:
     same raw socket frees the old buffer and keeps every reference to the reader (pywsgi's
     Input) valid. pywsgi reads `headers` only while parsing the request; gevent-websocket
     not at all. Returns the SocketReader, or None when the handler is not pywsgi's."""
-    handler = getattr(getattr(getattr(ws, "_sock", None), "stream", None), "handler", None)
+    handler = getattr(getattr(_websocket_of(ws), "stream", None), "handler", None)
     if handler is None:
         return None
     vars(handler).pop("headers", None)  # back to WSGIHandler's class-level empty headers
@@ -418,7 +418,7 @@ def _receive(sock: Socket, ws: Any) -> Any:
     """The next message, refused off its frame header past `max_http_buffer_size`
     (chat_app.transport.frames) when the websocket is gevent-websocket's."""
     limit = sock.server.max_http_buffer_size
-    if isinstance(getattr(ws, "_sock", None), WebSocket):
+    if isinstance(_websocket_of(ws), WebSocket):
         return frames.receive(ws, limit, sock.sid)
     data = ws.wait()
     if data and len(data) > limit:
@@ -495,7 +495,7 @@ def _receive_one(sock: Socket, ws: Any, lean: LeanWebsockets) -> bool:  # noqa: 
     max_size = server.max_http_buffer_size
     try:
         # _receive, inlined; frames refused off their header (gevent-websocket's)
-        p = frames.receive(ws, max_size, sock.sid) if isinstance(getattr(ws, "_sock", None), WebSocket) else ws.wait()
+        p = frames.receive(ws, max_size, sock.sid) if isinstance(_websocket_of(ws), WebSocket) else ws.wait()
         if p and len(p) > max_size:
             raise ValueError("packet is too large")
     except Exception as e:
