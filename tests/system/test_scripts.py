@@ -15,7 +15,7 @@ from chat_app.backends.redis.clients import RedisClients
 from chat_app.backends.redis.keys import RoomKeys, archive_key
 from chat_app.backends.redis.presence import RedisPresence
 from chat_app.backends.redis.scripts import HeldConnection, LuaScript, run_scripts
-from chat_app.backends.redis.send import SendScript
+from chat_app.backends.redis.send import Renewals, SendScript
 from chat_app.settings import Settings
 
 pytestmark = pytest.mark.timeout(30)
@@ -48,7 +48,9 @@ class Room:
         self.settings = Settings.from_env({}, redis_url=url, instance_id="n1", **settings)
         self.client = redis.Redis.from_url(url)
         self.keys = RoomKeys.of(self.settings.key_prefix, "lobby")
-        self._send = SendScript(self.client, self.settings)
+        self.now = 0.0  # the sending process's clock, in seconds (Renewals)
+        renewals = Renewals(self.settings.redis_room_ttl_ms, clock=lambda: self.now)
+        self._send = SendScript(self.client, self.settings, renewals)
         self.presence = RedisPresence(RedisClients.from_settings(self.settings), self.settings)
 
     def send(self, text: str, epoch: str, key: str | None = None) -> tuple[int, str]:
@@ -60,6 +62,11 @@ class Room:
     def send_keys(self) -> list[str]:
         k = self.keys
         return [k.seq, k.hist, k.epoch, k.dedup]
+
+    def next_tenth(self) -> None:
+        """The sending process's clock moves on by a tenth of the room TTL: its next send
+        into a room asks for a renewal."""
+        self.now += self.settings.redis_room_ttl_ms / 10_000
 
     def history(self, after: int | str = "", upto: int | str = "", newest: int = 1000) -> list[bytes]:
         """What joins, recoveries and history pages read (history.lua), oldest first."""
@@ -92,23 +99,39 @@ def test_a_join_into_a_room_that_lost_its_epoch_starts_it_afresh(redis_server) -
     assert room.send("b", "e9") == (1, joined.position.epoch)
 
 
-def test_a_send_renews_the_room_ttl_once_a_tenth_ran_out_and_on_every_key_it_creates(redis_server) -> None:
+def test_a_send_renews_the_room_ttl_once_per_tenth_of_it_and_on_the_keys_it_creates(redis_server) -> None:
+    """The sending process asks for a renewal with its room's first send in each tenth of
+    the room TTL (Renewals); the script renews whenever it created a key, asked or not."""
     room = Room(redis_server.url)
     ttl = room.settings.redis_room_ttl_ms
     room.send("a", "e1")
     assert all(ttl - 1000 < room.client.pttl(k) <= ttl for k in room.send_keys())
     for k in room.send_keys():
-        room.client.pexpire(k, ttl - ttl // 20)  # a twentieth ran out: not renewed yet
-    room.send("b", "e1")
-    assert all(room.client.pttl(k) <= ttl - ttl // 20 for k in room.send_keys())
-    for k in room.send_keys():
         room.client.pexpire(k, ttl // 2)
+    room.send("b", "e1")  # the same tenth: not asked again
+    assert all(room.client.pttl(k) <= ttl // 2 for k in room.send_keys())
+    room.next_tenth()
     room.send("c", "e1")
     assert all(room.client.pttl(k) > ttl - 1000 for k in room.send_keys())
-    for lost in (room.keys.hist, room.keys.dedup):  # evicted alone: the send recreates it
-        room.client.delete(lost)
-        room.send("d", "e1")
-        assert room.client.pttl(lost) > ttl - 1000
+    for k in room.send_keys():
+        room.client.pexpire(k, ttl // 2)
+    room.client.delete(room.keys.hist)  # evicted alone: the send recreates it, and renews
+    room.send("d", "e1")
+    assert all(room.client.pttl(k) > ttl - 1000 for k in room.send_keys())
+    room.client.delete(room.keys.seq)  # lost while the stream exists: a new epoch, renewed
+    room.client.pexpire(room.keys.dedup, ttl // 2)
+    assert room.send("e", "e2") == (1, "e2")
+    assert all(room.client.pttl(k) > ttl - 1000 for k in room.send_keys())
+
+
+def test_renewals_ask_once_per_room_and_tenth() -> None:
+    now = [0.0]
+    renewals = Renewals(60_000, clock=lambda: now[0])  # a tenth: 6 s
+    assert [renewals.due(r) for r in ("a", "b", "a", "b")] == [True, True, False, False]
+    now[0] = 5.9
+    assert not renewals.due("a")
+    now[0] = 6.0
+    assert [renewals.due(r) for r in ("a", "a", "b")] == [True, False, True]
 
 
 def test_a_join_renews_the_room_ttl_once_a_tenth_ran_out_and_on_every_key_it_creates(redis_server) -> None:
@@ -227,8 +250,11 @@ def test_the_dedup_set_is_kept_hashed_through_trims_and_recreation(redis_server)
     for i in range(40):
         room.send(f"m{i}", "e1")
     assert room.client.object("encoding", room.keys.dedup) == b"skiplist"
-    room.client.delete(room.keys.dedup)  # evicted alone: recreated hashed, with its TTL
+    room.client.delete(room.keys.dedup)  # evicted alone: the next renewal makes it hashed, with its TTL
     room.send("after", "e1")
+    assert room.client.object("encoding", room.keys.dedup) == b"listpack" and room.client.pttl(room.keys.dedup) == -1
+    room.next_tenth()
+    room.send("later", "e1")
     assert room.client.object("encoding", room.keys.dedup) == b"skiplist"
     assert room.client.pttl(room.keys.dedup) > room.settings.redis_room_ttl_ms - 1000
     assert room.send("again", "e1", key="k") == room.send("again", "e1", key="k")
@@ -252,8 +278,8 @@ def test_with_the_archive_on_the_ttls_are_not_renewed_on_every_send(redis_server
 def send_batch(room: Room, sends: list[tuple[str, str, str | None]], epoch: str = "e1") -> list[tuple[int, str]]:
     """One send_many.lua call for (room, text, key) sends; each answer as (seq, epoch)."""
     drafts = [Draft.new(name, "ann", text, "n1", key) for name, text, key in sends]
-    sends = [(d, RoomKeys.of(room.settings.key_prefix, d.room), epoch) for d in drafts]
-    [result] = run_scripts(room.client, [room._send.batch(sends, "srv1")])
+    sends = [(d, RoomKeys.of(room.settings.key_prefix, d.room)) for d in drafts]
+    [result] = run_scripts(room.client, [room._send.batch(sends, epoch, "srv1")])
     answers = SendScript.answers(len(sends), result)
     return [(e.seq, e.epoch) for e in (SendScript.envelope(d, a) for d, a in zip(drafts, answers, strict=True))]
 
@@ -264,7 +290,8 @@ def test_a_batch_with_two_messages_of_one_room_gives_the_second_the_first_s_effe
     the first's duplicate."""
     room = Room(redis_server.url)
     sends = [("lobby", "a", "k1"), ("hall", "x", None), ("lobby", "b", None), ("lobby", "a again", "k1")]
-    assert send_batch(room, sends) == [(1, "e1"), (1, "e1"), (2, "e1"), (1, "e1")]
+    # Each room its own epoch: the batch's candidate, followed by the index of the message that started it.
+    assert send_batch(room, sends) == [(1, "e1"), (1, "e11"), (2, "e1"), (1, "e1")]
     assert len(room.history()) == 2 and room.client.object("encoding", room.keys.dedup) == b"skiplist"
     room.client.delete(room.keys.seq)  # lost while the stream exists: a new epoch, once
     assert send_batch(room, [("lobby", "c", None), ("lobby", "d", "k1")], epoch="e2") == [(1, "e2"), (2, "e2")]
@@ -300,9 +327,9 @@ def test_reads_show_exactly_the_last_history_length_seqs_of_a_stream_trimmed_by_
     assert room.seqs(after=50, upto=62) == [61, 62]
 
 
-def test_a_batch_reads_its_keys_once_and_the_ttls_once_per_room(redis_server) -> None:
-    """The common path's calls (issue 27 item 4): one MGET per batch, one PTTL and one INCRBY
-    per room and batch, no renewal while the TTLs are not due."""
+def test_a_batch_reads_its_keys_once_and_renews_when_asked(redis_server) -> None:
+    """The common path's calls (issue 27 item 4): one MGET per batch, one INCRBY per room
+    and batch, no TTL read, no renewal until the sending process asks for one."""
     room = Room(redis_server.url)
     send_batch(room, [("lobby", "a", None), ("hall", "b", None)])
     room.client.config_resetstat()
@@ -310,10 +337,11 @@ def test_a_batch_reads_its_keys_once_and_the_ttls_once_per_room(redis_server) ->
     assert [seq for seq, _ in send_batch(room, sends)] == [2, 2, 3, 3, 4, 4, 5, 5, 6, 6]
     stats = room.client.info("commandstats")
     calls = {name[len("cmdstat_") :]: s["calls"] for name, s in stats.items()}
-    assert calls["mget"] == 1 and calls["pttl"] == 2 and "pexpire" not in calls
+    assert calls["mget"] == 1 and "pttl" not in calls and "pexpire" not in calls
     assert calls["zadd"] == calls["xadd"] == calls["publish"] == 10 and calls["incrby"] == 2
     ttl = room.settings.redis_room_ttl_ms
-    room.client.pexpire(room.keys.dedup, ttl // 2)  # due by the dedup set's TTL
+    room.client.pexpire(room.keys.dedup, ttl // 2)
+    room.next_tenth()
     send_batch(room, [("lobby", "c", None), ("lobby", "d", None)])
     assert all(room.client.pttl(k) > ttl - 1000 for k in room.send_keys())
 

@@ -282,18 +282,20 @@ class Publisher:
     def _execute(self, batch: list[_Pending]) -> list[object]:
         """Each send's script answer, or the connection error that kept it from its server
         (on a Cluster, only the sends of a shard that is away fail)."""
-        epochs = self._ids.hex(8 * len(batch))  # a candidate epoch per send
         if self._held is not None:  # one server: all or nothing
             try:
                 server_id = self._server_ids.of(batch[0].keys.seq)
-                sends = [(p.draft, p.keys, epochs[16 * i : 16 * i + 16]) for i, p in enumerate(batch)]
-                if len(sends) == 1:
-                    return self._held.run_scripts([self._send.call(*sends[0], server_id)])
+                candidate = self._ids.hex(8)
+                if len(batch) == 1:
+                    [p] = batch
+                    return self._held.run_scripts([self._send.call(p.draft, p.keys, candidate, server_id)])
                 # One EVALSHA for the whole batch: the call's own cost in Redis is paid once.
-                [result] = self._held.run_scripts([self._send.batch(sends, server_id)])
+                sends = [(p.draft, p.keys) for p in batch]
+                [result] = self._held.run_scripts([self._send.batch(sends, candidate, server_id)])
                 return SendScript.answers(len(sends), result)
             except CONNECTION_ERRORS as exc:
                 return [exc] * len(batch)
+        epochs = self._ids.hex(8 * len(batch))  # a candidate epoch per call
         results: list[object] = [None] * len(batch)
         sent: list[tuple[int, Call]] = []
         for i, p in enumerate(batch):

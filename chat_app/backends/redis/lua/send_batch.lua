@@ -3,29 +3,32 @@
 -- returned, not re-sent, so a retried or resent send delivers once. Called by send.lua (one
 -- message) and send_many.lua (a batch), whose headers give their KEYS and ARGV: 6 KEYS per
 -- message (seq, hist, epoch, dedup, srv, ban: the sender's ban, RoomKeys.ban).
--- Each message's answer is {seq, epoch}, or {seq, epoch, stored envelope} for a duplicate
--- (for a new message the caller built the envelope itself); {-1, milliseconds left} while
--- the sender is banned from the room, {-2, reason} while the archive is restoring positions
--- (refuse_unseeded's, as a value: a batch must not stop half-way): nothing is stored. A ban
--- bites here, not only at join: a member whose node missed the leave command must not keep
--- sending.
+-- Each message's answer is three entries of one flat list (a table per answer cost Redis
+-- more to turn into its reply than any command of the send): seq, epoch, false; or seq,
+-- epoch, the stored envelope for a duplicate (for a new message the caller built the
+-- envelope itself); -1, milliseconds left, false while the sender is banned from the room;
+-- -2, reason, false while the archive is restoring positions (refuse_unseeded's, as a value:
+-- a batch must not stop half-way): nothing is stored. A ban bites here, not only at join: a
+-- member whose node missed the leave command must not keep sending.
 --
 -- Redis CPU per message (issue 27 item 4) is Redis's work per command plus the cost of each
 -- redis.call from Lua (arguments made Redis objects, the command looked up and timed, its
 -- reply turned back into Lua), so the common path makes as few calls as its promises allow:
 --   per batch    MGET: every message's epoch and server id (the epoch's rules), the
 --                sender's ban, seq (whose loss starts a new epoch), and the archive's marker
---   per room     PTTL of the dedup set (are the TTLs due; -2: the set is new), at the room's
---     and batch  first message; INCRBY of the seq by the room's messages in the batch
+--   per room     INCRBY of the seq by the room's messages in the batch
+--     and batch
 --   per message  ZADD NX (dedup: 0 says the id is stored already), XADD NOMKSTREAM
 --                (history, untrimmed: `xadd`; nil says the stream is gone: made again,
 --                TTLs due),
 --                PUBLISH (one per message: a rolling deploy's old nodes read that format;
 --                + the outbox's XADD with the archive on)
 -- The rest is rare: the dedup set's and the stream's trims when a 16th seq is passed; the
--- renewal (five PEXPIREs) when this batch created a key, switched servers or a tenth of the
--- room TTL ran out; on a duplicate, ZSCORE + XRANGE for the stored message; on a lost seq or epoch, the checks that
--- decide the new epoch. A room's later messages in a batch follow its first's state (a Lua
+-- renewal (five PEXPIREs) when this batch created a key or switched servers, or when the
+-- calling node asks for it (`renew`: once per room and tenth of the room TTL, send.py
+-- Renewals; a PTTL per room and batch to find out here cost ~5 % of Redis's work per
+-- message); on a duplicate, ZSCORE + XRANGE for the stored message; on a lost seq or epoch,
+-- the checks that decide the new epoch. A room's later messages in a batch follow its first's state (a Lua
 -- table): a second message gets the next seq, the epoch the first started, the dedup set
 -- it made, and a retry of the first in the same batch is the first's duplicate.
 -- Three passes: every message's epoch, dedup id and seq (in order); each room's seq written
@@ -36,7 +39,8 @@
 -- zset-max-listpack-value (64), so Redis keeps the set as a hash table and skiplist from its
 -- first ZADD on: a listpack of the window's ~100 ids costs a scan per lookup and per insert
 -- (measured ~5 us a message against ~0.5). No dedup id can spell it (they start with `i:` or
--- `k2:`). A set made without it (by an older send.lua) gets it at its next renewal.
+-- `k2:`). A set made without it (evicted alone, or by an older send.lua) gets it, and its
+-- TTL, at its next renewal.
 local SENTINEL = '~ kept for good: this set stays hashed, not a listpack (chat_app send.lua) ~'
 
 -- The message stored under a dedup id, while its seq is still in the stream.
@@ -54,9 +58,10 @@ end
 -- whole nodes (`MAXLEN ~`), so it holds up to 16 entries and a node's worth
 -- (stream-node-max-entries/-bytes) older than the window, which reads and dedup hits
 -- disregard.
+-- The entry's id is the seq (`<seq>-0`, given as `<seq>`: Redis adds the -0).
 local function xadd(hist, exists, digits, envelope)
-  if exists then return redis.call('XADD', hist, 'NOMKSTREAM', digits .. '-0', 'e', envelope) end
-  return redis.call('XADD', hist, digits .. '-0', 'e', envelope)
+  if exists then return redis.call('XADD', hist, 'NOMKSTREAM', digits, 'e', envelope) end
+  return redis.call('XADD', hist, digits, 'e', envelope)
 end
 
 -- A room's state at its first message in the batch, from the MGET: epoch, srv and seq as
@@ -68,12 +73,19 @@ local function room_state(epoch, srv, seq)
           new_set = false, renew = false, first = false, k = 0}
 end
 
+-- A new epoch for the batch's message `i` (send_batch's `candidate`).
+local function epoch_at(candidate, i)
+  if i == 0 then return candidate end
+  return candidate .. i
+end
+
 -- The epoch's rules, once per room and batch, before its first message is stored. Returns
--- an answer when the message is settled here (a duplicate, a refusal), else nil.
-local function settle(st, seq_key, hist, epoch_key, dedup, srv_key, id, candidate, ttl_ms, server_id)
+-- an answer's three entries when the message is settled here (a duplicate, a refusal), else
+-- nothing.
+local function settle(st, seq_key, hist, epoch_key, dedup, srv_key, id, candidate, i, server_id)
   local fresh = false
   if not st.epoch then
-    if unseeded() then return {-2, UNSEEDED} end
+    if unseeded() then return -2, UNSEEDED, false end
     fresh = true
   elseif not st.seq then
     -- The seq is gone (evicted, a partial restore): a retry whose message is still in the
@@ -82,28 +94,26 @@ local function settle(st, seq_key, hist, epoch_key, dedup, srv_key, id, candidat
     local seen = redis.call('ZSCORE', dedup, id)
     if seen then
       local stored = stored_under(hist, seen)
-      if stored then return {tonumber(seen), st.epoch, stored} end
+      if stored then return tonumber(seen), st.epoch, stored end
     end
     if redis.call('EXISTS', hist) == 1 then fresh = true else st.seq, st.renew = 0, true end
   end
   if fresh then
-    st.epoch = start_epoch(epoch_key, seq_key, hist, dedup, srv_key, candidate, server_id)
+    st.epoch = start_epoch(epoch_key, seq_key, hist, dedup, srv_key, epoch_at(candidate, i), server_id)
     st.seq, st.srv, st.checked_srv, st.new_set, st.renew = 0, server_id, true, true, true
-  else
-    local left = redis.call('PTTL', dedup)  -- -2: no set, -1: no TTL
-    st.new_set = left == -2
-    st.renew = st.renew or left < ttl_ms - ttl_ms / 10
   end
   st.ready = true
-  return nil
 end
 
 -- Each message's own ARGV are ARGV[base + 4i + 1..4]: envelope_head (JSON without its closing
--- brace), dedup_id, candidate_epoch, channel; history_length, room_ttl_ms and server_id (the
--- master's replication id) are the batch's, the same for every message of one server.
+-- brace), dedup_id, channel, renew ('1': renew the room's TTLs, else ''); history_length,
+-- room_ttl_ms, server_id (the master's replication id) and `candidate` are the batch's, the
+-- same for every message of one server. A room that starts an epoch here takes `candidate`
+-- (random) at the batch's first message, else `candidate` followed by its message's index:
+-- every epoch is new while a message costs no random argument of its own.
 -- Lua's own work was a third of Redis's per message (callgrind, 20 rooms): the common path
 -- makes no table per message beyond its answer, none per room beyond its state.
-local function send_batch(KEYS, ARGV, count, base, length, room_ttl, server_id)
+local function send_batch(KEYS, ARGV, count, base, length, room_ttl, server_id, candidate)
   local names = {}
   for i = 0, count - 1 do
     local k = 6 * i
@@ -112,20 +122,19 @@ local function send_batch(KEYS, ARGV, count, base, length, room_ttl, server_id)
   if ARCHIVE_KEY then names[4 * count + 1] = ARCHIVE_KEY end
   local got = redis.call('MGET', unpack(names))
   local archive = ARCHIVE_KEY and archive_conf(got[4 * count + 1]) or nil
-  local ttl_ms, keep = tonumber(room_ttl), tonumber(length)
+  local keep = tonumber(length)
   local rooms, order, results = {}, {}, {}
   -- The messages to store, in order (parallel arrays): room state, message index, seq digits,
   -- envelope.
   local to_room, to_index, to_digits, to_envelope, stored = {}, {}, {}, {}, 0
 
-  -- This batch's earlier message of the room under dedup id `id`, as its answer.
+  -- This batch's earlier message of the room under dedup id `id`, as its answer's entries.
   local function earlier(st, id)
     for j = 1, stored do
       if to_room[j] == st and ARGV[base + 4 * to_index[j] + 2] == id then
-        return {tonumber(to_digits[j]), st.epoch, to_envelope[j]}
+        return tonumber(to_digits[j]), st.epoch, to_envelope[j]
       end
     end
-    return nil
   end
 
   -- First pass, in order: the epoch's rules and the dedup id of each message; its seq is
@@ -133,7 +142,7 @@ local function send_batch(KEYS, ARGV, count, base, length, room_ttl, server_id)
   local function plan(i)
     local k, a, g = 6 * i, base + 4 * i, 4 * i
     local seq_key = KEYS[k + 1]
-    if got[g + 3] then return {-1, math.max(redis.call('PTTL', KEYS[k + 6]), 0)} end
+    if got[g + 3] then return -1, math.max(redis.call('PTTL', KEYS[k + 6]), 0), false end
     local id = ARGV[a + 2]
     local st = rooms[seq_key]
     if not st then
@@ -142,9 +151,10 @@ local function send_batch(KEYS, ARGV, count, base, length, room_ttl, server_id)
       rooms[seq_key] = st
     end
     if not st.ready then
-      local answer = settle(st, seq_key, KEYS[k + 2], KEYS[k + 3], KEYS[k + 4], KEYS[k + 5], id, ARGV[a + 3], ttl_ms, server_id)
-      if answer then return answer end
+      local seq, epoch, stored = settle(st, seq_key, KEYS[k + 2], KEYS[k + 3], KEYS[k + 4], KEYS[k + 5], id, candidate, i, server_id)
+      if seq then return seq, epoch, stored end
     end
+    if ARGV[a + 4] ~= '' then st.renew = true end
 
     local dedup = KEYS[k + 4]
     local digits = tostring(st.seq + 1)  -- formatted once (Lua formats a number with sprintf each time)
@@ -152,11 +162,11 @@ local function send_batch(KEYS, ARGV, count, base, length, room_ttl, server_id)
       redis.call('ZADD', dedup, 'inf', SENTINEL, digits, id)
       st.new_set = false
     elseif redis.call('ZADD', dedup, 'NX', digits, id) == 0 then
-      local answer = earlier(st, id)  -- sent earlier in this batch
-      if answer then return answer end
+      local seq, epoch, envelope = earlier(st, id)  -- sent earlier in this batch
+      if seq then return seq, epoch, envelope end
       local seen = redis.call('ZSCORE', dedup, id)
-      local envelope = tonumber(seen) > st.seq - keep and stored_under(KEYS[k + 2], seen)
-      if envelope then return {tonumber(seen), st.epoch, envelope} end
+      envelope = tonumber(seen) > st.seq - keep and stored_under(KEYS[k + 2], seen)
+      if envelope then return tonumber(seen), st.epoch, envelope end
       -- Its message left the history: the id names this new message from now on.
       redis.call('ZADD', dedup, 'XX', digits, id)
     end
@@ -169,7 +179,7 @@ local function send_batch(KEYS, ARGV, count, base, length, room_ttl, server_id)
         -- stream itself stays, so a send retried across the failover is still found by its
         -- dedup id (above, before the switch).
         if st.srv then
-          st.epoch = ARGV[a + 3]
+          st.epoch = epoch_at(candidate, i)
           redis.call('SET', KEYS[k + 3], st.epoch)
         end
         redis.call('SET', KEYS[k + 5], server_id)
@@ -185,10 +195,13 @@ local function send_batch(KEYS, ARGV, count, base, length, room_ttl, server_id)
     stored = stored + 1
     to_room[stored], to_index[stored], to_digits[stored] = st, i, digits
     to_envelope[stored] = ARGV[a + 1] .. ',"seq":' .. digits .. ',"epoch":"' .. st.epoch .. '"}'
-    return {seq, st.epoch}
+    return seq, st.epoch, false
   end
 
-  for i = 0, count - 1 do results[i + 1] = plan(i) end
+  for i = 0, count - 1 do
+    local r = 3 * i
+    results[r + 1], results[r + 2], results[r + 3] = plan(i)
+  end
   -- Second pass, a call per room: the seqs, before anything is stored under them (a batch
   -- stopped half-way by an error leaves a gap, never a seq given twice).
   for _, st in ipairs(order) do redis.call('INCRBY', KEYS[st.k + 1], st.seq - st.first + 1) end
@@ -202,7 +215,7 @@ local function send_batch(KEYS, ARGV, count, base, length, room_ttl, server_id)
       st.renew = true
     end
     if archive then redis.call('XADD', ARCHIVE_KEY .. ':outbox', 'MAXLEN', '~', archive.most, '*', 'e', envelope) end
-    redis.call(PUBLISH, ARGV[base + 4 * i + 4], envelope)
+    redis.call(PUBLISH, ARGV[base + 4 * i + 3], envelope)
   end
   for _, st in ipairs(order) do
     local k = st.k
