@@ -28,9 +28,10 @@
 -- calling node asks for it (`renew`: once per room and tenth of the room TTL, send.py
 -- Renewals; a PTTL per room and batch to find out here cost ~5 % of Redis's work per
 -- message); on a duplicate, ZSCORE + XRANGE for the stored message; on a lost seq or epoch,
--- the checks that decide the new epoch. A room's later messages in a batch follow its first's state (a Lua
--- table): a second message gets the next seq, the epoch the first started, the dedup set
--- it made, and a retry of the first in the same batch is the first's duplicate.
+-- the checks that decide the new epoch. A room's later messages in a batch follow its
+-- first's state (a Lua table): a second message gets the next seq, the epoch the first
+-- started, the dedup set it made, and a retry of the first in the same batch is the first's
+-- duplicate.
 -- Three passes: every message's epoch, dedup id and seq (in order); each room's seq written
 -- (so a batch stopped half-way by an error leaves a gap, never a seq given twice); then
 -- each message stored and published (in order), each room's trim and renewal.
