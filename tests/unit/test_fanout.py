@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 from typing import Any, ClassVar
 
@@ -191,20 +192,23 @@ def test_a_packet_taking_engineios_path_does_not_overtake_lingering_frames() -> 
 
 
 def test_the_lingering_frames_are_written_when_the_linger_runs_out() -> None:
-    """gevent's own loop: the flush after the loop turn, then the linger's timer."""
-    writer, sock = _writer(0.02)
+    """gevent's own loop: the flush after the loop turn, then the linger's timer, for each
+    linger (libev's timer, started again once it fired, would fire at once; its cached
+    loop time may make it early by a few ms, hence half the linger as the bound)."""
+    linger = 0.05
+    writer, sock = _writer(linger)
     ws = sock.chat_ws
     _send(writer, "p1")
     assert ws.written.wait(timeout=2)
-    ws.written.clear()
-    _send(writer, "p2")
-    _send(writer, "p3")
-    assert ws.written.wait(timeout=2)
-    assert ws.writes == [_frames("p1"), _frames("p2", "p3")]
-    ws.written.clear()
-    _send(writer, "p4")  # a second linger gets a timer of its own
-    assert ws.written.wait(timeout=2)
-    assert ws.writes[-1] == _frames("p4")
+    for texts in (("p2", "p3"), ("p4",)):
+        ws.written.clear()
+        started = time.monotonic()
+        for text in texts:
+            _send(writer, text)
+        assert ws.written.wait(timeout=2)
+        assert time.monotonic() - started >= linger / 2
+        assert ws.writes[-1] == _frames(*texts)
+    assert len(ws.writes) == 3
 
 
 def test_presence_events_are_the_ones_that_may_linger() -> None:
