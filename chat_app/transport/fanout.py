@@ -186,15 +186,13 @@ class DirectWriter:
         """A lingering frame waits when the socket was sent one within the last one to two
         lingers (a join storm in its room): the first of a quiet spell goes at once, so an
         occasional presence event is not delayed, and a storm's are gathered."""
-        if sock in self._lingering:
-            return True
         now = self._clock()
         if now >= self._window_ends:
             self._seen_before = self._seen if now < self._window_ends + self._linger else set()
             self._seen = set()
             self._window_ends = now + self._linger
-        recent = sock in self._seen or sock in self._seen_before
-        self._seen.add(sock)
+        recent = sock in self._lingering or sock in self._seen or sock in self._seen_before
+        self._seen.add(sock)  # a frame joining a linger counts too: the storm goes on
         return recent
 
     def _linger_frame(self, sock: Any, frame: bytes) -> None:

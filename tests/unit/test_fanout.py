@@ -154,6 +154,27 @@ def test_a_frame_that_may_not_wait_takes_the_lingering_ones_with_it_in_order() -
     assert sock.chat_ws.writes == [_frames("p1"), _frames("p2", "message", "p3")]
 
 
+def test_a_frame_joining_a_linger_keeps_the_storm_going() -> None:
+    """Seen counts every frame, the ones that joined a linger too: a socket told of an
+    arrival every ~70 ms lingers throughout, rather than every other window going at once."""
+    clock = Clock()
+    writer, sock = _writer(0.1, clock)
+    _send(writer, "p1")  # t=0: at once
+    writer.flush()
+    for at, text in ((0.05, "p2"), (0.12, "p3")):  # lingering, and joining that linger
+        clock.now = 100.0 + at
+        _send(writer, text)
+    writer.flush()
+    clock.now = 100.15
+    writer.flush_lingering()
+    clock.now = 100.21  # the last frame was 0.09 s ago: still a storm, so it lingers
+    _send(writer, "p4")
+    writer.flush()
+    assert sock.chat_ws.writes == [_frames("p1"), _frames("p2", "p3")]
+    writer.flush_lingering()
+    assert sock.chat_ws.writes == [_frames("p1"), _frames("p2", "p3"), _frames("p4")]
+
+
 def test_after_a_quiet_spell_a_presence_frame_goes_at_once_again() -> None:
     clock = Clock()
     writer, sock = _writer(0.1, clock)
