@@ -5,7 +5,8 @@ per socket frames it and sends it: per delivery a queue hand-off, a greenlet swi
 gevent-websocket's frame building and two syscalls. That was a third of a node's CPU under
 fan-out load. Here a room message is framed once for all its members, and every send of
 the node (room messages, acks) waits only until the running greenlet yields; then each
-socket gets all of its frames in one non-blocking send().
+socket gets all of its frames in one non-blocking send(). Presence events may wait longer,
+up to PRESENCE_LINGER, while their socket is told of a storm of them (DirectWriter._lingers).
 
 Order is kept with what engine.io still queues itself (pings, close): a direct write
 happens only while that socket's queue is empty and its writer is not half-way through a
