@@ -175,6 +175,7 @@ def gevent_node(monkeypatch):
         yield server.server_port, _ServerSends(monkeypatch, server.server_port), writers
     finally:
         server.stop()
+        app.extensions["chat_service"].stop()  # its load gauge's thread too, which else logs past the session's end
         handshake.uninstall()
         request_headers.uninstall()
         import engineio.socket
