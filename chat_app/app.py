@@ -125,7 +125,9 @@ def create_app(settings: Settings | None = None, async_mode: str | None = None) 
         engineio_logger=False,
         json=json_codec,
     )
-    transport = install_transport(socketio.server, settings.max_client_queue, settings.connect_timeout)
+    transport = install_transport(
+        socketio.server, settings.max_client_queue, settings.connect_timeout, settings.presence_linger
+    )
     broker, presence, archive = build_backends(settings)
     reads = archive.reads if archive else None
     service = ChatService(settings, broker, presence, SocketIOOut(socketio, transport), archive=reads)

@@ -136,6 +136,13 @@ class ChatCollector(Collector):
             frames.add_metric([instance, "direct"], self._writes.direct)
             frames.add_metric([instance, "queued"], self._writes.queued)
             yield frames
+            yield per_node(
+                CounterMetricFamily,
+                "chat_websocket_writes",
+                "Send calls that wrote frames to websocket clients at once (frames direct / this: frames per send).",
+                instance,
+                self._writes.writes,
+            )
 
     def _broker_stats(self, b: BrokerStats) -> Iterator[Metric]:
         instance = self._service.instance_id

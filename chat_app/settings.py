@@ -226,6 +226,10 @@ class Settings:
     # per join and leave; join acks name at most this many members.
     presence_events_max_members: int = 100
     presence_count_interval: float = 2.0
+    # Seconds a presence event may wait for more frames to the same socket, to go out in one
+    # write with them, when that socket was told one within the last one to two of these (a
+    # join storm in its room); 0: every one written at once.
+    presence_linger: float = _setting(0.1, _linger)
     auth_secret: str | None = None
     auth_issuer: str | None = None  # set: a token's `iss` must be this
     auth_audience: str | None = None  # set: a token's `aud` must name this; unset: a token with `aud` is refused

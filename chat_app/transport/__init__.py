@@ -69,11 +69,13 @@ class Transport:
         return sock is not None and sock.upgraded
 
 
-def install_transport(sio: Any, max_client_queue: int, connect_timeout: float = 10.0) -> Transport:
+def install_transport(
+    sio: Any, max_client_queue: int, connect_timeout: float = 10.0, presence_linger: float = 0.0
+) -> Transport:
     """Apply every part that fits this server's mode and the installed versions."""
     gevent_mode = sio.eio.async_mode == "gevent"
     pinned = versions.matches("transport", *ENGINE)
-    writer = fanout.install(sio) if gevent_mode and pinned else None
+    writer = fanout.install(sio, presence_linger) if gevent_mode and pinned else None
     ping = (lambda sock, pkt: writer.send_packet(sock.sid, pkt)) if writer is not None else None
     installed = lean_websockets.install(sio, send=ping) if gevent_mode and pinned else None
     # Detached websockets count against gunicorn's pool and its graceful stop (idle_reader).

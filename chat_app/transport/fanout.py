@@ -5,7 +5,8 @@ per socket frames it and sends it: per delivery a queue hand-off, a greenlet swi
 gevent-websocket's frame building and two syscalls. That was a third of a node's CPU under
 fan-out load. Here a room message is framed once for all its members, and every send of
 the node (room messages, acks) waits only until the running greenlet yields; then each
-socket gets all of its frames in one non-blocking send().
+socket gets all of its frames in one non-blocking send(). Presence events may wait longer,
+up to PRESENCE_LINGER, while their socket is told of a storm of them (DirectWriter._lingers).
 
 Order is kept with what engine.io still queues itself (pings, close): a direct write
 happens only while that socket's queue is empty and its writer is not half-way through a
@@ -19,6 +20,7 @@ from __future__ import annotations
 
 import logging
 import struct
+import time
 from collections.abc import Callable, Collection
 from dataclasses import dataclass
 from typing import Any
@@ -123,25 +125,42 @@ class FramedWebSocket(eio_gevent.WebSocketWSGI):
 class WriteCounters:
     direct: int = 0  # frames written straight to the socket
     queued: int = 0  # frames (or their rest) that waited in engine.io's queue
+    writes: int = 0  # send calls made for the direct frames (frames / writes: frames per send)
 
 
 class DirectWriter:
     """engine.io's `send_packet` for plain websockets. A burst the listener takes from
     Redis costs each socket one syscall, not one per message."""
 
-    def __init__(self, eio: Any) -> None:
+    def __init__(self, eio: Any, linger: float = 0.0, clock: Callable[[], float] = time.monotonic) -> None:
+        """`linger`: seconds a frame sent with `linger=True` may wait for others due to
+        the same socket (0: it waits for the flush like any other)."""
         self._eio = eio
-        self._at_yield = gevent.get_hub().loop.run_callback  # runs once the greenlet yields
+        self._clock = clock
+        self._loop = loop = gevent.get_hub().loop
+        self._at_yield = loop.run_callback  # runs once the greenlet yields
         self._pending: dict[Any, list[bytes]] = {}  # engine.io socket -> frames, in order
+        # Frames that may wait until the linger's timer; a socket is in one of the two dicts
+        # at most (a frame that may not wait takes the socket's lingering ones with it).
+        self._lingering: dict[Any, list[bytes]] = {}
+        self._linger = linger
+        self._timer: Any = None  # the linger's timer while frames linger
+        # Sockets sent a lingering frame in this linger's window and in the one before.
+        self._seen: set[Any] = set()
+        self._seen_before: set[Any] = set()
+        self._window_ends = 0.0
         self.counters = WriteCounters()
 
-    def send_packet(self, eio_sid: str, pkt: eio_packet.Packet, frame: bytes = b"") -> None:
-        """`frame`, when given, is `pkt` already framed (built once for a whole room)."""
+    def send_packet(self, eio_sid: str, pkt: eio_packet.Packet, frame: bytes = b"", linger: bool = False) -> None:
+        """`frame`, when given, is `pkt` already framed (built once for a whole room).
+        `linger`: the frame may wait up to the writer's linger for more frames to the same
+        socket, and go out with them in one send, when such frames come that often
+        (`_lingers`)."""
         sock = self._eio.sockets.get(eio_sid)
         if getattr(sock, "chat_ws", None) is None or not sock.upgraded or sock.upgrading or pkt.binary:
             if sock is None or sock.closed:
                 return
-            frames = self._pending.pop(sock, None)
+            frames = self._pending.pop(sock, None) or self._lingering.pop(sock, None)
             if frames:  # frames waiting for the flush go first: this packet must not overtake them
                 sock.queue.put(FramedPacket(b"".join(frames)))
             # Into the queue, not through Socket.send: its ping-timeout check may close the
@@ -152,16 +171,52 @@ class DirectWriter:
             return
         if sock.closed or sock.closing:
             return
+        frame = frame or text_frame(pkt.encode().encode())
         frames = self._pending.get(sock)
         if frames is None:
+            if linger and self._linger > 0 and self._lingers(sock):
+                self._linger_frame(sock, frame)
+                return
             if not self._pending:
                 self._at_yield(self.flush)
-            frames = self._pending[sock] = []
-        frames.append(frame or text_frame(pkt.encode().encode()))
+            # What lingered for this socket goes first, in this flush's send.
+            frames = self._pending[sock] = self._lingering.pop(sock, None) or []
+        frames.append(frame)
+
+    def _lingers(self, sock: Any) -> bool:
+        """A lingering frame waits when the socket was sent one within the last one to two
+        lingers (a join storm in its room): the first of a quiet spell goes at once, so an
+        occasional presence event is not delayed, and a storm's are gathered."""
+        now = self._clock()
+        if now >= self._window_ends:
+            self._seen_before = self._seen if now < self._window_ends + self._linger else set()
+            self._seen = set()
+            self._window_ends = now + self._linger
+        recent = sock in self._lingering or sock in self._seen or sock in self._seen_before
+        self._seen.add(sock)  # a frame joining a linger counts too: the storm goes on
+        return recent
+
+    def _linger_frame(self, sock: Any, frame: bytes) -> None:
+        frames = self._lingering.get(sock)
+        if frames is None:
+            if not self._lingering:
+                # A fresh timer per linger: libev's, started again once it fired, fires at once.
+                self._timer = self._loop.timer(self._linger)
+                self._timer.start(self.flush_lingering)
+            frames = self._lingering[sock] = []
+        frames.append(frame)
 
     def flush(self) -> None:
         """Runs in gevent's hub, so it never blocks: a rest is queued, not waited for."""
         pending, self._pending = self._pending, {}
+        self._write_all(pending)
+
+    def flush_lingering(self) -> None:
+        """The linger's timer (in the hub, as `flush`): every lingering frame goes now."""
+        lingering, self._lingering = self._lingering, {}
+        self._write_all(lingering)
+
+    def _write_all(self, pending: dict[Any, list[bytes]]) -> None:
         for sock, frames in pending.items():
             try:
                 self._write(sock, frames)
@@ -173,7 +228,11 @@ class DirectWriter:
             return
         ws: FramedWebSocket = sock.chat_ws
         data = frames[0] if len(frames) == 1 else b"".join(frames)
-        sent = 0 if ws.busy or sock.queue.qsize() else ws.write_now(data)
+        if ws.busy or sock.queue.qsize():
+            sent = 0
+        else:
+            sent = ws.write_now(data)
+            self.counters.writes += 1
         if sent == len(data):
             self.counters.direct += len(frames)
         elif sent >= 0:
@@ -195,15 +254,16 @@ def _framed_websocket(handler: Any, server: Any) -> Callable[[dict[str, Any], An
     return FramedWebSocket(handler, server).__call__
 
 
-def install(socketio_server: Any) -> DirectWriter | None:
-    """Route this server's engine.io sends through a DirectWriter, and unmask what clients
-    send in C (gevent-websocket only; chat_app.transport checks the versions first)."""
+def install(socketio_server: Any, linger: float = 0.0) -> DirectWriter | None:
+    """Route this server's engine.io sends through a DirectWriter (`linger`: its linger),
+    and unmask what clients send in C (gevent-websocket only; chat_app.transport checks the
+    versions first)."""
     eio = socketio_server.eio
     if eio.async_mode != "gevent" or eio._async["websocket"] is not eio_gevent.WebSocketWSGI:
         return None
     eio._async = {**eio._async, "websocket": _framed_websocket}
     Header.mask_payload = Header.unmask_payload = _unmask
-    writer = DirectWriter(eio)
+    writer = DirectWriter(eio, linger)
     eio.send_packet = writer.send_packet
     return writer
 
@@ -215,7 +275,8 @@ class RoomFanout:
         self._server = socketio_server
         self._writer = writer
 
-    def emit(self, event: str, data: Any, room: str, skip: Collection[str] = ()) -> None:
+    def emit(self, event: str, data: Any, room: str, skip: Collection[str] = (), linger: bool = False) -> None:
+        """`linger`: the frames may wait for the writer's linger (DirectWriter.send_packet)."""
         if self._writer is None:
             self._server.emit(event, data, to=room, skip_sid=list(skip) or None, namespace=NAMESPACE)
             return
@@ -230,4 +291,4 @@ class RoomFanout:
             members = [(sid, eio_sid) for sid, eio_sid in members if sid not in skip]
         frame = text_frame(pkt.encode().encode())
         for _sid, eio_sid in members:
-            self._writer.send_packet(eio_sid, pkt, frame)
+            self._writer.send_packet(eio_sid, pkt, frame, linger)

@@ -21,6 +21,11 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 CLOSE_GRACE = 1.0  # seconds a client disconnected by the server has to close its transport
+# Events whose frames may wait PRESENCE_LINGER for more frames to the same socket (the
+# direct writer's linger): in a join storm a member is told of each arrival in its room,
+# one send syscall each otherwise. Any other frame to the socket takes them along at once,
+# so the socket's order is kept.
+LINGERING = frozenset({"presence"})
 
 
 def _socketio_room(room: str) -> str:
@@ -38,10 +43,10 @@ class SocketIOOut:
         self._cut_late = transport.pinned
 
     def emit_room(self, event: str, data: dict[str, Any], room: str, skip: Collection[str] = ()) -> None:
-        self._fanout.emit(event, data, _socketio_room(room), skip)
+        self._fanout.emit(event, data, _socketio_room(room), skip, event in LINGERING)
 
     def emit_to(self, sid: str, event: str, data: dict[str, Any]) -> None:
-        self._fanout.emit(event, data, sid)  # every sid is a Socket.IO room of its own
+        self._fanout.emit(event, data, sid, (), event in LINGERING)  # every sid is a Socket.IO room of its own
 
     def enter_room(self, sid: str, room: str) -> None:
         self._socketio.server.enter_room(sid, _socketio_room(room), namespace="/")

@@ -55,6 +55,7 @@ def test_metrics_count_a_cross_node_message(redis_server, nodes) -> None:
         # 3 messages and 3 join acks, each written at once: nothing was queued on an idle socket
         assert after_b["chat_websocket_frames_total{path=direct}"] >= 6
         assert after_b["chat_websocket_frames_total{path=queued}"] == 0
+        assert 0 < after_b["chat_websocket_writes_total"] <= after_b["chat_websocket_frames_total{path=direct}"]
         assert after_b["chat_recoveries_total{result=ok}"] == 1
         assert after_b["chat_recoveries_total{result=failed}"] == 1
         assert "chat_gaps_filled_total" in after_b

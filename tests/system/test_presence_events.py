@@ -5,7 +5,7 @@ from __future__ import annotations
 import signal
 import time
 
-from helpers import ChatClient, wait_until
+from helpers import ChatClient, scrape, wait_until
 
 
 def actions(client: ChatClient, room: str = "lobby") -> list[tuple[str, str | None, int]]:
@@ -31,6 +31,34 @@ def test_join_leave_and_disconnect_are_seen_across_nodes(redis_server, nodes) ->
     assert actions(alice) == [("join", "bob", 2), ("join", "carol", 3), ("leave", "bob", 2), ("leave", "carol", 1)]
     alice.close()
     bob.close()
+
+
+def test_a_join_storm_is_told_to_every_member_whole_and_in_order_in_fewer_writes(redis_server, nodes) -> None:
+    """PRESENCE_LINGER (its default): a member told of arrivals in quick succession gets
+    them gathered into fewer writes, each one still once, in order, after its own ack."""
+    node = nodes.start(redis_server.url)
+    watcher = ChatClient(node.url, "watcher")
+    joiners = [ChatClient(node.url, f"u{i}") for i in range(8)]
+    try:
+        watcher.call("join_room", "lobby")
+        before = scrape(node.url)
+        for client in joiners:
+            assert client.call("join_room", "lobby")["ok"]
+        wait_until(lambda: len(actions(watcher)) == 8, what="the watcher told of 8 arrivals")
+        assert actions(watcher) == [("join", f"u{i}", i + 2) for i in range(8)]
+        for i, client in enumerate(joiners):
+            later = [("join", f"u{j}", j + 2) for j in range(i + 1, 8)]
+            told = len(later)
+            wait_until(lambda c=client, n=told: len(actions(c)) == n, what=f"u{i} told of {told}")
+            assert actions(client) == later
+        after = scrape(node.url)
+        frames = after["chat_websocket_frames_total{path=direct}"] - before["chat_websocket_frames_total{path=direct}"]
+        writes = after["chat_websocket_writes_total"] - before["chat_websocket_writes_total"]
+        assert frames >= 8 + 36  # the joins' acks, and 8 + 7 + ... + 1 arrivals told
+        assert writes < frames
+    finally:
+        for client in [watcher, *joiners]:
+            client.close()
 
 
 def test_two_connections_of_one_user_join_once_and_leave_once(redis_server, nodes) -> None:

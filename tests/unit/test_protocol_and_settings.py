@@ -207,6 +207,8 @@ def test_settings_read_the_environment() -> None:
     assert (s.presence_ttl, s.heartbeat_interval, s.cors_allowed_origins) == (3.0, 1.0, ["https://a", "https://b"])
     assert s.redis_url is None and s.key_prefix == "chat"
     assert Settings.from_env({"PUBLISH_LINGER": "0"}).publish_linger == 0.0
+    assert Settings.from_env({}).presence_linger == 0.1
+    assert Settings.from_env({"PRESENCE_LINGER": "0"}).presence_linger == 0.0
 
 
 @pytest.mark.parametrize(
@@ -220,6 +222,7 @@ def test_settings_read_the_environment() -> None:
         ({"AUTH_SECRET": "short"}, "AUTH_SECRET must be at least 32 bytes"),
         ({"PUBLISH_LINGER": "0.5"}, r"PUBLISH_LINGER must be 0 \(off\) to 0.1 seconds"),
         ({"PUBLISH_LINGER": "-0.001"}, r"PUBLISH_LINGER must be 0 \(off\) to 0.1 seconds"),
+        ({"PRESENCE_LINGER": "0.2"}, r"PRESENCE_LINGER must be 0 \(off\) to 0.1 seconds"),
     ],
 )
 def test_bad_settings_are_named_clearly(env: dict[str, str], message: str) -> None:
