@@ -48,9 +48,14 @@ def test_a_join_storm_is_told_to_every_member_whole_and_in_order_in_fewer_writes
         assert actions(watcher) == [("join", f"u{i}", i + 2) for i in range(8)]
         for i, client in enumerate(joiners):
             later = [("join", f"u{j}", j + 2) for j in range(i + 1, 8)]
-            told = len(later)
-            wait_until(lambda c=client, n=told: len(actions(c)) == n, what=f"u{i} told of {told}")
-            assert actions(client) == later
+            earlier = [("join", f"u{j}", j + 2) for j in range(i)]
+            wait_until(
+                lambda c=client, want=later: [a for a in actions(c) if a in want] == want,
+                what=f"u{i} told of {len(later)} later arrivals",
+            )
+            # An arrival published before this member's join can reach the node after it
+            # (presence travels through Redis): told late, then, but never its own.
+            assert all(a in later or a in earlier for a in actions(client)), actions(client)
         after = scrape(node.url)
         frames = after["chat_websocket_frames_total{path=direct}"] - before["chat_websocket_frames_total{path=direct}"]
         writes = after["chat_websocket_writes_total"] - before["chat_websocket_writes_total"]
