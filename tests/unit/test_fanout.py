@@ -124,11 +124,18 @@ def _frames(*texts: str) -> bytes:
     return b"".join(text_frame(b"4" + t.encode()) for t in texts)
 
 
-def test_a_storms_presence_frames_to_a_socket_go_out_in_one_write_after_the_first() -> None:
+def _told_one_presence() -> tuple[Clock, Any, WritingSocket]:
+    """A writer with a 0.1 s linger whose socket was just told one presence frame, `p1`:
+    the first of a quiet spell, written at the loop turn's flush."""
     clock = Clock()
     writer, sock = _writer(0.1, clock)
-    _send(writer, "p1")  # the first of a quiet spell: at the flush, not delayed
+    _send(writer, "p1")
     writer.flush()
+    return clock, writer, sock
+
+
+def test_a_storms_presence_frames_to_a_socket_go_out_in_one_write_after_the_first() -> None:
+    clock, writer, sock = _told_one_presence()
     assert sock.chat_ws.writes == [_frames("p1")]
     clock.now += 0.03
     _send(writer, "p2")
@@ -142,10 +149,7 @@ def test_a_storms_presence_frames_to_a_socket_go_out_in_one_write_after_the_firs
 
 
 def test_a_frame_that_may_not_wait_takes_the_lingering_ones_with_it_in_order() -> None:
-    clock = Clock()
-    writer, sock = _writer(0.1, clock)
-    _send(writer, "p1")
-    writer.flush()
+    _, writer, sock = _told_one_presence()
     _send(writer, "p2")  # lingers
     _send(writer, "message", linger=False)  # a broadcast, an ack: due at this loop turn
     _send(writer, "p3")  # behind the message, in the same write
@@ -157,10 +161,7 @@ def test_a_frame_that_may_not_wait_takes_the_lingering_ones_with_it_in_order() -
 def test_a_frame_joining_a_linger_keeps_the_storm_going() -> None:
     """Seen counts every frame, the ones that joined a linger too: a socket told of an
     arrival every ~70 ms lingers throughout, rather than every other window going at once."""
-    clock = Clock()
-    writer, sock = _writer(0.1, clock)
-    _send(writer, "p1")  # t=0: at once
-    writer.flush()
+    clock, writer, sock = _told_one_presence()
     for at, text in ((0.05, "p2"), (0.12, "p3")):  # lingering, and joining that linger
         clock.now = 100.0 + at
         _send(writer, text)
@@ -176,10 +177,7 @@ def test_a_frame_joining_a_linger_keeps_the_storm_going() -> None:
 
 
 def test_after_a_quiet_spell_a_presence_frame_goes_at_once_again() -> None:
-    clock = Clock()
-    writer, sock = _writer(0.1, clock)
-    _send(writer, "p1")
-    writer.flush()
+    clock, writer, sock = _told_one_presence()
     clock.now += 0.25  # more than two lingers without one
     _send(writer, "p2")
     writer.flush()
@@ -199,10 +197,7 @@ def test_a_packet_taking_engineios_path_does_not_overtake_lingering_frames() -> 
 
     from chat_app.transport.fanout import FramedPacket
 
-    clock = Clock()
-    writer, sock = _writer(0.1, clock)
-    _send(writer, "p1")
-    writer.flush()
+    _, writer, sock = _told_one_presence()
     _send(writer, "p2")  # lingers
     binary = eio_packet.Packet(eio_packet.MESSAGE, b"\x00second")
     writer.send_packet("e1", binary)
