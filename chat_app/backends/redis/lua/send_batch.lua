@@ -106,113 +106,119 @@ local function settle(st, seq_key, hist, epoch_key, dedup, srv_key, id, candidat
   st.ready = true
 end
 
+-- This batch's earlier message of room `st` under dedup id `id`, as its answer's entries.
+-- `todo` holds the messages stored so far, four entries each (`plan`).
+local function earlier(todo, stored, ARGV, base, st, id)
+  for j = 0, 4 * (stored - 1), 4 do
+    if todo[j + 1] == st and ARGV[base + 4 * todo[j + 2] + 2] == id then
+      return tonumber(todo[j + 3]), st.epoch, todo[j + 4]
+    end
+  end
+end
+
+-- send_batch's first pass for message `i`: the epoch's rules and its dedup id; its seq is
+-- the room's next (`st.seq`), kept in Lua until the second pass writes it. A message to
+-- store is appended to `todo` (room state, message index, seq digits, envelope). Returns
+-- the count stored so far, then the message's three answer entries. A function of its own,
+-- not a closure in send_batch: one made per call (and an upvalue per captured local) was
+-- Lua's collector's largest share of a lone message's work.
+local function plan(i, KEYS, ARGV, base, got, rooms, order, todo, stored, candidate, server_id, keep)
+  local k, a, g = 6 * i, base + 4 * i, 4 * i
+  local seq_key = KEYS[k + 1]
+  if got[g + 3] then return stored, -1, math.max(redis.call('PTTL', KEYS[k + 6]), 0), false end
+  local id = ARGV[a + 2]
+  local st = rooms[seq_key]
+  if not st then
+    st = room_state(got[g + 1], got[g + 2], got[g + 4])
+    st.k = k
+    rooms[seq_key] = st
+  end
+  if not st.ready then
+    local seq, epoch, envelope = settle(st, seq_key, KEYS[k + 2], KEYS[k + 3], KEYS[k + 4], KEYS[k + 5], id, candidate, i, server_id)
+    if seq then return stored, seq, epoch, envelope end
+  end
+  if ARGV[a + 4] ~= '' then st.renew = true end
+
+  local dedup = KEYS[k + 4]
+  local digits = tostring(st.seq + 1)  -- formatted once (Lua formats a number with sprintf each time)
+  if st.new_set then  -- the sentinel first: the set is born hashed
+    redis.call('ZADD', dedup, 'inf', SENTINEL, digits, id)
+    st.new_set = false
+  elseif redis.call('ZADD', dedup, 'NX', digits, id) == 0 then
+    local seq, epoch, envelope = earlier(todo, stored, ARGV, base, st, id)  -- sent earlier in this batch
+    if seq then return stored, seq, epoch, envelope end
+    local seen = redis.call('ZSCORE', dedup, id)
+    envelope = tonumber(seen) > st.seq - keep and stored_under(KEYS[k + 2], seen)
+    if envelope then return stored, tonumber(seen), st.epoch, envelope end
+    -- Its message left the history: the id names this new message from now on.
+    redis.call('ZADD', dedup, 'XX', digits, id)
+  end
+  if not st.checked_srv then
+    st.checked_srv = true
+    if server_id ~= '' and st.srv ~= server_id then
+      -- Last written through another server (a replica promoted by a failover), the room
+      -- may have lost its newest messages to asynchronous replication, so its seqs could
+      -- repeat: a new epoch tells every node and client to follow the stream afresh. The
+      -- stream itself stays, so a send retried across the failover is still found by its
+      -- dedup id (above, before the switch).
+      if st.srv then
+        st.epoch = epoch_at(candidate, i)
+        redis.call('SET', KEYS[k + 3], st.epoch)
+      end
+      redis.call('SET', KEYS[k + 5], server_id)
+      st.srv, st.renew = server_id, true
+    end
+  end
+  local seq = st.seq + 1
+  st.seq = seq
+  if not st.first then
+    st.first = seq
+    order[#order + 1] = st
+  end
+  local t = 4 * stored
+  todo[t + 1], todo[t + 2], todo[t + 3] = st, i, digits
+  todo[t + 4] = ARGV[a + 1] .. ',"seq":' .. digits .. ',"epoch":"' .. st.epoch .. '"}'
+  return stored + 1, seq, st.epoch, false
+end
+
 -- Each message's own ARGV are ARGV[base + 4i + 1..4]: envelope_head (JSON without its closing
 -- brace), dedup_id, channel, renew ('1': renew the room's TTLs, else ''); history_length,
 -- room_ttl_ms, server_id (the master's replication id) and `candidate` are the batch's, the
 -- same for every message of one server. A room that starts an epoch here takes `candidate`
 -- (random) at the batch's first message, else `candidate` followed by its message's index:
 -- every epoch is new while a message costs no random argument of its own.
--- Lua's own work was a third of Redis's per message (callgrind, 20 rooms): the common path
--- makes no table per message beyond its answer, none per room beyond its state.
+-- Lua's own work was a third of Redis's per message (callgrind, 20 rooms), much of it its
+-- collector's and tables growing one entry at a time: the common path makes no table per
+-- message, one per room (its state), and its arrays at their full size at once (a
+-- constructor from `unpack(ARGV, ...)`, which holds 4 + 4 * count entries: Lua 5.1 has no
+-- table.new).
 local function send_batch(KEYS, ARGV, count, base, length, room_ttl, server_id, candidate)
-  local names = {}
+  local n = 4 * count
+  local names = {unpack(ARGV, 1, ARCHIVE_KEY and n + 1 or n)}
   for i = 0, count - 1 do
     local k = 6 * i
     names[4 * i + 1], names[4 * i + 2], names[4 * i + 3], names[4 * i + 4] = KEYS[k + 3], KEYS[k + 5], KEYS[k + 6], KEYS[k + 1]
   end
-  if ARCHIVE_KEY then names[4 * count + 1] = ARCHIVE_KEY end
+  if ARCHIVE_KEY then names[n + 1] = ARCHIVE_KEY end
   local got = redis.call('MGET', unpack(names))
-  local archive = ARCHIVE_KEY and archive_conf(got[4 * count + 1]) or nil
+  local archive = ARCHIVE_KEY and archive_conf(got[n + 1]) or nil
   local keep = tonumber(length)
-  local rooms, order, results = {}, {}, {}
-  -- The messages to store, in order (parallel arrays): room state, message index, seq digits,
-  -- envelope.
-  local to_room, to_index, to_digits, to_envelope, stored = {}, {}, {}, {}, 0
-
-  -- This batch's earlier message of the room under dedup id `id`, as its answer's entries.
-  local function earlier(st, id)
-    for j = 1, stored do
-      if to_room[j] == st and ARGV[base + 4 * to_index[j] + 2] == id then
-        return tonumber(to_digits[j]), st.epoch, to_envelope[j]
-      end
-    end
-  end
-
-  -- First pass, in order: the epoch's rules and the dedup id of each message; its seq is
-  -- the room's next (`st.seq`), kept in Lua until the second pass writes it.
-  local function plan(i)
-    local k, a, g = 6 * i, base + 4 * i, 4 * i
-    local seq_key = KEYS[k + 1]
-    if got[g + 3] then return -1, math.max(redis.call('PTTL', KEYS[k + 6]), 0), false end
-    local id = ARGV[a + 2]
-    local st = rooms[seq_key]
-    if not st then
-      st = room_state(got[g + 1], got[g + 2], got[g + 4])
-      st.k = k
-      rooms[seq_key] = st
-    end
-    if not st.ready then
-      local seq, epoch, stored = settle(st, seq_key, KEYS[k + 2], KEYS[k + 3], KEYS[k + 4], KEYS[k + 5], id, candidate, i, server_id)
-      if seq then return seq, epoch, stored end
-    end
-    if ARGV[a + 4] ~= '' then st.renew = true end
-
-    local dedup = KEYS[k + 4]
-    local digits = tostring(st.seq + 1)  -- formatted once (Lua formats a number with sprintf each time)
-    if st.new_set then  -- the sentinel first: the set is born hashed
-      redis.call('ZADD', dedup, 'inf', SENTINEL, digits, id)
-      st.new_set = false
-    elseif redis.call('ZADD', dedup, 'NX', digits, id) == 0 then
-      local seq, epoch, envelope = earlier(st, id)  -- sent earlier in this batch
-      if seq then return seq, epoch, envelope end
-      local seen = redis.call('ZSCORE', dedup, id)
-      envelope = tonumber(seen) > st.seq - keep and stored_under(KEYS[k + 2], seen)
-      if envelope then return tonumber(seen), st.epoch, envelope end
-      -- Its message left the history: the id names this new message from now on.
-      redis.call('ZADD', dedup, 'XX', digits, id)
-    end
-    if not st.checked_srv then
-      st.checked_srv = true
-      if server_id ~= '' and st.srv ~= server_id then
-        -- Last written through another server (a replica promoted by a failover), the room
-        -- may have lost its newest messages to asynchronous replication, so its seqs could
-        -- repeat: a new epoch tells every node and client to follow the stream afresh. The
-        -- stream itself stays, so a send retried across the failover is still found by its
-        -- dedup id (above, before the switch).
-        if st.srv then
-          st.epoch = epoch_at(candidate, i)
-          redis.call('SET', KEYS[k + 3], st.epoch)
-        end
-        redis.call('SET', KEYS[k + 5], server_id)
-        st.srv, st.renew = server_id, true
-      end
-    end
-    local seq = st.seq + 1
-    st.seq = seq
-    if not st.first then
-      st.first = seq
-      order[#order + 1] = st
-    end
-    stored = stored + 1
-    to_room[stored], to_index[stored], to_digits[stored] = st, i, digits
-    to_envelope[stored] = ARGV[a + 1] .. ',"seq":' .. digits .. ',"epoch":"' .. st.epoch .. '"}'
-    return seq, st.epoch, false
-  end
+  local rooms, order = {}, {}
+  local results, todo, stored = {unpack(ARGV, 1, 3 * count)}, {unpack(ARGV, 1, n)}, 0
 
   for i = 0, count - 1 do
     local r = 3 * i
-    results[r + 1], results[r + 2], results[r + 3] = plan(i)
+    stored, results[r + 1], results[r + 2], results[r + 3] = plan(i, KEYS, ARGV, base, got, rooms, order, todo, stored, candidate, server_id, keep)
   end
   -- Second pass, a call per room: the seqs, before anything is stored under them (a batch
   -- stopped half-way by an error leaves a gap, never a seq given twice).
   for _, st in ipairs(order) do redis.call('INCRBY', KEYS[st.k + 1], st.seq - st.first + 1) end
   -- Third pass, in order: history, the archive's outbox, the channel.
-  for j = 1, stored do
-    local st, envelope = to_room[j], to_envelope[j]
-    local i = to_index[j]
+  for j = 0, 4 * (stored - 1), 4 do
+    local st, i, digits, envelope = todo[j + 1], todo[j + 2], todo[j + 3], todo[j + 4]
     local hist = KEYS[6 * i + 2]
-    if not xadd(hist, true, to_digits[j], envelope) then
-      xadd(hist, false, to_digits[j], envelope)  -- the stream was gone
+    if not xadd(hist, true, digits, envelope) then
+      xadd(hist, false, digits, envelope)  -- the stream was gone
       st.renew = true
     end
     if archive then redis.call('XADD', ARCHIVE_KEY .. ':outbox', 'MAXLEN', '~', archive.most, '*', 'e', envelope) end
