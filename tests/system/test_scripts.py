@@ -1,10 +1,10 @@
-"""The Lua scripts against a real redis-server: a flushed script cache costs a reload on
-both ways scripts run (pipelined, and on the publisher's held connection), and a room whose
-position the store lost starts afresh, in a new epoch, whichever script meets it first."""
+"""The Lua scripts against a real redis-server: a flushed script cache or function library
+costs a reload on both ways scripts run (pipelined, and on the publisher's held
+connection), a server without functions runs them as scripts, and a room whose position
+the store lost starts afresh, in a new epoch, whichever script meets it first."""
 
 from __future__ import annotations
 
-import hashlib
 import json
 
 import pytest
@@ -17,19 +17,26 @@ from chat_app.backends.redis.presence import RedisPresence
 from chat_app.backends.redis.scripts import HeldConnection, LuaScript, run_scripts
 from chat_app.backends.redis.send import Renewals, SendScript
 from chat_app.settings import Settings
+from tests.support.processes import RedisServer, free_port
 
 pytestmark = pytest.mark.timeout(30)
 HISTORY = LuaScript.load("history.lua", sharded=False)
 
 
-def inline(source: str) -> LuaScript:
-    return LuaScript(source, hashlib.sha1(source.encode()).hexdigest())
+def inline(source: str, function: bool = False) -> LuaScript:
+    return LuaScript.of("", source, function)
+
+
+def calls_made(client: redis.Redis) -> dict[str, int]:
+    stats = client.info("commandstats")
+    return {name: stats.get(f"cmdstat_{name}", {}).get("calls", 0) for name in ("fcall", "evalsha")}
 
 
 @pytest.mark.parametrize("way", ["pipelined", "held"])
-def test_a_flushed_script_cache_is_reloaded_and_every_call_runs_once(redis_server, way: str) -> None:
+@pytest.mark.parametrize("function", [False, True], ids=["script", "function"])
+def test_a_flushed_script_cache_is_reloaded_and_every_call_runs_once(redis_server, way: str, function: bool) -> None:
     client = redis.Redis.from_url(redis_server.url)
-    script = inline("return redis.call('INCR', KEYS[1])")
+    script = inline("return redis.call('INCR', KEYS[1])", function)
     held = HeldConnection(client, idle_recheck=60)
 
     def run(keys: list[str]) -> list[object]:
@@ -37,10 +44,45 @@ def test_a_flushed_script_cache_is_reloaded_and_every_call_runs_once(redis_serve
         return run_scripts(client, calls) if way == "pipelined" else held.run_scripts(calls)
 
     assert run(["a", "b"]) == [1, 1]
-    client.script_flush()
+    client.function_flush() if function else client.script_flush()
     assert run(["a", "b", "a"]) == [2, 2, 3]  # each ran exactly once, after one reload
-    assert client.script_exists(script.sha) == [True]
+    if function:
+        libraries = [dict(zip(lib[::2], lib[1::2], strict=True)) for lib in client.function_list()]
+        assert [lib[b"library_name"].decode() for lib in libraries] == [script.function]
+        assert calls_made(client)["evalsha"] == 0  # every call, first ones and reruns, was an FCALL
+    else:
+        assert client.script_exists(script.sha) == [True]
     held.release()
+
+
+def test_the_send_scripts_run_as_functions_and_as_scripts_on_a_server_without_them(tmp_path, caplog) -> None:
+    """Redis before 7.0 (here: FUNCTION and FCALL renamed away) knows no functions: the send
+    scripts run by EVALSHA there, after one warning, and store exactly what FCALL does."""
+    servers = {
+        "functions": RedisServer(tmp_path / "with", free_port()),
+        "none": RedisServer(
+            tmp_path / "without", free_port(), ["--rename-command", "FUNCTION", "", "--rename-command", "FCALL", ""]
+        ),
+    }
+    stored = {}
+    try:
+        for kind, server in servers.items():
+            server.start()
+            room = Room(server.url)
+            held = HeldConnection(room.client)
+            draft = Draft.new("lobby", "ann", "hello", "n1", "k1")
+            call = room.script.call(draft, room.keys, "e1", "")
+            assert [SendScript.envelope(draft, r).seq for r in held.run_scripts([call, call])] == [1, 1]
+            assert room.send("again", "e1") == (2, "e1")  # pipelined
+            made = calls_made(room.client)
+            stored[kind] = [json.loads(e)["message"] for e in room.history()]
+            assert (made["fcall"] > 0, made["evalsha"] > 0) == ((True, False) if kind == "functions" else (False, True))
+            held.release()
+    finally:
+        for server in servers.values():
+            server.stop()
+    assert stored["functions"] == stored["none"] == ["hello", "again"]
+    assert [r.message for r in caplog.records if "functions_off" in r.message] != []
 
 
 class Room:
@@ -50,12 +92,12 @@ class Room:
         self.keys = RoomKeys.of(self.settings.key_prefix, "lobby")
         self.now = 0.0  # the sending process's clock, in seconds (Renewals)
         renewals = Renewals(self.settings.redis_room_ttl_ms, clock=lambda: self.now)
-        self._send = SendScript(self.client, self.settings, renewals)
+        self.script = SendScript(self.client, self.settings, renewals)
         self.presence = RedisPresence(RedisClients.from_settings(self.settings), self.settings)
 
     def send(self, text: str, epoch: str, key: str | None = None) -> tuple[int, str]:
         draft = Draft.new("lobby", "ann", text, "n1", key)
-        [result] = run_scripts(self.client, [self._send.call(draft, self.keys, epoch, "")])
+        [result] = run_scripts(self.client, [self.script.call(draft, self.keys, epoch, "")])
         envelope = SendScript.envelope(draft, result)
         return envelope.seq, envelope.epoch
 
@@ -279,7 +321,7 @@ def send_batch(room: Room, sends: list[tuple[str, str, str | None]], epoch: str 
     """One send_many.lua call for (room, text, key) sends; each answer as (seq, epoch)."""
     drafts = [Draft.new(name, "ann", text, "n1", key) for name, text, key in sends]
     sends = [(d, RoomKeys.of(room.settings.key_prefix, d.room)) for d in drafts]
-    [result] = run_scripts(room.client, [room._send.batch(sends, epoch, "srv1")])
+    [result] = run_scripts(room.client, [room.script.batch(sends, epoch, "srv1")])
     answers = SendScript.answers(len(sends), result)
     return [(e.seq, e.epoch) for e in (SendScript.envelope(d, a) for d, a in zip(drafts, answers, strict=True))]
 

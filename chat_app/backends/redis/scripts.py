@@ -11,7 +11,7 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -21,8 +21,9 @@ from redis.connection import ConnectionInterface
 from redis.exceptions import AskError, NoScriptError
 
 from ... import versions
+from ...logsafe import q
 from ...settings import Settings
-from .connection import CONNECTION_ERRORS
+from .connection import CONNECTION_ERRORS, describe
 from .keys import archive_key
 from .topology import follow_moved, shard
 
@@ -59,18 +60,83 @@ class ArchiveLua:
         return f"local ARCHIVE_KEY = {key}\nlocal ARCHIVE_REQUIRED = {str(self.required).lower()}\n"
 
 
+class _Functions:
+    """Whether a script is still called as a Redis Function in this process: until a server
+    refuses to load its library (Redis before 7.0, FUNCTION denied by an ACL), then as
+    EVALSHA for good, which every server runs."""
+
+    __slots__ = ("on",)
+
+    def __init__(self, on: bool) -> None:
+        self.on = on
+
+
 @dataclass(frozen=True)
 class LuaScript:
+    """A script as EVAL runs it (`source`, `sha`) and, for the per-message scripts, the same
+    code as a Redis Function library (`library`, `function`; '' for none). FCALL runs a
+    function whose library Redis loaded once, where EVALSHA runs the script's whole body
+    again on every call: each of its local functions made anew and left to Lua's collector
+    (callgrind: ~10 % of a lone message's Redis instructions, issue 27 item 4)."""
+
     source: str
     sha: str
+    library: str = ""
+    function: str = ""
+    _functions: _Functions = field(default_factory=lambda: _Functions(False), compare=False, repr=False)
 
     @classmethod
-    def load(cls, *names: str, sharded: bool, archive: ArchiveLua = ArchiveLua()) -> LuaScript:
+    def load(cls, *names: str, sharded: bool, archive: ArchiveLua = ArchiveLua(), function: bool = False) -> LuaScript:
         """common.lua, then the named files; `PUBLISH` is SPUBLISH on a cluster, so a room's
         traffic stays on its shard instead of being copied to every cluster node."""
         header = f"local PUBLISH = '{'SPUBLISH' if sharded else 'PUBLISH'}'\n" + archive.header()
-        source = header + "".join((_LUA / name).read_text() for name in ("common.lua", *names))
-        return cls(source, hashlib.sha1(source.encode()).hexdigest())
+        shared = header + "".join((_LUA / name).read_text() for name in ("common.lua", *names[:-1]))
+        return cls.of(shared, (_LUA / names[-1]).read_text(), function)
+
+    @classmethod
+    def of(cls, shared: str, body: str, function: bool = False) -> LuaScript:
+        """`shared` then `body` as a script; `function`: also as a library whose function runs
+        `body`. `shared` must then keep no state between calls: a library's top level runs
+        once, at FUNCTION LOAD."""
+        source = shared + body
+        sha = hashlib.sha1(source.encode()).hexdigest()
+        if not function:
+            return cls(source, sha)
+        name = f"chat_app_{sha}"  # function names are one namespace across libraries: the sha keeps them apart
+        library = f"#!lua name={name}\n{shared}redis.register_function('{name}', function(KEYS, ARGV)\n{body}\nend)\n"
+        return cls(source, sha, library, name, _Functions(True))
+
+    def command(self, keys: Sequence[str], args: Sequence[object]) -> tuple[object, ...]:
+        if self._functions.on:
+            return ("FCALL", self.function, len(keys), *keys, *args)
+        return ("EVALSHA", self.sha, len(keys), *keys, *args)
+
+    def load_into(self, execute: Callable[..., Any]) -> None:
+        """Loads the script into the server `execute` sends commands to: its library, or the
+        script where the server refuses the library (from then on EVALSHA). Raises the
+        server's error when it refuses the script too."""
+        if self._functions.on:
+            try:
+                execute("FUNCTION", "LOAD", self.library)
+                return
+            except redis.ResponseError as exc:
+                if "already exists" in str(exc):  # another process loaded it meanwhile
+                    return
+                self._functions.on = False
+                log.warning("event=functions_off library=%s error=%s", self.function, q(describe(exc)))
+        execute("SCRIPT", "LOAD", self.source)
+
+
+def is_missing(result: object) -> bool:
+    """A server that does not hold the script: it lost its script cache or functions (a
+    restart, a failover to a replica that never had them, SCRIPT or FUNCTION FLUSH), or it
+    knows no FCALL (before Redis 7.0)."""
+    if isinstance(result, NoScriptError):
+        return True
+    if not isinstance(result, redis.ResponseError):
+        return False
+    text = str(result)
+    return text.startswith("Function not found") or (text.startswith("unknown command") and "fcall" in text.lower())
 
 
 Call = tuple[LuaScript, Sequence[str], Sequence[object]]
@@ -89,7 +155,7 @@ def run_scripts(client: AnyRedis, calls: Sequence[Call], rerun_moved: bool = Tru
         # each shard.
         if not isinstance(client, RedisCluster):
             for script in scripts:
-                client.script_load(script.source)
+                script.load_into(client.execute_command)
             return _pipeline(client, again)
         if moved:
             follow_moved(client, [keys[0] for _, keys, _ in again if keys])
@@ -98,7 +164,7 @@ def run_scripts(client: AnyRedis, calls: Sequence[Call], rerun_moved: bool = Tru
         for node, _ in _by_node(client, again).values():
             with contextlib.suppress(*CONNECTION_ERRORS), shard(client, node) as server:
                 for script in scripts:  # a shard away: its calls then fail in their place
-                    server.script_load(script.source)
+                    script.load_into(server.execute_command)
         return _pipelined(client, again)
 
     results = _pipelined(client, calls)
@@ -113,10 +179,10 @@ def _rerun_missing(
     rerun: Callable[[list[LuaScript], list[Call], bool], list[object]],
     rerun_moved: bool = True,
 ) -> list[object]:
-    """The calls a server answered NOSCRIPT (its script cache went: a restart, a failover,
-    SCRIPT FLUSH) or MOVED/ASK (a Cluster slot moved: `rerun` is told) go once more through
-    `rerun`, which loads their scripts first; the other results stay in place."""
-    missing = [i for i, r in enumerate(results) if isinstance(r, NoScriptError) or (rerun_moved and is_moved(r))]
+    """The calls a server answered without running their script (`is_missing`) or with
+    MOVED/ASK (a Cluster slot moved: `rerun` is told) go once more through `rerun`, which
+    loads their scripts first; the other results stay in place."""
+    missing = [i for i, r in enumerate(results) if is_missing(r) or (rerun_moved and is_moved(r))]
     if missing:
         scripts = list(dict.fromkeys(calls[i][0] for i in missing))
         moved = any(is_moved(results[i]) for i in missing)
@@ -164,7 +230,7 @@ def _by_node(client: RedisCluster, calls: Sequence[Call]) -> dict[str, tuple[Any
 def _pipeline(client: redis.Redis, calls: Sequence[Call]) -> list[object]:
     with client.pipeline(transaction=False) as pipe:
         for script, keys, args in calls:
-            pipe.evalsha(script.sha, len(keys), *keys, *args)
+            pipe.execute_command(*script.command(keys, args))
         return pipe.execute(raise_on_error=False)
 
 
@@ -198,16 +264,18 @@ class HeldConnection:
             return run_scripts(self._client, calls)
         conn = self._checkout()
 
+        def load(*command: object) -> None:
+            [reply] = self._round_trip(conn, [command])
+            if isinstance(reply, redis.ResponseError):
+                raise reply
+
         def rerun(scripts: list[LuaScript], again: list[Call], moved: bool) -> list[object]:
-            loads: list[tuple[object, ...]] = [("SCRIPT", "LOAD", script.source) for script in scripts]
-            replies = self._round_trip(conn, loads + [_evalsha(call) for call in again])
-            for loaded in replies[: len(scripts)]:
-                if isinstance(loaded, redis.ResponseError):
-                    raise loaded
-            return replies[len(scripts) :]
+            for script in scripts:
+                script.load_into(load)
+            return self._round_trip(conn, [_command(call) for call in again])
 
         try:
-            results = _rerun_missing(calls, self._round_trip(conn, [_evalsha(call) for call in calls]), rerun)
+            results = _rerun_missing(calls, self._round_trip(conn, [_command(call) for call in calls]), rerun)
         except redis.ResponseError:
             raise  # every reply was read: the connection is still in step
         except BaseException:
@@ -263,9 +331,9 @@ class HeldConnection:
         return results
 
 
-def _evalsha(call: Call) -> tuple[object, ...]:
+def _command(call: Call) -> tuple[object, ...]:
     script, keys, args = call
-    return ("EVALSHA", script.sha, len(keys), *keys, *args)
+    return script.command(keys, args)
 
 
 class _Waiting:
