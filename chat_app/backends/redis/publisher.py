@@ -289,7 +289,7 @@ class Publisher:
                 if len(batch) == 1:
                     [p] = batch
                     return self._held.run_scripts([self._send.call(p.draft, p.keys, candidate, server_id)])
-                # One EVALSHA for the whole batch: the call's own cost in Redis is paid once.
+                # One script call for the whole batch: its own cost in Redis is paid once.
                 sends = [(p.draft, p.keys) for p in batch]
                 [result] = self._held.run_scripts([self._send.batch(sends, candidate, server_id)])
                 return SendScript.answers(len(sends), result)
