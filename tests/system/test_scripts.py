@@ -56,16 +56,18 @@ def test_a_flushed_script_cache_is_reloaded_and_every_call_runs_once(redis_serve
     held.release()
 
 
-def test_the_send_scripts_run_as_functions_and_as_scripts_on_a_server_without_them(tmp_path) -> None:
-    """Redis before 7.0 (here: FUNCTION and FCALL renamed away) knows no functions: the send
-    scripts run by EVALSHA there, after one warning, and store exactly what FCALL does."""
-    servers = {
-        "functions": RedisServer(tmp_path / "with", free_port()),
-        "none": RedisServer(
-            tmp_path / "without", free_port(), ["--rename-command", "FUNCTION", "", "--rename-command", "FCALL", ""]
-        ),
-    }
-    stored = {}
+NO_FUNCTIONS = {
+    "functions": [],
+    "renamed": ["--rename-command", "FUNCTION", "", "--rename-command", "FCALL", ""],  # as before Redis 7.0
+    "acl": ["--user", "default", "on", "nopass", "~*", "&*", "+@all", "-function", "-fcall"],
+}
+
+
+@pytest.mark.parametrize("server_kind", list(NO_FUNCTIONS))
+def test_the_send_scripts_run_as_functions_and_as_scripts_on_a_server_without_them(tmp_path, server_kind: str) -> None:
+    """A server without functions (before Redis 7.0, or an ACL that denies them) runs the
+    send scripts by EVALSHA, after one warning, and stores exactly what FCALL does."""
+    server = RedisServer(tmp_path / "redis", free_port(), NO_FUNCTIONS[server_kind])
     warned: list[str] = []
     # caplog reads the root logger, which stops hearing chat_app once an app configured it
     logger = logging.getLogger("chat_app.backends.redis.scripts")
@@ -73,24 +75,22 @@ def test_the_send_scripts_run_as_functions_and_as_scripts_on_a_server_without_th
     handler.emit = lambda record: warned.append(record.getMessage())  # type: ignore[method-assign]
     logger.addHandler(handler)
     try:
-        for kind, server in servers.items():
-            server.start()
-            room = Room(server.url)
-            held = HeldConnection(room.client)
-            draft = Draft.new("lobby", "ann", "hello", "n1", "k1")
-            call = room.script.call(draft, room.keys, "e1", "")
-            assert [SendScript.envelope(draft, r).seq for r in held.run_scripts([call, call])] == [1, 1]
-            assert room.send("again", "e1") == (2, "e1")  # pipelined
-            made = calls_made(room.client)
-            stored[kind] = [json.loads(e)["message"] for e in room.history()]
-            assert (made["fcall"] > 0, made["evalsha"] > 0) == ((True, False) if kind == "functions" else (False, True))
-            held.release()
+        server.start()
+        room = Room(server.url)
+        held = HeldConnection(room.client)
+        draft = Draft.new("lobby", "ann", "hello", "n1", "k1")
+        call = room.script.call(draft, room.keys, "e1", "")
+        assert [SendScript.envelope(draft, r).seq for r in held.run_scripts([call, call])] == [1, 1]
+        assert room.send("again", "e1") == (2, "e1")  # pipelined
+        made = calls_made(room.client)
+        assert [json.loads(e)["message"] for e in room.history()] == ["hello", "again"]
+        held.release()
     finally:
         logger.removeHandler(handler)
-        for server in servers.values():
-            server.stop()
-    assert stored["functions"] == stored["none"] == ["hello", "again"]
-    assert [line for line in warned if "event=functions_off" in line] != []
+        server.stop()
+    functions = server_kind == "functions"
+    assert (made["fcall"] > 0, made["evalsha"] > 0) == (functions, not functions)
+    assert len([line for line in warned if "event=functions_off" in line]) == (0 if functions else 1)
 
 
 class Room:

@@ -18,7 +18,7 @@ from typing import Any
 import redis
 from redis.cluster import RedisCluster
 from redis.connection import ConnectionInterface
-from redis.exceptions import AskError, NoScriptError
+from redis.exceptions import AskError, NoPermissionError, NoScriptError
 
 from ... import versions
 from ...logsafe import q
@@ -122,21 +122,31 @@ class LuaScript:
             except redis.ResponseError as exc:
                 if "already exists" in str(exc):  # another process loaded it meanwhile
                     return
+                if not _refuses_functions(exc):
+                    raise  # OOM, BUSY...: the server's state, not its kind; the call fails as a script's would
                 self._functions.on = False
                 log.warning("event=functions_off library=%s error=%s", self.function, q(describe(exc)))
         execute("SCRIPT", "LOAD", self.source)
 
 
 def is_missing(result: object) -> bool:
-    """A server that does not hold the script: it lost its script cache or functions (a
-    restart, a failover to a replica that never had them, SCRIPT or FUNCTION FLUSH), or it
-    knows no FCALL (before Redis 7.0)."""
+    """A server that did not run the script because it does not hold it: it lost its script
+    cache or functions (a restart, a failover to a replica that never had them, SCRIPT or
+    FUNCTION FLUSH), or it runs no FCALL (before Redis 7.0, renamed away, denied by an ACL)."""
     if isinstance(result, NoScriptError):
         return True
     if not isinstance(result, redis.ResponseError):
         return False
     text = str(result)
-    return text.startswith("Function not found") or (text.startswith("unknown command") and "fcall" in text.lower())
+    if text.startswith("Function not found"):
+        return True
+    return "fcall" in text.lower() and _refuses_functions(result)
+
+
+def _refuses_functions(exc: redis.ResponseError) -> bool:
+    """A server that will never run a library: it knows no FUNCTION or FCALL (before Redis
+    7.0, or renamed away), or its ACL denies them."""
+    return isinstance(exc, NoPermissionError) or str(exc).lower().startswith("unknown command")
 
 
 Call = tuple[LuaScript, Sequence[str], Sequence[object]]
