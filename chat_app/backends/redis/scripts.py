@@ -268,8 +268,9 @@ class HeldConnection:
         self._hiredis = pack_command is not None and codecs.lookup(client.get_encoder().encoding).name == "utf-8"
 
     def run_scripts(self, calls: Sequence[Call]) -> list[object]:
-        """As `run_scripts`, in one round trip; a server that lost its script cache costs a
-        second one, which loads the scripts and runs those calls again."""
+        """As `run_scripts`, in one round trip; a server that lost its scripts costs one more
+        per script to load (a library refused is told apart from one loaded) and one that
+        runs those calls again."""
         if not self._direct:
             return run_scripts(self._client, calls)
         conn = self._checkout()
