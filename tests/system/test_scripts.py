@@ -21,7 +21,6 @@ from chat_app.settings import Settings
 from tests.support.processes import RedisServer, free_port
 
 pytestmark = pytest.mark.timeout(30)
-HISTORY = LuaScript.load("history.lua", sharded=False)
 
 
 def inline(source: str, function: bool = False) -> LuaScript:
@@ -64,9 +63,9 @@ NO_FUNCTIONS = {
 
 
 @pytest.mark.parametrize("server_kind", list(NO_FUNCTIONS))
-def test_the_send_scripts_run_as_functions_and_as_scripts_on_a_server_without_them(tmp_path, server_kind: str) -> None:
+def test_the_scripts_run_as_functions_and_as_scripts_on_a_server_without_them(tmp_path, server_kind: str) -> None:
     """A server without functions (before Redis 7.0, or an ACL that denies them) runs the
-    send scripts by EVALSHA, after one warning, and stores exactly what FCALL does."""
+    scripts by EVALSHA, after a warning for each, and stores exactly what FCALL does."""
     server = RedisServer(tmp_path / "redis", free_port(), NO_FUNCTIONS[server_kind])
     warned: list[str] = []
     # caplog reads the root logger, which stops hearing chat_app once an app configured it
@@ -82,15 +81,16 @@ def test_the_send_scripts_run_as_functions_and_as_scripts_on_a_server_without_th
         call = room.script.call(draft, room.keys, "e1", "")
         assert [SendScript.envelope(draft, r).seq for r in held.run_scripts([call, call])] == [1, 1]
         assert room.send("again", "e1") == (2, "e1")  # pipelined
+        assert room.presence.join("lobby", "sid1", "bob").position.seq == 2  # touch.lua
+        assert [json.loads(e)["message"] for e in room.history()] == ["hello", "again"]  # history.lua
         made = calls_made(room.client)
-        assert [json.loads(e)["message"] for e in room.history()] == ["hello", "again"]
         held.release()
     finally:
         logger.removeHandler(handler)
         server.stop()
     functions = server_kind == "functions"
     assert (made["fcall"] > 0, made["evalsha"] > 0) == (functions, not functions)
-    assert len([line for line in warned if "event=functions_off" in line]) == (0 if functions else 1)
+    assert len([line for line in warned if "event=functions_off" in line]) == (0 if functions else 3)  # once a script
 
 
 class Room:
@@ -101,6 +101,7 @@ class Room:
         self.now = 0.0  # the sending process's clock, in seconds (Renewals)
         renewals = Renewals(self.settings.redis_room_ttl_ms, clock=lambda: self.now)
         self.script = SendScript(self.client, self.settings, renewals)
+        self._history = LuaScript.load("history.lua", sharded=False, reads_only=True)  # as broker.py loads it
         self.presence = RedisPresence(RedisClients.from_settings(self.settings), self.settings)
 
     def send(self, text: str, epoch: str, key: str | None = None) -> tuple[int, str]:
@@ -122,7 +123,7 @@ class Room:
         """What joins, recoveries and history pages read (history.lua), oldest first."""
         keys = [self.keys.epoch, self.keys.seq, self.keys.hist]
         args = [after, upto, newest, self.settings.history_length]
-        [(_epoch, _seq, *envelopes)] = run_scripts(self.client, [(HISTORY, keys, args)])
+        [(_epoch, _seq, *envelopes)] = run_scripts(self.client, [(self._history, keys, args)])
         return envelopes
 
     def seqs(self, after: int | str = "", upto: int | str = "", newest: int = 1000) -> list[int]:
@@ -147,6 +148,33 @@ def test_a_join_into_a_room_that_lost_its_epoch_starts_it_afresh(redis_server) -
     assert joined.position.seq == 0 and joined.position.epoch != "e1"
     assert room.history() == [] and not room.client.exists(room.keys.seq, room.keys.dedup, room.keys.srv)
     assert room.send("b", "e9") == (1, joined.position.epoch)
+
+
+def test_a_server_out_of_memory_still_answers_the_reads_and_refuses_the_writes(redis_server) -> None:
+    """A full server refuses a function that may write before it runs; the reads are
+    declared `no-writes` and still run there, as scripts did, and a read whose library the
+    server lost then (it has no memory to load it) runs as a script."""
+    room = Room(redis_server.url)
+    room.presence.join("lobby", "sid1", "bob")
+    assert room.send("a", "e1")[0] == 1
+
+    def read() -> tuple[list[int], list[str]]:
+        return room.seqs(), [m.user for m in room.presence.members("lobby")]
+
+    assert read() == ([1], ["bob"])  # the reads' libraries are loaded
+    room.client.config_set("maxmemory", 1)  # noeviction: every write is refused from now on
+    try:
+        before = calls_made(room.client)
+        assert read() == ([1], ["bob"])
+        with pytest.raises(BackendUnavailable, match="maxmemory"):
+            room.send("b", "e1")
+        assert calls_made(room.client)["evalsha"] == before["evalsha"]  # every call above an FCALL
+        room.client.function_flush()
+        assert read() == ([1], ["bob"])
+        assert calls_made(room.client)["evalsha"] == before["evalsha"] + 2
+        assert room.client.get(room.keys.seq) == b"1"
+    finally:
+        room.client.config_set("maxmemory", 0)
 
 
 def test_a_send_renews_the_room_ttl_once_per_tenth_of_it_and_on_the_keys_it_creates(redis_server) -> None:

@@ -54,7 +54,9 @@ class RedisBroker:
         self._instance_id = settings.instance_id
         self._envelope_limit = max_wire_bytes(settings.max_message_bytes)
         self._history_length = settings.history_length
-        self._history = LuaScript.load("history.lua", sharded=isinstance(clients.commands, RedisCluster))
+        self._history = LuaScript.load(
+            "history.lua", sharded=isinstance(clients.commands, RedisCluster), reads_only=True
+        )
         # Joins, leaves and history reads of many members share round trips (RedisPresence too).
         self.batcher = ScriptBatcher(clients.commands, "redis-batcher")
         self.publisher = Publisher(clients.publisher, settings)

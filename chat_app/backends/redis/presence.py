@@ -77,7 +77,7 @@ class RedisPresence:
         self._beat = LuaScript.load("prelude.lua", "beat.lua", sharded=sharded, archive=archive)
         self._leave = LuaScript.load("prelude.lua", "leave.lua", sharded=sharded, archive=archive)
         self._names = LuaScript.load("prelude.lua", "names.lua", sharded=sharded, archive=archive)
-        self._members = LuaScript.load("members.lua", sharded=sharded)
+        self._members = LuaScript.load("members.lua", sharded=sharded, reads_only=True)
         self._calls = batcher or ScriptBatcher(self._redis, "presence-calls")
         self._directs = DirectLists(self._redis, settings.key_prefix, settings.redis_room_ttl_ms)
         self._local = LocalRooms(dict, lambda rooms: {})

@@ -18,7 +18,7 @@ from typing import Any
 import redis
 from redis.cluster import RedisCluster
 from redis.connection import ConnectionInterface
-from redis.exceptions import AskError, NoPermissionError, NoScriptError
+from redis.exceptions import AskError, NoPermissionError, NoScriptError, OutOfMemoryError
 
 from ... import versions
 from ...logsafe import q
@@ -73,11 +73,11 @@ class _Functions:
 
 @dataclass(frozen=True)
 class LuaScript:
-    """A script as EVAL runs it (`source`, `sha`) and, for the per-message scripts, the same
-    code as a Redis Function library (`library`, `function`; '' for none). FCALL runs a
-    function whose library Redis loaded once, where EVALSHA runs the script's whole body
-    again on every call: each of its local functions made anew and left to Lua's collector
-    (callgrind: ~10 % of a lone message's Redis instructions, issue 27 item 4)."""
+    """A script as EVAL runs it (`source`, `sha`) and the same code as a Redis Function
+    library (`library`, `function`; '' for none). FCALL runs a function whose library Redis
+    loaded once, where EVALSHA runs the script's whole body again on every call: each of its
+    local functions made anew and left to Lua's collector (callgrind: ~10 % of a lone
+    message's Redis instructions, issue 27 item 4)."""
 
     source: str
     sha: str
@@ -86,24 +86,32 @@ class LuaScript:
     _functions: _Functions = field(default_factory=lambda: _Functions(False), compare=False, repr=False)
 
     @classmethod
-    def load(cls, *names: str, sharded: bool, archive: ArchiveLua = ArchiveLua(), function: bool = False) -> LuaScript:
-        """common.lua, then the named files; `PUBLISH` is SPUBLISH on a cluster, so a room's
-        traffic stays on its shard instead of being copied to every cluster node."""
+    def load(
+        cls, *names: str, sharded: bool, archive: ArchiveLua = ArchiveLua(), reads_only: bool = False
+    ) -> LuaScript:
+        """common.lua, then the named files, as a library whose function runs the last file;
+        `PUBLISH` is SPUBLISH on a cluster, so a room's traffic stays on its shard instead of
+        being copied to every cluster node."""
         header = f"local PUBLISH = '{'SPUBLISH' if sharded else 'PUBLISH'}'\n" + archive.header()
         shared = header + "".join((_LUA / name).read_text() for name in ("common.lua", *names[:-1]))
-        return cls.of(shared, (_LUA / names[-1]).read_text(), function)
+        return cls.of(shared, (_LUA / names[-1]).read_text(), reads_only=reads_only)
 
     @classmethod
-    def of(cls, shared: str, body: str, function: bool = False) -> LuaScript:
-        """`shared` then `body` as a script; `function`: also as a library whose function runs
-        `body`. `shared` must then keep no state between calls: a library's top level runs
-        once, at FUNCTION LOAD."""
+    def of(cls, shared: str, body: str, function: bool = True, reads_only: bool = False) -> LuaScript:
+        """`shared` then `body` as a script and, with `function`, as a library whose function
+        runs `body` (`shared` runs once then, at FUNCTION LOAD: what it keeps for a call must
+        be set anew by each, as prelude.lua's `begin` does). `reads_only`: the function is
+        declared `no-writes`, so Redis runs it when it is out of memory, as it ran the script."""
         source = shared + body
         sha = hashlib.sha1(source.encode()).hexdigest()
         if not function:
             return cls(source, sha)
         name = f"chat_app_{sha}"  # function names are one namespace across libraries: the sha keeps them apart
-        library = f"#!lua name={name}\n{shared}redis.register_function('{name}', function(KEYS, ARGV)\n{body}\nend)\n"
+        flags = ", flags = {'no-writes'}" if reads_only else ""
+        library = (
+            f"#!lua name={name}\n{shared}redis.register_function{{function_name = '{name}', "
+            f"callback = function(KEYS, ARGV)\n{body}\nend{flags}}}\n"
+        )
         return cls(source, sha, library, name, _Functions(True))
 
     def command(self, keys: Sequence[str], args: Sequence[object]) -> tuple[object, ...]:
@@ -113,8 +121,8 @@ class LuaScript:
 
     def load_into(self, execute: Callable[..., Any]) -> None:
         """Loads the script into the server `execute` sends commands to: its library, or the
-        script where the server refuses the library (from then on EVALSHA). Raises the
-        server's error when it refuses the script too."""
+        script where the server refuses the library or has no memory for it (from then on
+        EVALSHA). Raises the server's error when it refuses the script too."""
         if self._functions.on:
             try:
                 execute("FUNCTION", "LOAD", self.library)
@@ -122,8 +130,10 @@ class LuaScript:
             except redis.ResponseError as exc:
                 if "already exists" in str(exc):  # another process loaded it meanwhile
                     return
-                if not _refuses_functions(exc):
-                    raise  # OOM, BUSY...: the server's state, not its kind; the call fails as a script's would
+                if not (_refuses_functions(exc) or isinstance(exc, OutOfMemoryError)):
+                    raise  # BUSY...: the call fails as a script's would
+                # EVALSHA from now on: a server out of memory takes no library but a script,
+                # whose reads it still runs (and whose writes it refuses, as FCALL's)
                 self._functions.on = False
                 log.warning("event=functions_off library=%s error=%s", self.function, q(describe(exc)))
         execute("SCRIPT", "LOAD", self.source)

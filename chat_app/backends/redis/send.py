@@ -56,8 +56,8 @@ class SendScript:
     def __init__(self, client: AnyRedis, settings: Settings, renewals: Renewals | None = None) -> None:
         sharded = isinstance(client, RedisCluster)
         archive = ArchiveLua.of(settings, sharded)
-        self.script = LuaScript.load("send_batch.lua", "send.lua", sharded=sharded, archive=archive, function=True)
-        self.many = LuaScript.load("send_batch.lua", "send_many.lua", sharded=sharded, archive=archive, function=True)
+        self.script = LuaScript.load("send_batch.lua", "send.lua", sharded=sharded, archive=archive)
+        self.many = LuaScript.load("send_batch.lua", "send_many.lua", sharded=sharded, archive=archive)
         self._history_length = settings.history_length
         self._room_ttl_ms = settings.redis_room_ttl_ms
         self._renewals = renewals or Renewals(settings.redis_room_ttl_ms)

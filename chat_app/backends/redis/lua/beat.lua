@@ -5,6 +5,7 @@
 -- lost them: a restart, a flush, a failover to a replica that missed writes) change
 -- nothing more and return 1: the node rewrites the room's entries (touch.lua, replace).
 -- Returns 0 or 1.
+begin(KEYS, ARGV)
 prune()
 local held = tonumber(ARGV[10])
 if held == 0 or redis.call('HLEN', KEYS[2]) ~= held

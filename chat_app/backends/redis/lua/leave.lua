@@ -5,6 +5,7 @@
 -- died, presence.py sweep_orphans), 12 grace (1: a user's last departure is announced only
 -- if they are not back within the grace period).
 -- Returns 1 when the room was deleted.
+begin(KEYS, ARGV)
 local net = {}
 if ARGV[10] == 'node' then
   for _, user in ipairs(redis.call('HVALS', KEYS[2])) do net[user] = (net[user] or 0) - 1 end

@@ -3,6 +3,7 @@
 -- first page), 11 page size.
 -- Returns {members_count, epoch or false, seq, name, name, ...}: O(page), never O(members),
 -- so the open room route may use it.
+begin(KEYS, ARGV)
 prune()
 local from = ARGV[10] == '' and '-' or ('(' .. ARGV[10])
 local result = {redis.call('HLEN', KEYS[7]), redis.call('GET', KEYS[3]), tonumber(redis.call('GET', KEYS[4]) or '0')}

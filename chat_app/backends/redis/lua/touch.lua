@@ -6,6 +6,7 @@
 -- KEYS[11], a join's only: the user's ban from the room (server API); while it exists the
 -- join changes nothing and returns {'', milliseconds left}.
 -- Returns {epoch, seq, members_count, name, name, ...}.
+begin(KEYS, ARGV)
 if KEYS[11] then
   local left = redis.call('PTTL', KEYS[11])
   if left ~= -2 then return {'', math.max(left, 0)} end
