@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import threading
 import time
@@ -47,6 +48,18 @@ def wait_until(
             seen = f": {detail()}" if detail else ""
             raise AssertionError(f"timed out after {timeout}s waiting for {what or predicate}{seen}")
         time.sleep(interval)
+
+
+class Recorded(logging.Handler):
+    """A logger's records in a list (caplog reads the root logger, which chat_app's own
+    loggers stop propagating to once an app configured them)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.lines: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.lines.append(record.getMessage())
 
 
 class RecordingEmitter:

@@ -5,11 +5,14 @@ the store lost starts afresh, in a new epoch, whichever script meets it first.""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 
 import pytest
 import redis
+from helpers import Recorded
+from processes import RedisServer, free_port
 
 from chat_app.backends.base import BackendUnavailable, Draft
 from chat_app.backends.redis.clients import RedisClients
@@ -18,13 +21,12 @@ from chat_app.backends.redis.presence import RedisPresence
 from chat_app.backends.redis.scripts import HeldConnection, LuaScript, run_scripts
 from chat_app.backends.redis.send import Renewals, SendScript
 from chat_app.settings import Settings
-from tests.support.processes import RedisServer, free_port
 
 pytestmark = pytest.mark.timeout(30)
 
 
 def inline(source: str, function: bool = False) -> LuaScript:
-    return LuaScript.of("", source, function)
+    return LuaScript.of("", source) if function else LuaScript(source, hashlib.sha1(source.encode()).hexdigest())
 
 
 def calls_made(client: redis.Redis) -> dict[str, int]:
@@ -67,12 +69,9 @@ def test_the_scripts_run_as_functions_and_as_scripts_on_a_server_without_them(tm
     """A server without functions (before Redis 7.0, or an ACL that denies them) runs the
     scripts by EVALSHA, after a warning for each, and stores exactly what FCALL does."""
     server = RedisServer(tmp_path / "redis", free_port(), NO_FUNCTIONS[server_kind])
-    warned: list[str] = []
-    # caplog reads the root logger, which stops hearing chat_app once an app configured it
     logger = logging.getLogger("chat_app.backends.redis.scripts")
-    handler = logging.Handler(logging.WARNING)
-    handler.emit = lambda record: warned.append(record.getMessage())  # type: ignore[method-assign]
-    logger.addHandler(handler)
+    warned = Recorded()
+    logger.addHandler(warned)
     try:
         server.start()
         room = Room(server.url)
@@ -86,11 +85,13 @@ def test_the_scripts_run_as_functions_and_as_scripts_on_a_server_without_them(tm
         made = calls_made(room.client)
         held.release()
     finally:
-        logger.removeHandler(handler)
+        logger.removeHandler(warned)
         server.stop()
     functions = server_kind == "functions"
     assert (made["fcall"] > 0, made["evalsha"] > 0) == (functions, not functions)
-    assert len([line for line in warned if "event=functions_off" in line]) == (0 if functions else 3)  # once a script
+    assert len([line for line in warned.lines if "event=functions_off" in line]) == (
+        0 if functions else 3
+    )  # once a script
 
 
 class Room:

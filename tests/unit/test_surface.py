@@ -9,7 +9,7 @@ import logging
 import re
 
 import pytest
-from helpers import wait_until
+from helpers import Recorded, wait_until
 
 from chat_app import create_app
 from chat_app.http import SECURITY_HEADERS
@@ -50,18 +50,6 @@ def test_the_new_limits_have_defaults() -> None:
 def test_a_client_value_is_one_token_on_one_line(value: str, shown: str) -> None:
     assert q(value) == shown
     assert len(q(value).splitlines()) <= 1
-
-
-class Recorded(logging.Handler):
-    """A logger's records in a list (caplog reads the root logger, which chat_app's own
-    loggers stop propagating to once an app configured them)."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.lines: list[str] = []
-
-    def emit(self, record: logging.LogRecord) -> None:
-        self.lines.append(record.getMessage())
 
 
 def test_a_throttled_kind_logs_its_first_lines_then_says_how_many_it_held_back() -> None:

@@ -62,8 +62,8 @@ class ArchiveLua:
 
 class _Functions:
     """Whether a script is still called as a Redis Function in this process: until a server
-    refuses to load its library (Redis before 7.0, FUNCTION denied by an ACL), then as
-    EVALSHA for good, which every server runs."""
+    refuses to load its library (Redis before 7.0, FUNCTION denied by an ACL, no memory for
+    it), then as EVALSHA for good, which every server runs."""
 
     __slots__ = ("on",)
 
@@ -74,7 +74,7 @@ class _Functions:
 @dataclass(frozen=True)
 class LuaScript:
     """A script as EVAL runs it (`source`, `sha`) and the same code as a Redis Function
-    library (`library`, `function`; '' for none). FCALL runs a function whose library Redis
+    library (`library`, `function`; '' for a script built without one). FCALL runs a function whose library Redis
     loaded once, where EVALSHA runs the script's whole body again on every call: each of its
     local functions made anew and left to Lua's collector (callgrind: ~10 % of a lone
     message's Redis instructions, issue 27 item 4)."""
@@ -97,15 +97,13 @@ class LuaScript:
         return cls.of(shared, (_LUA / names[-1]).read_text(), reads_only=reads_only)
 
     @classmethod
-    def of(cls, shared: str, body: str, function: bool = True, reads_only: bool = False) -> LuaScript:
-        """`shared` then `body` as a script and, with `function`, as a library whose function
-        runs `body` (`shared` runs once then, at FUNCTION LOAD: what it keeps for a call must
-        be set anew by each, as prelude.lua's `begin` does). `reads_only`: the function is
-        declared `no-writes`, so Redis runs it when it is out of memory, as it ran the script."""
+    def of(cls, shared: str, body: str, reads_only: bool = False) -> LuaScript:
+        """`shared` then `body` as a script and as a library whose function runs `body`
+        (`shared` runs once then, at FUNCTION LOAD: what it keeps for a call must be set anew
+        by each, as prelude.lua's `begin` does). `reads_only`: the function is declared
+        `no-writes`, so Redis runs it when it is out of memory, as it ran the script."""
         source = shared + body
         sha = hashlib.sha1(source.encode()).hexdigest()
-        if not function:
-            return cls(source, sha)
         name = f"chat_app_{sha}"  # function names are one namespace across libraries: the sha keeps them apart
         flags = ", flags = {'no-writes'}" if reads_only else ""
         library = (
@@ -164,15 +162,16 @@ AnyRedis = redis.Redis | RedisCluster
 
 
 def run_scripts(client: AnyRedis, calls: Sequence[Call], rerun_moved: bool = True) -> list[object]:
-    """EVALSHA every call, one pipeline per server. Errors come back in place, not raised.
-    `rerun_moved=False`: a call a shard answered MOVED/ASK is not sent on (the map is still
-    refreshed) but comes back as that error, for callers whose calls name the server they
-    were built for (send.lua's server id: sent on unchanged, it would start a new epoch)."""
+    """Runs every call (FCALL, or EVALSHA where functions are off), one pipeline per server.
+    Errors come back in place, not raised. `rerun_moved=False`: a call a shard answered
+    MOVED/ASK is not sent on (the map is still refreshed) but comes back as that error, for
+    callers whose calls name the server they were built for (send.lua's server id: sent on
+    unchanged, it would start a new epoch)."""
 
     def rerun(scripts: list[LuaScript], again: list[Call], moved: bool) -> list[object]:
         # Only when a slot moved: a topology refresh also reconnects every connection the
-        # client lent out (redis-py 8), and NOSCRIPT comes with each script's first call on
-        # each shard.
+        # client lent out (redis-py 8), and "Function not found" (or NOSCRIPT) comes with
+        # each script's first call on each shard.
         if not isinstance(client, RedisCluster):
             for script in scripts:
                 script.load_into(client.execute_command)
