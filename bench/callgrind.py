@@ -30,12 +30,13 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import re
 import shutil
 import subprocess
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -131,6 +132,50 @@ async def run_messages(
             await asyncio.sleep(0.01)
 
 
+@contextlib.asynccontextmanager
+async def counted_cluster(
+    server: Server, tmp: Path, count_redis: bool = False, env: dict[str, str] | None = None
+) -> AsyncIterator[tuple[list[procs.Proc], Callable[[], Awaitable[int]]]]:
+    """Two nodes on a private Redis, node A (or, `count_redis`, Redis) under callgrind with
+    counting off. Yields the nodes and `count(work)`: zeroes the counts, switches counting
+    on, awaits `work`, switches it off and returns the instructions counted."""
+    if server.label == OURS.label:  # each member joins every room at once: past the default JOIN_RATE
+        server = replace(server, spec=replace(server.spec, env={**server.spec.env, **JOIN_LIMITS, **(env or {})}))
+    out = tmp / "callgrind"
+    out.mkdir()
+    redis = procs.start_redis(tmp / "redis", valgrind_command(out) if count_redis else (), timeout=60)
+    url = f"redis://127.0.0.1:{redis.port}/0"
+    nodes: list[procs.Proc] = []
+    try:
+        node_a = procs.start_node(server.spec if count_redis else valgrind_spec(server, out), url, tmp / "a", "A")
+        nodes.append(node_a)
+        nodes.append(procs.start_node(server.spec, url, tmp / "b", "B"))
+        for node in nodes:
+            procs.wait_healthy(node, timeout=300)
+
+        async def count(work: Awaitable[object]) -> int:
+            pids = counted_pids(redis if count_redis else node_a, out)
+            if not pids:
+                raise RuntimeError("callgrind_control sees no process to count")
+            for pid in pids:
+                callgrind_control(out, "--zero", str(pid))  # zero what start-up and the warm-up left
+                callgrind_control(out, "--instr=on", str(pid))
+            await work
+            for pid in pids:
+                callgrind_control(out, "--instr=off", str(pid))
+            for path in out.glob("callgrind.out.*"):
+                path.unlink()
+            for pid in pids:
+                callgrind_control(out, "--dump", str(pid))
+            return totals(out)
+
+        yield nodes, count
+    finally:
+        for node in nodes:
+            node.stop()
+        redis.stop()
+
+
 async def measure(
     server: Server,
     members: int,
@@ -148,24 +193,11 @@ async def measure(
     Redis runs under callgrind instead of node A. `rooms`: the messages take turns among that
     many rooms (W2 has 20: a batch then rarely holds two messages of one room)."""
     room_names = [f"cg{r}" for r in range(rooms)]
-    if server.label == OURS.label:  # each member joins every room at once: past the default JOIN_RATE
-        server = replace(server, spec=replace(server.spec, env={**server.spec.env, **JOIN_LIMITS}))
-    out = tmp / "callgrind"
-    out.mkdir()
-    redis = procs.start_redis(tmp / "redis", valgrind_command(out) if count_redis else (), timeout=60)
-    url = f"redis://127.0.0.1:{redis.port}/0"
-    nodes: list[procs.Proc] = []
-    try:
-        spec_a = server.spec if count_redis else valgrind_spec(server, out)
-        if local and server.label == OURS.label:
-            # Under callgrind node A runs far behind: its load gauge would refuse its own
-            # sender's sends (`overloaded`). The count is of the work, not of shedding.
-            spec_a = replace(spec_a, env={**spec_a.env, "OVERLOAD_LAG": "0"})
-        node_a = procs.start_node(spec_a, url, tmp / "a", "A")
-        nodes.append(node_a)
-        nodes.append(procs.start_node(server.spec, url, tmp / "b", "B"))
-        for node in nodes:
-            procs.wait_healthy(node, timeout=300)
+    # Under callgrind node A runs far behind: its load gauge would refuse its own sender's
+    # sends (`overloaded`). The count is of the work, not of shedding.
+    env = {"OVERLOAD_LAG": "0"} if local and not count_redis else None
+    async with counted_cluster(server, tmp, count_redis, env) as (nodes, count):
+        node_a = nodes[0]
         received = [0] * members
 
         def counter(i: int) -> Callable[[str, object], None]:
@@ -183,30 +215,56 @@ async def measure(
         for room in room_names:
             await sender.call("join_room", {"room": room}, timeout=60)
         await run_messages(sender, clients, received, warmup, room_names)
-        pids = counted_pids(redis if count_redis else node_a, out)
-        if not pids:
-            raise RuntimeError("callgrind_control sees no process to count")
-        for pid in pids:
-            callgrind_control(out, "--zero", str(pid))  # zero what start-up and the warm-up left
-            callgrind_control(out, "--instr=on", str(pid))
-        await run_messages(sender, clients, received, messages, room_names)
-        for pid in pids:
-            callgrind_control(out, "--instr=off", str(pid))
-        for path in out.glob("callgrind.out.*"):
-            path.unlink()
-        for pid in pids:
-            callgrind_control(out, "--dump", str(pid))
+        instructions = await count(run_messages(sender, clients, received, messages, room_names))
         for c in [*clients, sender]:
             c.close()
-        if keep is not None:  # for callgrind_annotate
-            keep.mkdir(parents=True, exist_ok=True)
-            for path in out.glob("callgrind.out.*"):
-                shutil.copy(path, keep / f"{server.label}-{path.name}")
-        return Count(server.label, totals(out), messages * (members + local), messages)
-    finally:
-        for node in nodes:
-            node.stop()
-        redis.stop()
+        keep_dumps(keep, server, tmp)
+        return Count(server.label, instructions, messages * (members + local), messages)
+
+
+async def connect_and_join(ports: list[int], first: int, count: int, rooms: int) -> list[SioClient]:
+    """Clients `first`.. `first + count - 1`, one at a time, each on the nodes in turn, into
+    the rooms in turn (as W3 spreads them)."""
+    clients = []
+    for i in range(first, first + count):
+        client = await connect(ports[i % len(ports)], f"j{i}", timeout=120)
+        ack = await client.call("join_room", {"room": f"cgj{i % rooms}"}, timeout=120)
+        if not ack or not ack.get("ok"):
+            raise RuntimeError(f"join failed: {ack}")
+        clients.append(client)
+    return clients
+
+
+async def measure_joins(
+    server: Server, joins: int, warmup: int, rooms: int, tmp: Path, keep: Path | None = None, count_redis: bool = False
+) -> Count:
+    """W3's connects and joins: `joins` clients over the two nodes, into `rooms` rooms, after
+    `warmup` others. Node A does its own clients' connects and joins and tells its members
+    of node B's (presence), as each node does in W3; its count is per connect + join of its
+    own (joins / 2). `count_redis`: Redis's instructions per join instead."""
+    async with counted_cluster(server, tmp, count_redis) as (nodes, count):
+        ports = [n.port for n in nodes]
+        held = await connect_and_join(ports, 0, warmup, rooms)
+        joined: list[SioClient] = []
+
+        async def work() -> None:
+            joined.extend(await connect_and_join(ports, warmup, joins, rooms))
+
+        instructions = await count(work())
+        for c in [*held, *joined]:
+            c.close()
+        keep_dumps(keep, server, tmp)
+        per = joins if count_redis else joins // 2
+        return Count(server.label, instructions, per, per)
+
+
+def keep_dumps(keep: Path | None, server: Server, tmp: Path) -> None:
+    """Copies callgrind's dumps to `keep` (for callgrind_annotate)."""
+    if keep is None:
+        return
+    keep.mkdir(parents=True, exist_ok=True)
+    for path in (tmp / "callgrind").glob("callgrind.out.*"):
+        shutil.copy(path, keep / f"{server.label}-{path.name}")
 
 
 def main() -> None:
@@ -220,7 +278,8 @@ def main() -> None:
         "--sender", choices=("remote", "local"), default="remote", help="local: node A also ingests the sends"
     )
     parser.add_argument("--count", choices=("node", "redis"), default="node", help="what runs under callgrind")
-    parser.add_argument("--rooms", type=int, default=1, help="rooms the messages take turns among")
+    parser.add_argument("--rooms", type=int, default=1, help="rooms the messages (or joins) take turns among")
+    parser.add_argument("--joins", type=int, default=0, help="count connects + joins instead of messages (W3's work)")
     args = parser.parse_args()
     if shutil.which("valgrind") is None or shutil.which("callgrind_control") is None:
         raise SystemExit("needs valgrind (Debian's valgrind package)")
@@ -231,31 +290,31 @@ def main() -> None:
     counts = []
     for server in servers:
         with tempfile.TemporaryDirectory(prefix=f"cg-{server.label}-") as tmp:
-            counts.append(
-                asyncio.run(
-                    measure(
-                        server,
-                        args.members,
-                        args.messages,
-                        args.warmup,
-                        Path(tmp),
-                        args.sender == "local",
-                        args.keep,
-                        args.count == "redis",
-                        args.rooms,
-                    )
+            count_redis = args.count == "redis"
+            if args.joins:
+                work = measure_joins(server, args.joins, args.warmup, args.rooms, Path(tmp), args.keep, count_redis)
+            else:
+                work = measure(
+                    server,
+                    args.members,
+                    args.messages,
+                    args.warmup,
+                    Path(tmp),
+                    args.sender == "local",
+                    args.keep,
+                    count_redis,
+                    args.rooms,
                 )
-            )
+            counts.append(asyncio.run(work))
             c = counts[-1]
-            print(
-                f"{server.label}: {c.per_delivery:,.0f} instructions per delivery, {c.per_message:,.0f} per message",
-                flush=True,
-            )
+            unit = "connect + join" if args.joins else "delivery"
+            print(f"{server.label}: {c.per_delivery:,.0f} instructions per {unit}", flush=True)
     peer = next((c for c in counts if c.server == PEER.label), None)
-    counted = "Redis's" if args.count == "redis" else "node A's"
-    print(f"\n| server | {counted} instructions per delivery | per message | vs peer |\n|---|---:|---:|---:|")
+    counted = "Redis's" if count_redis else "node A's"
+    unit = "connect + join" if args.joins else "delivery"
+    print(f"\n| server | {counted} instructions per {unit} | per message | vs peer |\n|---|---:|---:|---:|")
     for c in counts:
-        ratio = f"{c.per_message / peer.per_message:.2f}x" if peer else "-"
+        ratio = f"{c.per_message / peer.per_message:.2f}x" if peer and peer.per_message else "-"
         print(f"| {c.server} | {c.per_delivery:,.0f} | {c.per_message:,.0f} | {ratio} |")
 
 

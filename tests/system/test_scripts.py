@@ -18,7 +18,7 @@ from chat_app.backends.base import BackendUnavailable, Draft
 from chat_app.backends.redis.clients import RedisClients
 from chat_app.backends.redis.keys import RoomKeys, archive_key
 from chat_app.backends.redis.presence import RedisPresence
-from chat_app.backends.redis.scripts import HeldConnection, LuaScript, run_scripts
+from chat_app.backends.redis.scripts import HeldConnection, LuaScript, ScriptBatcher, run_scripts
 from chat_app.backends.redis.send import Renewals, SendScript
 from chat_app.settings import Settings
 
@@ -440,3 +440,21 @@ def test_a_batch_stopped_by_an_error_leaves_a_gap_never_a_seq_twice(redis_server
     room.client.delete(hall)
     assert send_batch(room, sends) == [(1, "e1"), (3, "e1")]  # a's duplicate; seq 2 skipped
     assert len(room.history()) == 1
+
+
+def test_the_batcher_holds_one_connection_and_gets_past_a_restart_of_redis(redis_server) -> None:
+    """A restart of Redis breaks the connection the batcher holds; the next round trip still
+    runs its call, once, over the client's pipeline and its Retry."""
+    commands = RedisClients.from_settings(Settings(redis_url=redis_server.url)).commands
+    batcher = ScriptBatcher(commands, "test-batcher")
+    script = LuaScript.of("", "return redis.call('INCR', KEYS[1])")
+    try:
+        for expected in (1, 2, 3):
+            assert batcher.run((script, ["n"], []), timeout=10) == expected
+        assert batcher.round_trips == 3
+        redis_server.kill()
+        redis_server.restart()
+        assert batcher.run((script, ["n"], []), timeout=10) == 1  # a fresh server, the library loaded again
+        assert redis_server.client().get("n") == b"1"  # run once
+    finally:
+        batcher.stop()

@@ -3,7 +3,9 @@ can reach another room's keys, and wrapped in a hash tag so one room lives on on
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
+from functools import lru_cache, partial
 from urllib.parse import unquote
 
 _SAFE = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789_.-")
@@ -70,6 +72,13 @@ class RoomKeys:
             self.srv,
             self.names,
         ]
+
+
+def room_keys(prefix: str) -> Callable[[str], RoomKeys]:
+    """RoomKeys.of for one prefix, kept for the 1,024 rooms asked for last: escaping a room
+    name and formatting its keys cost more than the rest of a send's bookkeeping, and a
+    node's busy rooms are few enough to keep."""
+    return lru_cache(maxsize=1024)(partial(RoomKeys.of, prefix))
 
 
 def user_directs(prefix: str, user: str) -> str:

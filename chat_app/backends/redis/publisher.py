@@ -17,7 +17,6 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable
-from functools import lru_cache, partial
 
 import redis
 from redis.cluster import RedisCluster
@@ -28,7 +27,7 @@ from ...random_ids import RandomIds
 from ...settings import Settings
 from ..base import BackendUnavailable, Banned, Draft, Overloaded
 from .connection import CONNECTION_ERRORS, describe, reconnect_backoff
-from .keys import RoomKeys
+from .keys import RoomKeys, room_keys
 from .scripts import AnyRedis, Call, HeldConnection, is_moved, run_scripts
 from .send import SendScript, ServerIds
 
@@ -94,9 +93,7 @@ class Publisher:
         # A cluster spreads a batch over shards, and its MOVED/ASK handling lives in
         # run_scripts' per-shard pipelines; one server is served through one held connection.
         self._held = None if isinstance(client, RedisCluster) else HeldConnection(client)
-        # Escaping a room name and formatting its ten keys cost more than the rest of a send's
-        # bookkeeping; a node's busy rooms are few enough to keep.
-        self._room_keys = lru_cache(maxsize=1024)(partial(RoomKeys.of, settings.key_prefix))
+        self._room_keys = room_keys(settings.key_prefix)
         self._deadline = settings.send_deadline
         self._linger = settings.publish_linger
         self._last_batch = 0.0

@@ -372,12 +372,15 @@ class ScriptBatcher:
     queued while one round trip is in flight goes in the next, so a burst of joins costs a
     few round trips, not several per join, and a lone call waits for nothing but Redis.
 
-    One greenlet (a thread in the tests' threading mode) owns the round trips; a connection
-    error fails every call of that round trip (the client's Retry has already retried), and
-    an error reply comes back in its call's place, as from `run_scripts`."""
+    One greenlet (a thread in the tests' threading mode) owns the round trips, on a
+    connection it holds (HeldConnection: a redis-py pipeline per round trip was a fifth of a
+    node's CPU in a join storm). A connection error there sends the calls again through the
+    client's pipeline, whose Retry reconnects; one that fails that too fails every call of
+    the round trip. An error reply comes back in its call's place, as from `run_scripts`."""
 
     def __init__(self, client: AnyRedis, name: str, max_batch: int = 512) -> None:
         self._client = client
+        self._held = None if isinstance(client, RedisCluster) else HeldConnection(client)
         self._max_batch = max_batch
         self._queue: deque[_Waiting] = deque()
         self._wakeup = threading.Event()
@@ -419,7 +422,7 @@ class ScriptBatcher:
             self.round_trips += 1
             self.calls += len(batch)
             try:
-                results = run_scripts(self._client, [w.call for w in batch])
+                results = self._round_trip([w.call for w in batch])
             except Exception as exc:  # every waiter learns it; the batcher itself goes on
                 if not isinstance(exc, redis.RedisError):
                     log.exception("event=batch_failed calls=%d", len(batch))
@@ -427,3 +430,11 @@ class ScriptBatcher:
             for waiting, result in zip(batch, results, strict=True):
                 waiting.result = result
                 waiting.done.set()
+
+    def _round_trip(self, calls: list[Call]) -> list[object]:
+        if self._held is not None:
+            try:
+                return self._held.run_scripts(calls)
+            except CONNECTION_ERRORS:
+                pass  # the held connection was dropped; the pipeline below retries as the client says
+        return run_scripts(self._client, calls)

@@ -10,7 +10,6 @@ import secrets
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from functools import lru_cache, partial
 
 import redis
 
@@ -21,7 +20,7 @@ from .clients import no_retry, redis_client
 from .connection import reconnect_backoff
 from .control import ControlClient
 from .directs import DirectLists
-from .keys import RoomKeys
+from .keys import room_keys
 from .presence import store_ban
 from .scripts import is_moved, run_scripts
 from .send import SendScript, ServerIds
@@ -39,7 +38,7 @@ class StandaloneRedis:
         self._client = redis_client(settings, no_retry(), socket_timeout=socket_timeout)
         self._send = SendScript(self._client, settings)
         self._server_ids = ServerIds(self._client)
-        self._room_keys = lru_cache(maxsize=1024)(partial(RoomKeys.of, settings.key_prefix))
+        self._room_keys = room_keys(settings.key_prefix)
         self._control = ControlClient(self._client, settings.key_prefix, socket_timeout)
         self._directs = DirectLists(self._client, settings.key_prefix, settings.redis_room_ttl_ms)
         self._backoff = reconnect_backoff(settings)
