@@ -14,12 +14,20 @@ Whatever else node A does in that window (a presence heartbeat, engine.io pings)
 too, as it is part of what a delivery costs; the window is a few seconds.
 
     python -m bench.callgrind --count redis        # Redis's instructions per message instead
+    python -m bench.callgrind --joins 400 --warmup 400 --rooms 40   # per connect + join (W3's work)
 
 With `--count redis` the nodes run as they are and the Redis they share runs under
 callgrind: Redis's work per message (issue 27 item 4) as a figure a noisy machine does not
 move: the scripts and commands of each send, the PUBLISH to every subscribed node, and
 whatever else the nodes ask of Redis meanwhile (presence heartbeats), less the kernel's
 share (reads, writes, epoll), which at a low rate is most of Redis's CPU time.
+
+With `--joins N`, W3's work instead of messages: after `--warmup` others, N clients connect
+and join one at a time, on the two nodes in turn, into `--rooms` rooms in turn (W3 puts 20
+in a room: 400 + 400 into 40 rooms ends there too). Node A connects and joins its half and
+tells its members of every arrival (presence), as each node does in W3: its instructions per
+connect + join of its own, or with `--count redis` Redis's per join. The lingering of
+presence frames depends on timing, so the count moves by ~1 % from run to run.
 
 Callgrind counts user space only: the kernel's share (each member's `send`) is not in it.
 The peer's count includes V8 compiling as it goes (its threads are counted too): the warm-up
@@ -307,15 +315,18 @@ def main() -> None:
                 )
             counts.append(asyncio.run(work))
             c = counts[-1]
-            unit = "connect + join" if args.joins else "delivery"
-            print(f"{server.label}: {c.per_delivery:,.0f} instructions per {unit}", flush=True)
+            what = "connect + join" if args.joins else "delivery"
+            print(f"{server.label}: {c.per_delivery:,.0f} instructions per {what}", flush=True)
     peer = next((c for c in counts if c.server == PEER.label), None)
     counted = "Redis's" if count_redis else "node A's"
-    unit = "connect + join" if args.joins else "delivery"
-    print(f"\n| server | {counted} instructions per {unit} | per message | vs peer |\n|---|---:|---:|---:|")
+    if args.joins:
+        print(f"\n| server | {counted} instructions per connect + join | vs peer |\n|---|---:|---:|")
+    else:
+        print(f"\n| server | {counted} instructions per delivery | per message | vs peer |\n|---|---:|---:|---:|")
     for c in counts:
         ratio = f"{c.per_message / peer.per_message:.2f}x" if peer and peer.per_message else "-"
-        print(f"| {c.server} | {c.per_delivery:,.0f} | {c.per_message:,.0f} | {ratio} |")
+        per_message = "" if args.joins else f" {c.per_message:,.0f} |"
+        print(f"| {c.server} | {c.per_delivery:,.0f} |{per_message} {ratio} |")
 
 
 if __name__ == "__main__":
