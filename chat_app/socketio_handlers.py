@@ -14,12 +14,10 @@ from typing import Any
 from urllib.parse import parse_qs
 
 import gevent
-from engineio import packet as eio_packet
 from flask_socketio import SocketIO
 from socketio.exceptions import ConnectionRefusedError as Refused
 from socketio.packet import ACK
 
-from . import json_codec
 from .auth import identify
 from .protocol.errors import ChatError, ErrorCode
 from .protocol.requests import (
@@ -35,7 +33,6 @@ from .protocol.requests import (
 )
 from .service import ChatService, throttled
 from .transport import Transport
-from .transport.fanout import text_frame
 
 log = logging.getLogger(__name__)
 
@@ -190,10 +187,7 @@ def _send_without_waiting(
     def start(sid: str, eio_sid: str, ack_id: int | None, payload: Any) -> None:
         def reply(result: dict[str, Any]) -> None:
             if ack_id is not None and writer is not None:
-                # The ACK packet python-socketio would encode (`43<id>[<answer>]`), framed
-                # here: its packet objects, binary scan and engine.io hop cost more than this.
-                text = f"43{ack_id}[{json_codec.dumps(result)}]"
-                writer.send_packet(eio_sid, eio_packet.Packet(eio_packet.MESSAGE, text[1:]), text_frame(text.encode()))
+                writer.send_ack(eio_sid, ack_id, result)
             elif ack_id is not None:
                 sio._send_packet(eio_sid, sio.packet_class(ACK, namespace="/", id=ack_id, data=[result]))
             elif not result["ok"]:

@@ -92,7 +92,7 @@ def install_transport(
         # websocket's receive loop (lean_websockets: the deepest dispatch stays in the first
         # data-stack page).
         sio.handle_request = sio.eio.handle_request
-    transport = Transport(sio, Answers(sio), RoomFanout(sio, writer), writer, installed, guard, pinned)
+    transport = Transport(sio, Answers(sio, writer), RoomFanout(sio, writer), writer, installed, guard, pinned)
     log.info(
         "event=transport direct_writes=%s lean_websockets=%s answers_tracked=%s slow_client_watch=%s "
         "protocol_guard=%s bounded_frames=%s idle_reader=%s plain_headers=%s",

@@ -35,6 +35,8 @@ from geventwebsocket.websocket import Header
 from socketio import packet as sio_packet
 from wsaccel.xormask import XorMaskerSimple
 
+from .. import json_codec
+
 log = logging.getLogger(__name__)
 
 NAMESPACE = "/"
@@ -182,6 +184,14 @@ class DirectWriter:
             # What lingered for this socket goes first, in this flush's send.
             frames = self._pending[sock] = self._lingering.pop(sock, None) or []
         frames.append(frame)
+
+    def send_ack(self, eio_sid: str, ack_id: int, answer: dict[str, Any]) -> None:
+        """The ACK python-socketio would encode for `answer` on the default namespace
+        (`43<id>[<answer>]`), framed here: its packet objects, the scan of the answer for
+        binary data and the engine.io hop cost more than the rest of a send's or a join's
+        answer (an answer is JSON: it never holds binary data)."""
+        text = f"43{ack_id}[{json_codec.dumps(answer)}]"
+        self.send_packet(eio_sid, eio_packet.Packet(eio_packet.MESSAGE, text[1:]), text_frame(text.encode()))
 
     def _lingers(self, sock: Any) -> bool:
         """A lingering frame waits when the socket was sent one within the last one to two

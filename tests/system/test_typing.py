@@ -112,3 +112,12 @@ def test_typing_on_the_memory_backend(nodes) -> None:
     assert typings(alice) == []
     alice.close()
     bob.close()
+
+
+def test_a_typing_event_sent_with_an_ack_gets_an_empty_one(redis_server, nodes) -> None:
+    """typing answers nothing, so a client that asks for an ack gets Socket.IO's empty one
+    (`43<id>[]`), as from python-socketio itself: its handler returns no dict to frame."""
+    node = nodes.start(redis_server.url)
+    alice = joined(node.url, "alice")
+    assert alice.sio.call("typing", {"room": "lobby"}, timeout=5) is None
+    assert alice.call("send_message", {"room": "lobby", "message": "after"})["ok"]  # still connected
