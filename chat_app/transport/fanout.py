@@ -188,8 +188,8 @@ class DirectWriter:
     def send_ack(self, eio_sid: str, ack_id: int, answer: dict[str, Any]) -> None:
         """The ACK python-socketio would encode for `answer` on the default namespace
         (`43<id>[<answer>]`), framed here: its packet objects, the scan of the answer for
-        binary data and the engine.io hop cost more than the rest of a send's or a join's
-        answer (an answer is JSON: it never holds binary data)."""
+        binary data (an answer is JSON: it holds none) and the engine.io hop cost ~130,000
+        of a join's ~700,000 instructions (callgrind)."""
         text = f"43{ack_id}[{json_codec.dumps(answer)}]"
         self.send_packet(eio_sid, eio_packet.Packet(eio_packet.MESSAGE, text[1:]), text_frame(text.encode()))
 

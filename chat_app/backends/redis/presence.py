@@ -79,7 +79,7 @@ class RedisPresence:
         self._names = LuaScript.load("prelude.lua", "names.lua", sharded=sharded, archive=archive)
         self._members = LuaScript.load("members.lua", sharded=sharded, reads_only=True)
         self._calls = batcher or ScriptBatcher(self._redis, "presence-calls")
-        self._ids = RandomIds()  # candidate epochs: a join's own getrandom() was 3 % of its CPU
+        self._ids = RandomIds()  # candidate epochs: a getrandom() per join was 3 % of a join storm's CPU
         self._directs = DirectLists(self._redis, settings.key_prefix, settings.redis_room_ttl_ms)
         self._local = LocalRooms(dict, lambda rooms: {})
         self._keys = room_keys(settings.key_prefix)

@@ -373,8 +373,8 @@ class ScriptBatcher:
     few round trips, not several per join, and a lone call waits for nothing but Redis.
 
     One greenlet (a thread in the tests' threading mode) owns the round trips, on a
-    connection it holds (HeldConnection: a redis-py pipeline per round trip was a fifth of a
-    node's CPU in a join storm). A connection error there sends the calls again through the
+    connection it holds (HeldConnection: a redis-py pipeline per round trip was ~10 % of a
+    node's instructions per connect + join, by callgrind). A connection error there sends the calls again through the
     client's pipeline, whose Retry reconnects; one that fails that too fails every call of
     the round trip. An error reply comes back in its call's place, as from `run_scripts`."""
 
