@@ -129,8 +129,8 @@ async def run(args: argparse.Namespace, generator: Generator, servers: tuple[Ser
 def log(label: str, what: str, data: dict[str, Any]) -> None:
     keys = ("deliveries_per_s", "loss_pct", "p50_ms", "p99_ms", "node_cpu_us_per_delivery", "rss_kib_per_connection")
     keys += ("share_per_node", "refused", "generator_cpu_pct", "connect_and_join_total_s")
-    keys += ("node_cpu_us_per_connect_join", "redis_cpu_us_per_join", "rss_kib_per_connection_harness")
-    keys += ("rss_kib_per_connection_by_time",)
+    keys += ("node_cpu_us_per_connect_join", "node_cpu_us_per_join", "redis_cpu_us_per_join")
+    keys += ("rss_kib_per_connection_harness", "rss_kib_per_connection_by_time")
     brief = {k: (round(v, 2) if isinstance(v, float) else v) for k, v in data.items() if k in keys}
     print(f"[{time.strftime('%H:%M:%S')}] {label:8} {what:8} {brief}", flush=True)
 

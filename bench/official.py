@@ -30,6 +30,7 @@ from .workloads import (
     DRAIN_CAP_S,
     DRAIN_QUIET_S,
     PAD,
+    Between,
     FanOut,
     FanOutSession,
     Joined,
@@ -105,12 +106,13 @@ class _Process:
 
 
 @contextlib.asynccontextmanager
-async def _generator(job: dict[str, Any]) -> AsyncIterator[tuple[_Process, dict[str, Any]]]:
+async def _generator(job: dict[str, Any], first: str = "ready") -> AsyncIterator[tuple[_Process, dict[str, Any]]]:
+    """The generator given `job`, and its `first` event."""
     proc = await _Process.start()
     try:
         job.update(concurrency=CONNECT_CONCURRENCY, connect_timeout=CONNECT_TIMEOUT_S)
         proc.tell(job)
-        yield proc, await proc.expect("ready", SETUP_TIMEOUT_S)
+        yield proc, await proc.expect(first, SETUP_TIMEOUT_S)
     finally:
         await proc.close()
 
@@ -164,7 +166,11 @@ class OfficialGenerator:
             yield _OfficialSession(proc, f)
 
     @contextlib.asynccontextmanager
-    async def idle(self, members: list[Member]) -> AsyncIterator[Joined]:
+    async def idle(self, members: list[Member], between: Between | None = None) -> AsyncIterator[Joined]:
         job = {"kind": "idle", "members": [[m.port, m.user, m.room, 0] for m in members]}
-        async with _generator(job) as (_, ready):
-            yield Joined(ready["total_s"], ready["connect_times"], ready["join_times"])
+        async with _generator(job, "connected") as (proc, connected):
+            if between is not None:
+                between()
+            proc.tell({"cmd": "join"})  # generator.js waits for it between the two phases
+            ready = await proc.expect("ready", SETUP_TIMEOUT_S)
+            yield Joined(ready["total_s"], ready["connect_times"], ready["join_times"], connected["connect_s"])

@@ -108,6 +108,16 @@ def summary_rows(servers: list[dict[str, Any]]) -> list[Row]:
             )
         )
         rows.append(("W3 connect+join of all (s) ↓", each("w3", lambda w: w["connect_and_join_total_s"]) or []))
+        for phase in ("connect", "join"):  # runs saved before the phases were read apart have neither
+            rows.append(
+                (f"W3 {phase} phase (s) ↓", each("w3", lambda w, p=phase: w.get(f"{p}_phase_s", float("nan"))) or [])
+            )
+            rows.append(
+                (
+                    f"W3 node CPU µs per {phase} (its phase) ↓",
+                    each("w3", lambda w, p=phase: w.get(f"node_cpu_us_per_{p}", float("nan"))) or [],
+                )
+            )
         rows.append(("W3 connect p99 (ms) ↓", each("w3", lambda w: w["connect_p99_ms"]) or []))
         rows.append(("W3 join p99 (ms) ↓", each("w3", lambda w: w["join_p99_ms"]) or []))
     if (values := each("routing", _mean_share)) is not None:

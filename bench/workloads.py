@@ -369,6 +369,10 @@ class Joined:
     total_s: float
     connect_times: list[float]
     join_times: list[float]
+    connect_s: float  # the connect phase; the joins start after it
+
+
+Between = Callable[[], object]  # runs after the last connect, before the first join
 
 
 class Generator(Protocol):
@@ -378,8 +382,11 @@ class Generator(Protocol):
         """Connect and join every member; the session sends; leaving it closes every client."""
         ...
 
-    def idle(self, members: list[Member]) -> contextlib.AbstractAsyncContextManager[Joined]:
-        """Connect and join every member, hold them until the block ends."""
+    def idle(
+        self, members: list[Member], between: Between | None = None
+    ) -> contextlib.AbstractAsyncContextManager[Joined]:
+        """Connect every member, run `between`, join every member; hold them until the
+        block ends."""
         ...
 
     def describe(self) -> str: ...
@@ -420,12 +427,15 @@ class LeanGenerator:
             await asyncio.sleep(0.2)
 
     @contextlib.asynccontextmanager
-    async def idle(self, members: list[Member]) -> AsyncIterator[Joined]:
+    async def idle(self, members: list[Member], between: Between | None = None) -> AsyncIterator[Joined]:
         t = time.perf_counter()
         clients, connect_times = await connect_all([(m.port, m.user, None) for m in members])
+        connect_s = time.perf_counter() - t
         try:
+            if between is not None:
+                between()
             join_times = await join_all([(cl, f"room{m.room}") for cl, m in zip(clients, members, strict=True)])
-            yield Joined(time.perf_counter() - t, connect_times, join_times)
+            yield Joined(time.perf_counter() - t, connect_times, join_times, connect_s)
         finally:
             close_all(clients)
             await asyncio.sleep(0.5)
@@ -534,7 +544,8 @@ async def w3(
     lingers 1 s; V8 collects in its own time), so the project's reading (3 s) and the
     harness's (0.5 s) are both reported, and the worker alone beside the tree.
     `on_connecting(cluster)` runs just before the first connect (bench/profile.py starts
-    py-spy there); what it returns is waited for (`wait()`) after the readings."""
+    py-spy there); what it returns is waited for (`wait()`) after the readings. The nodes'
+    CPU is also read between the connects and the joins: the two phases cost apart."""
     with cluster(server, 2) as c:
         await asyncio.sleep(1.0)
         rss0 = [n.rss() for n in c.nodes]
@@ -542,7 +553,8 @@ async def w3(
         members = [Member(c.nodes[i % 2].port, f"idle{i}", i % rooms) for i in range(connections)]
         nodes_cpu0, redis_cpu0 = c.cpu()
         watcher = on_connecting(c) if on_connecting else None
-        async with generator.idle(members) as joined:
+        connected: list[tuple[list[float], float]] = []
+        async with generator.idle(members, lambda: connected.append(c.cpu())) as joined:
             acked = time.perf_counter()  # the generator yields once the last join is acked
             nodes_cpu1, redis_cpu1 = c.cpu()  # what the connects and joins cost
             readings: dict[float, list[int]] = {}
@@ -572,6 +584,11 @@ async def w3(
         "rss_kib_per_connection_worker_by_time": {f"{k:g}": v for k, v in own_per_conn.items()},
         "node_cpu_us_per_connect_join": 1e6 * (sum(nodes_cpu1) - sum(nodes_cpu0)) / connections,
         "redis_cpu_us_per_join": 1e6 * (redis_cpu1 - redis_cpu0) / connections,
+        # the two phases apart (the join phase: the joins, and the presence events they cause)
+        "connect_phase_s": joined.connect_s,
+        "join_phase_s": joined.total_s - joined.connect_s,
+        "node_cpu_us_per_connect": 1e6 * (sum(connected[0][0]) - sum(nodes_cpu0)) / connections,
+        "node_cpu_us_per_join": 1e6 * (sum(nodes_cpu1) - sum(connected[0][0])) / connections,
     }
 
 

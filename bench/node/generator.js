@@ -227,6 +227,10 @@ async function idle(job) {
   const connectTimes = await pool(job.members, job.concurrency, async ([port, user], i) => {
     sockets[i] = await connect(port, user, null, job.connect_timeout);
   });
+  // The bench reads the nodes' CPU between the two phases, then says go.
+  emit({ event: "connected", connect_s: now() - t });
+  const go = await command();
+  if (go.cmd !== "join") throw new Error(`expected join, got ${JSON.stringify(go)}`);
   const joinTimes = await pool(job.members, job.concurrency, ([, , room], i) => join(sockets[i], `room${room}`));
   emit({ event: "ready", total_s: now() - t, connect_times: connectTimes, join_times: joinTimes });
   return sockets;
