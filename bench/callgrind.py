@@ -145,8 +145,9 @@ async def counted_cluster(
     server: Server, tmp: Path, count_redis: bool = False, env: dict[str, str] | None = None
 ) -> AsyncIterator[tuple[list[procs.Proc], Callable[[], Awaitable[int]]]]:
     """Two nodes on a private Redis, node A (or, `count_redis`, Redis) under callgrind with
-    counting off. Yields the nodes and `count(work)`: zeroes the counts, switches counting
-    on, awaits `work`, switches it off and returns the instructions counted."""
+    counting off; `env`: more settings for chat_app's two nodes (the peer takes none).
+    Yields the nodes and `count(work)`: zeroes the counts, switches counting on, awaits
+    `work`, switches it off and returns the instructions counted."""
     if server.label == OURS.label:  # each member joins every room at once: past the default JOIN_RATE
         server = replace(server, spec=replace(server.spec, env={**server.spec.env, **JOIN_LIMITS, **(env or {})}))
     out = tmp / "callgrind"
@@ -202,7 +203,8 @@ async def measure(
     many rooms (W2 has 20: a batch then rarely holds two messages of one room)."""
     room_names = [f"cg{r}" for r in range(rooms)]
     # Under callgrind node A runs far behind: its load gauge would refuse its own sender's
-    # sends (`overloaded`). The count is of the work, not of shedding.
+    # sends (`overloaded`). The count is of the work, not of shedding. (Node B takes the
+    # setting too; with the sender on node A it sheds nothing either way.)
     env = {"OVERLOAD_LAG": "0"} if local and not count_redis else None
     async with counted_cluster(server, tmp, count_redis, env) as (nodes, count):
         node_a = nodes[0]

@@ -442,7 +442,7 @@ def test_a_batch_stopped_by_an_error_leaves_a_gap_never_a_seq_twice(redis_server
     assert len(room.history()) == 1
 
 
-def test_the_batcher_holds_one_connection_and_gets_past_a_restart_of_redis(redis_server) -> None:
+def test_the_batcher_gets_past_a_restart_of_redis_that_broke_its_held_connection(redis_server) -> None:
     """A restart of Redis breaks the connection the batcher holds; the next round trip still
     runs its call, once, over the client's pipeline and its Retry."""
     commands = RedisClients.from_settings(Settings(redis_url=redis_server.url)).commands

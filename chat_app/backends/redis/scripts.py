@@ -74,10 +74,10 @@ class _Functions:
 @dataclass(frozen=True)
 class LuaScript:
     """A script as EVAL runs it (`source`, `sha`) and the same code as a Redis Function
-    library (`library`, `function`; '' for a script built without one). FCALL runs a function whose library Redis
-    loaded once, where EVALSHA runs the script's whole body again on every call: each of its
-    local functions made anew and left to Lua's collector (callgrind: ~10 % of a lone
-    message's Redis instructions, issue 27 item 4)."""
+    library (`library`, `function`; '' for a script built without one). FCALL runs a
+    function whose library Redis loaded once, where EVALSHA runs the script's whole body
+    again on every call: each of its local functions made anew and left to Lua's collector
+    (callgrind: ~10 % of a lone message's Redis instructions, issue 27 item 4)."""
 
     source: str
     sha: str
@@ -374,9 +374,10 @@ class ScriptBatcher:
 
     One greenlet (a thread in the tests' threading mode) owns the round trips, on a
     connection it holds (HeldConnection: a redis-py pipeline per round trip was ~10 % of a
-    node's instructions per connect + join, by callgrind). A connection error there sends the calls again through the
-    client's pipeline, whose Retry reconnects; one that fails that too fails every call of
-    the round trip. An error reply comes back in its call's place, as from `run_scripts`."""
+    node's instructions per connect + join, by callgrind). A connection error there sends
+    the calls again through the client's pipeline, whose Retry reconnects; one that fails
+    that too fails every call of the round trip. An error reply comes back in its call's
+    place, as from `run_scripts`."""
 
     def __init__(self, client: AnyRedis, name: str, max_batch: int = 512) -> None:
         self._client = client
