@@ -9,13 +9,26 @@ A private Redis runs under callgrind, counting off. The send script's batches (t
 publisher's send_many.lua call, send.lua's for `--batch 1`) fill every room's history first
 (`--warmup` messages), then counting is on for `--messages` more: Redis's instructions
 divided by them. The batches take turns among `--rooms` rooms, as W2's messages do.
+
+    python -m bench.script_cost --shape sequenced   # XADD + PUBLISH a message, no script
+    python -m bench.script_cost --shape publish     # PUBLISH alone: the peer's work a message
+
+The two other shapes price what a redesign could reach, on the same calls' count and sizes:
+`sequenced` is what Redis would do per message if one node gave each room its seqs and kept
+its dedup window in memory (the history's XADD, its trim every 16th seq, the PUBLISH,
+pipelined, no Lua); `publish` is the peer's (@socket.io/redis-adapter pipelines a PUBLISH a
+message). `--subscribers 2` (W2's two nodes) adds connections that take every room's channel
+and drop what they read, so the PUBLISH's fan-out is counted, in each shape alike.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import shutil
+import socket
 import tempfile
+import threading
 from pathlib import Path
 
 import redis
@@ -24,6 +37,7 @@ from chat_app.backends.base import Draft
 from chat_app.backends.redis.keys import RoomKeys
 from chat_app.backends.redis.scripts import run_scripts
 from chat_app.backends.redis.send import SendScript
+from chat_app.protocol.wire import envelope_head
 from chat_app.settings import Settings
 
 from . import procs
@@ -33,17 +47,58 @@ CANDIDATE = "c0ffee0123456789"  # the batch's candidate epoch: used once per roo
 SERVER_ID = "bench-server"  # as a node's (the master's replication id): the failover check runs
 
 
-def count(batch: int, rooms: int, messages: int, warmup: int, tmp: Path) -> float:
+def subscribe(port: int, channels: list[str]) -> socket.socket:
+    """A subscriber that takes `channels` and reads and drops whatever comes, until closed."""
+    sock = socket.create_connection(("127.0.0.1", port))
+    words = ["SUBSCRIBE", *channels]
+    sock.sendall(f"*{len(words)}\r\n".encode() + b"".join(f"${len(w)}\r\n{w}\r\n".encode() for w in words))
+
+    def drain() -> None:
+        with contextlib.suppress(OSError):
+            while sock.recv(65536):
+                pass
+
+    threading.Thread(target=drain, daemon=True).start()
+    return sock
+
+
+def count(shape: str, batch: int, rooms: int, messages: int, warmup: int, subscribers: int, tmp: Path) -> float:
     out = tmp / "cg"
     out.mkdir()
     server = procs.start_redis(tmp / "redis", prefix=valgrind_command(out), timeout=60)
+    listeners: list[socket.socket] = []
     try:
         url = f"redis://127.0.0.1:{server.port}/0"
         settings = Settings.from_env({}, redis_url=url, instance_id="n1")
         client = redis.Redis.from_url(url)
         script = SendScript(client, settings)
         rooms_keys = [(f"room{r}", RoomKeys.of(settings.key_prefix, f"room{r}")) for r in range(rooms)]
+        listeners = [subscribe(server.port, [k.channel for _, k in rooms_keys]) for _ in range(subscribers)]
+        seqs = [0] * rooms
         sent = 0
+
+        def by_script(sends: list[tuple[Draft, RoomKeys]]) -> None:
+            if batch == 1:
+                call = script.call(*sends[0], CANDIDATE, SERVER_ID)
+            else:
+                call = script.batch(sends, CANDIDATE, SERVER_ID)
+            [result] = run_scripts(client, [call])
+            if isinstance(result, Exception):
+                raise result
+
+        def by_commands(sends: list[tuple[Draft, RoomKeys]]) -> None:
+            pipe = client.pipeline(transaction=False)
+            for d, keys in sends:
+                r = int(d.room[4:])
+                seqs[r] += 1
+                head = envelope_head(d.id, d.room, d.sender, d.message, d.timestamp, d.instance_id, d.meta)
+                envelope = f'{head},"seq":{seqs[r]},"epoch":"{CANDIDATE}"}}'
+                if shape == "sequenced":
+                    pipe.execute_command("XADD", keys.hist, seqs[r], "e", envelope)
+                    if seqs[r] % 16 == 0:
+                        pipe.execute_command("XTRIM", keys.hist, "MAXLEN", "~", settings.history_length)
+                pipe.execute_command("PUBLISH", keys.channel, envelope)
+            pipe.execute()
 
         def send(n: int) -> None:
             nonlocal sent
@@ -53,13 +108,7 @@ def count(batch: int, rooms: int, messages: int, warmup: int, tmp: Path) -> floa
                     room, keys = rooms_keys[sent % rooms]
                     sends.append((Draft.new(room, "u1", f"{sent}|{'x' * 40}", "n1"), keys))
                     sent += 1
-                if batch == 1:
-                    call = script.call(*sends[0], CANDIDATE, SERVER_ID)
-                else:
-                    call = script.batch(sends, CANDIDATE, SERVER_ID)
-                [result] = run_scripts(client, [call])
-                if isinstance(result, Exception):
-                    raise result
+                (by_script if shape == "script" else by_commands)(sends)
 
         send(warmup)
         callgrind_control(out, "--zero", str(server.pid))
@@ -69,6 +118,8 @@ def count(batch: int, rooms: int, messages: int, warmup: int, tmp: Path) -> floa
         callgrind_control(out, "--dump", str(server.pid))
         return totals(out) / (messages // batch * batch)
     finally:
+        for sock in listeners:
+            sock.close()
         server.stop()
 
 
@@ -78,13 +129,15 @@ def main() -> None:
     parser.add_argument("--rooms", type=int, default=20)
     parser.add_argument("--messages", type=int, default=1600)
     parser.add_argument("--warmup", type=int, default=2560)
+    parser.add_argument("--shape", choices=("script", "sequenced", "publish"), default="script")
+    parser.add_argument("--subscribers", type=int, default=0, help="connections taking every room's channel")
     args = parser.parse_args()
     if shutil.which("valgrind") is None or shutil.which("callgrind_control") is None:
         raise SystemExit("needs valgrind (Debian's valgrind package)")
     with tempfile.TemporaryDirectory(prefix="script-cost-") as tmp:
-        per_message = count(args.batch, args.rooms, args.messages, args.warmup, Path(tmp))
+        per_message = count(args.shape, args.batch, args.rooms, args.messages, args.warmup, args.subscribers, Path(tmp))
     print(
-        f"send script, batches of {args.batch} over {args.rooms} rooms: "
+        f"{args.shape}, batches of {args.batch} over {args.rooms} rooms, {args.subscribers} subscribers: "
         f"{per_message:,.0f} Redis instructions per message"
     )
 
