@@ -1,6 +1,6 @@
-"""Redis's instructions per message of the send script alone (issue 27 item 4): no nodes, no
-subscribers, no sockets but the one that sends the calls, so a change to send_batch.lua is
-measured to a few instructions, run after run.
+"""Redis's instructions per message of the send script alone (issue 27 item 4): no nodes and,
+unless asked for, no subscribers: no sockets but the one that sends the calls, so a change to
+send_batch.lua is measured to a few instructions, run after run.
 
     python -m bench.script_cost                  # batches of 16 over 20 rooms
     python -m bench.script_cost --batch 1        # a call per message, as at light load
@@ -26,12 +26,12 @@ from __future__ import annotations
 import argparse
 import contextlib
 import shutil
-import socket
 import tempfile
 import threading
 from pathlib import Path
 
 import redis
+from redis.client import PubSub
 
 from chat_app.backends.base import Draft
 from chat_app.backends.redis.keys import RoomKeys
@@ -47,34 +47,33 @@ CANDIDATE = "c0ffee0123456789"  # the batch's candidate epoch: used once per roo
 SERVER_ID = "bench-server"  # as a node's (the master's replication id): the failover check runs
 
 
-def subscribe(port: int, channels: list[str]) -> socket.socket:
-    """A subscriber that takes `channels` and reads and drops whatever comes, until closed."""
-    sock = socket.create_connection(("127.0.0.1", port))
-    words = ["SUBSCRIBE", *channels]
-    sock.sendall(f"*{len(words)}\r\n".encode() + b"".join(f"${len(w)}\r\n{w}\r\n".encode() for w in words))
+def subscribe(client: redis.Redis, channels: list[str]) -> PubSub:
+    """A subscriber that takes `channels` and drops whatever comes, until closed."""
+    pubsub = client.pubsub()
+    pubsub.subscribe(*channels)
 
     def drain() -> None:
-        with contextlib.suppress(OSError):
-            while sock.recv(65536):
+        with contextlib.suppress(redis.RedisError, OSError, AttributeError):  # closed under it
+            for _ in pubsub.listen():
                 pass
 
     threading.Thread(target=drain, daemon=True).start()
-    return sock
+    return pubsub
 
 
 def count(shape: str, batch: int, rooms: int, messages: int, warmup: int, subscribers: int, tmp: Path) -> float:
     out = tmp / "cg"
     out.mkdir()
     server = procs.start_redis(tmp / "redis", prefix=valgrind_command(out), timeout=60)
-    listeners: list[socket.socket] = []
+    listeners: list[PubSub] = []
     try:
         url = f"redis://127.0.0.1:{server.port}/0"
         settings = Settings.from_env({}, redis_url=url, instance_id="n1")
         client = redis.Redis.from_url(url)
         script = SendScript(client, settings)
         rooms_keys = [(f"room{r}", RoomKeys.of(settings.key_prefix, f"room{r}")) for r in range(rooms)]
-        listeners = [subscribe(server.port, [k.channel for _, k in rooms_keys]) for _ in range(subscribers)]
-        seqs = [0] * rooms
+        listeners = [subscribe(client, [k.channel for _, k in rooms_keys]) for _ in range(subscribers)]
+        seqs: dict[str, int] = {}  # the sequencing node's, per room
         sent = 0
 
         def by_script(sends: list[tuple[Draft, RoomKeys]]) -> None:
@@ -89,13 +88,12 @@ def count(shape: str, batch: int, rooms: int, messages: int, warmup: int, subscr
         def by_commands(sends: list[tuple[Draft, RoomKeys]]) -> None:
             pipe = client.pipeline(transaction=False)
             for d, keys in sends:
-                r = int(d.room[4:])
-                seqs[r] += 1
+                seq = seqs[keys.hist] = seqs.get(keys.hist, 0) + 1
                 head = envelope_head(d.id, d.room, d.sender, d.message, d.timestamp, d.instance_id, d.meta)
-                envelope = f'{head},"seq":{seqs[r]},"epoch":"{CANDIDATE}"}}'
+                envelope = f'{head},"seq":{seq},"epoch":"{CANDIDATE}"}}'
                 if shape == "sequenced":
-                    pipe.execute_command("XADD", keys.hist, seqs[r], "e", envelope)
-                    if seqs[r] % 16 == 0:
+                    pipe.execute_command("XADD", keys.hist, seq, "e", envelope)
+                    if seq % 16 == 0:
                         pipe.execute_command("XTRIM", keys.hist, "MAXLEN", "~", settings.history_length)
                 pipe.execute_command("PUBLISH", keys.channel, envelope)
             pipe.execute()
@@ -118,8 +116,8 @@ def count(shape: str, batch: int, rooms: int, messages: int, warmup: int, subscr
         callgrind_control(out, "--dump", str(server.pid))
         return totals(out) / (messages // batch * batch)
     finally:
-        for sock in listeners:
-            sock.close()
+        for pubsub in listeners:
+            pubsub.close()
         server.stop()
 
 
