@@ -90,7 +90,7 @@ def count(shape: str, batch: int, rooms: int, messages: int, warmup: int, subscr
             for d, keys in sends:
                 seq = seqs[keys.hist] = seqs.get(keys.hist, 0) + 1
                 head = envelope_head(d.id, d.room, d.sender, d.message, d.timestamp, d.instance_id, d.meta)
-                envelope = f'{head},"seq":{seq},"epoch":"{CANDIDATE}"}}'
+                envelope = head + f',"seq":{seq},"epoch":"{CANDIDATE}"}}'.encode()  # as send_batch.lua adds them
                 if shape == "sequenced":
                     pipe.execute_command("XADD", keys.hist, seq, "e", envelope)
                     if seq % 16 == 0:
